@@ -1,0 +1,284 @@
+"""Reading and writing images and disparity maps, with the repository's conventions enforced at the boundary.
+
+Conventions (see DESIGN.md):
+- images are float32 arrays/tensors in [0, 1], channel-first ``(3, H, W)``, sRGB-encoded unless a name says
+  ``linear``; linear light is ``srgb ** gamma`` (gamma 2.2 by default, 1 disables);
+- disparity is float32 ``(1, H, W)`` in [0, 1] with **1 = nearest**; depth inputs become ``1 / depth``;
+  invalid values (NaN, inf, depth <= 0) are filled from the nearest valid pixel, never propagated.
+
+Every reader raises an error naming the file and the fix; every repair (resize, fill, renormalise) is
+reported with an :class:`InputWarning` so nothing is silently changed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+# OpenEXR support in OpenCV is opt-in; the BLB test set stores EXR images and depth.
+os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+import cv2  # noqa: E402
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
+DISPARITY_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff", ".exr")
+
+
+class InputWarning(UserWarning):
+    """An input was repaired (resized, filled, renormalised); the message says what and why."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gamma
+# ----------------------------------------------------------------------------------------------------------
+def srgb_to_linear(image, gamma: float = 2.2):
+    """sRGB-encoded values in [0, 1] -> linear light, ``x ** gamma`` (the convention of BokehMe and the
+    BokehDiff paper; gamma = 1 disables). Works on numpy arrays and torch tensors of any shape."""
+    if gamma == 1:
+        return image
+    return image.clip(0, 1) ** gamma
+
+
+def linear_to_srgb(image, gamma: float = 2.2):
+    """Inverse of :func:`srgb_to_linear`: linear light in [0, 1] -> sRGB-encoded ``x ** (1 / gamma)``."""
+    if gamma == 1:
+        return image
+    return image.clip(0, 1) ** (1.0 / gamma)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------
+def _require_file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: '{path}'. Check the path (it must be an existing file).")
+    return path
+
+
+def _imread_any(path: Path) -> np.ndarray:
+    """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A)."""
+    data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths, cv2.imread doesn't
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if array is None:
+        raise ValueError(
+            f"cannot decode image '{path}': the file is empty, corrupt or not an image format OpenCV reads "
+            f"({', '.join(IMAGE_EXTENSIONS)}). Re-export it as PNG or JPEG."
+        )
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = array[:, :, ::-1]
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, [2, 1, 0, 3]]
+    return np.ascontiguousarray(array)
+
+
+def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer images are scaled by their dtype's maximum (8 and 16 bit); float images are kept as they are."""
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    raise ValueError(f"image '{path}' has unsupported pixel type {array.dtype}; save it as 8- or 16-bit PNG.")
+
+
+def read_image(path: str | os.PathLike, *, with_alpha: bool = False):
+    """Read an image file as float32 ``(3, H, W)`` in [0, 1] (sRGB-encoded as stored).
+
+    Grayscale is replicated to three channels; 8- and 16-bit integers are scaled by their maximum; float
+    files (EXR, float TIFF) are clipped to [0, 1] with a warning if they exceed it. With ``with_alpha`` the
+    result is ``(rgb, alpha)`` where alpha is ``(1, H, W)`` (ones for images without an alpha channel);
+    without it, an alpha channel is dropped with a warning (colours are used as stored, not composited).
+    """
+    path = _require_file(path, "image")
+    array = _to_unit_float(_imread_any(path), path)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    channels = array.shape[2]
+    if channels == 1:
+        rgb, alpha = np.repeat(array, 3, axis=2), None
+    elif channels == 2:  # gray + alpha
+        rgb, alpha = np.repeat(array[:, :, :1], 3, axis=2), array[:, :, 1:]
+    elif channels == 3:
+        rgb, alpha = array, None
+    elif channels == 4:
+        rgb, alpha = array[:, :, :3], array[:, :, 3:]
+    else:
+        raise ValueError(f"image '{path}' has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
+    if rgb.max(initial=0) > 1.0 + 1e-6 or rgb.min(initial=0) < -1e-6:
+        warnings.warn(f"image '{path}' has values outside [0, 1] (float file); clipping.", InputWarning)
+    rgb = np.clip(rgb, 0, 1).transpose(2, 0, 1).copy()
+    if with_alpha:
+        alpha = np.ones_like(rgb[:1]) if alpha is None else np.clip(alpha, 0, 1).transpose(2, 0, 1).copy()
+        return rgb, alpha
+    if alpha is not None:
+        warnings.warn(f"image '{path}' has an alpha channel; it is ignored (colours used as stored).", InputWarning)
+    return rgb
+
+
+def save_image(path: str | os.PathLike, image, *, bits: int = 8) -> Path:
+    """Write ``(3, H, W)`` or ``(H, W)`` values in [0, 1] (numpy or torch) as an 8- or 16-bit PNG/JPEG.
+
+    The parent folder is created. Writing goes to a temporary file first, then is renamed, so an
+    interrupted run never leaves a truncated output that a later ``--skip_existing`` would trust.
+    """
+    path = Path(path)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image.transpose(1, 2, 0)
+        if image.shape[2] == 3:
+            image = image[:, :, ::-1]
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    dtype = np.uint8 if bits == 8 else np.uint16
+    encoded = np.round(np.clip(image, 0, 1) * np.iinfo(dtype).max).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buffer = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(encoded))
+    if not ok:
+        raise ValueError(f"cannot encode '{path}': use a .png or .jpg file name")
+    tmp = path.with_name(f".{path.name}.tmp")
+    buffer.tofile(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Disparity
+# ----------------------------------------------------------------------------------------------------------
+def fill_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Replace invalid pixels by the value of the nearest valid pixel (Euclidean distance transform)."""
+    if valid.all():
+        return values
+    if not valid.any():
+        raise ValueError("no valid value to fill from")
+    from scipy.ndimage import distance_transform_edt
+
+    _, (iy, ix) = distance_transform_edt(~valid, return_indices=True)
+    return values[iy, ix]
+
+
+def clean_disparity(
+    values: np.ndarray, *, source: str = "disparity", is_depth: bool = False, normalise: str = "auto"
+) -> np.ndarray:
+    """Turn raw disparity (or depth) ``(H, W)`` into the convention: float32 in [0, 1], 1 = nearest, no holes.
+
+    - ``is_depth``: values are depth (larger = farther); converted with ``1 / depth`` first.
+    - Invalid entries (NaN, +-inf; depth <= 0) are filled from the nearest valid pixel, with a warning.
+    - ``normalise="auto"`` min-max normalises only when values leave [0, 1] (with a warning), so
+      already-normalised maps keep their absolute scale (and with it the meaning of ``K``);
+      ``"always"`` always min-max normalises (relative disparity, e.g. from a monocular estimator).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 3 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim == 3 and values.shape[2] == 1:
+        values = values[:, :, 0]
+    if values.ndim != 2:
+        raise ValueError(f"{source}: expected a single-channel map (H, W), got shape {tuple(values.shape)}")
+    valid = np.isfinite(values)
+    if is_depth:
+        valid &= values > 0
+        values = np.where(valid, 1.0 / np.where(valid, values, 1.0), 0.0)
+    if not valid.any():
+        raise ValueError(f"{source}: no valid (finite{', positive' if is_depth else ''}) value in the map")
+    n_bad = int((~valid).sum())
+    if n_bad:
+        warnings.warn(
+            f"{source}: {n_bad} invalid pixels ({100.0 * n_bad / valid.size:.1f}%, NaN/inf"
+            f"{'/non-positive depth' if is_depth else ''}) filled from the nearest valid pixel.",
+            InputWarning,
+        )
+        values = fill_invalid(values, valid)
+    lo, hi = float(values.min()), float(values.max())
+    if normalise == "always" or (normalise == "auto" and (lo < 0 or hi > 1)):
+        if normalise == "auto" or is_depth:
+            warnings.warn(f"{source}: values span [{lo:.4g}, {hi:.4g}]; min-max normalised to [0, 1].", InputWarning)
+        values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    elif normalise not in ("auto", "always", "never"):
+        raise ValueError(f"normalise must be 'auto', 'always' or 'never', got {normalise!r}")
+    return values.astype(np.float32)[None]
+
+
+def read_disparity(
+    path: str | os.PathLike,
+    *,
+    is_depth: bool = False,
+    size: tuple[int, int] | None = None,
+    normalise: str = "auto",
+) -> np.ndarray:
+    """Read a disparity (or, with ``is_depth``, depth) map as float32 ``(1, H, W)`` in [0, 1], 1 = nearest.
+
+    Accepted: ``.npy``; ``.npz`` (key ``disparity``, ``disp``, ``depth`` or the only array); 8- or 16-bit
+    PNG/TIFF (scaled by the dtype's maximum, i.e. already in [0, 1]); float EXR/TIFF. ``size=(H, W)``
+    resizes (bilinear) to the image size, with a warning saying so. See :func:`clean_disparity`.
+    """
+    path = _require_file(path, "disparity map")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = [k for k in ("disparity", "disp", "depth") if k in archive.files] or archive.files
+                if len(keys) != 1 and keys == archive.files:
+                    raise ValueError(f"archive holds {archive.files}; name the array 'disparity'")
+                values = archive[keys[0]]
+        else:
+            values = _imread_any(path)
+            if values.ndim == 3:
+                warnings.warn(f"disparity '{path}' has {values.shape[2]} channels; using the first.", InputWarning)
+                values = values[:, :, 0]
+            values = _to_unit_float(values, path)
+    except (ValueError, OSError) as error:
+        raise ValueError(
+            f"cannot read disparity map '{path}': {error}. Expected .npy/.npz arrays or 8/16-bit PNG."
+        ) from error
+    disparity = clean_disparity(values, source=f"disparity '{path}'", is_depth=is_depth, normalise=normalise)
+    if size is not None and tuple(disparity.shape[1:]) != tuple(size):
+        warnings.warn(
+            f"disparity '{path}' is {disparity.shape[2]}x{disparity.shape[1]} but the image is "
+            f"{size[1]}x{size[0]}; resized (bilinear) to the image size.",
+            InputWarning,
+        )
+        disparity = resize_map(disparity, size)
+    return disparity
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int], *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resize a channel-first float map ``(C, h, w)`` to ``(C, H, W)``; ``size = (H, W)``."""
+    channels = [cv2.resize(c, (int(size[1]), int(size[0])), interpolation=interpolation) for c in values]
+    return np.stack(channels).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Contact sheets
+# ----------------------------------------------------------------------------------------------------------
+def contact_sheet(
+    images: Sequence[np.ndarray], labels: Sequence[str] | None = None, *, columns: int = 3, width: int = 320
+) -> np.ndarray:
+    """Tile images ``(3, H, W)`` in [0, 1] into one labelled sheet ``(3, H', W')`` in [0, 1].
+
+    Each tile is resized to ``width`` pixels wide (aspect kept, the first image's aspect sets the row
+    height) and gets its label drawn on a dark strip above it.
+    """
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    labels = list(labels) if labels is not None else [""] * len(images)
+    first = np.asarray(images[0])
+    height = max(1, round(width * first.shape[1] / first.shape[2]))
+    strip = 22
+    rows = (len(images) + columns - 1) // columns
+    sheet = np.zeros((rows * (height + strip), columns * width, 3), dtype=np.uint8)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        tile = cv2.resize(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), (width, height), cv2.INTER_AREA)
+        r, c = divmod(index, columns)
+        y, x = r * (height + strip), c * width
+        sheet[y + strip : y + strip + height, x : x + width] = np.round(np.clip(tile, 0, 1) * 255).astype(np.uint8)
+        # OpenCV draws text on 8-bit images only, hence the uint8 sheet.
+        cv2.putText(sheet, label, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return sheet.transpose(2, 0, 1).astype(np.float32) / 255.0
