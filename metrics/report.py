@@ -1,0 +1,247 @@
+"""Score rendered images against ground truth and write CSV, JSON, a markdown table and a worst-case sheet.
+
+Each metric is reported over the whole image, inside the depth-discontinuity band and outside it
+(:mod:`metrics.bands`), per image and as the mean over images (NaN entries, e.g. an empty band, are left out
+of the mean). Column names: ``<metric>``, ``<metric>_band``, ``<metric>_outside``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.io import IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, save_image
+from metrics.bands import discontinuity_band
+from metrics.image import LearnedMetric, masked_mean, mse_map, psnr_from_mse, ssim_map
+
+REGIONS = ("", "_band", "_outside")
+
+
+@dataclass
+class Pair:
+    """One prediction and its ground truth; ``disparity`` (optional) defines the discontinuity band."""
+
+    name: str
+    pred: Path
+    gt: Path
+    disparity: Path | None = None
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    band_masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def means(self) -> dict[str, float]:
+        """Mean over images of every numeric column, ignoring NaN; NaN if no image has a value."""
+        keys = [k for k in (self.rows[0] if self.rows else {}) if k != "name"]
+        means = {}
+        for key in keys:
+            values = [row[key] for row in self.rows if not math.isnan(row[key])]
+            means[key] = float(np.mean(values)) if values else math.nan
+        return means
+
+
+def _images_in(folder: Path) -> dict[str, Path]:
+    return {
+        str(p.relative_to(folder).with_suffix("")): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    }
+
+
+def find_pairs(pred_dir: Path, gt_dir: Path, disparity_dir: Path | None = None) -> tuple[list[Pair], list[str]]:
+    """Match predictions to ground truth by relative path without extension.
+
+    Disparity for ``<name>`` is looked up in ``disparity_dir`` as ``<name>.npy``, ``<name>_pred.npy`` (the
+    EBB layout) or ``<name>.png``. Returns the pairs and a list of problems (ground truth without a
+    prediction, predictions without ground truth), which the caller reports.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for flag, folder in (("--pred_dir", pred_dir), ("--gt_dir", gt_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{flag} '{folder}' is not a folder")
+    preds, gts = _images_in(pred_dir), _images_in(gt_dir)
+    problems = [f"no prediction for ground truth '{gts[n]}'" for n in gts if n not in preds]
+    problems += [f"no ground truth for prediction '{preds[n]}'" for n in preds if n not in gts]
+    pairs = []
+    for name in sorted(set(preds) & set(gts)):
+        disparity = None
+        if disparity_dir is not None:
+            candidates = [Path(disparity_dir) / f"{name}{suffix}" for suffix in (".npy", "_pred.npy", ".png")]
+            disparity = next((c for c in candidates if c.is_file()), None)
+            if disparity is None:
+                problems.append(f"no disparity for '{name}' in '{disparity_dir}' (band metrics will be NaN)")
+        pairs.append(Pair(name, preds[name], gts[name], disparity))
+    if not pairs:
+        raise ValueError(
+            f"no prediction in --pred_dir '{pred_dir}' matches a ground-truth image in --gt_dir '{gt_dir}' "
+            "(files are matched by relative path without extension)"
+        )
+    return pairs, problems
+
+
+def score(
+    pred: torch.Tensor, gt: torch.Tensor, band: torch.Tensor | None, learned: list[LearnedMetric] = ()
+) -> dict[str, torch.Tensor]:
+    """Every metric over all / band / outside for a batch ``(B, 3, H, W)`` in [0, 1]; values ``(B,)``.
+
+    ``band`` is a boolean ``(B, 1, H, W)`` mask or None (band and outside values are then NaN).
+    """
+    masks = {"": None, "_band": band, "_outside": None if band is None else ~band}
+    maps = {"mse": mse_map(pred, gt), "ssim": ssim_map(pred, gt)}
+    out = {}
+    for region, mask in masks.items():
+        undefined = band is None and region != ""
+        nan = torch.full((pred.shape[0],), math.nan)
+        out[f"psnr{region}"] = nan if undefined else psnr_from_mse(masked_mean(maps["mse"], mask)).cpu()
+        out[f"ssim{region}"] = nan if undefined else masked_mean(maps["ssim"], mask).cpu()
+    for metric in learned:
+        value = metric.fn(pred, gt)
+        if metric.spatial:
+            value = F.interpolate(value, size=pred.shape[-2:], mode="bilinear", align_corners=False)
+            for region, mask in masks.items():
+                undefined = band is None and region != ""
+                out[f"{metric.name}{region}"] = (
+                    torch.full((pred.shape[0],), math.nan) if undefined else masked_mean(value, mask).cpu()
+                )
+        else:  # a global score: defined on the whole image only
+            out[metric.name] = value.reshape(-1).cpu()
+            out[f"{metric.name}_band"] = out[f"{metric.name}_outside"] = torch.full((pred.shape[0],), math.nan)
+    return out
+
+
+def evaluate_pairs(
+    pairs: list[Pair],
+    *,
+    learned: list[LearnedMetric] = (),
+    unavailable: dict[str, str] | None = None,
+    band_width_px: int = 8,
+    band_threshold: float = 0.05,
+    device: torch.device | str = "cpu",
+    progress=None,
+) -> Evaluation:
+    """Score every pair; a pair that cannot be read or whose sizes differ is recorded in ``failures`` and
+    skipped, never aborting the run."""
+    result = Evaluation(unavailable=dict(unavailable or {}))
+    iterator = progress(pairs) if progress is not None else pairs
+    for pair in iterator:
+        try:
+            gt = read_image(pair.gt)
+            pred = read_image(pair.pred)
+            if pred.shape != gt.shape:
+                raise ValueError(
+                    f"prediction '{pair.pred}' is {pred.shape[2]}x{pred.shape[1]} but ground truth '{pair.gt}' "
+                    f"is {gt.shape[2]}x{gt.shape[1]}"
+                )
+            band = None
+            if pair.disparity is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # resizing a disparity map to the GT size is expected here
+                    disparity = read_disparity(pair.disparity, size=gt.shape[1:])
+                band = discontinuity_band(
+                    torch.from_numpy(disparity)[None], width_px=band_width_px, threshold=band_threshold
+                ).to(device)
+                result.band_masks[pair.name] = band[0, 0].cpu().numpy()
+            values = score(
+                torch.from_numpy(pred)[None].to(device), torch.from_numpy(gt)[None].to(device), band, learned
+            )
+        except (OSError, ValueError) as error:
+            result.failures[pair.name] = str(error)
+            continue
+        result.rows.append({"name": pair.name, **{k: float(v[0]) for k, v in values.items()}})
+    return result
+
+
+def write_reports(
+    evaluation: Evaluation, pairs: list[Pair], output_dir: Path, *, worst_k: int = 6, title: str = "Evaluation"
+) -> dict[str, Path]:
+    """Write ``metrics.csv`` (per image), ``metrics.json`` (per image, means, unavailable metrics,
+    failures), ``metrics.md`` (table of means) and ``worst_cases.png`` (the ``worst_k`` lowest-PSNR images:
+    prediction, ground truth, 4x absolute error, band). Returns the paths by kind."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    means = evaluation.means()
+
+    paths["csv"] = output_dir / "metrics.csv"
+    if evaluation.rows:
+        with open(paths["csv"], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(evaluation.rows[0]))
+            writer.writeheader()
+            writer.writerows(evaluation.rows)
+    else:
+        paths["csv"].write_text("name\n")
+
+    paths["json"] = output_dir / "metrics.json"
+    paths["json"].write_text(
+        json.dumps(
+            {
+                "per_image": evaluation.rows,
+                "mean": means,
+                "unavailable": evaluation.unavailable,
+                "failures": evaluation.failures,
+            },
+            indent=2,
+        )
+    )
+
+    paths["markdown"] = output_dir / "metrics.md"
+    paths["markdown"].write_text(markdown_table(evaluation, title=title))
+
+    if evaluation.rows and worst_k > 0:
+        by_name = {p.name: p for p in pairs}
+        worst = sorted(evaluation.rows, key=lambda row: row["psnr"])[:worst_k]
+        tiles, labels = [], []
+        for row in worst:
+            pred, gt = read_image(by_name[row["name"]].pred), read_image(by_name[row["name"]].gt)
+            band = evaluation.band_masks.get(row["name"])
+            band_tile = np.zeros_like(gt) if band is None else np.repeat(band[None].astype(np.float32), 3, 0)
+            tiles += [pred, gt, np.clip(np.abs(pred - gt) * 4, 0, 1), band_tile]
+            labels += [f"{row['name']} {row['psnr']:.2f} dB", "ground truth", "|error| x4", "band"]
+        paths["worst"] = save_image(output_dir / "worst_cases.png", contact_sheet(tiles, labels, columns=4, width=256))
+    return paths
+
+
+def _fmt(value: float, name: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f}" if name.startswith("psnr") else f"{value:.4f}"
+
+
+def markdown_table(evaluation: Evaluation, *, title: str = "Evaluation") -> str:
+    """A markdown table of mean metrics: one row per metric, columns all / band / outside."""
+    means = evaluation.means()
+    metrics = [k for k in means if not k.endswith(("_band", "_outside"))]
+    lines = [
+        f"### {title}",
+        "",
+        f"{len(evaluation.rows)} images. Higher is better for PSNR (dB) and SSIM; lower for LPIPS and DISTS.",
+        "",
+        "| metric | all | discontinuity band | outside band |",
+        "|---|---|---|---|",
+    ]
+    for metric in metrics:
+        cells = [_fmt(means.get(f"{metric}{region}", math.nan), metric) for region in REGIONS]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    for name, reason in evaluation.unavailable.items():
+        lines.append(f"| {name} | unavailable | unavailable | unavailable |")
+    if evaluation.unavailable:
+        lines += ["", "Unavailable (pretrained weights could not be obtained; never computed with random weights):"]
+        lines += [f"- `{name}`: {reason}" for name, reason in evaluation.unavailable.items()]
+    if evaluation.failures:
+        lines += ["", f"Failed ({len(evaluation.failures)}):"]
+        lines += [f"- `{name}`: {reason}" for name, reason in evaluation.failures.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,132 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data.io import save_image
+from metrics.bands import discontinuity_band
+from metrics.image import LearnedMetric, load_learned_metrics, masked_mean, mse_map, psnr_from_mse, ssim_map
+from metrics.report import Pair, evaluate_pairs, find_pairs, score, write_reports
+
+
+def _image(seed, h=48, w=64):
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_identical_images_score_perfect():
+    image = _image(0)
+    values = score(image, image.clone(), band=None)
+    assert math.isinf(values["psnr"][0]) and values["psnr"][0] > 0
+    assert values["ssim"][0] == pytest.approx(1.0, abs=1e-6)
+    assert math.isnan(values["psnr_band"][0])  # no disparity: band metrics are undefined, not zero
+
+
+def test_psnr_of_a_known_mse():
+    target = torch.full((1, 3, 16, 16), 0.5)
+    pred = target + 0.1  # MSE = 0.01 -> PSNR = 20 dB exactly
+    assert float(psnr_from_mse(masked_mean(mse_map(pred, target), None))[0]) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_ssim_drops_with_noise_and_is_symmetric():
+    target = _image(1)
+    noisy = (target + 0.2 * torch.randn_like(target)).clamp(0, 1)
+    a, b = ssim_map(noisy, target).mean(), ssim_map(target, noisy).mean()
+    assert float(a) < 0.9
+    assert float(a) == pytest.approx(float(b), abs=1e-6)
+
+
+def test_band_mask_on_a_step_edge():
+    disparity = torch.zeros(1, 1, 20, 30)
+    disparity[..., 15:] = 0.8  # a vertical edge between columns 14 and 15
+    band = discontinuity_band(disparity, width_px=3, threshold=0.05)[0, 0]
+    columns = band.any(dim=0).nonzero().flatten().tolist()
+    assert columns == list(range(14 - 3, 15 + 3 + 1))
+    assert band[:, 11:19].all()  # the full height is covered
+    assert not discontinuity_band(disparity * 0.01 + 0.3, width_px=3)[0, 0].any()  # jumps below threshold
+
+
+def test_band_and_outside_split_the_error():
+    target = torch.full((1, 3, 20, 30), 0.5)
+    pred = target.clone()
+    pred[..., 11:19] += 0.1  # error exactly on the band (columns 11..18)
+    disparity = torch.zeros(1, 1, 20, 30)
+    disparity[..., 15:] = 1.0
+    band = discontinuity_band(disparity, width_px=3)
+    values = score(pred, target, band)
+    assert math.isinf(values["psnr_outside"][0])
+    assert values["psnr_band"][0] == pytest.approx(20.0, abs=1e-3)
+    assert values["psnr"][0] > values["psnr_band"][0]
+
+
+def test_unavailable_learned_metrics_are_reported_not_faked():
+    def offline(device):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    loaded, unavailable = load_learned_metrics(["lpips_vgg"], torch.device("cpu"), factories={"lpips_vgg": offline})
+    assert loaded == []
+    assert "Name or service not known" in unavailable["lpips_vgg"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        load_learned_metrics(["fid"], torch.device("cpu"))
+
+
+def _write_pairs(tmp_path, n=3):
+    pred_dir, gt_dir, disp_dir = tmp_path / "pred", tmp_path / "gt", tmp_path / "depth"
+    disp_dir.mkdir()
+    for i in range(n):
+        gt = _image(10 + i)[0]
+        save_image(gt_dir / f"scene{i}.png", gt)
+        save_image(pred_dir / f"scene{i}.png", (gt + 0.05 * (i + 1)).clamp(0, 1))
+        disparity = np.zeros((48, 64), np.float32)
+        disparity[:, 32:] = 0.9
+        np.save(disp_dir / f"scene{i}_pred.npy", disparity)
+    return pred_dir, gt_dir, disp_dir
+
+
+def test_reports_are_written_and_parse(tmp_path):
+    pred_dir, gt_dir, disp_dir = _write_pairs(tmp_path)
+    (gt_dir / "orphan.png").write_bytes(b"")  # ground truth without a prediction is reported
+    pairs, problems = find_pairs(pred_dir, gt_dir, disp_dir)
+    assert [p.name for p in pairs] == ["scene0", "scene1", "scene2"]
+    assert any("orphan" in p for p in problems)
+
+    spatial = LearnedMetric("fake_spatial", lambda p, t: (p - t).abs().mean(1, keepdim=True), spatial=True)
+    evaluation = evaluate_pairs(pairs, learned=[spatial], unavailable={"dists": "offline"}, band_width_px=4)
+    assert not evaluation.failures
+    paths = write_reports(evaluation, pairs, tmp_path / "out", worst_k=2)
+    data = json.loads(paths["json"].read_text())
+    assert len(data["per_image"]) == 3
+    assert data["unavailable"] == {"dists": "offline"}
+    psnrs = [row["psnr"] for row in data["per_image"]]
+    assert psnrs[0] > psnrs[1] > psnrs[2]  # larger offsets, lower PSNR
+    assert data["mean"]["psnr"] == pytest.approx(np.mean(psnrs))
+    assert data["mean"]["fake_spatial_band"] > 0
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert csv_lines[0].startswith("name,psnr,ssim") and len(csv_lines) == 4
+    table = paths["markdown"].read_text()
+    assert "| psnr |" in table and "| dists | unavailable" in table
+    assert paths["worst"].is_file()
+
+
+def test_a_bad_pair_is_skipped_and_reported(tmp_path):
+    pred_dir, gt_dir, disp_dir = _write_pairs(tmp_path, n=2)
+    save_image(pred_dir / "scene1.png", _image(5, 20, 20)[0])  # wrong size
+    pairs, _ = find_pairs(pred_dir, gt_dir, disp_dir)
+    evaluation = evaluate_pairs(pairs)
+    assert [row["name"] for row in evaluation.rows] == ["scene0"]
+    assert "20x20" in evaluation.failures["scene1"]
+
+
+def test_cli_end_to_end(tmp_path):
+    import evaluate
+
+    pred_dir, gt_dir, disp_dir = _write_pairs(tmp_path, n=2)
+    code = evaluate.main([
+        "--pred_dir", str(pred_dir), "--gt_dir", str(gt_dir), "--disparity_dir", str(disp_dir),
+        "--output_dir", str(tmp_path / "eval"), "--learned", "--device", "cpu",
+    ])
+    assert code == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mean"]["psnr"] > 20
+    with pytest.raises(FileNotFoundError, match="--pred_dir"):
+        evaluate.main(["--pred_dir", str(tmp_path / "nope"), "--gt_dir", str(gt_dir), "--output_dir", str(tmp_path)])
