@@ -169,8 +169,8 @@ def clean_disparity(
 
     - ``is_depth``: values are depth (larger = farther); converted with ``1 / depth`` first.
     - Invalid entries (NaN, +-inf; depth <= 0) are filled from the nearest valid pixel, with a warning.
-    - ``normalise="auto"`` min-max normalises only when values leave [0, 1] (with a warning), so
-      already-normalised maps keep their absolute scale (and with it the meaning of ``K``);
+    - ``normalise="auto"`` min-max normalises only when values leave [0, 1] or are converted depth (with a
+      warning), so already-normalised disparity keeps its absolute scale (and with it the meaning of ``K``);
       ``"always"`` always min-max normalises (relative disparity, e.g. from a monocular estimator).
     """
     values = np.asarray(values, dtype=np.float64)
@@ -195,7 +195,8 @@ def clean_disparity(
         )
         values = fill_invalid(values, valid)
     lo, hi = float(values.min()), float(values.max())
-    if normalise == "always" or (normalise == "auto" and (lo < 0 or hi > 1)):
+    # Depth has arbitrary units (metres, millimetres...), so 1 / depth has no absolute scale: always normalised.
+    if normalise == "always" or (normalise == "auto" and (is_depth or lo < 0 or hi > 1)):
         if normalise == "auto" or is_depth:
             warnings.warn(f"{source}: values span [{lo:.4g}, {hi:.4g}]; min-max normalised to [0, 1].", InputWarning)
         values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
@@ -224,10 +225,11 @@ def read_disparity(
             values = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                keys = [k for k in ("disparity", "disp", "depth") if k in archive.files] or archive.files
-                if len(keys) != 1 and keys == archive.files:
+                # A preferred name wins (the first of them, in this order); otherwise the only array.
+                keys = [k for k in ("disparity", "disp", "depth") if k in archive.files]
+                if not keys and len(archive.files) != 1:
                     raise ValueError(f"archive holds {archive.files}; name the array 'disparity'")
-                values = archive[keys[0]]
+                values = archive[(keys or archive.files)[0]]
         else:
             values = _imread_any(path)
             if values.ndim == 3:
@@ -275,7 +277,9 @@ def contact_sheet(
     rows = (len(images) + columns - 1) // columns
     sheet = np.zeros((rows * (height + strip), columns * width, 3), dtype=np.uint8)
     for index, (image, label) in enumerate(zip(images, labels)):
-        tile = cv2.resize(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), (width, height), cv2.INTER_AREA)
+        tile = cv2.resize(
+            np.asarray(image, dtype=np.float32).transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_AREA
+        )
         r, c = divmod(index, columns)
         y, x = r * (height + strip), c * width
         sheet[y + strip : y + strip + height, x : x + width] = np.round(np.clip(tile, 0, 1) * 255).astype(np.uint8)

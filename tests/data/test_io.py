@@ -1,0 +1,192 @@
+"""Image/disparity I/O (data/io.py) and the bundled demo pair (data/demo.py)."""
+
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from data.demo import load_motorcycle
+from data.io import (
+    InputWarning, clean_disparity, contact_sheet, fill_invalid, linear_to_srgb, read_disparity, read_image,
+    resize_map, save_image, srgb_to_linear,
+)
+
+
+def _random_image(h=24, w=32, seed=0):
+    return np.random.default_rng(seed).random((3, h, w)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- images
+@pytest.mark.parametrize("bits", [8, 16])
+def test_save_read_round_trip_is_exact_to_quantisation(tmp_path, bits):
+    image = _random_image()
+    path = save_image(tmp_path / "sub" / "x.png", image, bits=bits)  # parent folder is created
+    back = read_image(path)
+    assert back.shape == (3, 24, 32) and back.dtype == np.float32
+    step = 1.0 / (2**bits - 1)
+    assert np.abs(back - image).max() <= step / 2 + 1e-7
+    # Written in RGB order: a red-only image reads back red (no BGR swap leaks through).
+    red = np.zeros((3, 4, 4), np.float32)
+    red[0] = 1
+    assert np.array_equal(read_image(save_image(tmp_path / "red.png", red, bits=bits)), red)
+    assert not list(tmp_path.rglob(".*.tmp"))  # the temporary file was renamed, not left behind
+
+
+def test_save_image_accepts_torch_and_rejects_bad_bits(tmp_path):
+    image = torch.rand(3, 8, 8)
+    back = read_image(save_image(tmp_path / "t.png", image, bits=16))
+    assert np.abs(back - image.numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="bits"):
+        save_image(tmp_path / "b.png", image, bits=12)
+
+
+def test_read_image_gray_rgba_16bit(tmp_path):
+    gray = (np.arange(12 * 10).reshape(12, 10) % 256).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    rgb = read_image(tmp_path / "gray.png")
+    assert rgb.shape == (3, 12, 10)
+    assert np.array_equal(rgb[0], rgb[2]) and np.allclose(rgb[1], gray / 255.0)
+
+    bgra = np.zeros((12, 10, 4), np.uint8)
+    bgra[..., 2], bgra[..., 3] = 255, 128  # red, half transparent
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    with pytest.warns(InputWarning, match="alpha"):
+        rgb = read_image(tmp_path / "rgba.png")
+    assert rgb.shape == (3, 12, 10) and rgb[0].min() == 1.0 and rgb[1:].max() == 0.0
+    rgb, alpha = read_image(tmp_path / "rgba.png", with_alpha=True)
+    assert alpha.shape == (1, 12, 10) and np.allclose(alpha, 128 / 255)
+
+    deep = np.full((12, 10, 3), 40000, np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    assert np.allclose(read_image(tmp_path / "deep.png"), 40000 / 65535)
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------------------------------- gamma
+@pytest.mark.parametrize("gamma", [1.0, 2.2, 2.4])
+def test_gamma_round_trip_numpy_and_torch(gamma):
+    x = np.linspace(0, 1, 101, dtype=np.float64)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(x, gamma), gamma), x, atol=1e-12)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert torch.allclose(srgb_to_linear(linear_to_srgb(t, gamma), gamma), t, atol=1e-12)
+    assert srgb_to_linear(np.array([0.5]), 2.2)[0] == pytest.approx(0.5**2.2)
+
+
+# ------------------------------------------------------------------------------------------- disparity
+def test_fill_invalid_takes_the_nearest_valid_value():
+    values = np.array([[1.0, np.nan, np.nan, 4.0]])
+    valid = np.isfinite(values)
+    assert np.array_equal(fill_invalid(values, valid), [[1.0, 1.0, 4.0, 4.0]])
+    same = np.ones((2, 2))
+    assert fill_invalid(same, np.ones((2, 2), bool)) is same
+    with pytest.raises(ValueError, match="no valid"):
+        fill_invalid(values, np.zeros_like(valid))
+
+
+def test_clean_disparity_keeps_normalised_maps_quietly():
+    values = np.array([[0.2, 0.4], [0.6, 0.8]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        out = clean_disparity(values)
+    assert out.shape == (1, 2, 2) and out.dtype == np.float32 and np.allclose(out[0], values)
+    assert np.allclose(clean_disparity(values, normalise="always")[0], [[0, 1 / 3], [2 / 3, 1]])
+
+
+def test_clean_disparity_fills_nan_inf_and_normalises_out_of_range_with_warnings():
+    values = np.array([[np.nan, 10.0], [20.0, np.inf]])
+    with pytest.warns(InputWarning) as record:
+        out = clean_disparity(values, source="d")
+    messages = " ".join(str(w.message) for w in record)
+    assert "2 invalid pixels" in messages and "min-max normalised" in messages
+    assert np.isfinite(out).all() and out.min() == 0.0 and out.max() == 1.0
+    assert out[0, 0, 0] in (0.0, 1.0)  # filled from a neighbour, never a blend or NaN
+
+
+def test_clean_disparity_converts_depth_near_is_one():
+    depth = np.array([[1.0, 2.0], [4.0, 0.0]])  # 0 = invalid depth
+    with pytest.warns(InputWarning) as record:
+        out = clean_disparity(depth, is_depth=True)
+    messages = " ".join(str(w.message) for w in record)
+    # Depth units are arbitrary, so 1/depth is always normalised, even when it already lies in [0, 1].
+    assert "non-positive depth" in messages and "min-max normalised" in messages
+    # 1/depth = 1, 0.5, 0.25 (+ the hole filled from a neighbour), min-max normalised: nearest -> 1, farthest -> 0.
+    assert out[0, 0, 0] == 1.0 and out[0, 1, 0] == 0.0 and out[0, 0, 1] == pytest.approx(1 / 3)
+
+
+def test_clean_disparity_shapes_and_errors():
+    assert clean_disparity(np.zeros((3, 4, 1))).shape == (1, 3, 4)
+    with pytest.raises(ValueError, match="single-channel"):
+        clean_disparity(np.zeros((3, 4, 2)))
+    with pytest.raises(ValueError, match="no valid"):
+        clean_disparity(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="normalise"):
+        clean_disparity(np.zeros((2, 2)), normalise="sometimes")
+
+
+def test_read_disparity_formats(tmp_path):
+    values = np.random.default_rng(1).random((6, 8)).astype(np.float32)
+    np.save(tmp_path / "d.npy", values)
+    assert np.allclose(read_disparity(tmp_path / "d.npy")[0], values)
+    np.savez(tmp_path / "named.npz", rgb=np.zeros(3), disparity=values)
+    assert np.allclose(read_disparity(tmp_path / "named.npz")[0], values)
+    np.savez(tmp_path / "both.npz", disparity=values, depth=values + 1)  # a preferred key wins
+    assert np.allclose(read_disparity(tmp_path / "both.npz")[0], values)
+    np.savez(tmp_path / "only.npz", values)
+    assert np.allclose(read_disparity(tmp_path / "only.npz")[0], values)
+    np.savez(tmp_path / "ambiguous.npz", a=values, b=values)
+    with pytest.raises(ValueError, match="ambiguous.npz.*disparity"):
+        read_disparity(tmp_path / "ambiguous.npz")
+    for dtype in (np.uint8, np.uint16):
+        top = np.iinfo(dtype).max
+        cv2.imwrite(str(tmp_path / f"d{top}.png"), np.round(values * top).astype(dtype))
+        assert np.abs(read_disparity(tmp_path / f"d{top}.png")[0] - values).max() <= 0.5 / top + 1e-6
+
+
+def test_read_disparity_resizes_to_the_image_with_a_warning(tmp_path):
+    np.save(tmp_path / "d.npy", np.full((6, 8), 0.5, np.float32))
+    with pytest.warns(InputWarning, match="resized"):
+        out = read_disparity(tmp_path / "d.npy", size=(12, 16))
+    assert out.shape == (1, 12, 16) and np.allclose(out, 0.5)
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        read_disparity(tmp_path / "missing.npy")
+
+
+def test_resize_map_shape():
+    assert resize_map(np.zeros((2, 5, 7), np.float32), (10, 3)).shape == (2, 10, 3)
+
+
+# ---------------------------------------------------------------------------------------- contact sheet
+def test_contact_sheet_shape_and_area_downscale():
+    images = [np.full((3, 50, 100), i / 4, np.float32) for i in range(5)]
+    sheet = contact_sheet(images, [f"#{i}" for i in range(5)], columns=3, width=60)
+    assert sheet.shape == (3, 2 * (30 + 22), 180) and sheet.dtype == np.float32
+    assert sheet[:, 22 + 15, 30] == pytest.approx(0.0) and sheet[:, 22 + 15, 150] == pytest.approx(0.5, abs=1 / 255)
+    assert sheet[:, :16, :60].max() > 0.5  # the label is drawn on the strip
+    # A fine checkerboard averages to grey (area interpolation), instead of aliasing to black or white.
+    board = (np.indices((64, 64)).sum(0) % 2).astype(np.float32)[None].repeat(3, 0)
+    tile = contact_sheet([board], columns=1, width=8)[:, 22:, :]
+    assert np.allclose(tile, 0.5, atol=1 / 255 + 1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        contact_sheet([])
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def test_load_motorcycle_is_clean_and_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the expected hole filling is quiet; anything else would warn
+        image, disparity = load_motorcycle()
+    assert image.shape == (3, 500, 741) and disparity.shape == (1, 500, 741)
+    assert image.dtype == disparity.dtype == np.float32
+    assert 0 <= image.min() and image.max() <= 1 and np.isfinite(disparity).all()
+    assert disparity.min() == 0.0 and disparity.max() == 1.0
+    # 1 = near: the floor at the bottom is nearer than the back wall at the top.
+    assert disparity[0, -20:].mean() > disparity[0, :20].mean() + 0.3
