@@ -1,0 +1,250 @@
+"""Classical scatter (splatting) bokeh renderer, after BokehMe's classical renderer (Peng et al., CVPR 2022,
+"BokehMe: When Neural Rendering Meets Classical Rendering", Sec. 3.1: every pixel scatters its colour over
+its circle of confusion, results are normalised by the accumulated weight).
+
+Model (all in linear light, radii in pixels of the working resolution):
+
+* Source q with signed CoC ``coc_q`` splats over the aperture of radius ``r_q = |coc_q|`` with a 1 px soft
+  edge (``aperture.membership``). Its splat weights are divided by their own discrete sum ``N(r_q)``, so
+  every source distributes exactly one unit of weight (energy conservation: with a uniform CoC the
+  accumulated weight is 1 everywhere away from the border and the image sum is preserved).
+* Output ``p = sum_q w_qp c_q / sum_q w_qp`` (BokehMe's normalisation; where weights do not sum to 1 because
+  of depth changes it acts as a local hole-filling average instead of darkening).
+* Occlusion (the in-focus-foreground-over-blurred-background case): a source behind the target
+  (``coc_p - coc_q > 0.5`` px, signed CoC grows towards the camera) reaches ``p`` only through ``p``'s own
+  circle of confusion: its effective radius becomes ``rho = r_q - s * relu(r_q - r_p)`` with the soft
+  depth test ``s = clamp(coc_p - coc_q - 0.5, 0, 1)``. Physically the cone of rays that converges on a
+  sharp foreground pixel never sees the background, and a blurred foreground pixel of radius ``r_p`` sees
+  background light from within ``r_p`` (partial occlusion). It is an approximation: the blocked fraction
+  of a background splat is not redistributed, the normalisation hides the missing weight. A sharp
+  foreground pixel (|coc_p| < 0.5) next to any source more than 1.5 px of CoC behind it receives no
+  background light at all (tested exactly in tests/kernels/test_scatter.py).
+* Exactness: a pixel that receives no weight from any other pixel returns its own (boosted) colour
+  bit-exactly, so in-focus regions with |coc| < 0.5 all around are unchanged.
+
+Cost is O(H * W * R^2) for the maximum radius R (a gather over all offsets within R, one dense tensor
+expression per offset); see BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import aperture
+from ._backend import check_shape, load_kernel, resolve_impl
+
+_DEPTH_MARGIN_PX = 0.5  # CoC difference below which two sources count as the same surface (no occlusion)
+
+
+def _offsets(max_radius: float, blades: int, rotation_deg: float) -> list[tuple[int, int, float, float]]:
+    """All integer offsets (dy, dx) != 0 that a source of radius ``max_radius`` can reach, with their
+    Euclidean length and polygon edge height. Membership is 0 at distance >= r + 0.5."""
+    reach = max_radius + 0.5
+    n = int(math.ceil(reach))
+    out = []
+    for dy in range(-n, n + 1):
+        for dx in range(-n, n + 1):
+            dist = math.hypot(dx, dy)
+            if (dx, dy) == (0, 0) or dist >= reach:
+                continue
+            out.append((dy, dx, dist, aperture.polygon_edge_height(dx, dy, blades, rotation_deg)))
+    return out
+
+
+def boost_highlights(image_linear: torch.Tensor, radius_px: torch.Tensor, threshold, gain: float) -> torch.Tensor:
+    """Highlight boost applied to sources before splatting (linear light, per channel):
+
+    ``c' = c + gain * max(c - threshold, 0) * clamp(|coc| - 0.5, 0, 1)``.
+
+    The last factor restricts the boost to defocused sources (fully on from |coc| = 1.5 px), so in-focus
+    pixels stay untouched; it mimics the clipped highlights that a sensor would record as brighter
+    point lights, which then show as bright bokeh discs. ``threshold=None`` or ``gain == 0`` disables it.
+    """
+    if threshold is None or gain == 0.0:
+        return image_linear
+    if gain < 0:
+        raise ValueError(f"highlight_gain must be >= 0; got {gain}")
+    ramp = (radius_px - 0.5).clamp(0.0, 1.0)
+    return image_linear + gain * (image_linear - threshold).clamp_min(0.0) * ramp
+
+
+def _normaliser(radius: torch.Tensor, offsets, apothem: float) -> torch.Tensor:
+    """Discrete sum N(r) of each source's membership over all offsets (offset 0 included)."""
+    norm = aperture.membership(radius.clone(), 0.0, 0.0, apothem)
+    for _, _, dist, height in offsets:
+        norm += aperture.membership(radius, dist, height, apothem)
+    return norm
+
+
+def _scatter_torch(colour, coc, offsets, apothem):
+    """Reference gather implementation. colour (B,3,H,W), coc (B,1,H,W), both float32/64."""
+    _, _, h, w = colour.shape
+    radius = coc.abs()
+    inv_norm = _normaliser(radius, offsets, apothem).reciprocal_()
+    self_w = aperture.membership(radius.clone(), 0.0, 0.0, apothem) * inv_norm
+    pad = max((max(abs(dy), abs(dx)) for dy, dx, _, _ in offsets), default=0)
+    # Padding sources have radius 0, so they never reach a real pixel (membership 0 at distance >= 0.5).
+    padded = torch.nn.functional.pad(torch.cat([colour * inv_norm, inv_norm, radius, coc], 1), (pad,) * 4)
+    cn_pad, inv_pad, r_pad, coc_pad = padded[:, :3], padded[:, 3:4], padded[:, 4:5], padded[:, 5:6]
+
+    coc_p = coc - _DEPTH_MARGIN_PX
+    acc_c = torch.zeros_like(colour)
+    acc_w = torch.zeros_like(radius)
+    s = torch.empty_like(radius)
+    excess = torch.empty_like(radius)
+    for dy, dx, dist, height in offsets:
+        # Gather: target p receives from source q = p - (dy, dx).
+        rows = slice(pad - dy, pad - dy + h)
+        cols = slice(pad - dx, pad - dx + w)
+        r_q = r_pad[:, :, rows, cols]
+        torch.sub(coc_p, coc_pad[:, :, rows, cols], out=s).clamp_(0.0, 1.0)
+        torch.sub(r_q, radius, out=excess).clamp_(min=0.0)
+        rho = torch.addcmul(r_q, s, excess, value=-1.0)
+        m = aperture.membership(rho, dist, height, apothem)
+        acc_w.addcmul_(m, inv_pad[:, :, rows, cols])
+        acc_c.addcmul_(m, cn_pad[:, :, rows, cols])
+    return acc_c, acc_w, self_w
+
+
+def _scatter_cuda(colour, coc, offsets, apothem, blades, rotation_deg, max_radius):
+    import cupy
+
+    b, _, h, w = colour.shape
+    colour = colour.float().contiguous()
+    coc = coc.float().contiguous()
+    acc_c = torch.empty_like(colour)
+    acc_w = torch.empty_like(coc)
+    self_w = torch.empty_like(coc)
+    dev = colour.device.index if colour.device.index is not None else torch.cuda.current_device()
+    norm_k = load_kernel("scatter.cu", "scatter_norm", dev)
+    gather_k = load_kernel("scatter.cu", "scatter_gather", dev)
+    inv_norm = torch.empty_like(coc)
+    n = b * h * w
+    threads = 256
+    grid = ((n + threads - 1) // threads,)
+    args_common = (
+        cupy.int32(b), cupy.int32(h), cupy.int32(w), cupy.float32(max_radius), cupy.int32(blades),
+        cupy.float32(math.radians(rotation_deg)), cupy.float32(apothem),
+    )
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(colour.device).cuda_stream)
+    with cupy.cuda.Device(dev), stream:
+        norm_k(grid, (threads,), (coc.data_ptr(), inv_norm.data_ptr(), self_w.data_ptr(), *args_common))
+        gather_k(grid, (threads,), (colour.data_ptr(), coc.data_ptr(), inv_norm.data_ptr(), acc_c.data_ptr(),
+                                    acc_w.data_ptr(), *args_common, cupy.float32(_DEPTH_MARGIN_PX)))
+    return acc_c, acc_w, self_w
+
+
+def render_scatter(
+    image_linear: torch.Tensor,
+    coc_px: torch.Tensor,
+    *,
+    blades: int = 0,
+    rotation_deg: float = 0.0,
+    highlight_threshold: float | None = None,
+    highlight_gain: float = 0.0,
+    impl: str = "auto",
+    max_coc_px: float | None = None,
+) -> torch.Tensor:
+    """Render classical scatter bokeh in linear light.
+
+    Args:
+        image_linear: (B, 3, H, W) linear-light colour, >= 0 (values above 1 are allowed, e.g. HDR).
+        coc_px: (B, 1, H, W) signed circle-of-confusion radius in pixels, ``K * (disparity - disp_focus)``
+            (positive = in front of the focus plane); |coc_px| is the blur radius.
+        blades: 0 for a disc aperture, >= 3 for a regular polygon with vertices at distance |coc|.
+        rotation_deg: angle of one polygon vertex in degrees, from +x (column) towards +y (row).
+        highlight_threshold, highlight_gain: highlight boost, see ``boost_highlights`` (linear light).
+        impl: "auto" | "cuda" | "torch" (see ``kernels.cuda_available``).
+        max_coc_px: optional clamp of |coc_px| (px); bounds the cost, which grows with the square of the
+            largest radius.
+
+    Returns:
+        (B, 3, H, W) linear-light bokeh image, same dtype and device as ``image_linear``.
+    """
+    op = "render_scatter"
+    check_shape("image_linear", image_linear, (None, 3, None, None), op)
+    b, _, h, w = image_linear.shape
+    check_shape("coc_px", coc_px, (b, 1, h, w), op)
+    aperture.check_aperture(blades, rotation_deg)
+    if coc_px.device != image_linear.device:
+        raise ValueError(f"{op}: coc_px is on {coc_px.device} but image_linear is on {image_linear.device}")
+    if not torch.isfinite(coc_px).all():
+        raise ValueError(f"{op}: coc_px contains NaN or inf; fill invalid disparity before rendering")
+    backend = resolve_impl(impl, image_linear, op)
+
+    out_dtype = image_linear.dtype
+    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+    colour = image_linear.to(work)
+    coc = coc_px.to(work)
+    if max_coc_px is not None:
+        coc = coc.clamp(-float(max_coc_px), float(max_coc_px))
+    radius = coc.abs()
+    colour = boost_highlights(colour, radius, highlight_threshold, float(highlight_gain))
+    max_radius = float(radius.max()) if radius.numel() else 0.0
+    apothem = aperture.apothem_ratio(blades)
+    offsets = _offsets(max_radius, blades, rotation_deg)
+
+    if backend == "cuda":
+        acc_c, acc_w, self_w = _scatter_cuda(colour, coc, offsets, apothem, blades, rotation_deg, max_radius)
+        acc_c, acc_w, self_w = acc_c.to(work), acc_w.to(work), self_w.to(work)
+    else:
+        acc_c, acc_w, self_w = _scatter_torch(colour, coc, offsets, apothem)
+    out = (acc_c + self_w * colour) / (acc_w + self_w)
+    # No light from any other pixel: return the source colour itself, bit-exact (not c*w/w).
+    out = torch.where(acc_w == 0, colour, out)
+    return out.to(out_dtype)
+
+
+def render_classical(
+    image_srgb: torch.Tensor,
+    disparity: torch.Tensor,
+    K,
+    disp_focus,
+    *,
+    gamma: float = 2.2,
+    impl: str = "auto",
+    **scatter_opts,
+) -> torch.Tensor:
+    """Classical bokeh for an sRGB photo and its disparity (what the demo CLI calls).
+
+    Args:
+        image_srgb: (B, 3, H, W) gamma-encoded colour in [0, 1].
+        disparity: (B, 1, H, W) in [0, 1], 1 = nearest; must be finite.
+        K: float or (B,) tensor >= 0, blur radius in px per unit disparity.
+        disp_focus: float or (B,) tensor, the focused disparity in [0, 1].
+        gamma: ``linear = srgb ** gamma`` (1 disables); the output is encoded back with ``1 / gamma``.
+        impl, **scatter_opts: passed to ``render_scatter`` (blades, rotation_deg, highlight_threshold, ...).
+
+    Returns:
+        (B, 3, H, W) sRGB-encoded bokeh image in [0, 1] (highlight boost beyond 1 is clipped).
+    """
+    op = "render_classical"
+    check_shape("image_srgb", image_srgb, (None, 3, None, None), op)
+    b, _, h, w = image_srgb.shape
+    check_shape("disparity", disparity, (b, 1, h, w), op)
+    if gamma <= 0:
+        raise ValueError(f"{op}: gamma must be > 0; got {gamma}")
+    dtype, dev = image_srgb.dtype, image_srgb.device
+    k = _per_batch_scalar("K", K, b, dtype, dev, op)
+    focus = _per_batch_scalar("disp_focus", disp_focus, b, dtype, dev, op)
+    if (k < 0).any():
+        raise ValueError(f"{op}: K must be >= 0 (blur radius in px per unit disparity); got {k.tolist()}. "
+                         "The sign of the blur comes from disparity - disp_focus, not from K.")
+    coc = k.view(b, 1, 1, 1) * (disparity.to(dtype) - focus.view(b, 1, 1, 1))
+    linear = image_srgb.clamp(0.0, 1.0) ** gamma
+    out = render_scatter(linear, coc, impl=impl, **scatter_opts)
+    return out.clamp(0.0, 1.0) ** (1.0 / gamma)
+
+
+def _per_batch_scalar(name, value, b, dtype, device, op) -> torch.Tensor:
+    """A float or a (B,) tensor -> finite (B,) tensor."""
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if t.dim() == 0:
+        t = t.expand(b)
+    if t.shape != (b,):
+        raise ValueError(f"{op}: {name} must be a float or a tensor of shape ({b},); got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{op}: {name} must be finite; got {t.tolist()}")
+    return t

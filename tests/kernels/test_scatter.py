@@ -1,0 +1,127 @@
+"""Physics of the classical scatter renderer (CPU, torch reference)."""
+
+import math
+
+import pytest
+import torch
+
+from kernels import render_classical, render_scatter
+
+
+def _point_scene(size=65, radius=8.0, value=1.0):
+    img = torch.zeros(1, 3, size, size, dtype=torch.float64)
+    c = size // 2
+    img[..., c, c] = value
+    coc = torch.full((1, 1, size, size), radius, dtype=torch.float64)
+    return img, coc, c
+
+
+@pytest.mark.parametrize("blades", [0, 6])
+@pytest.mark.parametrize("radius", [3.0, 8.0])
+def test_point_renders_aperture_of_radius_r_and_conserves_energy(blades, radius):
+    img, coc, c = _point_scene(radius=radius)
+    out = render_scatter(img, coc, blades=blades, impl="torch")[0, 0]
+    assert abs(out.sum().item() - 1.0) < 0.01  # energy within 1 %
+    mask = out > 0.5 * out.max()
+    area = mask.sum().item()
+    # Disc: area pi r^2; hexagon of circumradius r: (3 sqrt(3) / 2) r^2. Equivalent radius within 1 px.
+    shape_area = math.pi if blades == 0 else 1.5 * math.sqrt(3.0)
+    assert abs(math.sqrt(area / shape_area) - radius) < 1.0
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    extent = torch.sqrt((ys - c).double() ** 2 + (xs - c).double() ** 2).max().item()
+    assert abs(extent - radius) <= 1.0  # farthest lit pixel (the vertices for the hexagon) at r within 1 px
+    if blades == 6:
+        # A hexagon, not a disc: its area is 3 sqrt(3) / (2 pi) = 0.83 of the circumscribed disc's.
+        assert area < 0.9 * math.pi * radius**2
+
+
+def test_uniform_image_stays_uniform_under_any_depth():
+    torch.manual_seed(1)
+    img = torch.full((2, 3, 40, 48), 0.37)
+    coc = torch.randn(2, 1, 40, 48) * 5.0
+    out = render_scatter(img, coc, impl="torch")
+    assert (out - 0.37).abs().max().item() < 1e-5
+
+
+def test_in_focus_pixels_are_unchanged_exactly():
+    torch.manual_seed(2)
+    img = torch.rand(1, 3, 48, 64)
+    coc = torch.rand(1, 1, 48, 64) * 0.98 - 0.49  # |coc| < 0.5 everywhere
+    coc[..., :, 40:] = -6.0  # a blurred region on the right
+    out = render_scatter(img, coc, impl="torch")
+    # Columns < 40 - 7 are out of reach of the blurred sources (radius 6, soft edge 0.5): bit-exact.
+    assert torch.equal(out[..., :33], img[..., :33])
+    assert not torch.allclose(out[..., 45:], img[..., 45:])
+
+
+def test_sharp_foreground_keeps_its_edge_over_blurred_background():
+    # Foreground (left, in focus, coc 0) is dark; background (right, coc -8, behind focus) is bright.
+    img = torch.zeros(1, 3, 32, 64)
+    img[..., 32:] = 1.0
+    coc = torch.zeros(1, 1, 32, 64)
+    coc[..., 32:] = -8.0
+    out = render_scatter(img, coc, impl="torch")
+    # Bound: a sharp pixel receives no light from sources more than 1.5 px of CoC behind it -> exactly 0.
+    assert out[..., :32].abs().max().item() == 0.0
+    # The background keeps its own colour (normalisation fills the hidden part), no dark halo.
+    assert (out[..., 32:] - 1.0).abs().max().item() < 1e-5
+
+
+def test_blurred_foreground_spreads_over_sharp_background():
+    # The converse: a near, defocused bright object bleeds over the in-focus background behind it.
+    img = torch.zeros(1, 3, 32, 64)
+    img[..., :32] = 1.0
+    coc = torch.zeros(1, 1, 32, 64)
+    coc[..., :32] = 6.0
+    out = render_scatter(img, coc, impl="torch")[0, 0, 16]
+    assert 0.1 < out[33].item() < 0.6  # partial coverage just outside the edge
+    assert out[40].item() == 0.0  # beyond the radius + soft edge
+
+
+@pytest.mark.parametrize("blades,rotation", [(0, 0.0), (5, 10.0)])
+def test_horizontal_flip_commutes(blades, rotation):
+    torch.manual_seed(3)
+    img = torch.rand(1, 3, 24, 30, dtype=torch.float64)
+    coc = torch.randn(1, 1, 24, 30, dtype=torch.float64) * 3.0
+    out = render_scatter(img, coc, blades=blades, rotation_deg=rotation, impl="torch")
+    # Mirroring x maps angle theta -> 180 - theta, so the polygon's rotation becomes 180 - rotation.
+    out_f = render_scatter(img.flip(-1), coc.flip(-1), blades=blades, rotation_deg=180.0 - rotation, impl="torch")
+    assert (out_f.flip(-1) - out).abs().max().item() < 1e-10
+
+
+def test_highlight_boost_brightens_defocused_highlights_only():
+    img, coc, c = _point_scene(radius=5.0, value=4.0)
+    base = render_scatter(img, coc, impl="torch")
+    boosted = render_scatter(img, coc, highlight_threshold=1.0, highlight_gain=2.0, impl="torch")
+    # c' = c + gain * (c - threshold) = 4 + 2 * 3 = 10 -> 2.5x the energy.
+    assert abs(boosted.sum().item() / base.sum().item() - 2.5) < 1e-6
+    sharp = render_scatter(img, coc * 0, highlight_threshold=1.0, highlight_gain=2.0, impl="torch")
+    assert torch.equal(sharp, img)
+
+
+def test_render_classical_identity_at_zero_k_and_errors():
+    torch.manual_seed(4)
+    srgb = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    disp = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    out = render_classical(srgb, disp, 0.0, 0.5, impl="torch")
+    assert (out - srgb).abs().max().item() < 1e-12  # gamma round trip only
+    blurred = render_classical(srgb, disp, torch.tensor([10.0]), torch.tensor([0.2]), impl="torch")
+    assert blurred.shape == srgb.shape and 0.0 <= blurred.min() and blurred.max() <= 1.0
+    with pytest.raises(ValueError, match="K must be >= 0"):
+        render_classical(srgb, disp, -1.0, 0.5)
+    with pytest.raises(ValueError, match=r"disparity must have shape \(1, 1, 16, 16\); got \(1, 1, 8, 16\)"):
+        render_classical(srgb, disp[..., :8, :], 1.0, 0.5)
+
+
+def test_bad_inputs_name_expected_and_actual():
+    img = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"image_linear must have shape \(\*, 3, \*, \*\); got \(1, 4, 8, 8\)"):
+        render_scatter(torch.rand(1, 4, 8, 8), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"coc_px must have shape \(1, 1, 8, 8\); got \(1, 1, 8, 9\)"):
+        render_scatter(img, torch.zeros(1, 1, 8, 9))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        render_scatter(img, torch.full((1, 1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="blades must be 0"):
+        render_scatter(img, torch.zeros(1, 1, 8, 8), blades=2)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        render_scatter(img, torch.zeros(1, 1, 8, 8), impl="cupy")
