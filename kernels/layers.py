@@ -137,9 +137,11 @@ def _layers_torch(premult, planes, k, focus, u, wts, spacing_unit, levels):
                 else:
                     lod = torch.zeros_like(x)
                 rgba = _sample_mip(pyrs[l], x, y, lod)
-            colour_sum.addcmul_(trans, rgba[:, :3], value=ws)
+            # Written as separate products, not addcmul (fused multiply-add rounds differently), so that the
+            # single pinhole sample reproduces the plain "over" composite bit for bit.
+            colour_sum += (trans * rgba[:, :3]) * ws
             trans = trans * (1 - rgba[:, 3:4])
-        weight.add_(1 - trans, alpha=ws)
+        weight += (1 - trans) * ws
     return colour_sum, weight
 
 
