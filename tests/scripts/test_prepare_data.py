@@ -1,0 +1,143 @@
+"""prepare_data.py end to end, in-process, offline: tiny Depth Anything and tiny BiRefNet stand-in from folders."""
+
+import json
+import shutil
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+import prepare_data
+from data.io import read_disparity, read_image, save_image
+from tests.models.test_depth import save_tiny_depth_anything
+from tests.models.test_segment import save_tiny_segmenter
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    return {"depth": str(save_tiny_depth_anything(root / "depth")), "mask": str(save_tiny_segmenter(root / "mask"))}
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Two real photos of different sizes, extensions and nesting: astronaut.png, cats/chelsea.JPG."""
+    folder = tmp_path / "photos"
+    save_image(folder / "astronaut.png", skdata.astronaut()[::4, ::4].transpose(2, 0, 1) / 255.0)  # 128 x 128
+    save_image(folder / "cats" / "chelsea.JPG", skdata.chelsea()[::3, ::3].transpose(2, 0, 1) / 255.0)  # 100 x 151
+    return folder
+
+
+def run(weights, *args):
+    argv = ["--depth_model", weights["depth"], "--mask_model", weights["mask"], "--device", "cpu",
+            "--depth_resolution", "28", "--mask_resolution", "32", *map(str, args)]
+    return prepare_data.main(argv)
+
+
+def check_outputs(root, name, image_size):
+    """The files inference reads: disparity .npy float32 (H, W) in [0, 1] and an 8-bit mask, both image-sized."""
+    disparity = np.load(root / "depth" / f"{name}_pred.npy")
+    assert disparity.dtype == np.float32 and disparity.shape == image_size
+    assert disparity.min() == 0 and disparity.max() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read back with no repair at all
+        read_back = read_disparity(root / "depth" / f"{name}_pred.npy", size=image_size)
+    np.testing.assert_array_equal(read_back[0], disparity)
+    mask = cv2.imread(str(root / "mask" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.dtype == np.uint8 and mask.shape == image_size
+    return disparity, mask
+
+
+def test_folder_run_writes_the_ebb_layout(weights, photos, tmp_path):
+    out = tmp_path / "prepared"
+    assert run(weights, "--input_dir", photos, "--output_dir", out, "--batch_size", 2) == 0
+    check_outputs(out, "astronaut", (128, 128))
+    check_outputs(out, "cats/chelsea", (100, 151))
+    assert (out / "input" / "cats" / "chelsea.JPG").read_bytes() == (photos / "cats" / "chelsea.JPG").read_bytes()
+    assert read_image(out / "input" / "astronaut.png").shape == (3, 128, 128)
+    config = json.loads((out / "prepare_data.json").read_text())
+    assert config["device"] == "cpu" and config["copy_inputs"] is True
+    assert not list(out.rglob(".*.tmp"))  # no temporary file left behind
+
+
+def test_batch_size_does_not_change_results(weights, photos, tmp_path):
+    assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "b1", "--batch_size", 1, "--no_mask") == 0
+    assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "b4", "--batch_size", 4, "--no_mask") == 0
+    for name in ("astronaut", "cats/chelsea"):
+        a, b = (np.load(tmp_path / d / "depth" / f"{name}_pred.npy") for d in ("b1", "b4"))
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not (tmp_path / "b1" / "mask").exists()
+
+
+def test_corrupt_and_clashing_files_are_reported_skipped_and_fail_the_run(weights, photos, tmp_path, capsys):
+    (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (photos / "notes.txt").write_text("not an image")
+    shutil.copy(photos / "astronaut.png", photos / "twin.png")
+    shutil.copy(photos / "astronaut.png", photos / "twin.jpg")  # same name, two files: outputs would collide
+    out = tmp_path / "prepared"
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 1
+    check_outputs(out, "astronaut", (128, 128))
+    check_outputs(out, "cats/chelsea", (100, 151))
+    assert not (out / "depth" / "broken_pred.npy").exists() and not (out / "depth" / "twin_pred.npy").exists()
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "cannot decode" in err
+    assert "twin.jpg" in err and "notes.txt" in err
+
+
+def test_existing_outputs_are_kept_unless_overwrite(weights, photos, tmp_path):
+    out = tmp_path / "prepared"
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 0
+    depth_file, mask_file = out / "depth" / "astronaut_pred.npy", out / "mask" / "astronaut.png"
+    computed = np.load(depth_file)
+    np.save(depth_file, np.full_like(computed, 0.5))  # a marker a rerun must not replace
+    mask_file.unlink()  # a missing output is made, the others are kept
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 0
+    assert (np.load(depth_file) == 0.5).all() and mask_file.exists()
+    assert run(weights, "--input_dir", photos, "--output_dir", out, "--overwrite") == 0
+    np.testing.assert_array_equal(np.load(depth_file), computed)
+
+
+def test_in_place_next_to_an_ebb_input_folder(weights, photos, tmp_path):
+    root = tmp_path / "EBB"
+    shutil.copytree(photos, root / "input")
+    assert run(weights, "--input_dir", root / "input", "--no_mask") == 0
+    assert np.load(root / "depth" / "cats" / "chelsea_pred.npy").shape == (100, 151)
+    assert sorted(p.name for p in root.iterdir()) == ["depth", "input", "prepare_data.json"]
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "input").rglob("*")) == [
+        "input/astronaut.png", "input/cats", "input/cats/chelsea.JPG"]
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(weights, photos):
+    out = photos / "prepared"
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 0
+    assert run(weights, "--input_dir", photos, "--output_dir", out, "--overwrite") == 0
+    assert sorted(p.name for p in (out / "depth").rglob("*.npy")) == ["astronaut_pred.npy", "chelsea_pred.npy"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--depth_model", "bokehdiff-tests/no-such-depth-model"], "--depth_model /path/to/local/folder"),
+        (["--mask_model", "bokehdiff-tests/no-such-mask-model"], "--mask_model /path/to/local/folder, or pass --no_mask"),
+        (["--fp16"], "--fp16 needs a CUDA device"),
+        (["--batch_size", "0"], "--batch_size must be >= 1"),
+    ],
+)
+def test_bad_options_give_one_error_naming_the_flag(weights, photos, tmp_path, capsys, args, expected):
+    assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "out", *args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("error:") == 1
+    assert not (tmp_path / "out" / "depth").exists()
+
+
+def test_output_dir_required_unless_input_is_an_ebb_input_folder(weights, photos, capsys):
+    assert run(weights, "--input_dir", photos) == 2
+    assert "--output_dir is required" in capsys.readouterr().err
+
+
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_data.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "--no_mask" in capsys.readouterr().out
