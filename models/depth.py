@@ -161,6 +161,6 @@ def load_depth_estimator(
     try:
         model = AutoModelForDepthEstimation.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         raise WeightsUnavailableError(f"cannot load depth model '{source}': {first_line}") from error
     return DepthEstimator(model.to(device), input_size=input_size)

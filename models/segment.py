@@ -97,6 +97,6 @@ def load_birefnet(
     try:
         module = AutoModelForImageSegmentation.from_pretrained(source, trust_remote_code=True)
     except (OSError, ValueError, ImportError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         raise WeightsUnavailableError(f"cannot load mask model '{source}': {first_line}") from error
     return BiRefNetSegmenter(module.to(device=device, dtype=dtype), resolution=resolution)
