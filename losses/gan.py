@@ -131,10 +131,10 @@ class FrozenBackbone(nn.Module):
             if not pretrained:
                 raise
             raise RuntimeError(
-                f"GAN: could not load pretrained weights for discriminator backbone {model_name!r}: {error}. "
-                "Populate the Hugging Face hub cache ($HF_HOME) with it, or download the checkpoint and pass "
-                "`--gan_backbone_weights PATH` (LossConfig.gan_backbone_weights). Refusing to train a "
-                "discriminator on a random backbone."
+                f"GAN: could not load pretrained weights for discriminator backbone {model_name!r} "
+                f"({type(error).__name__}: {error}). Populate the Hugging Face hub cache ($HF_HOME) with it, "
+                "or download the checkpoint and pass `--gan_backbone_weights PATH` "
+                "(LossConfig.gan_backbone_weights). Refusing to train a discriminator on a random backbone."
             ) from error
 
         cfg = self.model.pretrained_cfg

@@ -57,9 +57,10 @@ def _load_vgg_state_dict(vgg_weights_path: str | os.PathLike | None) -> dict[str
     except Exception as error:  # network, proxy, or cache permission failures all need the same remedy
         raise RuntimeError(
             "LPIPS: could not obtain the pretrained VGG-16 trunk (torchvision VGG16_Weights.IMAGENET1K_V1) "
-            f"from the torch hub cache ({torch.hub.get_dir()}) or {VGG16_URL}: {error}. Download that file "
-            "and pass its path with `--lpips_vgg_weights` (LossConfig.lpips_vgg_weights), or place it in the "
-            "torch hub cache. Refusing to train LPIPS on a random VGG."
+            f"from the torch hub cache ({torch.hub.get_dir()}) or {VGG16_URL} ({type(error).__name__}: "
+            f"{error}). Download that file and pass its path with `--lpips_vgg_weights` "
+            "(LossConfig.lpips_vgg_weights), or place it in the torch hub cache. Refusing to train LPIPS on a "
+            "random VGG."
         ) from error
 
 

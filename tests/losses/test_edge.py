@@ -59,7 +59,7 @@ def test_aif_edges_raise_the_weight():
 
 
 def test_matches_reference_implementation():
-    pred, target, aif = (torch.rand(2, 3, 24, 30, dtype=torch.float64) for _ in range(3))
+    pred, target, aif = (torch.rand(2, 3, 12, 18, dtype=torch.float64) for _ in range(3))
     torch.testing.assert_close(edge_loss(pred, target, aif), _reference_edge_loss(pred, target, aif))
 
 
@@ -75,7 +75,7 @@ def test_gradient_flows_to_prediction_only():
 def test_gradcheck():
     pred = torch.rand(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     target, aif = torch.rand(1, 3, 6, 6, dtype=torch.float64), torch.rand(1, 3, 6, 6, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda p: edge_loss(p, target, aif), (pred,))
+    assert torch.autograd.gradcheck(lambda p: edge_loss(p, target, aif), (pred,), fast_mode=True)
 
 
 @pytest.mark.parametrize(
