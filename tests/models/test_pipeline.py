@@ -1,0 +1,216 @@
+"""BokehDiffPipeline on the tiny SDXL stack saved to disk: weights (published adapter format), determinism,
+tiled vs full frame, planning, offline errors and bad inputs."""
+
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.lora import WeightLoadingError, add_lora, save_lora, save_vae_partial, set_vae_trainable
+from models.pipeline import BokehDiffPipeline, WeightsUnavailableError, blend_window, tile_starts
+from models.tiny import build_tiny_sdxl, save_tiny_sdxl
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convolutions on 2 shared cores: extra intra-op threads only add contention (10x slower here).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"), seed=0)
+
+
+def _trained_components():
+    """Tiny stack with a non-zero LoRA and a modified VAE encoder, as after training."""
+    stack = build_tiny_sdxl(seed=0)
+    add_lora(stack["unet"], rank=4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in stack["unet"].named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for p in set_vae_trainable(stack["vae"]):
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def published_adapter(tmp_path_factory):
+    """The published layout: LoRA at the root *without* the 'unet.' prefix, VAE under small/."""
+    root = tmp_path_factory.mktemp("published")
+    stack = _trained_components()
+    ours = load_file(str(save_lora(stack["unet"], root / "ours")))
+    save_file({k[len("unet."):]: v for k, v in ours.items()}, str(root / "pytorch_lora_weights.safetensors"))
+    save_vae_partial(stack["vae"], root / "small")
+    return root, stack
+
+
+def _inputs(h=64, w=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, h, w, generator=g), torch.rand(1, 1, h, w, generator=g)
+
+
+_FAST_PISA = dict(n_segments=3, n_supersamples=2)
+
+
+def test_published_adapter_loads_fully_and_matches_in_memory(tiny_dir, published_adapter):
+    root, stack = published_adapter
+    pipe = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=root, pisa=_FAST_PISA)
+    assert pipe.info["lora"]["tensors"] == len(load_file(str(root / "pytorch_lora_weights.safetensors")))
+    assert pipe.info["vae"]["file"].endswith("small/vae.ckpt")
+    reference = BokehDiffPipeline.from_components(**stack, pisa=_FAST_PISA)
+    image, disp = _inputs()
+    out = pipe(image, disp, K=20, disp_focus=0.5)
+    assert torch.equal(out, reference(image, disp, K=20, disp_focus=0.5))
+    with pytest.warns(UserWarning, match="no adapter"):
+        base = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=None, pisa=_FAST_PISA)
+    assert not torch.allclose(out, base(image, disp, K=20, disp_focus=0.5), atol=1e-3)
+
+
+def test_two_runs_bit_identical_and_seed_matters(tiny_dir, published_adapter):
+    root, _ = published_adapter
+    image, disp = _inputs()
+    outs = []
+    for _ in range(2):  # two independently loaded pipelines, as two CLI runs
+        pipe = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=root, pisa=_FAST_PISA)
+        outs.append(pipe(image, disp, K=30, disp_focus=0.3, seed=7))
+    assert torch.equal(outs[0], outs[1])
+    assert outs[0].shape == (1, 3, 64, 96) and 0 <= outs[0].min() and outs[0].max() <= 1
+    other = pipe(image, disp, K=30, disp_focus=0.3, seed=8)  # occlusion jitter comes from the seed
+    assert not torch.equal(outs[0], other)
+
+
+def test_foreign_key_adapter_is_an_error(tiny_dir, published_adapter, tmp_path):
+    root, _ = published_adapter
+    state = load_file(str(root / "pytorch_lora_weights.safetensors"))
+    state["text_encoder.encoder.layers.0.mlp.fc1.lora_A.weight"] = torch.zeros(4, 32)
+    save_file(state, str(tmp_path / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(WeightLoadingError, match="text_encoder.encoder"):
+        BokehDiffPipeline.from_pretrained(tiny_dir, adapter=tmp_path, vae_weights=root / "small" / "vae.ckpt")
+
+
+def test_adapter_without_vae_weights(tiny_dir, published_adapter, tmp_path):
+    root, _ = published_adapter
+    lora_only = root / "pytorch_lora_weights.safetensors"
+    with pytest.raises(FileNotFoundError, match="vae.ckpt"):
+        BokehDiffPipeline.from_pretrained(tiny_dir, adapter=lora_only, adapter_variant=None)
+    with pytest.warns(UserWarning, match="base weights"):
+        BokehDiffPipeline.from_pretrained(tiny_dir, adapter=lora_only, require_vae_weights=False, pisa=False)
+
+
+def test_offline_hub_ids_give_one_clear_error(tiny_dir):
+    with pytest.raises(WeightsUnavailableError) as err:
+        BokehDiffPipeline.from_pretrained(tiny_dir, adapter="zcx65535/bokehdiff")
+    assert "--renderer classical" in str(err.value) and "local" in str(err.value)
+    with pytest.raises(WeightsUnavailableError, match="--renderer classical"):
+        BokehDiffPipeline.from_pretrained("nobody-here/no-such-sdxl", adapter=None)
+    with pytest.raises(FileNotFoundError, match="unet/"):
+        BokehDiffPipeline.from_pretrained(tiny_dir / "vae", adapter=None)
+
+
+def _identity_like_pipeline():
+    """eps = 0 exactly (conv_out zeroed): x0 = z / sqrt(a_t) pointwise; physics off."""
+    stack = build_tiny_sdxl(seed=0)
+    with torch.no_grad():
+        stack["unet"].conv_out.weight.zero_()
+        stack["unet"].conv_out.bias.zero_()
+    return BokehDiffPipeline.from_components(**stack, pisa=dict(physics=False), tile_size=64, tile_overlap=16)
+
+
+def test_tiled_matches_full_frame_with_identity_like_unet():
+    pipe = _identity_like_pipeline()
+    image, disp = _inputs(h=160, w=224, seed=1)
+    full = pipe(image, disp, K=20, disp_focus=0.5, mode="full", vae_tiling=False)
+    tiled = pipe(image, disp, K=20, disp_focus=0.5, mode="tiled", vae_tiling=False, tile_batch_size=3)
+    # latent 20 x 28, tiles of 8 aligned to 4 with overlap >= 2: starts 0, 4, 8, 12 and 0, 4, ..., 20
+    assert pipe.last_plan.mode == "tiled" and pipe.last_plan.n_tiles == 4 * 6
+    assert (full - tiled).abs().max() < 1e-3
+
+
+class _TileRecorder:
+    """Stock attention that names disp_coc, so the UNet hands it over; records each call's shape."""
+
+    def __init__(self):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.stock, self.shapes = AttnProcessor2_0(), []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, disp_coc=None):
+        if encoder_hidden_states is None:
+            self.shapes.append(tuple(disp_coc.shape))
+        return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def test_each_tile_gets_its_disp_coc_crop():
+    stack = build_tiny_sdxl(seed=0)
+    recorder = _TileRecorder()
+    stack["unet"].set_attn_processor(recorder)
+    pipe = BokehDiffPipeline.from_components(**stack, pisa=False, tile_size=64, tile_overlap=16)
+    image, disp = _inputs(h=96, w=128)
+    pipe(image, disp, K=10, disp_focus=0.5, mode="tiled", tile_batch_size=2)
+    n_self_attn = sum(1 for k in stack["unet"].attn_processors if "attn1" in k)
+    assert pipe.last_plan.n_tiles == 2 * 3
+    assert set(recorder.shapes) <= {(2, 2, 64, 64)}  # 6 tiles in batches of 2, 64-px crops at image resolution
+    assert len(recorder.shapes) == 3 * n_self_attn
+
+
+def test_tile_geometry():
+    starts = tile_starts(40, 16, 4, align=4)
+    assert starts == [0, 12, 24]  # span 24 in aligned strides of at most 16 - 4 = 12
+    assert tile_starts(44, 16, 4, align=4) == [0, 12, 20, 28]  # uneven span: strides 12, 8, 8 (overlap >= 4)
+    total = torch.zeros(40, dtype=torch.float64)
+    for i, s in enumerate(starts):
+        total[s:s + 16] += blend_window(starts, 16, i)
+    torch.testing.assert_close(total, torch.ones(40, dtype=torch.float64))  # partition of unity
+    assert tile_starts(10, 16, 4) == [0]
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(40, 16, 14, align=4)
+
+
+def test_plan_auto_and_odd_sizes():
+    pipe = _identity_like_pipeline()
+    assert pipe.plan(200, 300).mode == "full"
+    pipe.full_frame_max_px = 128 * 128
+    plan = pipe.plan(200, 300)
+    assert plan.mode == "tiled" and plan.padded_hw == (224, 320) and "auto" in plan.reason
+    image, disp = _inputs(h=70, w=101)
+    assert pipe(image[0], disp[0, 0], K=5, disp_focus=0.2).shape == (1, 3, 70, 101)  # (3,H,W) and (H,W) accepted
+
+
+def test_bf16_unet_runs_close_to_fp32(published_adapter):
+    _, stack = published_adapter
+    pipe = BokehDiffPipeline.from_components(**stack, pisa=_FAST_PISA)
+    image, disp = _inputs()
+    ref = pipe(image, disp, K=20, disp_focus=0.5)
+    out = pipe.to(dtype="bf16")(image, disp, K=20, disp_focus=0.5)
+    pipe.to(dtype="fp32")
+    assert out.dtype == torch.float32 and (out - ref).abs().mean() < 0.05
+
+
+def test_bad_inputs():
+    pipe = _identity_like_pipeline()
+    image, disp = _inputs()
+    with pytest.raises(ValueError, match="must match the image"):
+        pipe(image, disp[..., :32], K=5, disp_focus=0.5)
+    with pytest.raises(ValueError, match="K .*disp_focus"):
+        pipe(image, disp)
+    with pytest.raises(ValueError, match="disp_focus must be in"):
+        pipe(image, disp, K=5, disp_focus=1.5)
+    bad = disp.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        pipe(image, bad, K=5, disp_focus=0.5)
+    with pytest.raises(ValueError, match="mode"):
+        pipe(image, disp, K=5, disp_focus=0.5, mode="fast")
+    with pytest.raises(TypeError, match="float"):
+        pipe((image * 255).to(torch.uint8), disp, K=5, disp_focus=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # coc_px given directly: no warning, same result as K/focus
+        a = pipe(image, disp, coc_px=5 * (disp - 0.5))
+    torch.testing.assert_close(a, pipe(image, disp, K=5, disp_focus=0.5))
