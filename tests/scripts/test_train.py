@@ -1,0 +1,314 @@
+"""train_lora_otf.py and training/: configuration, checkpoints, exact resume, distributed consistency, learning.
+
+Everything runs on CPU with the tiny SDXL stack (models/tiny.py) and a tiny synthetic fg/bg set written by a
+fixture. Runs are in-process (``main(argv)``) except the 2-process gloo run. Torch is pinned to one thread
+here: on a shared 2-core machine OpenMP spin-waiting makes multi-threaded tiny kernels 50x slower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import train_lora_otf
+from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, TrainProgress, list_checkpoints,
+                                 remove_stale_temporaries, resolve_resume_path, save_checkpoint)
+from training.config import DEFAULT_CONFIG, build_parser, load_yaml_config, parse_args
+from training.data import SampleStream
+from training.loop import NonFiniteGuard, NonFiniteLossError, pisa_hardness
+
+REPO = Path(train_lora_otf.__file__).resolve().parent
+TINY = str(REPO / "configs" / "train_tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write_otf_data(root: Path) -> Path:
+    """Two RGBA foregrounds (opaque squares with soft edges) and two textured backgrounds (128 x 96 px)."""
+    rng = np.random.default_rng(0)
+    for sub in ("fg", "bg"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:96, 0:128]
+    for i in range(2):
+        bg = np.stack([(xx * (i + 2)) % 256, (yy * 3) % 256, ((xx + yy) * (i + 1)) % 256], -1).astype(np.uint8)
+        Image.fromarray(bg).save(root / "bg" / f"bg{i}.png")
+        fg = np.zeros((40, 40, 4), np.uint8)
+        fg[..., :3] = rng.integers(0, 255, (40, 40, 3))
+        fg[6 + i : 34, 6:34 - i, 3] = 255
+        Image.fromarray(fg, "RGBA").save(root / "fg" / f"fg{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from models.tiny import save_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("train_stack")
+    return dict(sdxl=str(save_tiny_sdxl(root / "sdxl")), data=str(_write_otf_data(root / "data")))
+
+
+def _argv(stack, out, *extra):
+    return ["--config", TINY, "--pretrained_model_name_or_path", stack["sdxl"], "--train_data_dir", stack["data"],
+            "--output_dir", str(out), *map(str, extra)]
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------------------
+PUBLISHED = ("--train_data_dir data/otf --pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --train_batch_size 4 "
+             "--output_dir ckpt/bokehdiff --mixed_precision bf16 --opt_vae 1 --max_train_steps 100000 "
+             "--enable_xformers_memory_efficient_attention --learning_rate 5e-5 --lr_scheduler cosine_with_restarts "
+             "--lr_num_cycles 10 --lr_warmup_steps 1000 --resolution 512 --lpips --edge --lambda_lpips 1 "
+             "--checkpointing_steps 2000 --gan_loss_type multilevel_sigmoid_s --cv_type clip --lambda_gan 0.1 "
+             "--gan_step 2000").split()
+
+
+def test_published_command_parses_unchanged(capsys):
+    args = parse_args(PUBLISHED)
+    assert (args.opt_vae, args.lpips, args.edge, args.lr_num_cycles, args.cv_type) == (1, True, True, 10, "clip")
+    assert args.enable_xformers_memory_efficient_attention and args.mixed_precision == "bf16"
+    assert PUBLISHED[10:12] == ["--opt_vae", "1"]
+    assert parse_args(PUBLISHED[:11] + PUBLISHED[12:]).opt_vae == 1  # bare flag form
+    assert train_lora_otf.main(PUBLISHED + ["--dry_run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["lambda_lpips"] == 1.0
+
+
+def test_default_yaml_holds_every_option_and_presets_are_valid():
+    parser = build_parser()
+    options = {a.dest for a in parser._actions} - {"help", "config"}
+    assert set(load_yaml_config(DEFAULT_CONFIG, parser)) == options
+    for preset in (REPO / "configs").glob("train_*.yaml"):
+        load_yaml_config(preset, parser)
+
+
+_PATHS = dict(sdxl="tiny-sdxl", data="otf-data")  # parsing does not touch the paths
+
+
+def test_precedence_default_preset_cli(tmp_path):
+    args = parse_args(_argv(_PATHS, tmp_path))
+    assert args.rank == 4 and args.edge and args.adam_beta2 == 0.95  # preset, preset, default
+    args = parse_args(_argv(_PATHS, tmp_path, "--rank", 2, "--no-edge"))
+    assert args.rank == 2 and not args.edge
+
+
+@pytest.mark.parametrize("content, message", [
+    ("learning_rat: 0.1\n", "did you mean 'learning_rate'"),
+    ("rank: eight\n", "key 'rank' must be an integer"),
+    ("edge: 1\n", "key 'edge' must be true or false"),
+    ("lr_scheduler: cosine_annealing\n", "must be one of"),
+])
+def test_bad_preset_keys_fail(tmp_path, content, message):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--config", str(preset), "--train_data_dir", "x", "--output_dir", "y"])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--resolution", 72, "--resolution must be a multiple of 16"),
+    ("--opt_vae", 2, "--opt_vae must be 0 or 1"),
+    ("--checkpoints_total_limit", 0, "--checkpoints_total_limit"),
+])
+def test_bad_flag_values_fail(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(_argv(_PATHS, tmp_path, flag, value))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pieces: data stream, hardness, non-finite guard, checkpoint folders
+# ------------------------------------------------------------------------------------------------------------
+def test_sample_stream_is_stateless_resumable_and_sharded():
+    def take(stream, n):
+        it = iter(stream)
+        return [next(it) for _ in range(n)]
+
+    full = take(SampleStream(4, seed=7, rank=1, world_size=2), 10)
+    assert take(SampleStream(4, seed=7, rank=1, world_size=2, start=6), 4) == full[6:]
+    other = take(SampleStream(4, seed=7, rank=0, world_size=2), 10)
+    assert not set(full) & set(other)  # ranks never draw the same global sample
+    assert {i % 4 for i in full + other} == {0, 1, 2, 3}  # every pair is used
+    assert take(SampleStream(4, seed=8, rank=1, world_size=2), 10) != full
+
+
+def test_pisa_hardness_schedule():
+    assert pisa_hardness(0, 3.0, 2.0, 1e6) == 3.0
+    assert pisa_hardness(10, 3.0, 2.0, 1e6) == 23.0
+    assert pisa_hardness(10**9, 3.0, 2.0, 1e6) == 1e6
+
+
+def test_nonfinite_guard_counts_resets_and_stops():
+    progress = TrainProgress()
+    guard = NonFiniteGuard(progress, limit=2)
+    guard.update(True, 0)
+    guard.update(False, 1)
+    assert (progress.nonfinite_total, progress.nonfinite_in_a_row) == (1, 0)
+    guard.update(True, 2)
+    with pytest.raises(NonFiniteLossError, match="--max_nonfinite_steps 2.*Last good checkpoint: ck"):
+        guard.update(True, 3, "ck")
+    assert progress.nonfinite_total == 3
+
+
+class _FakeAccelerator:
+    """Stand-in with accelerate's save_state contract: writes files into the folder; may crash midway."""
+
+    is_main_process = True
+
+    def __init__(self, crash=False):
+        self.crash = crash
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / META_NAME).write_text("{}")
+        if self.crash:
+            raise KeyboardInterrupt("killed while saving")
+        (Path(folder) / "optimizer.bin").write_bytes(b"x" * 10)
+
+
+def test_checkpoints_are_atomic_rotated_and_found(tmp_path):
+    for step in (2, 4, 6):
+        save_checkpoint(_FakeAccelerator(), tmp_path, step, total_limit=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_FakeAccelerator(crash=True), tmp_path, 8, total_limit=2)
+    # The interrupted save is invisible: 'latest' is still the last complete checkpoint, none was rotated away.
+    assert resolve_resume_path("latest", tmp_path) == tmp_path / f"{CHECKPOINT_PREFIX}6"
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert (tmp_path / f"{CHECKPOINT_PREFIX}6" / "optimizer.bin").read_bytes() == b"x" * 10
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [f".tmp-{CHECKPOINT_PREFIX}8"]
+    assert resolve_resume_path(None, tmp_path) is None
+    assert resolve_resume_path("latest", tmp_path / "empty") is None
+    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint"):
+        resolve_resume_path(str(tmp_path / "nope"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End to end
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monkeypatch):
+    """6 steps, checkpoint every 2 with limit 2 (GAN from step 2, validation at 3), vs. the same run crashed
+    during step 5 and resumed from ``latest``: the loss sequences and final weights are identical."""
+    ref = tmp_path / "uninterrupted"
+    assert train_lora_otf.main(_argv(stack, ref, "--report_to", "tensorboard")) == 0
+    ref_log = _log(ref)
+    assert [r["step"] for r in ref_log] == [1, 2, 3, 4, 5, 6]
+    assert "gan_g" not in ref_log[1] and "gan_g" in ref_log[2] and all("gan_d" in r for r in ref_log)
+    assert [s for s, _ in list_checkpoints(ref)] == [4, 6]
+    assert list((ref / "logs").rglob("events.out.tfevents.*")), "tensorboard event file missing"
+    assert [r["step"] for r in map(json.loads, (ref / "validation.jsonl").read_text().splitlines())] == [0, 3, 6]
+
+    crashed = tmp_path / "crashed"
+    real_step = train_lora_otf.train_step
+
+    def crash_in_step_5(*args, step, **kwargs):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(train_lora_otf, "train_step", crash_in_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_lora_otf.main(_argv(stack, crashed))
+    monkeypatch.setattr(train_lora_otf, "train_step", real_step)
+    assert [s for s, _ in list_checkpoints(crashed)] == [2, 4]
+    assert train_lora_otf.main(_argv(stack, crashed, "--resume_from_checkpoint", "latest")) == 0
+
+    resumed_log = _log(crashed)
+    keys = ["total", "mse", "edge", "gan_g", "gan_d", "lr", "grad_norm"]
+    assert [[r.get(k) for k in keys] for r in resumed_log] == [[r.get(k) for k in keys] for r in ref_log]
+
+    # The checkpoint describes itself; its LoRA (peft keys, `unet.` prefix) and the export load with models.lora.
+    meta = json.loads((ref / f"{CHECKPOINT_PREFIX}6" / META_NAME).read_text())
+    assert meta["lora"]["rank"] == 4 and "to_q" in meta["lora"]["targets"] and meta["resolution"] == 64
+    assert meta["pisa"]["layers"] and meta["progress"]["step"] == 6 and meta["base_model"] == stack["sdxl"]
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from models.lora import LORA_WEIGHT_NAME, load_lora, lora_state_dict
+
+    ref_lora = load_file(str(ref / LORA_WEIGHT_NAME))
+    assert all(k.startswith("unet.") for k in ref_lora)
+    assert any(v.abs().sum() > 0 for k, v in ref_lora.items() if "lora_B" in k), "LoRA did not train"
+    resumed_lora = load_file(str(crashed / LORA_WEIGHT_NAME))
+    assert all(torch.equal(ref_lora[k], resumed_lora[k]) for k in ref_lora)
+    unet = UNet2DConditionModel.from_pretrained(stack["sdxl"], subfolder="unet")
+    load_lora(unet, ref)
+    assert all(torch.equal(v, ref_lora[k]) for k, v in lora_state_dict(unet).items())
+    # The resolved config is a valid preset that reproduces the run's options.
+    again = parse_args(["--config", str(ref / "train_config.yaml")])
+    assert again.rank == 4 and again.report_to == "tensorboard"
+
+
+@pytest.mark.slow
+def test_nonfinite_losses_skip_updates_and_stop_with_nonzero_exit(stack, tmp_path, monkeypatch, caplog):
+    from losses import BokehLoss
+
+    real_forward = BokehLoss.forward
+
+    def nan_forward(self, *args, **kwargs):
+        total, terms = real_forward(self, *args, **kwargs)
+        return total * float("nan"), {**terms, "total": float("nan")}
+
+    monkeypatch.setattr(BokehLoss, "forward", nan_forward)
+    out = tmp_path / "nan"
+    assert train_lora_otf.main(_argv(stack, out, "--validation_steps", 0, "--lambda_gan", 0)) == 2
+    assert "3 consecutive steps had a non-finite loss" in caplog.text
+    assert [r["skipped"] for r in _log(out)] == [True, True]
+    from safetensors.torch import load_file
+
+    lora = load_file(str(out / f"{CHECKPOINT_PREFIX}2" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.count_nonzero(v) == 0 for k, v in lora.items() if "lora_B" in k), "a NaN step updated LoRA"
+
+
+@pytest.mark.slow
+def test_two_processes_gloo_keep_lora_identical(stack, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(REPO / "train_lora_otf.py"), *_argv(stack, out, "--max_train_steps", 3, "--validation_steps", 0,
+                                                  "--checkpointing_steps", 3)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    meta = json.loads((out / META_NAME).read_text())
+    assert meta["num_processes"] == 2 and len(meta["rank_checksums"]) == 2
+    assert len(set(meta["rank_checksums"])) == 1
+    assert sorted(p.name for p in (out / f"{CHECKPOINT_PREFIX}3").glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+
+
+@pytest.mark.slow
+def test_learning_lowers_heldout_l1(stack, tmp_path):
+    """A fixed, seeded tiny run: held-out L1 after training is at least 20% below step 0's."""
+    out = tmp_path / "learn"
+    argv = _argv(stack, out, "--resolution", 32, "--max_train_steps", LEARN_STEPS, "--validation_steps", LEARN_STEPS,
+                 "--checkpointing_steps", LEARN_STEPS, "--lambda_gan", 0, "--no-edge", "--learning_rate", 2e-3,
+                 "--train_batch_size", 4, "--num_validation_samples", 8, "--log_steps", 50)
+    assert train_lora_otf.main(argv) == 0
+    val = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in val] == [0, LEARN_STEPS]
+    assert val[-1]["l1"] <= 0.8 * val[0]["l1"], val
+
+
+LEARN_STEPS = 200

@@ -1,0 +1,168 @@
+"""Train BokehDiff: LoRA on the SDXL UNet (+ the VAE encoder's ends) on on-the-fly synthesised bokeh pairs.
+
+    accelerate launch train_lora_otf.py --train_data_dir data/otf --output_dir runs/bokehdiff \\
+        --pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 [--config PRESET.yaml]
+
+Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the logic lives in ``training/``.
+Rerunning the same command with ``--resume_from_checkpoint latest`` continues exactly where the last
+checkpoint left off. Exit status: 0 done, 2 stopped after too many non-finite steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from training.checkpoint import (CheckpointHooks, TrainProgress, export_inference, remove_stale_temporaries,
+                                 resolve_resume_path, save_checkpoint)
+from training.config import dump_config, parse_args
+from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
+from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
+                           describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
+
+logger = logging.getLogger("train_lora_otf")
+
+
+def setup_accelerator(args):
+    """Accelerator with trackers, seeded; TF32 and the xformers flag handled with a message."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+
+    report_to = None if args.report_to in (None, "", "none") else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        log_with=report_to, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=str(Path(args.output_dir) / args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        force=False)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if args.enable_xformers_memory_efficient_attention:
+        logger.info("--enable_xformers_memory_efficient_attention: accepted for the published command; "
+                    "stock layers already use PyTorch SDPA and PISA layers the chunked kernel, so nothing changes")
+    set_seed(args.seed)
+    return accelerator
+
+
+def main(input_args=None) -> int:
+    args = parse_args(input_args)
+    if args.dry_run:
+        print(yaml.safe_dump(vars(args), sort_keys=True))
+        return 0
+
+    # ---- build ----------------------------------------------------------------------------------------
+    accelerator = setup_accelerator(args)
+    out = Path(args.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        dump_config(args, out / "train_config.yaml")
+    c = build_components(args, accelerator)
+    description = describe_run(args, c, accelerator.num_processes)
+    progress = TrainProgress()
+    hooks = CheckpointHooks(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, c.discriminator_raw,
+                            progress, lambda: description, accelerator.is_main_process)
+    hooks.register(accelerator)
+    resume = resolve_resume_path(args.resume_from_checkpoint, out)
+    if resume is not None:
+        accelerator.load_state(str(resume))  # LoRA, VAE, discriminator, optimisers, schedules, RNG, progress
+        logger.info("resumed from %s at step %d", resume, progress.step)
+    elif args.resume_from_checkpoint:
+        logger.info("--resume_from_checkpoint %s: no checkpoint in %s, starting fresh", args.resume_from_checkpoint, out)
+    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
+    dataset = build_train_dataset(args, rank=accelerator.process_index,
+                                  total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
+    batches = make_train_iterator(dataset, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers,
+                                  seed=args.seed, rank=accelerator.process_index,
+                                  world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)
+    val_set = build_validation_set(args, args.train_batch_size) if accelerator.is_main_process else []
+    if accelerator.is_main_process and accelerator.trackers:
+        accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
+                                                       if isinstance(v, (int, float, str, bool))})
+    train_log = StepLog(out / "train_log.jsonl", progress.step, accelerator.is_main_process)
+    val_log = StepLog(out / "validation.jsonl", progress.step, accelerator.is_main_process)
+    guard, meter = NonFiniteGuard(progress, args.max_nonfinite_steps), StatusMeter()
+    last_checkpoint = str(resume) if resume else None
+
+    def run_validation():
+        if not accelerator.is_main_process:
+            return
+        hardness = pisa_hardness(progress.step, args.pisa_hardness_start, args.pisa_hardness_per_step,
+                                 args.pisa_hardness_max) if args.pisa else None
+        metrics, grid = validate(c.model_raw, val_set, hardness=hardness, device=accelerator.device)
+        val_log.write({"step": progress.step, **metrics})
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=progress.step)
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image("val/aif|pred|target|disparity", grid, progress.step)
+        logger.info("validation at step %d: PSNR %.2f dB, SSIM %.4f, L1 %.4f", progress.step, metrics["psnr"],
+                    metrics["ssim"], metrics["l1"])
+
+    # ---- loop -----------------------------------------------------------------------------------------
+    if args.validation_steps and progress.step == 0:
+        run_validation()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.max_train_steps, initial=progress.step, desc="steps",
+               disable=not accelerator.is_local_main_process)
+    window: dict[str, list[float]] = {}
+    try:
+        while progress.step < args.max_train_steps:
+            result = train_step(c, move_batch(next(batches), accelerator.device), step=progress.step, args=args,
+                                accelerator=accelerator)
+            if not result.synced:
+                continue
+            guard.update(result.skipped, progress.step, last_checkpoint)
+            progress.step += 1
+            progress.samples_per_rank += samples_per_step
+            meter.tick()
+            bar.update(1)
+            mse = result.terms["mse"]
+            record = {"step": progress.step, **result.terms, "skipped": result.skipped,
+                      "psnr": -10 * math.log10(mse) if mse > 0 else float("inf"),
+                      "lr": c.scheduler.get_last_lr()[0], "grad_norm": result.grad_norm}
+            train_log.write(record)
+            for key, value in record.items():
+                if key not in ("step", "skipped") and isinstance(value, float) and math.isfinite(value):
+                    window.setdefault(key, []).append(value)
+            bar.set_postfix(loss=f"{result.terms['total']:.4f}", psnr=f"{record['psnr']:.2f}")
+            if progress.step % args.log_steps == 0:
+                scalars = {f"train/{k}": sum(v) / len(v) for k, v in window.items()}
+                scalars["train/nonfinite_total"] = progress.nonfinite_total
+                accelerator.log(scalars, step=progress.step)
+                window = {}
+                logger.info("step %d/%d | loss %.4f | lr %.3g | %.3f s/step | peak mem %.0f MiB | skipped %d",
+                            progress.step, args.max_train_steps, result.terms["total"], record["lr"],
+                            meter.seconds_per_step(), peak_memory_mb(accelerator.device), progress.nonfinite_total)
+            if progress.step % args.checkpointing_steps == 0 or progress.step == args.max_train_steps:
+                last_checkpoint = str(save_checkpoint(accelerator, out, progress.step, args.checkpoints_total_limit))
+            if args.validation_steps and progress.step % args.validation_steps == 0:
+                run_validation()
+    except NonFiniteLossError as error:
+        logger.error("%s", error)
+        accelerator.end_training()
+        return 2
+    bar.close()
+
+    # ---- save -----------------------------------------------------------------------------------------
+    checksums = rank_checksums(accelerator, c.lora_params + c.vae_params)
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"trainable weights differ between processes (checksums {checksums}); "
+                           "distributed training went out of sync")
+    if accelerator.is_main_process:
+        export_inference(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, out,
+                         {**description, "progress": vars(progress), "rank_checksums": checksums})
+        logger.info("inference weights written to %s (load with models.lora.load_lora / load_vae_partial)", out)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Training machinery for ``train_lora_otf.py``: configuration, models and the step, checkpoints, validation.
+
+Modules (import them by path; this package re-exports nothing so importing one stays cheap):
+
+- :mod:`training.config`: argparse + YAML presets (``configs/train_default.yaml`` holds every default; unknown
+  keys fail), validation of flag combinations, the resolved config written to ``output_dir``.
+- :mod:`training.checkpoint`: accelerate ``save_state`` / ``load_state`` hooks, atomic checkpoint folders,
+  rolling limit, ``latest`` discovery, the self-describing metadata JSON and the inference export.
+- :mod:`training.data`: the resumable, rank-sharded sample stream and the fixed held-out validation set.
+- :mod:`training.loop`: ``build_models``, ``build_optimizers``, ``train_step``, the PISA hardness schedule,
+  the non-finite-loss guard and ``validate``.
+"""
