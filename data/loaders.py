@@ -1,0 +1,499 @@
+"""Test-set loaders for the layouts researchers already have, with one item format for all of them.
+
+Item (a dict; tensors are float32 on the CPU):
+
+=============== =========== =================================================================================
+key             shape       meaning
+=============== =========== =================================================================================
+name            str         unique within the set (the GT's stem when one input has several GTs)
+input_name      str         the input's stem (several items may share it)
+image           (3, H, W)   input, sRGB in [0, 1], exactly as stored (never adjusted towards the GT)
+disparity       (1, H, W)   [0, 1], 1 = nearest
+mask            (1, H, W)   optional subject mask in [0, 1]
+gt              (3, H, W)   optional ground-truth bokeh, sRGB in [0, 1]
+K               ()          optional, px of CoC radius per unit disparity of *this* disparity map (metadata)
+disp_focus      ()          optional focal disparity in [0, 1]: from metadata, else estimated from the GT
+focus_source    str         "metadata" | "gt_edges" | absent
+original_size   (2,) long   (H, W) as stored, before any ``multiple_of`` resize
+=============== =========== =================================================================================
+
+Layouts (``layout="auto"`` picks one from the folder's contents, see :func:`detect_layout`):
+
+* ``EBB``: ``input/<name>.jpg|png``, ``depth/<name>_pred.npy`` (disparity), optional ``mask/<name>.png``, optional
+  GT ``bokeh/<name>.jpg|png`` (the EBB! convention) or several GTs ``bokeh/<name>_K<k>_f<focus>.png`` listed
+  in ``meta.json`` (``{"<name>": [{"gt": "bokeh/...png", "K": 8.0, "disp_focus": 0.62}, ...]}``) as written by
+  ``scripts/make_sample_data.py``. Disparity is min-max normalised unless ``meta.json`` says it is absolute.
+* ``folder``: ``<root>/<name>.jpg|png`` with ``<root>/<name>.npy`` (disparity) and optional
+  ``<root>/<name>_mask.png``; or one scene per subfolder, ``<scene>/image.jpg|png``, ``<scene>/depth.npy``
+  (disparity, the public code's naming) and optional ``<scene>/mask*.png|jpg``.
+* ``pngdepth``: ``original/<name>.jpg|png`` with ``depth/<name>.png`` (8/16-bit, **bright = far**, as the public
+  code reads it: ``disparity = normalise(1 - png)``), optional ``mask/<name>.png``.
+* ``BLB`` (BokehMe's Blender set, Peng et al. CVPR 2022): ``<scene>/image.exr`` (linear), ``<scene>/depth.exr``
+  (65504 = infinity), ``<scene>/info.json`` with ``blur_parameters`` (K per unit of 1/depth) and
+  ``focus_distances``, GTs ``<scene>/bokeh_<k>_<f>.exr`` (k indexes ``blur_parameters``, f ``focus_distances``).
+  Disparity is ``1 / depth``, divided by its maximum when that exceeds 1, and K and disp_focus are scaled
+  by the same factor, so ``coc_px = K * (disparity - disp_focus)`` is exactly the set's CoC.
+
+Odd sizes: by default every map keeps the stored size (a disparity or mask of another size is resized to the
+image, with a warning). With ``multiple_of=m`` image, disparity, mask and GT alike are resized to the next
+multiple of ``m`` (``original_size`` keeps the stored size, so outputs can be mapped back).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from data.focus import focus_from_gt
+from data.io import InputWarning, clean_disparity, linear_to_srgb, read_disparity, read_image, resize_map
+
+LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+BLB_INFINITY = 65504.0  # largest float16: BLB's depth for "no surface" (sky)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout detection and listing
+# ----------------------------------------------------------------------------------------------------------
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def _find(folder: Path, stem: str, suffixes=_IMAGE_SUFFIXES) -> Path | None:
+    for suffix in suffixes:
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def detect_layout(root: str | Path) -> str:
+    """Name the layout of ``root`` (one of :data:`LAYOUTS`) or raise an error describing all of them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"test set folder '{root}' does not exist")
+    if (root / "input").is_dir() and (root / "depth").is_dir():
+        return "EBB"
+    if (root / "original").is_dir() and (root / "depth").is_dir():
+        return "pngdepth"
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if any((d / "info.json").is_file() and (d / "image.exr").is_file() for d in subdirs):
+        return "BLB"
+    if any((d / "depth.npy").is_file() for d in subdirs) or any(p.with_suffix(".npy").is_file() for p in _images_in(root)):
+        return "folder"
+    raise ValueError(
+        f"cannot tell the layout of '{root}'. Expected one of: EBB (input/ + depth/<name>_pred.npy), "
+        "pngdepth (original/ + depth/<name>.png), BLB (<scene>/image.exr + depth.exr + info.json), folder "
+        "(<name>.png + <name>.npy, or <scene>/image.png + depth.npy). Pass layout=... to choose explicitly."
+    )
+
+
+class TestSet:
+    """A lazily loaded test set: ``len(ts)``, ``ts[i]`` (an item dict, module docstring), iteration.
+
+    Build with :func:`load_test_set`. ``entries`` lists what each item will read (paths and metadata).
+    """
+
+    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1, gamma: float = 2.2):
+        self.root, self.layout, self.entries = root, layout, entries
+        self.multiple_of, self.gamma = int(multiple_of), float(gamma)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self[index]
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        if self.layout == "BLB":
+            item = _load_blb(entry, self.gamma)
+        else:
+            item = _load_common(entry)
+        return _finish(item, self.multiple_of)
+
+
+def load_test_set(
+    root: str | Path,
+    layout: str = "auto",
+    *,
+    multiple_of: int = 1,
+    gamma: float = 2.2,
+    inputs_only: bool = False,
+) -> TestSet:
+    """Index a test set (nothing is decoded until an item is accessed).
+
+    Args:
+        root: the set's folder.
+        layout: ``"auto"`` or one of :data:`LAYOUTS` (case-insensitive).
+        multiple_of: resize every map to the next multiple of this many px (1 = keep the stored size).
+        gamma: BLB only: its EXR images are linear light; they are encoded to sRGB as ``x ** (1 / gamma)``.
+        inputs_only: one item per input and no GT (for inference); by default a set with GTs gives one
+            item per (input, GT) pair.
+    """
+    root = Path(root)
+    if layout == "auto":
+        layout = detect_layout(root)
+    canonical = {name.lower(): name for name in LAYOUTS}
+    if layout.lower() not in canonical:
+        raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
+    layout = canonical[layout.lower()]
+    if not root.is_dir():
+        raise FileNotFoundError(f"test set folder '{root}' does not exist")
+    lister = {"EBB": _list_ebb, "folder": _list_folder, "pngdepth": _list_pngdepth, "BLB": _list_blb}[layout]
+    entries = lister(root)
+    if inputs_only:
+        seen, unique = set(), []
+        for entry in entries:
+            if entry["input_name"] not in seen:
+                seen.add(entry["input_name"])
+                unique.append({k: v for k, v in entry.items() if k not in ("gt", "K", "disp_focus")} | {"name": entry["input_name"]})
+        entries = unique
+    if not entries:
+        raise ValueError(f"no items found in '{root}' (layout {layout}); see data/loaders.py for the expected files")
+    return TestSet(root, layout, entries, multiple_of=multiple_of, gamma=gamma)
+
+
+def _require(path: Path | None, what: str, root: Path) -> Path:
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{what} missing in '{root}': expected '{path}'")
+    return path
+
+
+def _list_ebb(root: Path) -> list[dict]:
+    meta_path = root / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    absolute = bool(meta.get("_disparity_absolute", False))
+    entries = []
+    for image in _images_in(root / "input"):
+        name = image.stem
+        base = {
+            "input_name": name,
+            "image": image,
+            "disparity": _require(root / "depth" / f"{name}_pred.npy", f"disparity for input '{image.name}'", root),
+            "mask": _find(root / "mask", name) if (root / "mask").is_dir() else None,
+            "normalise": "auto" if absolute else "always",
+        }
+        gts = meta.get(name, [])
+        if gts:
+            for record in gts:
+                gt_path = _require(root / record["gt"], f"GT listed in '{meta_path}'", root)
+                entries.append(base | {"name": gt_path.stem, "gt": gt_path, "K": float(record["K"]),
+                                       "disp_focus": float(record["disp_focus"])})
+        else:
+            gt_path = _find(root / "bokeh", name) if (root / "bokeh").is_dir() else None
+            entries.append(base | {"name": name, "gt": gt_path})
+    return entries
+
+
+def _list_folder(root: Path) -> list[dict]:
+    entries = []
+    for scene in sorted(p for p in root.iterdir() if p.is_dir()):
+        image = _find(scene, "image")
+        if image is None or not (scene / "depth.npy").is_file():
+            continue
+        masks = sorted(p for p in scene.iterdir() if p.stem.startswith("mask") and p.suffix.lower() in _IMAGE_SUFFIXES)
+        entries.append({"name": scene.name, "input_name": scene.name, "image": image, "disparity": scene / "depth.npy",
+                        "mask": masks[0] if masks else None, "normalise": "always"})
+    for image in _images_in(root):
+        if image.stem.endswith("_mask"):
+            continue
+        disparity = image.with_suffix(".npy")
+        if not disparity.is_file():
+            warnings.warn(f"'{image}' has no disparity '{disparity.name}' next to it; skipped.", InputWarning)
+            continue
+        entries.append({"name": image.stem, "input_name": image.stem, "image": image, "disparity": disparity,
+                        "mask": _find(root, f"{image.stem}_mask"), "normalise": "always"})
+    return entries
+
+
+def _list_pngdepth(root: Path) -> list[dict]:
+    entries = []
+    for image in _images_in(root / "original"):
+        depth = _require(_find(root / "depth", image.stem, (".png",)) or root / "depth" / f"{image.stem}.png",
+                         f"depth PNG for '{image.name}'", root)
+        mask = _find(root / "mask", image.stem) if (root / "mask").is_dir() else None
+        entries.append({"name": image.stem, "input_name": image.stem, "image": image, "disparity": depth,
+                        "mask": mask, "depth_png": True})
+    return entries
+
+
+_BLB_GT = re.compile(r"^bokeh_(\d+)_(\d+)\.exr$", re.IGNORECASE)
+
+
+def _list_blb(root: Path) -> list[dict]:
+    entries = []
+    for scene in sorted(p for p in root.iterdir() if p.is_dir()):
+        info_path = scene / "info.json"
+        if not info_path.is_file():
+            continue
+        info = json.loads(info_path.read_text())
+        for key in ("blur_parameters", "focus_distances"):
+            if key not in info:
+                raise ValueError(f"'{info_path}' has no '{key}' list; BLB's info.json needs blur_parameters and focus_distances")
+        base = {"input_name": scene.name, "image": _require(scene / "image.exr", "BLB image", scene),
+                "disparity": _require(scene / "depth.exr", "BLB depth", scene)}
+        gts = sorted((p for p in scene.iterdir() if _BLB_GT.match(p.name)),
+                     key=lambda p: tuple(int(g) for g in _BLB_GT.match(p.name).groups()))
+        if not gts:
+            entries.append(base | {"name": scene.name})
+        for gt in gts:
+            k_index, f_index = (int(g) for g in _BLB_GT.match(gt.name).groups())
+            try:
+                K, distance = float(info["blur_parameters"][k_index]), float(info["focus_distances"][f_index])
+            except IndexError as error:
+                raise ValueError(f"'{gt}' refers to blur parameter {k_index} / focus distance {f_index}, which "
+                                 f"'{info_path}' does not list") from error
+            entries.append(base | {"name": f"{scene.name}_{gt.stem}", "gt": gt, "K": K, "focus_distance": distance})
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+def _load_common(entry: dict) -> dict:
+    image = read_image(entry["image"])
+    size = tuple(image.shape[1:])
+    if entry.get("depth_png"):
+        with warnings.catch_warnings():
+            # 8/16-bit depth PNGs are relative depth; normalising them is the layout's definition, not a repair.
+            warnings.filterwarnings("ignore", message=".*min-max normalised.*", category=InputWarning)
+            depth = read_disparity(entry["disparity"], size=size, normalise="never")
+        disparity = clean_disparity(1.0 - depth, source=f"depth '{entry['disparity']}'", normalise="always")
+    else:
+        disparity = read_disparity(entry["disparity"], size=size, normalise=entry.get("normalise", "auto"))
+    item = {"name": entry["name"], "input_name": entry["input_name"], "image": image, "disparity": disparity}
+    if entry.get("mask") is not None:
+        item["mask"] = _read_mask(entry["mask"], size)
+    if entry.get("gt") is not None:
+        item["gt"] = _read_gt(read_image(entry["gt"]), entry["gt"], size)
+    if "K" in entry:
+        item["K"] = entry["K"]
+    if "disp_focus" in entry:
+        item["disp_focus"], item["focus_source"] = entry["disp_focus"], "metadata"
+    return item
+
+
+def _read_mask(path: Path, size) -> np.ndarray:
+    mask = read_image(path)[:1]
+    if mask.shape[1:] != size:
+        warnings.warn(f"mask '{path}' resized (nearest) to the image size {size[1]}x{size[0]}.", InputWarning)
+        mask = resize_map(mask, size, interpolation=cv2.INTER_NEAREST)
+    return mask
+
+
+def _read_gt(gt: np.ndarray, path: Path, size) -> np.ndarray:
+    if gt.shape[1:] != size:
+        warnings.warn(f"GT '{path}' is {gt.shape[2]}x{gt.shape[1]}, the input {size[1]}x{size[0]}; GT resized.", InputWarning)
+        gt = np.clip(resize_map(gt, size, interpolation=cv2.INTER_AREA), 0, 1)
+    return gt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# OpenEXR (BLB). OpenCV reads EXR only when built with OpenEXR (the pinned opencv-python-headless 5 wheel is
+# not), so a small reader for scanline files (NONE, ZIPS, ZIP compression; HALF/FLOAT/UINT channels) is
+# included; it follows the published file layout (openexr.com, "OpenEXR File Layout").
+# ----------------------------------------------------------------------------------------------------------
+_EXR_MAGIC = 20000630
+_EXR_DTYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
+_EXR_LINES_PER_CHUNK = {0: 1, 2: 1, 3: 16}  # NONE, ZIPS, ZIP
+
+
+def _exr_header(data: bytes, path) -> tuple[dict, int]:
+    """Attributes of a single-part EXR header -> ({name: (type, raw bytes)}, offset after the header)."""
+    magic, version = np.frombuffer(data[:8], "<i4")
+    if magic != _EXR_MAGIC:
+        raise ValueError(f"'{path}' is not an OpenEXR file")
+    if version & 0x200 or version & 0x1000:  # tiled or multi-part
+        raise ValueError(f"'{path}': tiled or multi-part EXR is not supported; re-save it as scanline EXR")
+    pos, attributes = 8, {}
+    while data[pos] != 0:
+        name_end = data.index(b"\0", pos)
+        type_end = data.index(b"\0", name_end + 1)
+        size = int(np.frombuffer(data[type_end + 1 : type_end + 5], "<i4")[0])
+        value = data[type_end + 5 : type_end + 5 + size]
+        attributes[data[pos:name_end].decode()] = (data[name_end + 1 : type_end].decode(), value)
+        pos = type_end + 5 + size
+    return attributes, pos + 1
+
+
+def _exr_channels(raw: bytes) -> list[tuple[str, int]]:
+    channels, pos = [], 0
+    while raw[pos] != 0:
+        end = raw.index(b"\0", pos)
+        # name\0, int32 pixel type, uint8 pLinear, 3 reserved bytes, int32 x sampling, int32 y sampling
+        pixel_type = int(np.frombuffer(raw[end + 1 : end + 5], "<i4")[0])
+        x_sampling, y_sampling = np.frombuffer(raw[end + 9 : end + 17], "<i4").tolist()
+        if x_sampling != 1 or y_sampling != 1:
+            raise ValueError("subsampled EXR channels are not supported")
+        channels.append((raw[pos:end].decode(), int(pixel_type)))
+        pos = end + 17
+    return channels
+
+
+def _unzip_exr(block: bytes, expected: int) -> bytes:
+    """EXR ZIP(S): zlib, then undo the byte predictor (running sum - 128) and the even/odd byte split."""
+    import zlib
+
+    t = np.frombuffer(zlib.decompress(block), np.uint8).astype(np.int64)
+    t = (np.cumsum(t - 128) + 128) % 256  # t[i] = t[i-1] + t[i] - 128 (mod 256)
+    t = t.astype(np.uint8)
+    out = np.empty_like(t)
+    half = (t.size + 1) // 2
+    out[0::2], out[1::2] = t[:half], t[half:]
+    if out.size != expected:
+        raise ValueError("corrupt ZIP block")
+    return out.tobytes()
+
+
+def read_exr(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a scanline OpenEXR file as ``{channel name: (H, W) float32}`` (values as stored, HDR allowed)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        attributes, pos = _exr_header(data, path)
+        channels = sorted(_exr_channels(attributes["channels"][1]))  # stored in name order
+        compression = attributes["compression"][1][0]
+        x0, y0, x1, y1 = np.frombuffer(attributes["dataWindow"][1], "<i4").tolist()
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"cannot parse EXR header of '{path}': {error}") from error
+    if compression not in _EXR_LINES_PER_CHUNK:
+        raise ValueError(
+            f"'{path}' uses EXR compression {compression} (only NONE, ZIPS and ZIP are read without OpenEXR); "
+            "install OpenCV with OpenEXR or re-save the file with ZIP compression"
+        )
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    lines = _EXR_LINES_PER_CHUNK[compression]
+    n_chunks = -(-height // lines)
+    offsets = np.frombuffer(data[pos : pos + 8 * n_chunks], "<u8")
+    planes = {name: np.zeros((height, width), np.float32) for name, _ in channels}
+    for offset in offsets.tolist():
+        y, size = np.frombuffer(data[offset : offset + 8], "<i4").tolist()
+        block = data[offset + 8 : offset + 8 + size]
+        n_lines = min(lines, y1 - y + 1)
+        expected = n_lines * width * sum(_EXR_DTYPES[t].itemsize for _, t in channels)
+        if compression != 0 and size < expected:
+            block = _unzip_exr(block, expected)
+        cursor = 0
+        for line in range(n_lines):
+            for name, pixel_type in channels:
+                dtype = _EXR_DTYPES[pixel_type]
+                row = np.frombuffer(block[cursor : cursor + width * dtype.itemsize], dtype)
+                planes[name][y - y0 + line] = row.astype(np.float32)
+                cursor += width * dtype.itemsize
+    return planes
+
+
+def write_exr(path: str | Path, channels: dict[str, np.ndarray]) -> Path:
+    """Write ``{name: (H, W)}`` as an uncompressed scanline EXR with FLOAT channels (fixtures, small exports)."""
+    path = Path(path)
+    names = sorted(channels)
+    height, width = np.asarray(channels[names[0]]).shape
+
+    def attribute(name: str, kind: str, value: bytes) -> bytes:
+        return name.encode() + b"\0" + kind.encode() + b"\0" + np.int32(len(value)).tobytes() + value
+
+    chlist = b"".join(n.encode() + b"\0" + np.int32(2).tobytes() + bytes(4) + np.array([1, 1], "<i4").tobytes() for n in names) + b"\0"
+    box = np.array([0, 0, width - 1, height - 1], "<i4").tobytes()
+    header = (np.array([_EXR_MAGIC, 2], "<i4").tobytes()
+              + attribute("channels", "chlist", chlist) + attribute("compression", "compression", bytes([0]))
+              + attribute("dataWindow", "box2i", box) + attribute("displayWindow", "box2i", box)
+              + attribute("lineOrder", "lineOrder", bytes([0])) + attribute("pixelAspectRatio", "float", np.float32(1).tobytes())
+              + attribute("screenWindowCenter", "v2f", np.zeros(2, "<f4").tobytes())
+              + attribute("screenWindowWidth", "float", np.float32(1).tobytes()) + b"\0")
+    rows = [b"".join(np.ascontiguousarray(channels[n][y], "<f4").tobytes() for n in names) for y in range(height)]
+    table_end = len(header) + 8 * height
+    offsets, position = [], table_end
+    for row in rows:
+        offsets.append(position)
+        position += 8 + len(row)
+    body = b"".join(np.array([y, len(row)], "<i4").tobytes() + row for y, row in enumerate(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + np.array(offsets, "<u8").tobytes() + body)
+    return path
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    """EXR as float32 (H, W, C) in RGB(A) order, values as stored: OpenCV when it has OpenEXR, else
+    :func:`read_exr`. Single-channel files (depth) give C = 1 (the first of R, Y, Z, or the only channel)."""
+    if cv2.haveImageReader(str(path)):
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if array is not None:
+            array = array.astype(np.float32)
+            array = array[:, :, None] if array.ndim == 2 else array
+            if array.shape[2] >= 3:
+                array = np.concatenate([array[:, :, 2::-1], array[:, :, 3:]], axis=2)
+            return array
+    planes = read_exr(path)
+    if all(c in planes for c in "RGB"):
+        return np.stack([planes[c] for c in "RGB"], axis=2)
+    for name in ("R", "Y", "Z", "V", "depth.V"):
+        if name in planes:
+            return planes[name][:, :, None]
+    if len(planes) == 1:
+        return next(iter(planes.values()))[:, :, None]
+    raise ValueError(f"EXR '{path}' has channels {sorted(planes)}; expected R, G, B (image) or one depth channel")
+
+
+def _load_blb(entry: dict, gamma: float) -> dict:
+    def srgb(path):
+        linear = _read_exr(path)[:, :, :3]
+        if linear.shape[2] == 1:
+            linear = np.repeat(linear, 3, axis=2)
+        # BLB stores linear HDR; clip to the displayable range before encoding (no tone mapping).
+        return linear_to_srgb(np.clip(linear, 0, 1), gamma).transpose(2, 0, 1).astype(np.float32).copy()
+
+    image = srgb(entry["image"])
+    depth = _read_exr(entry["disparity"])[:, :, 0].astype(np.float64)
+    infinite = depth >= BLB_INFINITY * 0.999
+    disparity_abs = np.where(infinite, 0.0, 1.0 / np.where(depth > 0, depth, np.nan))
+    disparity_abs = clean_disparity(disparity_abs, source=f"BLB depth '{entry['disparity']}'", normalise="never")[0]
+    scale = max(1.0, float(disparity_abs.max()))  # keep coc_px exact: disparity / s with K * s
+    item = {"name": entry["name"], "input_name": entry["input_name"], "image": image,
+            "disparity": (disparity_abs / scale)[None].astype(np.float32)}
+    if entry.get("gt") is not None:
+        item["gt"] = _read_gt(srgb(entry["gt"]), entry["gt"], tuple(image.shape[1:]))
+    if "K" in entry:
+        item["K"] = entry["K"] * scale
+        item["disp_focus"] = float(np.clip(1.0 / entry["focus_distance"] / scale, 0.0, 1.0))
+        item["focus_source"] = "metadata"
+    if item["disparity"].shape[1:] != image.shape[1:]:
+        warnings.warn(f"BLB depth '{entry['disparity']}' resized to the image size.", InputWarning)
+        item["disparity"] = resize_map(item["disparity"], tuple(image.shape[1:]))
+    return item
+
+
+def _finish(item: dict, multiple_of: int) -> dict:
+    """Focus from the GT when no metadata gives it; consistent resize; numpy -> torch."""
+    height, width = item["image"].shape[1:]
+    if "gt" in item and "disp_focus" not in item:
+        try:
+            item["disp_focus"] = focus_from_gt(item["image"], item["gt"], item["disparity"])
+            item["focus_source"] = "gt_edges"
+        except ValueError as error:
+            warnings.warn(f"'{item['name']}': no focus from the GT ({error}); choose it another way.", InputWarning)
+    if multiple_of > 1:
+        size = (-(-height // multiple_of) * multiple_of, -(-width // multiple_of) * multiple_of)
+        if size != (height, width):
+            # One rule for every map: the same target size, smooth maps bicubic/linear, masks nearest.
+            item["image"] = np.clip(resize_map(item["image"], size, interpolation=cv2.INTER_CUBIC), 0, 1)
+            item["disparity"] = np.clip(resize_map(item["disparity"], size), 0, 1)
+            if "mask" in item:
+                item["mask"] = resize_map(item["mask"], size, interpolation=cv2.INTER_NEAREST)
+            if "gt" in item:
+                item["gt"] = np.clip(resize_map(item["gt"], size, interpolation=cv2.INTER_CUBIC), 0, 1)
+    for key in ("image", "disparity", "mask", "gt"):
+        if key in item:
+            item[key] = torch.from_numpy(np.ascontiguousarray(item[key], dtype=np.float32))
+    for key in ("K", "disp_focus"):
+        if key in item:
+            item[key] = torch.tensor(float(item[key]), dtype=torch.float32)
+    item["original_size"] = torch.tensor([height, width], dtype=torch.long)
+    return item

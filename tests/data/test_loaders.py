@@ -1,0 +1,185 @@
+"""Test-set loaders: every layout from small fixtures, metadata, odd sizes, and no GT leaking into inputs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from data.io import InputWarning, read_image, save_image
+from data.loaders import detect_layout, load_test_set, read_exr, write_exr
+
+EBB = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
+
+
+def _check_item(item):
+    h, w = item["image"].shape[1:]
+    assert item["image"].shape == (3, h, w) and item["image"].dtype == torch.float32
+    assert item["disparity"].shape == (1, h, w)
+    assert 0 <= float(item["disparity"].min()) and float(item["disparity"].max()) <= 1
+    for key, channels in (("mask", 1), ("gt", 3)):
+        if key in item:
+            assert item[key].shape == (channels, h, w), key
+    assert item["original_size"].tolist() == [h, w] or item["original_size"].dtype == torch.long
+
+
+def test_ebb_sample_set_with_metadata():
+    assert detect_layout(EBB) == "EBB"
+    test_set = load_test_set(EBB)
+    meta = json.loads((EBB / "meta.json").read_text())
+    assert len(test_set) == sum(len(v) for k, v in meta.items() if not k.startswith("_"))
+    for item in test_set:
+        _check_item(item)
+        record = next(r for r in meta[item["input_name"]] if Path(r["gt"]).stem == item["name"])
+        assert float(item["K"]) == pytest.approx(record["K"])
+        assert float(item["disp_focus"]) == pytest.approx(record["disp_focus"])
+        assert item["focus_source"] == "metadata" and "mask" in item
+        # The input is exactly the stored file: nothing of the GT (e.g. colour matching) reaches it.
+        stored = torch.from_numpy(read_image(EBB / "input" / f"{item['input_name']}.png"))
+        assert torch.equal(item["image"], stored)
+    # The GTs of one input differ (several K / focus values).
+    first = [item for item in test_set if item["input_name"] == "scene00"]
+    assert len(first) >= 2 and not torch.equal(first[0]["gt"], first[1]["gt"])
+
+
+def test_ebb_inputs_only_and_odd_sizes():
+    inputs = load_test_set(EBB, inputs_only=True)
+    assert [item["name"] for item in inputs] == ["scene00", "scene01", "scene02"]
+    item = inputs[0]
+    assert "gt" not in item and "K" not in item
+    h, w = item["image"].shape[1:]
+    assert w % 2 == 1  # the committed scenes have an odd width on purpose
+    resized = load_test_set(EBB, inputs_only=True, multiple_of=8)[0]
+    H, W = resized["image"].shape[1:]
+    assert H % 8 == 0 and W % 8 == 0 and H >= h and W >= w
+    for key in ("disparity", "mask"):
+        assert resized[key].shape[1:] == (H, W), key
+    assert resized["original_size"].tolist() == [h, w]
+
+
+def test_ebb_classic_gt_gives_focus_from_edges(tmp_path):
+    """EBB! itself has one GT per input and no focus metadata: the focus comes from in-focus edges."""
+    source = load_test_set(EBB)[0]
+    for sub in ("input", "depth", "bokeh"):
+        (tmp_path / sub).mkdir()
+    save_image(tmp_path / "input" / "a.png", source["image"])
+    save_image(tmp_path / "bokeh" / "a.png", source["gt"])
+    np.save(tmp_path / "depth" / "a_pred.npy", 5.0 * source["disparity"][0].numpy() + 2.0)  # relative, unnormalised
+    item = load_test_set(tmp_path)[0]
+    assert item["focus_source"] == "gt_edges" and "K" not in item
+    assert float(item["disparity"].max()) == pytest.approx(1.0) and float(item["disparity"].min()) == pytest.approx(0.0)
+    # Min-max normalisation maps the true focus d to (d - min) / (max - min).
+    d = source["disparity"]
+    expected = (float(source["disp_focus"]) - float(d.min())) / (float(d.max()) - float(d.min()))
+    assert float(item["disp_focus"]) == pytest.approx(expected, abs=0.1)
+
+
+def test_folder_layout_flat_and_per_scene(tmp_path):
+    rng = np.random.default_rng(0)
+    save_image(tmp_path / "flat.png", rng.random((3, 21, 33)))
+    np.save(tmp_path / "flat.npy", rng.random((21, 33)).astype(np.float32) * 7)
+    save_image(tmp_path / "flat_mask.png", np.ones((21, 33)))
+    scene = tmp_path / "scene1"
+    save_image(scene / "image.png", rng.random((3, 16, 16)))
+    np.save(scene / "depth.npy", rng.random((8, 8)))  # half size: resized to the image, with a warning
+    assert detect_layout(tmp_path) == "folder"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = list(load_test_set(tmp_path))
+    assert [i["name"] for i in items] == ["scene1", "flat"]
+    assert items[0]["disparity"].shape == (1, 16, 16) and "mask" not in items[0]
+    assert items[1]["mask"].shape == (1, 21, 33)
+    assert any("resized" in str(w.message) for w in caught)
+    for item in items:
+        _check_item(item)
+
+
+def test_pngdepth_layout_bright_is_far(tmp_path):
+    rng = np.random.default_rng(1)
+    save_image(tmp_path / "original" / "p.jpg", rng.random((3, 24, 30)))
+    depth = np.tile(np.linspace(0.2, 0.9, 30, dtype=np.float32), (24, 1))  # far on the right
+    save_image(tmp_path / "depth" / "p.png", depth, bits=16)
+    save_image(tmp_path / "mask" / "p.png", np.zeros((24, 30)))
+    assert detect_layout(tmp_path) == "pngdepth"
+    item = load_test_set(tmp_path)[0]
+    _check_item(item)
+    row = item["disparity"][0, 0]
+    assert float(row[0]) == pytest.approx(1.0) and float(row[-1]) == pytest.approx(0.0, abs=1e-6)
+    assert bool((row[1:] <= row[:-1]).all())
+
+
+def _write_exr(path: Path, array: np.ndarray) -> None:
+    """RGB (H, W, 3) or single-channel (H, W) float32 -> EXR. The pinned OpenCV wheel has no OpenEXR, so
+    the fixture uses OpenCV when it can write EXR and the loader's own writer otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cv2.haveImageWriter(str(path)):
+        data = array[:, :, ::-1] if array.ndim == 3 else array
+        assert cv2.imwrite(str(path), np.ascontiguousarray(data.astype(np.float32)))
+    elif array.ndim == 3:
+        write_exr(path, {c: array[:, :, i] for i, c in enumerate("RGB")})
+    else:
+        write_exr(path, {"R": array})
+
+
+def test_exr_reader_round_trip_and_zip(tmp_path):
+    """The fallback EXR reader: an uncompressed file round-trips; a ZIPS block (zlib + predictor + byte
+    split, built here by the published recipe) decodes to the same values."""
+    import zlib
+
+    from data.loaders import _unzip_exr
+
+    values = np.random.default_rng(3).random((5, 7)).astype(np.float32) * 3
+    write_exr(tmp_path / "a.exr", {"R": values, "G": values * 2})
+    planes = read_exr(tmp_path / "a.exr")
+    np.testing.assert_array_equal(planes["R"], values)
+    np.testing.assert_array_equal(planes["G"], values * 2)
+    raw = np.frombuffer(values.tobytes(), np.uint8)
+    split = np.concatenate([raw[0::2], raw[1::2]]).astype(np.int64)
+    predicted = np.concatenate([split[:1], (np.diff(split) + 128) % 256]).astype(np.uint8)
+    assert _unzip_exr(zlib.compress(predicted.tobytes()), raw.size) == raw.tobytes()
+
+
+def test_blb_layout_exr_with_exact_coc(tmp_path):
+    import data.io  # noqa: F401  (enables OpenEXR in OpenCV)
+
+    rng = np.random.default_rng(2)
+    scene = tmp_path / "277"
+    linear = rng.random((12, 18, 3)).astype(np.float32) * 1.2  # HDR values above 1 are allowed
+    depth = np.full((12, 18), 0.5, np.float32)
+    depth[:, 9:] = 4.0
+    depth[:3] = 65504.0  # sky: infinitely far
+    _write_exr(scene / "image.exr", linear)
+    _write_exr(scene / "depth.exr", depth)
+    _write_exr(scene / "bokeh_01_2.exr", linear * 0.5)
+    (scene / "info.json").write_text(json.dumps({"blur_parameters": [5.0, 10.0], "focus_distances": [0.5, 1.0, 4.0]}))
+    assert detect_layout(tmp_path) == "BLB"
+    items = list(load_test_set(tmp_path))
+    assert len(items) == 1
+    item = items[0]
+    _check_item(item)
+    assert item["name"] == "277_bokeh_01_2"
+    # Image: linear EXR -> sRGB with gamma 2.2, clipped to [0, 1].
+    expected = np.clip(linear, 0, 1) ** (1 / 2.2)
+    np.testing.assert_allclose(item["image"].numpy().transpose(1, 2, 0), expected, atol=1e-5)
+    # Disparity = 1 / depth (scaled into [0, 1]), sky = 0; K and focus scaled alike: coc_px is the set's own.
+    coc = item["K"] * (item["disparity"][0] - item["disp_focus"])
+    true_disparity = np.where(depth >= 65504, 0.0, 1.0 / depth)
+    true_coc = 10.0 * (true_disparity - 1.0 / 4.0)
+    np.testing.assert_allclose(coc.numpy(), true_coc, atol=1e-4)
+    assert float(item["disparity"][0, 0, 0]) == 0.0 and float(item["disparity"].max()) == pytest.approx(1.0)
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="cannot tell the layout"):
+        load_test_set(tmp_path)
+    with pytest.raises(ValueError, match="layout must be"):
+        load_test_set(EBB, layout="nope")
+    save_image(tmp_path / "input" / "x.png", np.zeros((3, 8, 8)))
+    (tmp_path / "depth").mkdir()
+    with pytest.raises(FileNotFoundError, match="x_pred.npy"):
+        load_test_set(tmp_path, layout="ebb")
