@@ -1,0 +1,364 @@
+"""Inputs and outputs of ``inference_hf.py``: finding and validating inputs, choosing focus, naming outputs.
+
+The script stays a table of contents (parse, build the renderer, loop, save); everything that decides *what*
+is rendered and *where it goes* lives here, so it is testable without running a renderer.
+
+Conventions (DESIGN.md): images ``(3, H, W)`` float32 sRGB in [0, 1]; disparity ``(1, H, W)`` float32 in
+[0, 1] with 1 = nearest; ``disp_focus`` is one disparity value; ``K`` is the circle-of-confusion radius in
+pixels **at the working resolution** per unit disparity (``coc_px = K * (disparity - disp_focus)``), so
+shrinking an input with ``--max_side`` keeps ``K`` meaning "pixels of blur in the output".
+
+Inputs are loaded lazily, one :class:`PendingInput` at a time, so a corrupt or missing file fails only its
+own item: the caller reports it, skips it and keeps going. Every repair of an input (resize, fill,
+renormalise, dropped alpha) is announced with :class:`data.io.InputWarning`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import glob
+import math
+import re
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from data.focus import focus_from_mask, focus_from_pixel, focus_from_value
+from data.io import InputWarning, clean_disparity, contact_sheet, read_disparity, read_image, resize_map
+
+# Demo focus planes as disparity percentiles of the motorcycle's map (1 = near): the 90th lies on the
+# motorcycle's front (fairing and wheel), the 50th on its rear and the seat, the 10th on the back wall.
+DEMO_FOCUS_PERCENTILES = (90.0, 50.0, 10.0)
+# Demo blur strengths (CoC px per unit disparity at 741 x 500): mild and strong (max radius ~9 and ~18 px).
+DEMO_K = (10.0, 20.0)
+# Default strength for user inputs; the published BokehDiff README uses K = 20 as well.
+DEFAULT_K = (20.0,)
+
+
+@dataclass
+class InputItem:
+    """One image to render.
+
+    Attributes:
+        name: file-name-safe identifier used to name outputs.
+        image: ``(3, H, W)`` float32, sRGB in [0, 1].
+        disparity: ``(1, H, W)`` float32 in [0, 1], 1 = nearest, same H, W as ``image``.
+        mask: optional subject mask ``(1, H, W)`` float32 in [0, 1] (focus target when no focus is given).
+    """
+
+    name: str
+    image: np.ndarray
+    disparity: np.ndarray
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class PendingInput:
+    """An input that is not read yet: ``load()`` returns an :class:`InputItem` or raises for this item only."""
+
+    name: str
+    load: Callable[[], InputItem]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument types (argparse calls these; their messages name the flag)
+# ----------------------------------------------------------------------------------------------------------
+def strength_K(text: str) -> float:
+    """``--K`` values: finite and >= 0 (CoC radius in px per unit disparity; 0 renders the input)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--K must be a number (blur radius in px per unit disparity), got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"--K must be >= 0 (blur radius in px per unit disparity; the sign of the blur comes from "
+            f"disparity - focus), got {text}. Pass e.g. --K 20"
+        )
+    return value
+
+
+def percentile(text: str) -> float:
+    """``--focus_percentile`` values: a number in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"--focus_percentile must be in [0, 100] (90 = near), got {text!r}")
+    return value
+
+
+def disparity_value(text: str) -> float:
+    """``--focus_disparity`` values, validated by :func:`data.focus.focus_from_value`."""
+    try:
+        return focus_from_value(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input discovery
+# ----------------------------------------------------------------------------------------------------------
+def safe_name(name: str) -> str:
+    """A name usable in file names on every OS: anything but letters, digits, ``.``, ``-``, ``_`` -> ``_``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    return cleaned or "image"
+
+
+def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Read a subject mask as ``(1, H, W)`` float32 in [0, 1] at ``size = (H, W)`` (nearest-neighbour resize,
+    with a warning, if it differs). Colour masks are averaged over channels."""
+    mask = read_image(path).mean(axis=0, keepdims=True)
+    if mask.shape[1:] != tuple(size):
+        warnings.warn(
+            f"mask '{path}' is {mask.shape[2]}x{mask.shape[1]} but the image is {size[1]}x{size[0]}; "
+            "resized (nearest) to the image size.",
+            InputWarning,
+        )
+        mask = resize_map(mask, size, interpolation=cv2.INTER_NEAREST)
+    return mask
+
+
+def conform_item(name: str, image, disparity, mask=None) -> InputItem:
+    """Bring arrays from any source (numpy or torch, ``(C, H, W)``) to the conventions of :class:`InputItem`.
+
+    The disparity goes through :func:`data.io.clean_disparity` (fills NaN/inf, renormalises out-of-range
+    values, warns) and is resized to the image if needed (warns). A no-op on already conforming arrays.
+    """
+    image = _numpy(image)
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"'{name}': image must be (3, H, W) or (1, H, W), got shape {tuple(image.shape)}")
+    image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+    disparity = clean_disparity(_numpy(disparity), source=f"disparity of '{name}'")
+    size = tuple(image.shape[1:])
+    if disparity.shape[1:] != size:
+        warnings.warn(
+            f"disparity of '{name}' is {disparity.shape[2]}x{disparity.shape[1]} but the image is "
+            f"{size[1]}x{size[0]}; resized (bilinear) to the image size.",
+            InputWarning,
+        )
+        disparity = resize_map(disparity, size)
+    if mask is not None:
+        mask = _numpy(mask).astype(np.float32)
+        mask = mask[None] if mask.ndim == 2 else mask[:1]
+        if mask.shape[1:] != size:
+            warnings.warn(f"mask of '{name}' resized (nearest) to the image size {size[1]}x{size[0]}.", InputWarning)
+            mask = resize_map(mask, size, interpolation=cv2.INTER_NEAREST)
+    return InputItem(safe_name(name), np.clip(image, 0, 1).astype(np.float32), disparity, mask)
+
+
+def _numpy(array) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch tensor, without importing torch here
+        array = array.detach().cpu().numpy()
+    return np.asarray(array, dtype=np.float32)
+
+
+def demo_inputs() -> list[PendingInput]:
+    """The offline demo: scikit-image's Middlebury motorcycle (image 741 x 500 and measured disparity)."""
+    from data.demo import load_motorcycle
+
+    def load() -> InputItem:
+        image, disparity = load_motorcycle()
+        return InputItem("motorcycle", image, disparity)
+
+    return [PendingInput("motorcycle", load)]
+
+
+def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth: bool = False,
+                normalise: str = "auto") -> list[PendingInput]:
+    """One user image + disparity (``.npy``, ``.npz``, 8/16-bit PNG, EXR) and optional subject mask.
+
+    A disparity (or mask) of another size is resized to the image with a warning; depth maps
+    (``is_depth``) become disparity; see :func:`data.io.read_disparity`.
+    """
+    name = safe_name(Path(image).stem)
+
+    def load() -> InputItem:
+        rgb = read_image(image)
+        size = tuple(rgb.shape[1:])
+        disp = read_disparity(disparity, is_depth=is_depth, size=size, normalise=normalise)
+        return InputItem(name, rgb, disp, read_mask(mask, size) if mask else None)
+
+    return [PendingInput(name, load)]
+
+
+def folder_inputs(test_data_dir: str, data_id: str | None = None) -> Iterator[PendingInput]:
+    """Items of one or more test-set folders (a glob pattern may match several) via ``data.loaders``.
+
+    ``data_id`` (optional) keeps only items whose name equals it or matches it as a glob pattern
+    (``"0*"``). Loader errors are yielded as a failing item so the caller reports them; a loader that raises
+    cannot continue, so the remaining items of that folder are lost (the error says so).
+    """
+    try:
+        from data.loaders import load_test_set
+    except ImportError as error:
+        raise RuntimeError(
+            f"--test_data_dir needs the test-set loaders (data/loaders.py), which cannot be imported: {error}. "
+            "Use --image PATH --disparity PATH for single inputs."
+        ) from error
+    roots = sorted(glob.glob(test_data_dir)) if glob.has_magic(test_data_dir) else [test_data_dir]
+    if not roots or not all(Path(root).is_dir() for root in roots):
+        raise FileNotFoundError(
+            f"--test_data_dir '{test_data_dir}' is not an existing folder (or a glob matching folders)"
+        )
+    for root in roots:
+        records = iter(load_test_set(root))
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as error:  # noqa: BLE001 - reported to the user as a failed item, not swallowed
+                message = f"loading '{root}' stopped at a bad item ({error}); later items of this folder were not read"
+                yield PendingInput(f"{safe_name(Path(root).name)}_loader_error", _raiser(message, error))
+                break
+            name = str(record["name"])
+            if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
+                continue
+            yield PendingInput(
+                safe_name(name),
+                lambda r=record: conform_item(str(r["name"]), r["image"], r["disparity"], r.get("mask")),
+            )
+
+
+def _raiser(message: str, cause: Exception) -> Callable[[], InputItem]:
+    def load() -> InputItem:
+        raise RuntimeError(message) from cause
+
+    return load
+
+
+def limit_size(item: InputItem, max_side: int | None) -> InputItem:
+    """Shrink an item (area interpolation) so its longer side is at most ``max_side`` pixels; never enlarges."""
+    height, width = item.image.shape[1:]
+    if not max_side or max(height, width) <= max_side:
+        return item
+    scale = max_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    mask = None if item.mask is None else resize_map(item.mask, size, interpolation=cv2.INTER_NEAREST)
+    return InputItem(
+        item.name,
+        np.clip(resize_map(item.image, size, interpolation=cv2.INTER_AREA), 0, 1),
+        np.clip(resize_map(item.disparity, size, interpolation=cv2.INTER_AREA), 0, 1),
+        mask,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Focus
+# ----------------------------------------------------------------------------------------------------------
+def choose_focus(
+    item: InputItem,
+    *,
+    focus_disparity: list[float] | None = None,
+    focus_xy: tuple[int, int] | None = None,
+    focus_percentile: list[float] | None = None,
+) -> list[tuple[float, str]]:
+    """The focal disparities to render for ``item``, each with a short label for the contact sheet.
+
+    Precedence: ``--focus_disparity`` values; else the window median at ``--focus_xy`` (pixels of the input
+    as read, before ``--max_side``); else ``--focus_percentile`` values (disparity percentiles, 90 = near);
+    else the subject mask's median disparity; else the **image centre** (a 5 x 5 median, like a camera's
+    centre autofocus point). Values are in [0, 1] on the disparity scale (1 = nearest).
+    """
+    if focus_disparity:
+        return [(focus_from_value(v), "given") for v in focus_disparity]
+    if focus_xy is not None:
+        x, y = focus_xy
+        return [(focus_from_pixel(item.disparity, x, y), f"at ({x}, {y})")]
+    if focus_percentile:
+        return [(float(np.percentile(item.disparity, p)), f"p{p:g}") for p in focus_percentile]
+    if item.mask is not None:
+        return [(focus_from_mask(item.disparity, item.mask), "mask")]
+    height, width = item.disparity.shape[1:]
+    return [(focus_from_pixel(item.disparity, width // 2, height // 2), "centre")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------
+def format_value(value: float, digits: int = 2) -> str:
+    """Compact decimal for file names: 20 -> ``20``, 7.5 -> ``7.5``, 0.625 -> ``0.62`` (``digits`` decimals)."""
+    text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def output_name(name: str, K: float, disp_focus: float) -> str:
+    """``<name>_K<K>_f<focus>.png``, e.g. ``motorcycle_K20_f0.88.png`` (focus with two decimals, fixed)."""
+    return f"{name}_K{format_value(K)}_f{disp_focus:.2f}.png"
+
+
+def unique_focus(focus: list[tuple[float, str]], name: str) -> list[tuple[float, str]]:
+    """Drop focus values that would produce the same output file name (equal to two decimals), with a warning."""
+    kept, seen = [], set()
+    for value, label in focus:
+        key = f"{value:.2f}"
+        if key in seen:
+            warnings.warn(f"'{name}': focus {value:.4f} ({label}) duplicates another to 2 decimals; skipped.", InputWarning)
+            continue
+        seen.add(key)
+        kept.append((value, label))
+    return kept
+
+
+def sheet_name(name: str, single_input: bool) -> str:
+    """``contact_sheet.png`` for single-input runs (demo, ``--image``), ``<name>_contact_sheet.png`` otherwise."""
+    return "contact_sheet.png" if single_input else f"{name}_contact_sheet.png"
+
+
+def item_contact_sheet(item: InputItem, renders: dict[tuple[float, float], np.ndarray],
+                       Ks: list[float], focus: list[tuple[float, str]], *, width: int = 320) -> np.ndarray:
+    """Labelled sheet ``(3, H', W')`` in [0, 1]: one row per ``K``, one column per focus plane, with the input
+    and the disparity (grey, white = near) in the first column. Missing renders are left black."""
+    blank = np.zeros_like(item.image)
+    first_column = [(item.image, "input"), (np.repeat(item.disparity, 3, axis=0), "disparity (white = near)")]
+    tiles, labels = [], []
+    for row in range(max(len(Ks), len(first_column))):
+        tile, label = first_column[row] if row < len(first_column) else (blank, "")
+        tiles.append(tile)
+        labels.append(label)
+        for value, focus_label in focus:
+            if row < len(Ks) and (Ks[row], value) in renders:
+                tiles.append(renders[(Ks[row], value)])
+                labels.append(f"K={format_value(Ks[row])}  focus={value:.2f} ({focus_label})")
+            else:
+                tiles.append(blank)
+                labels.append("")
+    return contact_sheet(tiles, labels, columns=len(focus) + 1, width=width)
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage (load, render, save), summed over the run."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.start = time.perf_counter()
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] += time.perf_counter() - self.t0
+
+        return _Stage()
+
+    def summary(self, n_renders: int, megapixels: float) -> str:
+        """One line: total time, per-stage time, seconds per render and per megapixel rendered."""
+        total = time.perf_counter() - self.start
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        render = self.seconds.get("render", 0.0)
+        per = f"; {render / n_renders:.3f} s/render, {render / megapixels:.3f} s/MP" if n_renders and megapixels else ""
+        return f"{n_renders} renders in {total:.2f} s ({stages}{per})"

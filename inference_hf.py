@@ -1,0 +1,235 @@
+"""Render lens blur for images with disparity: ``python inference_hf.py --help``.
+
+Inputs (one of):
+  ``--demo``                                the offline demo (Middlebury motorcycle, shipped in scikit-image);
+  ``--image PATH --disparity PATH``         one photo + its disparity (``.npy``/``.npz``/8- or 16-bit PNG/EXR;
+                                            ``--depth`` if it is depth) and optionally ``--mask PATH``;
+  ``--test_data_dir DIR|GLOB [--data_id]``  test-set folders read by ``data.loaders`` (``--data_id`` filters).
+
+Focus (disparity in [0, 1], 1 = near): ``--focus_disparity v [v ...]`` | ``--focus_xy X Y`` (input pixels) |
+``--focus_percentile p [p ...]`` | automatic: the subject mask's median, else the image centre (5 x 5 median).
+Strength: ``--K`` (one or several; CoC radius in px per unit disparity at the working resolution).
+
+Outputs in ``--output_dir``: ``<name>_K<K>_f<focus>.png`` per render (focus with two decimals), a labelled
+contact sheet (``contact_sheet.png``; ``<name>_contact_sheet.png`` for folder inputs), and
+``run_config.json`` (the resolved arguments). Exit code 0 if every input rendered, 1 if any failed (the
+others are still written), 2 for invalid arguments.
+
+Demo (``make demo`` = ``--renderer classical --demo --output_dir outputs/demo``): the 741 x 500 motorcycle at
+focus percentiles 90 / 50 / 10 (front of the motorcycle, its rear, the back wall: disparity 0.88 / 0.56 /
+0.09) x K = 10, 20 -> six PNGs ``motorcycle_K{10,20}_f{0.88,0.56,0.09}.png`` + ``contact_sheet.png``
+(1280 x 705: input and disparity in the first column, one row per K). DEMO_TIMING
+
+Renderers are a seam: ``RENDERERS`` maps ``--renderer`` to a builder ``(args, device) -> render`` where
+``render(image, disparity, K, disp_focus)`` takes ``(1, 3, H, W)`` sRGB in [0, 1], ``(1, 1, H, W)`` disparity,
+floats ``K`` and ``disp_focus``, and returns ``(1, 3, H, W)`` sRGB in [0, 1]. The builder loads models once;
+the BokehDiff renderer (``models/pipeline.py``) plugs in with its own argument group and builder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data.inference_io import (
+    DEFAULT_K, DEMO_FOCUS_PERCENTILES, DEMO_K, InputItem, StageTimer, choose_focus, demo_inputs, disparity_value,
+    folder_inputs, item_contact_sheet, limit_size, output_name, pair_inputs, percentile, sheet_name, strength_K,
+    unique_focus,
+)
+from data.io import InputWarning, save_image
+
+RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Renderers
+# ----------------------------------------------------------------------------------------------------------
+def build_classical(args: argparse.Namespace, device: torch.device) -> RenderFn:
+    """The classical scatter renderer (``kernels.render_classical``), configured from the CLI."""
+    import kernels
+
+    def render(image, disparity, K, disp_focus):
+        return kernels.render_classical(
+            image, disparity, K, disp_focus, gamma=args.gamma, impl=args.impl, blades=args.blades,
+            rotation_deg=args.rotation_deg, highlight_threshold=args.highlight_threshold,
+            highlight_gain=args.highlight_gain,
+        )
+
+    return render
+
+
+RENDERERS: dict[str, Callable[[argparse.Namespace, torch.device], RenderFn]] = {"classical": build_classical}
+DEFAULT_RENDERER = "classical"  # becomes "bokehdiff" once models/pipeline.py registers it
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Focus, outputs and exit codes: see the module docstring.")
+    parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER)
+    src = parser.add_argument_group("inputs (choose one)")
+    src.add_argument("--demo", action="store_true", help="the offline Middlebury motorcycle demo")
+    src.add_argument("--image", help="input photo (PNG/JPEG/TIFF/EXR; gray, RGB, RGBA; 8 or 16 bit)")
+    src.add_argument("--disparity", help="disparity for --image: .npy, .npz, 8/16-bit PNG, EXR (1 = near)")
+    src.add_argument("--depth", action="store_true", help="--disparity holds depth (larger = farther)")
+    src.add_argument("--disparity_normalise", choices=("auto", "always", "never"), default="auto",
+                     help="min-max normalise the map: auto = only if outside [0, 1] (default); always = relative maps")
+    src.add_argument("--mask", help="subject mask for --image (white = subject); focus defaults to its median")
+    src.add_argument("--test_data_dir", help="test-set folder or glob of folders, read by data.loaders")
+    src.add_argument("--data_id", help="with --test_data_dir: only items with this name (or glob pattern)")
+    src.add_argument("--max_side", type=int, default=None, help="shrink inputs so the longer side is at most this (px)")
+    foc = parser.add_argument_group("focus and strength")
+    foc.add_argument("--focus_disparity", type=disparity_value, nargs="+", help="focal disparity value(s) in [0, 1]")
+    foc.add_argument("--focus_xy", type=int, nargs=2, metavar=("X", "Y"), help="focus on this input pixel (column, row)")
+    foc.add_argument("--focus_percentile", type=percentile, nargs="+",
+                     help=f"focus at disparity percentile(s) (demo: {' '.join(f'{p:g}' for p in DEMO_FOCUS_PERCENTILES)})")
+    foc.add_argument("--K", type=strength_K, nargs="+", default=None,
+                     help=f"blur strength(s), CoC px per unit disparity (default {DEFAULT_K[0]:g}; demo "
+                          f"{' '.join(f'{k:g}' for k in DEMO_K)})")
+    cls = parser.add_argument_group("classical renderer")
+    cls.add_argument("--gamma", type=float, default=2.2, help="blur in linear light, srgb ** gamma (1 disables)")
+    cls.add_argument("--blades", type=int, default=0, help="aperture polygon blades (0 = disc, else >= 3)")
+    cls.add_argument("--rotation_deg", type=float, default=0.0, help="aperture polygon rotation (degrees)")
+    cls.add_argument("--highlight_threshold", type=float, default=None, help="boost linear values above this")
+    cls.add_argument("--highlight_gain", type=float, default=0.0, help="highlight boost gain (0 = off)")
+    cls.add_argument("--impl", choices=("auto", "torch", "cuda"), default="auto", help="kernel implementation")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default="outputs/inference")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
+    run.add_argument("--seed", type=int, default=0, help="global RNG seed (for stochastic renderers)")
+    run.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate; invalid combinations exit with code 2 and a message naming the flag."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sources = [args.demo, args.image is not None, args.test_data_dir is not None]
+    if sum(sources) != 1:
+        parser.error("give exactly one input: --demo, --image PATH --disparity PATH, or --test_data_dir DIR")
+    if (args.image is None) != (args.disparity is None):
+        parser.error("--image and --disparity go together (the disparity map of that image)")
+    if args.mask and args.image is None:
+        parser.error("--mask goes with --image (folder inputs bring their own masks)")
+    if args.data_id is not None and args.test_data_dir is None:
+        parser.error("--data_id selects items of --test_data_dir; give --test_data_dir too")
+    for flag in ("image", "disparity", "mask"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            parser.error(f"--{flag}: file not found: '{path}' (it must be an existing file)")
+    if sum(x is not None for x in (args.focus_disparity, args.focus_xy, args.focus_percentile)) > 1:
+        parser.error("give at most one of --focus_disparity, --focus_xy, --focus_percentile")
+    if args.focus_xy is not None and min(args.focus_xy) < 0:
+        parser.error(f"--focus_xy must be non-negative pixel coordinates (column, row), got {args.focus_xy}")
+    if args.max_side is not None and args.max_side < 16:
+        parser.error(f"--max_side must be >= 16 pixels, got {args.max_side}")
+    if args.blades not in (0,) and args.blades < 3:
+        parser.error(f"--blades must be 0 (disc) or >= 3, got {args.blades}")
+    if args.gamma <= 0:
+        parser.error(f"--gamma must be > 0 (2.2 = sRGB-like, 1 = no linearisation), got {args.gamma}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    if args.demo:  # demo defaults, still overridable
+        args.K = args.K or list(DEMO_K)
+        if args.focus_disparity is None and args.focus_xy is None:
+            args.focus_percentile = args.focus_percentile or list(DEMO_FOCUS_PERCENTILES)
+    args.K = list(dict.fromkeys(args.K or DEFAULT_K))  # keep order, drop repeats (same file names)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------
+def _inputs(args):
+    if args.demo:
+        return demo_inputs()
+    if args.image is not None:
+        return pair_inputs(args.image, args.disparity, mask=args.mask, is_depth=args.depth,
+                           normalise=args.disparity_normalise)
+    return folder_inputs(args.test_data_dir, args.data_id)
+
+
+def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress) -> dict:
+    """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG."""
+    image = torch.from_numpy(item.image)[None].to(device)
+    disparity = torch.from_numpy(item.disparity)[None].to(device)
+    renders = {}
+    for K in args.K:
+        for disp_focus, _ in focus:
+            with timer.stage("render"), torch.inference_mode():
+                out = render(image, disparity, K, disp_focus)[0].float().cpu().numpy()
+            with timer.stage("save"):
+                save_image(Path(args.output_dir) / output_name(item.name, K, disp_focus), out)
+            renders[(K, disp_focus)] = out
+            progress.update(1)
+    return renders
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = {**vars(args), "device": str(device)}
+    (output_dir / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        render = RENDERERS[args.renderer](args, device)
+        inputs = _inputs(args)
+    except (ImportError, RuntimeError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    timer, failures, n_inputs, n_renders, megapixels = StageTimer(), [], 0, 0, 0.0
+    n_focus = len(args.focus_disparity or args.focus_percentile or [None])
+    total = len(inputs) * len(args.K) * n_focus if isinstance(inputs, list) else None
+    single_input = not args.test_data_dir
+    with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer) as progress:
+        warnings.simplefilter("always", InputWarning)  # every repaired input is announced, not just the first
+        for pending in inputs:
+            n_inputs += 1
+            try:
+                with timer.stage("load"):
+                    item = pending.load()
+                    focus = unique_focus(choose_focus(item, focus_disparity=args.focus_disparity,
+                                                      focus_xy=args.focus_xy, focus_percentile=args.focus_percentile),
+                                         item.name)
+                    item = limit_size(item, args.max_side)
+                renders = _render_item(item, focus, args, render, device, timer, progress)
+                if not args.no_contact_sheet:
+                    with timer.stage("save"):
+                        sheet = item_contact_sheet(item, renders, args.K, focus)
+                        save_image(output_dir / sheet_name(item.name, single_input), sheet)
+                n_renders += len(renders)
+                megapixels += len(renders) * item.image.shape[1] * item.image.shape[2] / 1e6
+            except Exception as error:  # noqa: BLE001 - one bad input is reported and skipped (CONTRIBUTING)
+                failures.append((pending.name, f"{type(error).__name__}: {error}"))
+                progress.write(f"FAILED {pending.name}: {type(error).__name__}: {error}", file=sys.stderr)
+
+    print(f"{args.renderer}: {timer.summary(n_renders, megapixels)}; outputs in {output_dir}")
+    if n_inputs == 0:
+        print(f"error: no input found in --test_data_dir '{args.test_data_dir}'"
+              + (f" matching --data_id '{args.data_id}'" if args.data_id else ""), file=sys.stderr)
+        return 1
+    if failures:
+        print(f"{len(failures)} input(s) failed and were skipped:", file=sys.stderr)
+        for name, message in failures:
+            print(f"  {name}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""inference_hf.py with the classical renderer, end to end and in-process: demo, user inputs, bad inputs."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import inference_hf
+from data.inference_io import PendingInput
+from data.io import InputWarning, read_image, save_image
+
+H, W = 40, 56
+
+
+def _scene(tmp_path, *, disparity=None, image=None, name="scene"):
+    """A textured image with a near rectangle (disparity 0.9) on a far background (0.2)."""
+    rng = np.random.default_rng(0)
+    if image is None:
+        image = rng.random((3, H, W)).astype(np.float32)
+    if disparity is None:
+        disparity = np.full((H, W), 0.2, np.float32)
+        disparity[10:30, 15:40] = 0.9
+    image_path = tmp_path / f"{name}.png"
+    if image.ndim == 3 and image.shape[0] == 3:
+        save_image(image_path, image)
+    else:  # already an OpenCV array (gray / BGRA / 16-bit)
+        cv2.imwrite(str(image_path), image)
+    disparity_path = tmp_path / f"{name}_disp.npy"
+    np.save(disparity_path, disparity)
+    return image_path, disparity_path
+
+
+def _run(tmp_path, image_path, disparity_path, *extra, out="out"):
+    argv = ["--renderer", "classical", "--image", str(image_path), "--disparity", str(disparity_path),
+            "--output_dir", str(tmp_path / out), "--device", "cpu", *extra]
+    return inference_hf.main(argv), tmp_path / out
+
+
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        inference_hf.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "--focus_xy" in capsys.readouterr().out
+
+
+def test_demo_fast_mode_writes_named_renders_and_sheet(tmp_path):
+    """The demo at 128 px with small K (the renderer's cost grows with K^2); the full demo is `make demo`."""
+    out = tmp_path / "demo"
+    assert inference_hf.main(["--renderer", "classical", "--demo", "--max_side", "128", "--K", "3", "6",
+                              "--output_dir", str(out), "--device", "cpu"]) == 0
+    renders = sorted(p.name for p in out.glob("motorcycle_K*_f*.png"))
+    # The documented demo focus planes: percentiles 90/50/10 of the full-resolution disparity.
+    assert renders == sorted(f"motorcycle_K{k}_f{f}.png" for k in (3, 6) for f in ("0.88", "0.56", "0.09"))
+    assert read_image(out / renders[0]).shape == (3, 86, 128)
+    sheet = read_image(out / "contact_sheet.png")
+    tile_height = round(320 * 86 / 128)  # tiles are 320 px wide, aspect kept
+    assert sheet.shape == (3, 2 * (tile_height + 22), 4 * 320)  # 2 rows (K) x (input/disparity + 3 focus planes)
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["K"] == [3.0, 6.0] and config["focus_percentile"] == [90.0, 50.0, 10.0]
+
+
+def test_demo_defaults():
+    args = inference_hf.parse_args(["--demo"])
+    assert args.K == [10.0, 20.0] and args.focus_percentile == [90.0, 50.0, 10.0] and args.renderer == "classical"
+    args = inference_hf.parse_args(["--demo", "--K", "5", "--focus_disparity", "0.3"])
+    assert args.K == [5.0] and args.focus_percentile is None and args.focus_disparity == [0.3]
+
+
+def test_user_pair_focus_plane_is_sharp_and_blur_grows_with_K(tmp_path):
+    image_path, disparity_path = _scene(tmp_path)
+    code, out = _run(tmp_path, image_path, disparity_path, "--focus_disparity", "0.9", "--K", "0", "8")
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["contact_sheet.png", "run_config.json", "scene_K0_f0.90.png", "scene_K8_f0.90.png"]
+    source = read_image(image_path)
+    identity = read_image(out / "scene_K0_f0.90.png")
+    assert np.abs(identity - source).max() <= 1.5 / 255  # K = 0 renders the input (channel order kept)
+    blurred = read_image(out / "scene_K8_f0.90.png")
+    inside = (slice(None), slice(14, 26), slice(19, 36))  # well inside the in-focus near rectangle
+    assert np.abs(blurred[inside] - source[inside]).max() <= 1.5 / 255
+    background = (slice(None), slice(0, 6), slice(0, 10))  # far plane, coc = 8 * 0.7 = 5.6 px: smoothed
+    assert blurred[background].std() < 0.5 * source[background].std()
+
+
+def test_two_runs_are_bit_identical(tmp_path):
+    image_path, disparity_path = _scene(tmp_path)
+    args = ("--focus_xy", "5", "5", "--K", "6", "--blades", "6")
+    assert _run(tmp_path, image_path, disparity_path, *args, out="a")[0] == 0
+    assert _run(tmp_path, image_path, disparity_path, *args, out="b")[0] == 0
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert files == ["contact_sheet.png", "scene_K6_f0.20.png"]  # focus_xy (5, 5) is on the far plane
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_auto_focus_uses_the_mask_else_the_centre(tmp_path):
+    image_path, disparity_path = _scene(tmp_path)
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "4", out="centre")
+    assert code == 0 and (out / "scene_K4_f0.90.png").is_file()  # the centre lies on the near rectangle
+    mask = np.zeros((H, W), np.uint8)
+    mask[:8, :] = 255  # a subject on the far plane
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "4", "--mask", str(tmp_path / "mask.png"), out="m")
+    assert code == 0 and (out / "scene_K4_f0.20.png").is_file()
+
+
+def test_depth_input_is_converted(tmp_path):
+    depth = np.full((H, W), 10.0, np.float32)
+    depth[10:30, 15:40] = 2.0  # near rectangle = small depth = disparity 1 after conversion
+    image_path, disparity_path = _scene(tmp_path, disparity=depth)
+    with pytest.warns(InputWarning, match="normalised"):
+        code, out = _run(tmp_path, image_path, disparity_path, "--depth", "--focus_xy", "20", "20", "--K", "3")
+    assert code == 0 and (out / "scene_K3_f1.00.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+def test_disparity_of_another_size_is_resized_with_a_warning(tmp_path):
+    small = np.full((H // 2, W // 2), 0.5, np.float32)
+    image_path, disparity_path = _scene(tmp_path, disparity=small)
+    with pytest.warns(InputWarning, match="resized"):
+        code, out = _run(tmp_path, image_path, disparity_path, "--K", "5")
+    assert code == 0 and read_image(out / "scene_K5_f0.50.png").shape == (3, H, W)
+
+
+def test_nan_inf_and_out_of_range_disparity_are_repaired_with_warnings(tmp_path):
+    raw = np.linspace(3.0, 60.0, H * W, dtype=np.float32).reshape(H, W)  # pixel disparities, not [0, 1]
+    raw[0, :5], raw[5, 5] = np.nan, np.inf
+    image_path, disparity_path = _scene(tmp_path, disparity=raw)
+    with pytest.warns(InputWarning) as record:
+        code, out = _run(tmp_path, image_path, disparity_path, "--K", "5", "--focus_disparity", "0.5")
+    messages = " ".join(str(w.message) for w in record)
+    assert "6 invalid pixels" in messages and "min-max normalised" in messages
+    assert code == 0 and np.isfinite(read_image(out / "scene_K5_f0.50.png")).all()
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "16bit"])
+def test_gray_rgba_and_16bit_images_render(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    if kind == "gray":
+        array = (rng.random((H, W)) * 255).astype(np.uint8)
+    elif kind == "rgba":
+        array = (rng.random((H, W, 4)) * 255).astype(np.uint8)
+    else:
+        array = (rng.random((H, W, 3)) * 65535).astype(np.uint16)
+    image_path, disparity_path = _scene(tmp_path, image=array)
+    if kind == "rgba":
+        with pytest.warns(InputWarning, match="alpha"):
+            code, out = _run(tmp_path, image_path, disparity_path, "--K", "0")
+            source = read_image(image_path)
+    else:
+        code, out = _run(tmp_path, image_path, disparity_path, "--K", "0")
+        source = read_image(image_path)
+    assert code == 0
+    rendered = read_image(out / "scene_K0_f0.90.png")
+    assert rendered.shape == (3, H, W)
+    assert np.abs(rendered - source).max() <= 1.5 / 255  # K = 0: the input, as read
+    if kind == "gray":
+        assert np.array_equal(rendered[0], rendered[1])
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--K", "-5"], "--K"),
+        (["--K", "nan"], "--K"),
+        (["--focus_disparity", "1.5"], "--focus_disparity"),
+        (["--blades", "2"], "--blades"),
+        (["--focus_xy", "3"], "--focus_xy"),
+    ],
+)
+def test_invalid_arguments_exit_2_naming_the_flag(tmp_path, capsys, argv, flag):
+    image_path, disparity_path = _scene(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path, image_path, disparity_path, *argv)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_missing_files_exit_2_naming_flag_and_file(tmp_path, capsys):
+    image_path, disparity_path = _scene(tmp_path)
+    for argv, flag, missing in (
+        ([tmp_path / "nope.png", disparity_path], "--image", "nope.png"),
+        ([image_path, tmp_path / "nope.npy"], "--disparity", "nope.npy"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            _run(tmp_path, *argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and flag in err and missing in err
+    with pytest.raises(SystemExit):
+        inference_hf.parse_args(["--image", str(image_path)])  # --disparity missing
+    assert "--disparity" in capsys.readouterr().err
+
+
+def test_focus_pixel_out_of_bounds_fails_the_item(tmp_path, capsys):
+    image_path, disparity_path = _scene(tmp_path)
+    code, out = _run(tmp_path, image_path, disparity_path, "--focus_xy", str(W), "3", "--K", "4")
+    err = capsys.readouterr().err
+    assert code == 1 and "--focus_xy" in err and f"[0, {W - 1}]" in err
+    assert not list(out.glob("scene_*.png"))
+
+
+def test_corrupt_disparity_fails_with_its_name(tmp_path, capsys):
+    image_path, _ = _scene(tmp_path)
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"garbage")
+    code, _ = _run(tmp_path, image_path, bad, "--K", "4")
+    assert code == 1 and "broken.npy" in capsys.readouterr().err
+
+
+def test_batch_reports_and_skips_a_bad_item_keeping_the_others(tmp_path, monkeypatch, capsys):
+    """Batch policy (CONTRIBUTING): a failing input is reported and skipped, the rest is written, exit 1."""
+    image_path, disparity_path = _scene(tmp_path)
+    good = inference_hf.pair_inputs(str(image_path), str(disparity_path))[0]
+
+    def broken():
+        raise ValueError("cannot decode image 'bad.png'")
+
+    monkeypatch.setattr(inference_hf, "_inputs", lambda args: [PendingInput("bad", broken), good])
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "4", "--focus_disparity", "0.2")
+    err = capsys.readouterr().err
+    assert code == 1 and "bad" in err and "cannot decode image 'bad.png'" in err
+    assert (out / "scene_K4_f0.20.png").is_file()
