@@ -78,3 +78,10 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple, op: str) -> None:
         raise ValueError(f"{op}: {name} must have shape {want}; got {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"{op}: {name} must be a floating-point tensor; got {t.dtype}")
+
+
+def as_cupy(t: torch.Tensor):
+    """Zero-copy CuPy view of a contiguous CUDA tensor (DLPack), for passing to a RawKernel."""
+    import cupy
+
+    return cupy.from_dlpack(t.detach().contiguous())

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import aperture
-from ._backend import check_shape, load_kernel, resolve_impl
+from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
 from .scatter import _per_batch_scalar as _per_batch
 
 _DENOM_EPS = 1e-6
@@ -173,10 +173,10 @@ def _layers_cuda(premult, planes, k, focus, u, wts, spacing_unit, levels):
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(premult.device).cuda_stream)
     with cupy.cuda.Device(dev), stream:
         kern(((n + threads - 1) // threads,), (threads,), (
-            mip.data_ptr(), meta.data_ptr(), cupy.int64(pos), planes32.data_ptr(), k32.data_ptr(), f32.data_ptr(),
-            u32.data_ptr(), w32.data_ptr(), cupy.int32(u.shape[0]), cupy.int32(b), cupy.int32(n_layers),
+            _cp(mip), _cp(meta), cupy.int64(pos), _cp(planes32), _cp(k32), _cp(f32),
+            _cp(u32), _cp(w32), cupy.int32(u.shape[0]), cupy.int32(b), cupy.int32(n_layers),
             cupy.int32(levels), cupy.int32(h), cupy.int32(w), cupy.float32(spacing_unit),
-            colour_sum.data_ptr(), weight.data_ptr(),
+            _cp(colour_sum), _cp(weight),
         ))
     return colour_sum, weight
 

@@ -33,7 +33,7 @@ import math
 import torch
 
 from . import aperture
-from ._backend import check_shape, load_kernel, resolve_impl
+from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
 
 _DEPTH_MARGIN_PX = 0.5  # CoC difference below which two sources count as the same surface (no occlusion)
 
@@ -130,9 +130,9 @@ def _scatter_cuda(colour, coc, offsets, apothem, blades, rotation_deg, max_radiu
     )
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(colour.device).cuda_stream)
     with cupy.cuda.Device(dev), stream:
-        norm_k(grid, (threads,), (coc.data_ptr(), inv_norm.data_ptr(), self_w.data_ptr(), *args_common))
-        gather_k(grid, (threads,), (colour.data_ptr(), coc.data_ptr(), inv_norm.data_ptr(), acc_c.data_ptr(),
-                                    acc_w.data_ptr(), *args_common, cupy.float32(_DEPTH_MARGIN_PX)))
+        norm_k(grid, (threads,), (_cp(coc), _cp(inv_norm), _cp(self_w), *args_common))
+        gather_k(grid, (threads,), (_cp(colour), _cp(coc), _cp(inv_norm), _cp(acc_c),
+                                    _cp(acc_w), *args_common, cupy.float32(_DEPTH_MARGIN_PX)))
     return acc_c, acc_w, self_w
 
 
