@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--disparity_normalise", choices=("auto", "always", "never"), default="auto",
                      help="min-max normalise the map: auto = only if outside [0, 1] (default); always = relative maps")
     src.add_argument("--mask", help="subject mask for --image (white = subject); focus defaults to its median")
-    src.add_argument("--test_data_dir", help="test-set folder or glob of folders, read by data.loaders")
-    src.add_argument("--data_id", help="with --test_data_dir: only items with this name (or glob pattern)")
+    src.add_argument("--test_data_dir", help="test-set folder(s) (folder or glob; layouts EBB, folder, pngdepth, BLB "
+                                             "as in data/loaders.py); subject masks there set the auto focus")
+    src.add_argument("--data_id", help="with --test_data_dir: only inputs with this name (or glob pattern); "
+                                       "default all")
     src.add_argument("--max_side", type=int, default=None, help="shrink inputs so the longer side is at most this (px)")
     foc = parser.add_argument_group("focus and strength")
     foc.add_argument("--focus_disparity", type=disparity_value, nargs="+", help="focal disparity value(s) in [0, 1]")

@@ -25,7 +25,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -191,48 +191,38 @@ def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth
     return [PendingInput(name, load)]
 
 
-def folder_inputs(test_data_dir: str, data_id: str | None = None) -> Iterator[PendingInput]:
-    """Items of one or more test-set folders (a glob pattern may match several) via ``data.loaders``.
+def folder_inputs(test_data_dir: str, data_id: str | None = None) -> list[PendingInput]:
+    """Inputs of one or more test-set folders (a glob may match several), indexed by
+    :func:`data.loaders.load_test_set` (layout detected; one item per input image, GTs ignored).
 
-    ``data_id`` (optional) keeps only items whose name equals it or matches it as a glob pattern
-    (``"0*"``). Loader errors are yielded as a failing item so the caller reports them; a loader that raises
-    cannot continue, so the remaining items of that folder are lost (the error says so).
+    ``data_id`` (optional) keeps only inputs whose name equals it or matches it as a glob pattern (``"scene0*"``).
+    With several folders, names get the folder's name as a prefix so outputs cannot collide. Folder-level
+    problems (missing folder, unknown layout, no items) raise at once; a bad file fails only its own item.
     """
-    try:
-        from data.loaders import load_test_set
-    except ImportError as error:
-        raise RuntimeError(
-            f"--test_data_dir needs the test-set loaders (data/loaders.py), which cannot be imported: {error}. "
-            "Use --image PATH --disparity PATH for single inputs."
-        ) from error
+    from data.loaders import load_test_set
+
     roots = sorted(glob.glob(test_data_dir)) if glob.has_magic(test_data_dir) else [test_data_dir]
-    if not roots or not all(Path(root).is_dir() for root in roots):
+    roots = [root for root in roots if Path(root).is_dir()]
+    if not roots:
         raise FileNotFoundError(
-            f"--test_data_dir '{test_data_dir}' is not an existing folder (or a glob matching folders)"
+            f"--test_data_dir '{test_data_dir}' is not an existing folder (nor a glob pattern matching folders)"
         )
+    pending = []
     for root in roots:
-        records = iter(load_test_set(root))
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                break
-            except Exception as error:  # noqa: BLE001 - reported to the user as a failed item, not swallowed
-                message = f"loading '{root}' stopped at a bad item ({error}); later items of this folder were not read"
-                yield PendingInput(f"{safe_name(Path(root).name)}_loader_error", _raiser(message, error))
-                break
-            name = str(record["name"])
+        test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
+        prefix = f"{safe_name(Path(root).name)}_" if len(roots) > 1 else ""
+        for index, entry in enumerate(test_set.entries):
+            name = str(entry["name"])
             if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
                 continue
-            yield PendingInput(
-                safe_name(name),
-                lambda r=record: conform_item(str(r["name"]), r["image"], r["disparity"], r.get("mask")),
-            )
+            pending.append(PendingInput(prefix + safe_name(name), _set_item_loader(test_set, index, prefix + name)))
+    return pending
 
 
-def _raiser(message: str, cause: Exception) -> Callable[[], InputItem]:
+def _set_item_loader(test_set, index: int, name: str) -> Callable[[], InputItem]:
     def load() -> InputItem:
-        raise RuntimeError(message) from cause
+        record = test_set[index]
+        return conform_item(name, record["image"], record["disparity"], record.get("mask"))
 
     return load
 

@@ -1,6 +1,8 @@
 """inference_hf.py with the classical renderer, end to end and in-process: demo, user inputs, bad inputs."""
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -219,3 +221,46 @@ def test_batch_reports_and_skips_a_bad_item_keeping_the_others(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert code == 1 and "bad" in err and "cannot decode image 'bad.png'" in err
     assert (out / "scene_K4_f0.20.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------ folder inputs
+EBB = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
+
+
+def _run_folder(root, out, *extra):
+    return inference_hf.main(["--renderer", "classical", "--test_data_dir", str(root), "--output_dir", str(out),
+                              "--max_side", "64", "--K", "3", "--device", "cpu", *extra])
+
+
+def test_folder_input_focuses_on_each_subject_mask(tmp_path):
+    assert _run_folder(EBB, tmp_path) == 0
+    # The masks' median disparities are the sample set's focus planes (meta.json: 0.168, 0.949, 0.274).
+    expected = ["scene00_K3_f0.17.png", "scene01_K3_f0.95.png", "scene02_K3_f0.27.png"]
+    assert sorted(p.name for p in tmp_path.glob("*_K3_*.png")) == expected
+    assert read_image(tmp_path / expected[0]).shape == (3, 46, 64)  # 223 x 160 shrunk to --max_side 64
+    assert all((tmp_path / f"scene0{i}_contact_sheet.png").is_file() for i in range(3))
+    assert not (tmp_path / "contact_sheet.png").exists()
+
+
+def test_folder_data_id_filters_and_reports_no_match(tmp_path, capsys):
+    assert _run_folder(EBB, tmp_path / "one", "--data_id", "scene01") == 0
+    assert [p.name for p in (tmp_path / "one").glob("*_K3_*.png")] and all(
+        p.name.startswith("scene01") for p in (tmp_path / "one").glob("*.png"))
+    assert _run_folder(EBB, tmp_path / "none", "--data_id", "nothing*") == 1
+    assert "nothing*" in capsys.readouterr().err
+
+
+def test_folder_with_a_corrupt_input_reports_it_and_keeps_the_others(tmp_path, capsys):
+    root = tmp_path / "ebb"
+    shutil.copytree(EBB, root)
+    (root / "input" / "scene01.png").write_bytes(b"broken")
+    assert _run_folder(root, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "scene01" in err and "cannot decode" in err
+    written = sorted(p.name.split("_")[0] for p in (tmp_path / "out").glob("*_K3_*.png"))
+    assert written == ["scene00", "scene02"]
+
+
+def test_missing_test_data_dir_exits_2(tmp_path, capsys):
+    assert _run_folder(tmp_path / "absent", tmp_path / "out") == 2
+    assert "absent" in capsys.readouterr().err
