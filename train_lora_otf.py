@@ -83,7 +83,7 @@ def main(input_args=None) -> int:
                                   seed=args.seed, rank=accelerator.process_index,
                                   world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)
     val_set = build_validation_set(args, args.train_batch_size) if accelerator.is_main_process else []
-    if accelerator.is_main_process and accelerator.trackers:
+    if args.report_to not in (None, "", "none"):
         accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool))})
     train_log = StepLog(out / "train_log.jsonl", progress.step, accelerator.is_main_process)

@@ -186,29 +186,38 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
 
 
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters of ``module`` plus the buffers of every submodule that owns one.
+    """Trainable parameters of ``module`` plus the buffers of every submodule that owns one, and of their
+    descendants.
 
-    The buffers matter: spectral normalisation keeps its power-iteration vectors as buffers next to the
-    weight, and an exact resume needs them. Frozen backbones (no trainable parameter) are left out.
+    The buffers matter: spectral normalisation keeps its power-iteration vectors as buffers next to (or, with
+    ``torch.nn.utils.parametrizations``, one level below) the weight, and an exact resume needs them. Frozen
+    backbones (no trainable parameter) are left out.
     """
-    state = {}
-    for mod_name, mod in module.named_modules():
-        own = list(mod.named_parameters(recurse=False))
-        if not any(p.requires_grad for _, p in own):
-            continue
-        prefix = f"{mod_name}." if mod_name else ""
-        for name, tensor in own:
-            if tensor.requires_grad:
-                state[prefix + name] = tensor
-        for name, tensor in mod.named_buffers(recurse=False):
-            state[prefix + name] = tensor
+    owners = [name for name, mod in module.named_modules()
+              if any(p.requires_grad for p in mod.parameters(recurse=False))]
+    state = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    for name, buf in module.named_buffers():
+        mod_name = name.rsplit(".", 1)[0] if "." in name else ""
+        if any(mod_name == o or mod_name.startswith(o + ".") or o == "" for o in owners):
+            state[name] = buf
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _module_trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's own ``trainable_state_dict()`` when it defines one (``losses.MultiLevelDiscriminator``:
+    the heads with their spectral-norm vectors), else :func:`trainable_state_dict`."""
+    if hasattr(module, "trainable_state_dict"):
+        return {k: v.detach().cpu().contiguous() for k, v in module.trainable_state_dict().items()}
+    return trainable_state_dict(module)
 
 
 def _load_trainable_state(module: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
     state = load_file(str(path))
+    if hasattr(module, "load_trainable_state_dict"):
+        module.load_trainable_state_dict(state)  # strict: missing or unexpected keys raise
+        return
     expected = trainable_state_dict(module)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -282,7 +291,7 @@ class CheckpointHooks:
         if self.discriminator is not None:
             from safetensors.torch import save_file
 
-            save_file(trainable_state_dict(self.discriminator), str(folder / DISC_WEIGHT_NAME))
+            save_file(_module_trainable_state(self.discriminator), str(folder / DISC_WEIGHT_NAME))
 
     def load(self, models: list, input_dir: str) -> None:
         from models.lora import load_lora, load_vae_partial

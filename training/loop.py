@@ -169,7 +169,8 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     # Frozen base weights in the compute dtype save memory; trainable tensors stay float32 so small Adam
     # updates are not rounded away. The VAE stays float32 (SDXL's VAE overflows in fp16).
     model.to(device)
-    unet.to(dtype=_weight_dtype(args.mixed_precision))
+    if _weight_dtype(args.mixed_precision) != torch.float32:
+        unet.to(dtype=_weight_dtype(args.mixed_precision))
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     for p in lora_params:
         p.data = p.data.float()

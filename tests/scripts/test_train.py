@@ -312,3 +312,14 @@ def test_learning_lowers_heldout_l1(stack, tmp_path):
 
 
 LEARN_STEPS = 200
+
+
+def test_trainable_state_dict_keeps_spectral_norm_vectors_and_skips_frozen_parts():
+    from training.checkpoint import trainable_state_dict
+
+    frozen = torch.nn.Conv2d(3, 4, 3).requires_grad_(False)
+    head = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Conv2d(4, 1, 1))
+    state = trainable_state_dict(torch.nn.Sequential(frozen, head))
+    assert "1.parametrizations.weight.original" in state and "1.bias" in state
+    assert {"1.parametrizations.weight.0._u", "1.parametrizations.weight.0._v"} <= set(state)
+    assert not any(k.startswith("0.") for k in state)
