@@ -177,7 +177,19 @@ def _log_coc_term(spec: _Spec, j0: int, j1: int) -> torch.Tensor | None:
 
 
 def _occlusion_block(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
-    """Self-occlusion fraction O_ij for all queries i and keys j in [j0, j1): (B, N, Bk) float32 in [0, 1].
+    """Self-occlusion fraction O_ij for all queries i and keys j in [j0, j1): (B, N, Bk) float32 in [0, 1]."""
+    return _occlusion_fraction(_occlusion_counts(spec, j0, j1), spec)
+
+
+def _occlusion_fraction(counts: torch.Tensor, spec: _Spec) -> torch.Tensor:
+    occ = counts.to(torch.float32) / spec.n_supersamples
+    if spec.training:
+        occ = occ.clamp(max=_TRAIN_OCC_MAX)
+    return occ
+
+
+def _occlusion_counts(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
+    """Number of blocked supersamples (0..P) per query i and key j in [j0, j1): (B, N, Bk) uint8.
 
     Loops over supersamples so the working set is (B, S, N, Bk) points, never P * S * N^2.
     """
@@ -214,7 +226,7 @@ def _occlusion_block(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
         offsets = _unit_uniform(_hash32(counters ^ _hash_scalar(spec.seed, 3))).view(P - 1, S, 1, 1, 2)
     half_token = torch.tensor([1.0 / spec.w, 1.0 / spec.h], device=device)  # half a token in uv units
 
-    blocked_count = torch.zeros(B, N, Bk, device=device, dtype=torch.float32)
+    blocked_count = torch.zeros(B, N, Bk, device=device, dtype=torch.uint8)
     for p in range(P):
         pts = base
         if p > 0:
@@ -223,11 +235,8 @@ def _occlusion_block(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
         sampled = F.grid_sample(
             spec.lookup, pts.reshape(B, S * N, Bk, 2), mode="bilinear", padding_mode=padding, align_corners=False
         ).reshape(B, S, N, Bk)
-        blocked_count += (sampled > thr + margin).any(dim=1).to(torch.float32)
-    occ = blocked_count / P
-    if spec.training:
-        occ = occ.clamp(max=_TRAIN_OCC_MAX)
-    return occ
+        blocked_count += (sampled > thr + margin).any(dim=1).to(torch.uint8)
+    return blocked_count
 
 
 def _dropout_keep(spec: _Spec, shape: tuple[int, int, int, int], j0: int, j1: int, device) -> torch.Tensor:
@@ -241,11 +250,19 @@ def _dropout_keep(spec: _Spec, shape: tuple[int, int, int, int], j0: int, j1: in
     return keep.to(torch.float32) / (1.0 - spec.dropout_p)
 
 
-def _gate(spec: _Spec, shape, j0: int, j1: int, device) -> torch.Tensor | None:
-    """Multiplicative factor applied after normalisation: (1 - O) and dropout. (B, 1|H, N, Bk) or None."""
+def _has_occlusion(spec: _Spec) -> bool:
+    return spec.occlusion and spec.n_segments > 0 and spec.n_supersamples > 0
+
+
+def _gate(spec: _Spec, shape, j0: int, j1: int, device, counts: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Multiplicative factor applied after normalisation: (1 - O) and dropout. (B, 1|H, N, Bk) or None.
+
+    ``counts``: this block's occlusion counts if already computed (uint8, see ``_occlusion_counts``)."""
     gate = None
-    if spec.occlusion and spec.n_segments > 0 and spec.n_supersamples > 0:
-        gate = (1.0 - _occlusion_block(spec, j0, j1))[:, None]
+    if _has_occlusion(spec):
+        if counts is None:
+            counts = _occlusion_counts(spec, j0, j1)
+        gate = (1.0 - _occlusion_fraction(counts, spec))[:, None]
     if spec.training and spec.dropout_p > 0:
         keep = _dropout_keep(spec, shape, j0, j1, device)
         gate = keep if gate is None else gate * keep
@@ -273,26 +290,39 @@ def _pisa_reference(q, k, v, spec: _Spec, scale: float) -> torch.Tensor:
     return (a.to(v.dtype) @ v).to(q.dtype)
 
 
+# The chunked backward needs O_ij again. Sampling it dominates the cost, so when the whole table fits in
+# this many bytes (one uint8 count per (b, i, j), head-shared: N <= 8192 at B = 1) the forward keeps it;
+# larger calls recompute it per block and stay strictly O(N * block).
+OCCLUSION_CACHE_BYTES = 64 * 2**20
+
+
 class _ChunkedPISA(torch.autograd.Function):
-    """O(N * block) forward and backward; saves q, k, v and the per-key log-normaliser (B, H, N)."""
+    """O(N * block) forward and backward; saves q, k, v, the per-key log-normaliser (B, H, N) and, when it
+    fits in ``OCCLUSION_CACHE_BYTES``, the occlusion counts (B, N, N) uint8."""
 
     @staticmethod
-    def forward(ctx, q, k, v, spec: _Spec, scale: float, block: int):
+    def forward(ctx, q, k, v, spec: _Spec, scale: float, block: int, needs_backward: bool):
         B, H, N, _ = q.shape
         out = torch.zeros(B, H, N, v.shape[-1], dtype=torch.float32, device=q.device)
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+        cache = None
+        if _has_occlusion(spec) and needs_backward and B * N * N <= OCCLUSION_CACHE_BYTES:
+            cache = torch.empty(B, N, N, dtype=torch.uint8, device=q.device)
         for j0 in range(0, N, block):
             j1 = min(j0 + block, N)
             z = _logits(q, k[:, :, j0:j1], spec, j0, j1, scale)
             lse_blk = torch.logsumexp(z, dim=-2, keepdim=True)  # (B, H, 1, Bk)
             lse[:, :, j0:j1] = lse_blk[:, :, 0]
             a = torch.exp(z - lse_blk)
-            gate = _gate(spec, (B, H, N, j1 - j0), j0, j1, q.device)
+            counts = None
+            if cache is not None:
+                counts = cache[:, :, j0:j1] = _occlusion_counts(spec, j0, j1)
+            gate = _gate(spec, (B, H, N, j1 - j0), j0, j1, q.device, counts)
             if gate is not None:
                 a = a * gate
             out += (a.to(v.dtype) @ v[:, :, j0:j1]).to(torch.float32)
         ctx.save_for_backward(q, k, v, lse)
-        ctx.spec, ctx.scale, ctx.block = spec, scale, block
+        ctx.spec, ctx.scale, ctx.block, ctx.occ_cache = spec, scale, block, cache
         return out.to(q.dtype)
 
     @staticmethod
@@ -309,7 +339,8 @@ class _ChunkedPISA(torch.autograd.Function):
             j1 = min(j0 + block, N)
             z = _logits(q, k[:, :, j0:j1], spec, j0, j1, scale)
             a = torch.exp(z - lse[:, :, None, j0:j1])  # softmax over queries, recomputed
-            gate = _gate(spec, (B, H, N, j1 - j0), j0, j1, q.device)
+            counts = None if ctx.occ_cache is None else ctx.occ_cache[:, :, j0:j1]
+            gate = _gate(spec, (B, H, N, j1 - j0), j0, j1, q.device, counts)
             weights = a if gate is None else a * gate
             dv[:, :, j0:j1] = weights.transpose(-1, -2) @ g
             da = g @ vf[:, :, j0:j1].transpose(-1, -2)  # dL/dA_ij = g_i . v_j
@@ -319,7 +350,7 @@ class _ChunkedPISA(torch.autograd.Function):
             dz = a * (da - (a * da).sum(dim=-2, keepdim=True))
             dq += (dz @ kf[:, :, j0:j1]) * scale
             dk[:, :, j0:j1] = (dz.transpose(-1, -2) @ qf) * scale
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
 def _flex_available() -> bool:
@@ -350,7 +381,7 @@ def _pisa_flex(q, k, v, spec: _Spec, scale: float) -> torch.Tensor:
     B, H, N, _ = q.shape
     log_m = _log_coc_term(spec, 0, N)  # (B, 1, N, N) or None: O(N^2), head-shared
     log_gate = None
-    if spec.occlusion and spec.n_segments > 0 and spec.n_supersamples > 0:
+    if _has_occlusion(spec):
         log_gate = torch.log1p(-_occlusion_block(spec, 0, N))  # (B, N, N), -inf where fully blocked
 
     def coc_swapped(score, b, h, q_idx, kv_idx):  # "query" = our key j, "key" = our query i
@@ -483,7 +514,9 @@ def pisa_attention(
         return _pisa_flex(q, k, v, spec, scale)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}.")
-    return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size))
+    # (autograd.Function.forward runs with grad disabled, so whether a backward will follow is decided here.)
+    needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size), needs_backward)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -49,6 +49,19 @@ def test_chunked_equals_reference_fp32(B, H, h, w, block, compat):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_chunked_backward_without_occlusion_cache(monkeypatch):
+    """Above OCCLUSION_CACHE_BYTES the backward resamples occlusion per block: same gradients."""
+    import models.pisa as pisa
+
+    q, k, v, disparity, coc = _inputs(h=5, w=5)
+    ref = _run(q, k, v, disparity, coc, "reference", seed=7)
+    monkeypatch.setattr(pisa, "OCCLUSION_CACHE_BYTES", 0)
+    out = _run(q, k, v, disparity, coc, "chunked", seed=7, block_size=4)
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_equals_reference_training_mode_with_dropout():
     q, k, v, disparity, coc = _inputs()
     torch.manual_seed(5)

@@ -1,0 +1,181 @@
+"""PISA attention: reference (dense) vs chunked, peak memory and time, as ratios measured in one run.
+
+Setting (issue 4): 10 heads, d = 64, S = 7 segments, P = 5 supersamples, square token grids, random
+disparity and CoC, float32 on CPU (and CUDA when present).
+
+Memory method: every measurement runs in a fresh spawned process. On CPU the peak is the process's
+high-water resident set (``resource.getrusage(...).ru_maxrss``) after the call minus the resident set just
+before it (inputs already built), i.e. the extra memory the call needed. On CUDA it is
+``torch.cuda.max_memory_allocated`` minus the allocation before the call.
+
+Usage (from the repository root, so `models` is importable; measurements run in spawned processes):
+    python -m benchmarks.bench_pisa                  # the default plan below; writes BENCHMARKS.md
+    python -m benchmarks.bench_pisa --plan quick --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import re
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BEGIN, END = "<!-- PISA:BEGIN -->", "<!-- PISA:END -->"
+
+# (tokens per side, implementation, backward?, occlusion?)
+PLANS = {
+    "default": [
+        (32, "reference", True, True), (32, "chunked", True, True),  # N = 1024, forward + backward
+        (64, "reference", False, True), (64, "chunked", False, True),  # N = 4096, forward
+        (128, "chunked", False, False),  # N = 16384 (2048 px frame), forward, no occlusion (time)
+        (128, "chunked-occ-block", False, True),  # N = 16384: one key block with occlusion (memory)
+    ],
+    "quick": [(16, "reference", True, True), (16, "chunked", True, True)],
+}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _measure(side: int, impl: str, backward: bool, occlusion: bool, device: str, threads: int, queue) -> None:
+    from models.pisa import _occlusion_block, pisa_attention  # noqa: PLC0415 (fresh process)
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    B, H, d, N = 1, 10, 64, side * side
+    q, k, v = (torch.randn(B, H, N, d, generator=g).to(dev).requires_grad_(backward) for _ in range(3))
+    disparity = torch.rand(B, side, side, generator=g).to(dev)
+    coc = ((torch.rand(B, side, side, generator=g) - 0.5) * 80).to(dev)
+    kw = dict(hardness=1e7, px_per_token=16.0, occlusion=occlusion, n_segments=7, n_supersamples=5, block_size=256)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss_bytes()
+    t0 = time.perf_counter()
+    if impl == "chunked-occ-block":
+        # One key block of the chunked path's occlusion (its largest working set): the peak memory of a full
+        # N = 16384 call, without running all 64 blocks on a shared 2-core CPU.
+        from models.pisa import _Spec, _token_positions_px, _token_uv  # noqa: PLC0415
+
+        spec = _Spec(side, side, disparity.reshape(B, N), coc.abs().reshape(B, N), disparity[:, None],
+                     _token_positions_px(side, side, 16.0, False, dev), _token_uv(side, side, dev), None, True,
+                     7, 5, 0, False, False, 0.0, 0)
+        _occlusion_block(spec, 0, 256)
+    else:
+        out = pisa_attention(q, k, v, disparity, coc, impl=impl, **kw)
+        if backward:
+            out.square().mean().backward()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    queue.put(dict(side=side, N=N, impl=impl, backward=backward, occlusion=occlusion, device=device,
+                   seconds=time.perf_counter() - t0, peak_bytes=max(peak, 0)))
+
+
+def run_one(side, impl, backward, occlusion, device, threads, timeout):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(side, impl, backward, occlusion, device, threads, queue))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+        return dict(side=side, N=side * side, impl=impl, backward=backward, occlusion=occlusion, device=device,
+                    error=f"timed out after {timeout} s")
+    if proc.exitcode != 0 or queue.empty():
+        return dict(side=side, N=side * side, impl=impl, backward=backward, occlusion=occlusion, device=device,
+                    error=f"exit code {proc.exitcode} (out of memory?)")
+    return queue.get()
+
+
+def _fmt_gb(b):
+    return f"{b / 2**30:.2f} GiB" if b >= 2**28 else f"{b / 2**20:.0f} MiB"
+
+
+def render(results: list[dict], args) -> str:
+    lines = [
+        BEGIN,
+        "## PISA attention (`benchmarks/bench_pisa.py`)",
+        "",
+        f"Run: `python -m benchmarks.bench_pisa --plan {args.plan}`; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {args.threads} threads; 10 heads, d = 64, S = 7, P = 5, block 256, fp32.",
+        "Peak memory = extra resident set (CPU: `ru_maxrss` high-water mark minus RSS before the call, fresh "
+        "process per row) or extra CUDA allocation. Ratios are reference / chunked from the same run.",
+        "The machine was shared with other jobs, so absolute times are noisy; ratios are the signal.",
+        "",
+        "| device | N | pass | occlusion | impl | time (s) | peak memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        pas = "fwd+bwd" if r["backward"] else "fwd"
+        if "error" in r:
+            lines.append(f"| {r['device']} | {r['N']} | {pas} | {r['occlusion']} | {r['impl']} | {r['error']} | |")
+        else:
+            lines.append(f"| {r['device']} | {r['N']} | {pas} | {r['occlusion']} | {r['impl']} | "
+                         f"{r['seconds']:.2f} | {_fmt_gb(r['peak_bytes'])} |")
+    lines += ["", "Ratios (reference / chunked):", ""]
+    for r in results:
+        if r["impl"] != "reference" or "error" in r:
+            continue
+        twin = [c for c in results if c["impl"] == "chunked" and c["N"] == r["N"] and c["device"] == r["device"]
+                and c["backward"] == r["backward"] and "error" not in c]
+        if twin:
+            c = twin[0]
+            lines.append(f"- {r['device']}, N = {r['N']} ({'fwd+bwd' if r['backward'] else 'fwd'}): memory "
+                         f"{r['peak_bytes'] / max(c['peak_bytes'], 1):.1f}x lower, time "
+                         f"{r['seconds'] / c['seconds']:.2f}x (>1: chunked faster).")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path) -> None:
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in old and END in old:
+        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(new)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plan", choices=sorted(PLANS), default="default")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also dump the raw results here")
+    args = parser.parse_args(argv)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = []
+    for device in devices:
+        for side, impl, backward, occlusion in PLANS[args.plan]:
+            r = run_one(side, impl, backward, occlusion, device, args.threads, args.timeout)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    text = render(results, args)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if not args.no_write:
+        write_section(text, ROOT / "BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
