@@ -534,6 +534,8 @@ class OnTheFlyDataset(Dataset):
                 )
         if not 0 < brightness_range[0] <= brightness_range[1] <= 1.0:
             raise ValueError(f"brightness_range must satisfy 0 < lo <= hi <= 1 (no clipping), got {brightness_range}")
+        if seed < 0 or rank < 0:
+            raise ValueError(f"seed and rank must be non-negative integers, got seed={seed}, rank={rank}")
         if size < 8:
             raise ValueError(f"size must be at least 8 px, got {size}")
         self.size = int(size)
@@ -894,15 +896,27 @@ def write_sample_data(
         meta[name] = records
     (ebb / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    otf = out_dir / "otf"
+    write_otf_folder(out_dir / "otf", foregrounds, backgrounds, otf_size)
+    return meta
+
+
+def write_otf_folder(out_dir: str | Path, foregrounds=None, backgrounds=None, size: int = 512, seed: int = 0) -> Path:
+    """Write an :class:`OnTheFlyDataset` folder: ``fg/<name>.png`` RGBA cut-outs (long side ``size``) and
+    ``bg/<name>.png`` photos (short side ``size``, so crops up to ``size`` px work). Defaults: the
+    scikit-image samples (:func:`sample_foregrounds`, :func:`sample_backgrounds`)."""
+    from data.io import save_image
+
+    out_dir = Path(out_dir)
+    foregrounds = sample_foregrounds(np.random.default_rng(seed)) if foregrounds is None else foregrounds
+    backgrounds = sample_backgrounds() if backgrounds is None else backgrounds
+    (out_dir / "fg").mkdir(parents=True, exist_ok=True)
     for fg in foregrounds:
-        scale = otf_size / max(fg.rgb.shape[1:])
+        scale = size / max(fg.rgb.shape[1:])
         small = resize_foreground(fg, max(1, round(fg.rgb.shape[1] * scale)), max(1, round(fg.rgb.shape[2] * scale)))
         rgba = np.concatenate([small.rgb, small.alpha]).transpose(1, 2, 0)
-        encoded = np.round(np.clip(rgba, 0, 1) * 255).astype(np.uint8)[:, :, [2, 1, 0, 3]]
-        (otf / "fg").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(otf / "fg" / f"{fg.source.split(':')[-1]}.png"), encoded)
+        encoded = np.round(np.clip(rgba, 0, 1) * 255).astype(np.uint8)[:, :, [2, 1, 0, 3]]  # RGBA -> BGRA
+        cv2.imwrite(str(out_dir / "fg" / f"{fg.source.split(':')[-1]}.png"), encoded)
     for bg_name, bg in backgrounds:
-        scale = otf_size / min(bg.shape[1:])
-        save_image(otf / "bg" / f"{bg_name}.png", resize_image(bg, round(bg.shape[1] * scale), round(bg.shape[2] * scale)))
-    return meta
+        scale = size / min(bg.shape[1:])
+        save_image(out_dir / "bg" / f"{bg_name}.png", resize_image(bg, round(bg.shape[1] * scale), round(bg.shape[2] * scale)))
+    return out_dir
