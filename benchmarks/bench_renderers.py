@@ -1,0 +1,157 @@
+"""Benchmark the bokeh renderers: ms per megapixel at max CoC radius 4, 16, 32 px (CPU, and CUDA when
+present); the ray tracer also per aperture sample. Writes the "Renderers" section of BENCHMARKS.md.
+
+    python benchmarks/bench_renderers.py [--size 512] [--repeats 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from kernels import cuda_available, render_layers, render_scatter
+
+RADII = (4, 16, 32)
+SECTION = "## Renderers"
+
+
+def _time(fn, repeats: int, sync) -> float:
+    """Best of ``repeats`` wall-clock seconds after one warm-up call (compiles CUDA kernels, fills caches)."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _scenes(size: int, radius: float, device):
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 3, size, size, generator=gen).to(device)
+    # Ground-plane-like CoC ramp from -R (top, far) to +R (bottom, near): every radius up to R occurs.
+    ramp = torch.linspace(-radius, radius, size).view(1, 1, size, 1).expand(1, 1, size, size).contiguous()
+    n_layers = 3
+    imgs = torch.rand(1, n_layers, 3, size, size, generator=gen).to(device)
+    alphas = (torch.rand(1, n_layers, 1, size, size, generator=gen) > 0.3).float().to(device)
+    alphas[:, -1] = 1.0
+    # Near layer at disparity 0.9, middle tilted, far at 0.1; focus 0.5, K so that max |CoC| = R.
+    planes = torch.tensor([[[0.0, 0.0, 1 / 0.9], [0.0, 0.4 / size / 0.5, 1 / 0.5], [0.0, 0.0, 1 / 0.1]]]).to(device)
+    k = radius / 0.4
+    return img, ramp.to(device), imgs, alphas, planes, k
+
+
+def run(size: int, repeats: int) -> list[dict]:
+    rows = []
+    devices = [("cpu", "torch")]
+    if torch.cuda.is_available():
+        devices.append(("cuda", "torch"))
+        if cuda_available():
+            devices.append(("cuda", "cuda"))
+    mpix = size * size / 1e6
+    for device, impl in devices:
+        dev = torch.device(device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        for radius in RADII:
+            img, coc, imgs, alphas, planes, k = _scenes(size, radius, dev)
+            # Baseline in the same process (CONTRIBUTING): a plain conv2d with a disc kernel of radius R,
+            # i.e. a uniform blur with no per-pixel radius or occlusion, so load on the machine cancels out.
+            yy, xx = torch.meshgrid(torch.arange(-radius, radius + 1.0), torch.arange(-radius, radius + 1.0),
+                                    indexing="ij")
+            disc = ((xx**2 + yy**2) <= radius**2).float()
+            disc = (disc / disc.sum()).expand(3, 1, -1, -1).to(dev)
+            t_base = _time(lambda: torch.nn.functional.conv2d(img, disc, padding=radius, groups=3), repeats, sync)
+            t = _time(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
+            rows.append(dict(renderer="scatter", device=device, impl=impl, radius=radius, samples="-",
+                             ms_per_mp=1e3 * t / mpix, ms_per_mp_sample="-", ratio=t / t_base))
+            n_samples = 16
+            t = _time(lambda: render_layers(imgs, alphas, planes, k, 0.5, n_samples=n_samples, impl=impl),
+                      repeats, sync)
+            rows.append(dict(renderer="layers (3 layers)", device=device, impl=impl, radius=radius,
+                             samples=n_samples, ms_per_mp=1e3 * t / mpix,
+                             ms_per_mp_sample=1e3 * t / mpix / n_samples, ratio=t / t_base))
+            print(rows[-2], rows[-1], flush=True)
+    return rows
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"CPU {cpu}, {torch.get_num_threads()} torch threads; GPU {gpu}; torch {torch.__version__}; "
+            f"Python {platform.python_version()}")
+
+
+def _load() -> str:
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
+    except OSError:
+        return "unknown"
+
+
+def render_section(rows: list[dict], size: int) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_renderers.py` on {_machine()}.",
+        f"Image {size}x{size}, best of N runs after a warm-up. Scatter: CoC ramp from -R to +R over the rows "
+        "(every radius up to R present; the dense gather costs the same for any CoC map with max radius R). "
+        "Layers: 3 RGBA layers (near, tilted middle, far), focus on the middle, K such that max |CoC| = R, "
+        "16 aperture samples; cost grows linearly with samples and layers.",
+        "",
+        f"Load average when measured: {_load()} (the machine is shared; the last column, the ratio to a "
+        "conv2d disc blur of radius R timed in the same process, is the load-independent number).",
+        "",
+        "| renderer | device | impl | max CoC R (px) | aperture samples | ms / MP | ms / MP / sample "
+        "| x conv2d disc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_sample = r["ms_per_mp_sample"]
+        per_sample = f"{per_sample:.1f}" if isinstance(per_sample, float) else per_sample
+        lines.append(f"| {r['renderer']} | {r['device']} | {r['impl']} | {r['radius']} | {r['samples']} | "
+                     f"{r['ms_per_mp']:.0f} | {per_sample} | {r['ratio']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path) -> None:
+    """Replace (or append) only the "## Renderers" section; other sections belong to other benchmarks."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text + "\n", old, count=1)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512, help="square image side in px (default 512)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting, best is kept")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    rows = run(args.size, args.repeats)
+    text = render_section(rows, args.size)
+    print(text)
+    if not args.no_write:
+        write_section(text, args.output)
+
+
+if __name__ == "__main__":
+    main()
