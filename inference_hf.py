@@ -22,8 +22,23 @@ focus percentiles 90 / 50 / 10 (front of the motorcycle, its rear, the back wall
 
 Renderers are a seam: ``RENDERERS`` maps ``--renderer`` to a builder ``(args, device) -> render`` where
 ``render(image, disparity, K, disp_focus)`` takes ``(1, 3, H, W)`` sRGB in [0, 1], ``(1, 1, H, W)`` disparity,
-floats ``K`` and ``disp_focus``, and returns ``(1, 3, H, W)`` sRGB in [0, 1]. The builder loads models once;
-the BokehDiff renderer (``models/pipeline.py``) plugs in with its own argument group and builder.
+floats ``K`` and ``disp_focus``, and returns ``(1, 3, H, W)`` sRGB in [0, 1]. The builder loads models once.
+
+``--renderer bokehdiff`` (default; ``models/pipeline.py``): the one-step diffusion model. Weights: the SDXL base
+``--pretrained_model_name_or_path`` (hub id or local diffusers folder) plus ``--adapter`` (hub id, local folder
+or LoRA file; ``--resume_from_checkpoint DIR`` is the published spelling of a local adapter), every tensor
+verified. Full frame, or overlapping tiles for images too large for memory (``--tile_mode``). Offline without
+cached weights it stops with one message naming the fixes (a local folder, or ``--renderer classical``).
+
+The published README command still runs::
+
+    python inference_hf.py --test_data_dir DIR --output_dir OUT --data_id RUN --K 20 \
+        --enable_xformers_memory_efficient_attention
+
+``--data_id`` is optional. A glob pattern, or the name of an input, selects those inputs; a plain name that
+matches no input is read as the published script read it, the name of this run: outputs go to ``OUT/RUN``
+(a notice says so). ``--enable_xformers_memory_efficient_attention``, ``--organization`` and ``--local_rank``
+are accepted for compatibility (PyTorch's fused attention is always used; layouts are detected).
 """
 
 from __future__ import annotations
@@ -35,8 +50,12 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import glob
+import time
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.inference_io import (
@@ -66,8 +85,60 @@ def build_classical(args: argparse.Namespace, device: torch.device) -> RenderFn:
     return render
 
 
-RENDERERS: dict[str, Callable[[argparse.Namespace, torch.device], RenderFn]] = {"classical": build_classical}
-DEFAULT_RENDERER = "classical"  # becomes "bokehdiff" once models/pipeline.py registers it
+def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
+    """The BokehDiff one-step pipeline: base model + adapter loaded and verified once, then rendered per call."""
+    from models.pipeline import BokehDiffPipeline
+
+    if args.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    adapter = args.resume_from_checkpoint or args.adapter
+    if adapter is not None and str(adapter).lower() == "none":
+        adapter = None
+    pisa = {} if args.pisa_hardness is None else {"hardness": args.pisa_hardness}
+    start = time.perf_counter()
+    pipe = BokehDiffPipeline.from_pretrained(
+        args.pretrained_model_name_or_path, adapter=adapter, adapter_variant=args.variant,
+        vae_weights=args.vae_weights, revision=args.revision, timestep=args.train_T, gamma=args.gamma,
+        pisa=pisa if not args.no_pisa else False, seed=args.seed, tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+    ).to(device, dtype=args.mixed_precision)
+    lora, vae = pipe.info.get("lora"), pipe.info.get("vae")
+    print(f"bokehdiff: base '{args.pretrained_model_name_or_path}', adapter '{adapter}'"
+          + (f" (LoRA rank {lora['rank']}: {lora['tensors']} tensors" if lora else " (no LoRA")
+          + (f", VAE {vae['tensors']} tensors" if vae else "") + f", all verified) loaded in "
+          f"{time.perf_counter() - start:.1f} s on {device}, UNet {pipe.model.unet.dtype}")
+    vae_tiling = {"auto": "auto", "on": True, "off": False}[args.vae_tiling]
+
+    def render(image, disparity, K, disp_focus):
+        return pipe(image, disparity, K=K, disp_focus=disp_focus, mode=args.tile_mode, vae_tiling=vae_tiling)
+
+    return render
+
+
+def with_upsample(render: RenderFn, factor: float) -> RenderFn:
+    """Render at ``factor`` x the input size (published ``--upsample``): the image is resized (bicubic), the
+    disparity bilinearly, K is scaled by ``factor`` (CoC radii are pixels of the working resolution), and the
+    render is resized back to the input size (antialiased)."""
+    if factor == 1:
+        return render
+
+    def wrapped(image, disparity, K, disp_focus):
+        height, width = image.shape[-2:]
+        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        big = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=factor < 1).clamp(0, 1)
+        disp = F.interpolate(disparity, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+        out = render(big, disp.clamp(0, 1), K * factor, disp_focus)
+        return F.interpolate(out, size=(height, width), mode="bicubic", align_corners=False,
+                             antialias=factor > 1).clamp(0, 1)
+
+    return wrapped
+
+
+RENDERERS: dict[str, Callable[[argparse.Namespace, torch.device], RenderFn]] = {
+    "classical": build_classical,
+    "bokehdiff": build_bokehdiff,
+}
+DEFAULT_RENDERER = "bokehdiff"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,7 +147,8 @@ DEFAULT_RENDERER = "classical"  # becomes "bokehdiff" once models/pipeline.py re
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Focus, outputs and exit codes: see the module docstring.")
-    parser.add_argument("--renderer", choices=sorted(RENDERERS), default=DEFAULT_RENDERER)
+    parser.add_argument("--renderer", choices=sorted(RENDERERS), default=None,
+                        help=f"default {DEFAULT_RENDERER}; classical for --demo (the offline demo needs no weights)")
     src = parser.add_argument_group("inputs (choose one)")
     src.add_argument("--demo", action="store_true", help="the offline Middlebury motorcycle demo")
     src.add_argument("--image", help="input photo (PNG/JPEG/TIFF/EXR; gray, RGB, RGBA; 8 or 16 bit)")
@@ -88,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--test_data_dir", help="test-set folder(s) (folder or glob; layouts EBB, folder, pngdepth, BLB "
                                              "as in data/loaders.py); subject masks there set the auto focus")
     src.add_argument("--data_id", help="with --test_data_dir: only inputs with this name (or glob pattern); "
-                                       "default all")
+                                       "default all. A plain name matching no input names the run (published "
+                                       "meaning): outputs go to OUTPUT_DIR/DATA_ID")
+    src.add_argument("--upsample", type=float, default=1.0,
+                     help="render at this many times the input size, K scaled alike, then resize back (published)")
+    src.add_argument("--organization", default=None,
+                     help="published layout flag (EBB, folder, pngdepth): accepted; layouts are detected")
     src.add_argument("--max_side", type=int, default=None, help="shrink inputs so the longer side is at most this (px)")
     foc = parser.add_argument_group("focus and strength")
     foc.add_argument("--focus_disparity", type=disparity_value, nargs="+", help="focal disparity value(s) in [0, 1]")
@@ -99,16 +176,42 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"blur strength(s), CoC px per unit disparity (default {DEFAULT_K[0]:g}; demo "
                           f"{' '.join(f'{k:g}' for k in DEMO_K)})")
     cls = parser.add_argument_group("classical renderer")
-    cls.add_argument("--gamma", type=float, default=2.2, help="blur in linear light, srgb ** gamma (1 disables)")
+    cls.add_argument("--gamma", type=float, default=2.2,
+                     help="linear light = srgb ** gamma (1 disables); classical blurs in it, bokehdiff feeds it to "
+                          "the VAE (must match training)")
     cls.add_argument("--blades", type=int, default=0, help="aperture polygon blades (0 = disc, else >= 3)")
     cls.add_argument("--rotation_deg", type=float, default=0.0, help="aperture polygon rotation (degrees)")
     cls.add_argument("--highlight_threshold", type=float, default=None, help="boost linear values above this")
     cls.add_argument("--highlight_gain", type=float, default=0.0, help="highlight boost gain (0 = off)")
     cls.add_argument("--impl", choices=("auto", "torch", "cuda"), default="auto", help="kernel implementation")
+    bd = parser.add_argument_group("bokehdiff renderer")
+    bd.add_argument("--pretrained_model_name_or_path", default="SG161222/RealVisXL_V5.0",
+                    help="SDXL base model: hub id or local diffusers folder")
+    bd.add_argument("--adapter", default="zcx65535/bokehdiff",
+                    help="BokehDiff weights: hub id, local folder (pytorch_lora_weights.safetensors + vae.ckpt), "
+                         "LoRA file, or 'none' (base UNet only)")
+    bd.add_argument("--resume_from_checkpoint", default=None,
+                    help="published spelling of a local adapter folder (overrides --adapter)")
+    bd.add_argument("--variant", default="small", help="adapter subfolder searched first (published: small)")
+    bd.add_argument("--vae_weights", default=None, help="partial VAE state dict (overrides the adapter's vae.ckpt)")
+    bd.add_argument("--revision", default=None, help="hub revision of the base model")
+    bd.add_argument("--train_T", type=int, default=499, help="the one-step timestep t (as trained)")
+    bd.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="UNet precision")
+    bd.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs")
+    bd.add_argument("--tile_mode", choices=("auto", "full", "tiled"), default="auto",
+                    help="full frame, overlapping latent tiles, or auto (full frame when it fits in memory)")
+    bd.add_argument("--tile_size", type=int, default=1024, help="tile side in px (multiple of 32)")
+    bd.add_argument("--tile_overlap", type=int, default=256, help="tile overlap in px (> the largest CoC radius)")
+    bd.add_argument("--vae_tiling", choices=("auto", "on", "off"), default="auto", help="tiled VAE encode/decode")
+    bd.add_argument("--pisa_hardness", type=float, default=None, help="PISA CoC hardness (default 1e7, as published)")
+    bd.add_argument("--no_pisa", action="store_true", help="ablation: stock attention instead of PISA")
+    bd.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
+                    help="published flag, accepted: PyTorch's fused attention is used in any case")
+    bd.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs/inference")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
-    run.add_argument("--seed", type=int, default=0, help="global RNG seed (for stochastic renderers)")
+    run.add_argument("--seed", type=int, default=0, help="global RNG seed; bokehdiff: PISA's occlusion-sampling seed")
     run.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
     return parser
 
@@ -140,8 +243,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--blades must be 0 (disc) or >= 3, got {args.blades}")
     if args.gamma <= 0:
         parser.error(f"--gamma must be > 0 (2.2 = sRGB-like, 1 = no linearisation), got {args.gamma}")
+    if not args.upsample > 0:
+        parser.error(f"--upsample must be > 0 (1 = render at input size), got {args.upsample}")
+    if args.tile_size % 32 or args.tile_size < 64:
+        parser.error(f"--tile_size must be a multiple of 32 and >= 64 px, got {args.tile_size}")
+    if not 0 <= args.tile_overlap < args.tile_size or args.tile_overlap % 8:
+        parser.error(f"--tile_overlap must be a multiple of 8 in [0, --tile_size), got {args.tile_overlap}")
+    if args.pisa_hardness is not None and not args.pisa_hardness > 1:
+        parser.error(f"--pisa_hardness must be > 1, got {args.pisa_hardness}")
+    if args.resume_from_checkpoint is not None and not Path(args.resume_from_checkpoint).exists():
+        parser.error(f"--resume_from_checkpoint: no such file or folder: '{args.resume_from_checkpoint}'")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    if args.renderer is None:
+        args.renderer = "classical" if args.demo else DEFAULT_RENDERER
     if args.demo:  # demo defaults, still overridable
         args.K = args.K or list(DEMO_K)
         if args.focus_disparity is None and args.focus_xy is None:
@@ -159,7 +274,24 @@ def _inputs(args):
     if args.image is not None:
         return pair_inputs(args.image, args.disparity, mask=args.mask, is_depth=args.depth,
                            normalise=args.disparity_normalise)
-    return folder_inputs(args.test_data_dir, args.data_id)
+    inputs = folder_inputs(args.test_data_dir, args.data_id)
+    if not inputs and args.data_id is not None and not glob.has_magic(args.data_id):
+        # The published script's --data_id named the run (outputs in OUTPUT_DIR/DATA_ID); keep that meaning when
+        # the plain name selects nothing, so the published README command runs unchanged.
+        print(f"note: no input is named '{args.data_id}': reading --data_id as the run name (published meaning); "
+              f"rendering every input into {Path(args.output_dir) / args.data_id}")
+        args.output_dir = str(Path(args.output_dir) / args.data_id)
+        inputs = folder_inputs(args.test_data_dir, None)
+    return inputs
+
+
+def _compatibility_notes(args) -> None:
+    """Published flags that no longer change anything are accepted, and said so (never silently ignored)."""
+    if args.enable_xformers_memory_efficient_attention:
+        print("note: --enable_xformers_memory_efficient_attention: PyTorch's fused scaled-dot-product attention is "
+              "used (PISA layers use their own chunked kernel); xformers is not needed")
+    if args.organization is not None:
+        print(f"note: --organization {args.organization}: the test-set layout is detected from the folder's contents")
 
 
 def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress) -> dict:
@@ -183,14 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = {**vars(args), "device": str(device)}
-    (output_dir / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _compatibility_notes(args)
     try:
-        render = RENDERERS[args.renderer](args, device)
-        inputs = _inputs(args)
-    except (ImportError, RuntimeError, FileNotFoundError, ValueError) as error:
+        inputs = _inputs(args)  # may redirect --output_dir (published --data_id meaning)
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config = {**vars(args), "device": str(device)}
+        (output_dir / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        render = with_upsample(RENDERERS[args.renderer](args, device), args.upsample)
+    except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
         print(f"error: {error}", file=sys.stderr)
         return 2
 
