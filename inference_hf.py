@@ -18,7 +18,11 @@ others are still written), 2 for invalid arguments.
 Demo (``make demo`` = ``--renderer classical --demo --output_dir outputs/demo``): the 741 x 500 motorcycle at
 focus percentiles 90 / 50 / 10 (front of the motorcycle, its rear, the back wall: disparity 0.88 / 0.56 /
 0.09) x K = 10, 20 -> six PNGs ``motorcycle_K{10,20}_f{0.88,0.56,0.09}.png`` + ``contact_sheet.png``
-(1280 x 705: input and disparity in the first column, one row per K). DEMO_TIMING
+(1280 x 476: input and disparity in the first column, one row per K). Cost: about 107 s of CPU time on
+2 cores (kernels at 66ed320; 6 renders of 0.37 MP, largest CoC radius 18 px), so about 1 min of wall time
+is expected on two free cores (measured: 4 min 53 s while the cores were shared with other jobs, load ~9). The scatter
+renderer's cost grows with the square of the largest CoC radius: ``--K 6 12`` needs about 40 % of that,
+``--max_side`` shrinks it further.
 
 Renderers are a seam: ``RENDERERS`` maps ``--renderer`` to a builder ``(args, device) -> render`` where
 ``render(image, disparity, K, disp_focus)`` takes ``(1, 3, H, W)`` sRGB in [0, 1], ``(1, 1, H, W)`` disparity,
