@@ -242,7 +242,6 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
 
     from models.lora import PAPER_LORA_TARGETS, VAE_TRAINABLE_PREFIXES
     from training.checkpoint import code_version
-    from training.config import dump_config  # noqa: F401  (documents where the config comes from)
 
     return {
         "format": "bokehdiff-train", "format_version": 1,

@@ -255,6 +255,10 @@ def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monk
     unet = UNet2DConditionModel.from_pretrained(stack["sdxl"], subfolder="unet")
     load_lora(unet, ref)
     assert all(torch.equal(v, ref_lora[k]) for k, v in lora_state_dict(unet).items())
+    from models.pipeline import BokehDiffPipeline  # what inference_hf.py uses: loads and verifies every tensor
+
+    pipe = BokehDiffPipeline.from_pretrained(stack["sdxl"], adapter=str(ref))
+    assert pipe.info["lora"]["tensors"] == len(ref_lora) and pipe.info["vae"]["tensors"] > 0
     # The resolved config is a valid preset that reproduces the run's options.
     again = parse_args(["--config", str(ref / "train_config.yaml")])
     assert again.rank == 4 and again.report_to == "tensorboard"
