@@ -392,6 +392,7 @@ def render_window(
     pad: int,
     gamma: float = 2.2,
     n_samples: int | None = None,
+    max_samples: int | None = None,
     seed: int = 0,
     impl: str = "auto",
 ) -> torch.Tensor:
@@ -401,7 +402,9 @@ def render_window(
         images_srgb, alphas, planes: as :func:`composite_window`, window of ``(H + 2*pad) x (W + 2*pad)``.
         K: ``(B,)`` px of CoC radius per unit disparity; disp_focus: ``(B,)`` in [0, 1].
         pad: padding to crop (px), at least the largest CoC radius so border pixels get all their light.
-        n_samples: aperture samples (renderer default when None); seed: the renderer's sampling seed.
+        n_samples: aperture samples (renderer default when None); max_samples: cap of the renderer's
+            automatic count (its default when None; the mip prefilter covers sparser sampling, at the price of
+            a slightly softer bokeh); seed: the renderer's sampling seed.
 
     Returns:
         ``(B, 3, H, W)`` sRGB bokeh in [0, 1]: ``(sum / weight) ** (1 / gamma)`` of the renderer's output.
@@ -409,6 +412,8 @@ def render_window(
     render_layers = _render_layers()
 
     kwargs = {} if n_samples is None else {"n_samples": int(n_samples)}
+    if max_samples is not None:
+        kwargs["max_samples"] = int(max_samples)
     dtype = images_srgb.dtype
     colour_sum, weight = render_layers(
         srgb_to_linear(images_srgb, gamma), alphas.to(dtype), planes.to(dtype), K.to(dtype), disp_focus.to(dtype),
@@ -514,6 +519,7 @@ class OnTheFlyDataset(Dataset):
         brightness_p: float = 0.75,
         brightness_range: tuple[float, float] = (0.6, 1.0),
         n_samples: int | None = None,
+        max_samples: int | None = None,
         impl: str = "torch",
         synthesize_on_device: bool = False,
         max_attempts: int = 64,
@@ -543,7 +549,7 @@ class OnTheFlyDataset(Dataset):
         self.gamma, self.seed, self.rank, self.epoch = float(gamma), int(seed), int(rank), 0
         self.config = config or SceneConfig()
         self.flip_p, self.brightness_p, self.brightness_range = flip_p, brightness_p, brightness_range
-        self.n_samples, self.impl = n_samples, impl
+        self.n_samples, self.max_samples, self.impl = n_samples, max_samples, impl
         self.synthesize_on_device = synthesize_on_device
         self.fixed_margin = margin_for(self.config.max_coc_px(self.scene_size)) if synthesize_on_device else None
         self.max_attempts = max_attempts
@@ -685,7 +691,8 @@ class OnTheFlyDataset(Dataset):
             return sample  # augmentation is applied after rendering, by synthesize_batch
         bokeh = render_window(
             images_t, alphas_t, planes_t, sample["K"].view(1), sample["disp_focus"].view(1),
-            pad=pad, gamma=self.gamma, n_samples=self.n_samples, seed=render_seed, impl=self.impl,
+            pad=pad, gamma=self.gamma, n_samples=self.n_samples, max_samples=self.max_samples, seed=render_seed,
+            impl=self.impl,
         )
         sample["bokeh"] = bokeh[0].float()
         return apply_augmentation(sample, flip, sample["brightness"])
