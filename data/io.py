@@ -20,9 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-# OpenEXR support in OpenCV is opt-in; the BLB test set stores EXR images and depth.
-os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
-import cv2  # noqa: E402
+import cv2
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
 DISPARITY_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff", ".exr")
@@ -61,7 +59,16 @@ def _require_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def _imread_any(path: Path) -> np.ndarray:
-    """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A)."""
+    """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A). EXR goes through
+    :mod:`data.exr` (the pinned OpenCV wheel has no OpenEXR)."""
+    if path.suffix.lower() == ".exr":
+        from data.exr import read_exr_array
+
+        try:
+            array = read_exr_array(path)
+        except (ValueError, IndexError) as error:
+            raise ValueError(f"cannot decode EXR image '{path}': {error}") from error
+        return array[:, :, 0] if array.shape[2] == 1 else array
     data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths, cv2.imread doesn't
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if array is None:

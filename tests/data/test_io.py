@@ -190,3 +190,19 @@ def test_load_motorcycle_is_clean_and_quiet():
     assert disparity.min() == 0.0 and disparity.max() == 1.0
     # 1 = near: the floor at the bottom is nearer than the back wall at the top.
     assert disparity[0, -20:].mean() > disparity[0, :20].mean() + 0.3
+
+
+def test_exr_image_and_depth_read_without_opencv_openexr(tmp_path):
+    from data.exr import write_exr
+
+    rgb = np.random.default_rng(0).uniform(0, 0.9, size=(6, 9, 3)).astype(np.float32)
+    write_exr(tmp_path / "image.exr", {c: rgb[:, :, i] for i, c in enumerate("RGB")})
+    image = read_image(tmp_path / "image.exr")
+    assert image.shape == (3, 6, 9)
+    np.testing.assert_allclose(image, rgb.transpose(2, 0, 1), atol=1e-6)
+
+    depth = np.linspace(1.0, 4.0, 54, dtype=np.float32).reshape(6, 9)
+    write_exr(tmp_path / "depth.exr", {"Z": depth})
+    with pytest.warns(InputWarning, match="normalised"):
+        disparity = read_disparity(tmp_path / "depth.exr", is_depth=True)
+    assert disparity[0, 0, 0] == pytest.approx(1.0) and disparity[0, -1, -1] == pytest.approx(0.0)  # near = 1

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from data.io import InputWarning, read_image, save_image
-from data.loaders import detect_layout, load_test_set, read_exr, write_exr
+from data.exr import read_exr, write_exr
+from data.loaders import detect_layout, load_test_set
 
 EBB = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
 
@@ -131,7 +132,7 @@ def test_exr_reader_round_trip_and_zip(tmp_path):
     split, built here by the published recipe) decodes to the same values."""
     import zlib
 
-    from data.loaders import _unzip_exr
+    from data.exr import _unzip_exr
 
     values = np.random.default_rng(3).random((5, 7)).astype(np.float32) * 3
     write_exr(tmp_path / "a.exr", {"R": values, "G": values * 2})
