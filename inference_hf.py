@@ -28,6 +28,8 @@ Renderers are a seam: ``RENDERERS`` maps ``--renderer`` to a builder ``(args, de
 ``render(image, disparity, K, disp_focus)`` takes ``(1, 3, H, W)`` sRGB in [0, 1], ``(1, 1, H, W)`` disparity,
 floats ``K`` and ``disp_focus``, and returns ``(1, 3, H, W)`` sRGB in [0, 1]. The builder loads models once.
 
+Baselines for evaluation: ``--renderer gaussian`` (depth-dependent Gaussian blur) and ``--renderer identity``.
+
 ``--renderer bokehdiff`` (default; ``models/pipeline.py``): the one-step diffusion model. Weights: the SDXL base
 ``--pretrained_model_name_or_path`` (hub id or local diffusers folder) plus ``--adapter`` (hub id, local folder
 or LoRA file; ``--resume_from_checkpoint DIR`` is the published spelling of a local adapter), every tensor
@@ -119,6 +121,23 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
     return render
 
 
+def build_gaussian(args: argparse.Namespace, device: torch.device) -> RenderFn:
+    """Baseline: depth-dependent Gaussian blur, sigma = |coc| / 2 (``kernels.render_gaussian``), in linear light."""
+    import kernels
+    from data.io import linear_to_srgb, srgb_to_linear
+
+    def render(image, disparity, K, disp_focus):
+        coc = K * (disparity - disp_focus)
+        return linear_to_srgb(kernels.render_gaussian(srgb_to_linear(image, args.gamma), coc), args.gamma)
+
+    return render
+
+
+def build_identity(args: argparse.Namespace, device: torch.device) -> RenderFn:
+    """Baseline: the all-in-focus input returned unchanged (the floor every renderer must beat)."""
+    return lambda image, disparity, K, disp_focus: image.clone()
+
+
 def with_upsample(render: RenderFn, factor: float) -> RenderFn:
     """Render at ``factor`` x the input size (published ``--upsample``): the image is resized (bicubic), the
     disparity bilinearly, K is scaled by ``factor`` (CoC radii are pixels of the working resolution), and the
@@ -141,6 +160,8 @@ def with_upsample(render: RenderFn, factor: float) -> RenderFn:
 RENDERERS: dict[str, Callable[[argparse.Namespace, torch.device], RenderFn]] = {
     "classical": build_classical,
     "bokehdiff": build_bokehdiff,
+    "gaussian": build_gaussian,
+    "identity": build_identity,
 }
 DEFAULT_RENDERER = "bokehdiff"
 

@@ -3,11 +3,13 @@
 Public API (DESIGN.md): ``render_scatter``, ``render_classical``, ``render_layers``, ``cuda_available``.
 Each renderer has ``impl="auto" | "cuda" | "torch"``: a pure-PyTorch reference that runs anywhere and a
 lazily compiled CuPy RawKernel (sources in ``kernels/cuda/``) used for CUDA tensors when CuPy works.
-Aperture shapes and samples shared by both live in ``kernels.aperture``.
+Aperture shapes and samples shared by both live in ``kernels.aperture``. ``render_gaussian`` is the naive
+depth-dependent Gaussian-blur baseline (PyTorch only).
 """
 
 from ._backend import cuda_available
+from .gaussian import render_gaussian
 from .layers import auto_n_samples, render_layers
 from .scatter import render_classical, render_scatter
 
-__all__ = ["auto_n_samples", "cuda_available", "render_classical", "render_layers", "render_scatter"]
+__all__ = ["auto_n_samples", "cuda_available", "render_classical", "render_gaussian", "render_layers", "render_scatter"]

@@ -264,3 +264,21 @@ def test_folder_with_a_corrupt_input_reports_it_and_keeps_the_others(tmp_path, c
 def test_missing_test_data_dir_exits_2(tmp_path, capsys):
     assert _run_folder(tmp_path / "absent", tmp_path / "out") == 2
     assert "absent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("renderer", ["gaussian", "identity"])
+def test_baseline_renderers_run_end_to_end(tmp_path, renderer):
+    out = tmp_path / renderer
+    code = inference_hf.main(["--renderer", renderer, "--demo", "--max_side", "96", "--K", "6",
+                              "--focus_disparity", "0.5", "--output_dir", str(out), "--no_contact_sheet"])
+    assert code == 0
+    renders = sorted(out.glob("motorcycle_K6*.png"))
+    assert len(renders) == 1
+    rendered = read_image(renders[0])
+    assert rendered.shape[0] == 3 and max(rendered.shape[1:]) == 96
+    if renderer == "identity":
+        from data.demo import load_motorcycle
+        from data.inference_io import conform_item, limit_size
+
+        item = limit_size(conform_item("motorcycle", *load_motorcycle()), 96)
+        np.testing.assert_allclose(rendered, np.asarray(item.image), atol=1 / 255 + 1e-6)
