@@ -64,6 +64,10 @@ def main(input_args=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         dump_config(args, out / "train_config.yaml")
+    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
+    # The data first: a wrong --train_data_dir fails before minutes of model loading.
+    dataset = build_train_dataset(args, rank=accelerator.process_index,
+                                  total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
     c = build_components(args, accelerator)
     description = describe_run(args, c, accelerator.num_processes)
     progress = TrainProgress()
@@ -76,9 +80,6 @@ def main(input_args=None) -> int:
         logger.info("resumed from %s at step %d", resume, progress.step)
     elif args.resume_from_checkpoint:
         logger.info("--resume_from_checkpoint %s: no checkpoint in %s, starting fresh", args.resume_from_checkpoint, out)
-    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
-    dataset = build_train_dataset(args, rank=accelerator.process_index,
-                                  total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
     batches = make_train_iterator(dataset, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers,
                                   seed=args.seed, rank=accelerator.process_index,
                                   world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)
@@ -115,7 +116,7 @@ def main(input_args=None) -> int:
     window: dict[str, list[float]] = {}
     try:
         while progress.step < args.max_train_steps:
-            result = train_step(c, move_batch(next(batches), accelerator.device), step=progress.step, args=args,
+            result = train_step(c, move_batch(next(batches), accelerator.device, gamma=args.gamma), step=progress.step, args=args,
                                 accelerator=accelerator)
             if not result.synced:
                 continue

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resolution", type=int, help="training crop size in pixels (multiple of 16)")
     g.add_argument("--train_batch_size", type=int, help="batch size per process")
     g.add_argument("--dataloader_num_workers", type=int, help="DataLoader worker processes (0: main process)")
+    g.add_argument("--synthesize_on_device", action=_BOOL,
+                   help="workers build the scene layers; the ground-truth bokeh is rendered on the accelerator in "
+                   "the main process (faster on GPU; CPU workers never touch CUDA)")
     g.add_argument("--validation_data_dir", type=str,
                    help="fg/bg folder of the held-out set; null: train_data_dir with --validation_seed "
                    "(fresh scenes, same source images)")

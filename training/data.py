@@ -67,7 +67,8 @@ def build_train_dataset(args, *, rank: int, total_samples: int) -> Dataset:
     probe = OnTheFlyDataset(args.train_data_dir, args.resolution, gamma=args.gamma, seed=args.seed, rank=rank)
     num_pairs = len(probe.fg_paths) * len(probe.bg_paths)
     dataset = OnTheFlyDataset(args.train_data_dir, args.resolution, gamma=args.gamma, seed=args.seed, rank=rank,
-                              length=max(1, total_samples) * num_pairs)
+                              length=max(1, total_samples) * num_pairs,
+                              synthesize_on_device=args.synthesize_on_device)
     dataset.num_pairs = num_pairs
     return dataset
 
@@ -94,8 +95,14 @@ def make_train_iterator(dataset: Dataset, *, batch_size: int, num_workers: int, 
     return iterator
 
 
-def move_batch(batch: dict, device: torch.device) -> dict:
-    """Tensors of a collated batch moved to ``device`` (other values unchanged)."""
+def move_batch(batch: dict, device: torch.device, *, gamma: float = 2.2) -> dict:
+    """Tensors of a collated batch moved to ``device`` (other values unchanged). A batch of scene layers
+    (``synthesize_on_device``) gets its ground truth rendered there (``data.synthesis.synthesize_batch``; the
+    render seed is part of each item, so this stays deterministic and resumable)."""
+    if "layers" in batch:
+        from data.synthesis import synthesize_batch
+
+        return synthesize_batch(batch, device, gamma=gamma)
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 

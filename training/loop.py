@@ -141,13 +141,20 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     from models.onestep import OneStepBokeh
 
     src = dict(pretrained_model_name_or_path=args.pretrained_model_name_or_path, revision=args.revision)
-    tokenizer = CLIPTokenizer.from_pretrained(subfolder="tokenizer", **src)
-    tokenizer_2 = CLIPTokenizer.from_pretrained(subfolder="tokenizer_2", **src)
-    text_encoder = CLIPTextModel.from_pretrained(subfolder="text_encoder", **src).to(device)
-    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(subfolder="text_encoder_2", **src).to(device)
-    scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **src)
-    vae = AutoencoderKL.from_pretrained(subfolder="vae", **src)
-    unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=args.variant, **src)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(subfolder="tokenizer", **src)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(subfolder="tokenizer_2", **src)
+        text_encoder = CLIPTextModel.from_pretrained(subfolder="text_encoder", **src).to(device)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(subfolder="text_encoder_2", **src).to(device)
+        scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **src)
+        vae = AutoencoderKL.from_pretrained(subfolder="vae", **src)
+        unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=args.variant, **src)
+    except OSError as error:  # offline hub, missing cache, incomplete local folder: one remedy
+        raise OSError(
+            f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r}: cannot load the SDXL "
+            f"components ({type(error).__name__}: {str(error).splitlines()[0]}). Pass a local diffusers SDXL folder "
+            f"(unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) or make the hub reachable/cached."
+        ) from error
 
     pisa_layers: list[str] = []
     if args.pisa:

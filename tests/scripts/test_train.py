@@ -356,3 +356,15 @@ def test_resumed_iterator_yields_the_same_samples_from_the_same_workers(workers)
 
     full = batches(0, 6)
     assert batches(6, 3) == full[3:]  # resumed after 3 batches: odd batch count, so worker order must be fixed
+
+
+@pytest.mark.slow
+def test_synthesize_on_device_trains_and_matches_worker_rendering(stack, tmp_path):
+    """Targets rendered in the main process from scene layers: the same scenes as the workers' renders. They
+    are not bit-equal (synthesize_batch seeds the aperture sampling per batch, the workers per item), so the
+    first loss (before any update) agrees to within 20%."""
+    common = ("--max_train_steps", 1, "--validation_steps", 0, "--lambda_gan", 0, "--no-edge")
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert train_lora_otf.main(_argv(stack, on, *common, "--synthesize_on_device")) == 0
+    assert train_lora_otf.main(_argv(stack, off, *common)) == 0
+    assert _log(on)[0]["mse"] == pytest.approx(_log(off)[0]["mse"], rel=0.2)
