@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from training.checkpoint import (CheckpointHooks, TrainProgress, export_inference, remove_stale_temporaries,
                                  resolve_resume_path, save_checkpoint)
@@ -83,7 +84,8 @@ def main(input_args=None) -> int:
     batches = make_train_iterator(dataset, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers,
                                   seed=args.seed, rank=accelerator.process_index,
                                   world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)
-    val_set = build_validation_set(args, args.train_batch_size) if accelerator.is_main_process else []
+    validating = args.validation_steps > 0 and accelerator.is_main_process
+    val_set = build_validation_set(args, args.train_batch_size) if validating else []
     if args.report_to not in (None, "", "none"):
         accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool))})
@@ -109,15 +111,13 @@ def main(input_args=None) -> int:
     # ---- loop -----------------------------------------------------------------------------------------
     if args.validation_steps and progress.step == 0:
         run_validation()
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=args.max_train_steps, initial=progress.step, desc="steps",
                disable=not accelerator.is_local_main_process)
     window: dict[str, list[float]] = {}
     try:
         while progress.step < args.max_train_steps:
-            result = train_step(c, move_batch(next(batches), accelerator.device, gamma=args.gamma), step=progress.step, args=args,
-                                accelerator=accelerator)
+            batch = move_batch(next(batches), accelerator.device, gamma=args.gamma)
+            result = train_step(c, batch, step=progress.step, args=args, accelerator=accelerator)
             if not result.synced:
                 continue
             guard.update(result.skipped, progress.step, last_checkpoint)
