@@ -10,12 +10,14 @@ import argparse
 import datetime
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from kernels import cuda_available, render_layers, render_scatter
+from kernels import aperture, cuda_available, render_layers, render_scatter
+from kernels import scatter as scatter_mod
 
 RADII = (4, 16, 32)
 SECTION = "## Renderers"
@@ -32,6 +34,33 @@ def _time(fn, repeats: int, sync) -> float:
         sync()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _fast_vs_reference(img, coc, repeats: int, sync) -> tuple[float, float]:
+    """Median seconds of the reference and the fast torch gather (``kernels/scatter.py``) on the same
+    inputs, runs interleaved so that load on the shared machine hits both alike."""
+    radius = coc.abs()
+    offsets = scatter_mod._offsets(float(radius.max()), 0, 0.0)
+    apothem = aperture.apothem_ratio(0)
+    fns = (scatter_mod._scatter_torch_reference, scatter_mod._scatter_torch)
+    times = ([], [])
+    for _ in range(max(repeats, 3)):
+        for fn, acc in zip(fns, times):
+            start = time.perf_counter()
+            fn(img, coc, offsets, apothem)
+            sync()
+            acc.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _motorcycle(device):
+    """The demo photo (linear light) with CoC = 20 * (disparity - 0.6) px: |CoC| up to 12, median ~6."""
+    from data.demo import load_motorcycle
+
+    image, disparity = load_motorcycle()
+    img = torch.from_numpy(image).float()[None].clamp(0.0, 1.0) ** 2.2
+    coc = 20.0 * (torch.from_numpy(disparity).float()[None] - 0.6)
+    return img.to(device), coc.to(device)
 
 
 def _scenes(size: int, radius: float, device):
@@ -70,8 +99,10 @@ def run(size: int, repeats: int) -> list[dict]:
             disc = (disc / disc.sum()).expand(3, 1, -1, -1).to(dev)
             t_base = _time(lambda: torch.nn.functional.conv2d(img, disc, padding=radius, groups=3), repeats, sync)
             t = _time(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
+            t_ref, t_fast = _fast_vs_reference(img, coc, repeats, sync) if impl == "torch" else (None, None)
             rows.append(dict(renderer="scatter", device=device, impl=impl, radius=radius, samples="-",
-                             ms_per_mp=1e3 * t / mpix, ms_per_mp_sample="-", ratio=t / t_base))
+                             ms_per_mp=1e3 * t / mpix, ms_per_mp_sample="-", ratio=t / t_base,
+                             ref_ms_per_mp=t_ref and 1e3 * t_ref / mpix, speedup=t_ref and t_ref / t_fast))
             n_samples = 16
             t = _time(lambda: render_layers(imgs, alphas, planes, k, 0.5, n_samples=n_samples, impl=impl),
                       repeats, sync)
@@ -79,6 +110,16 @@ def run(size: int, repeats: int) -> list[dict]:
                              samples=n_samples, ms_per_mp=1e3 * t / mpix,
                              ms_per_mp_sample=1e3 * t / mpix / n_samples, ratio=t / t_base))
             print(rows[-2], rows[-1], flush=True)
+        if impl == "torch":
+            img, coc = _motorcycle(dev)
+            mp = img.shape[-1] * img.shape[-2] / 1e6
+            t = _time(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
+            t_ref, t_fast = _fast_vs_reference(img, coc, repeats, sync)
+            rows.append(dict(renderer="scatter, motorcycle 741x500", device=device, impl=impl,
+                             radius=f"{float(coc.abs().max()):.0f}", samples="-", ms_per_mp=1e3 * t / mp,
+                             ms_per_mp_sample="-", ratio=float("nan"), ref_ms_per_mp=1e3 * t_ref / mp,
+                             speedup=t_ref / t_fast))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -109,22 +150,30 @@ def render_section(rows: list[dict], size: int) -> str:
         "",
         f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_renderers.py` on {_machine()}.",
         f"Image {size}x{size}, best of N runs after a warm-up. Scatter: CoC ramp from -R to +R over the rows "
-        "(every radius up to R present; the dense gather costs the same for any CoC map with max radius R). "
+        "(every radius up to R present; the fast gather skips offsets that no source in the rows it reads "
+        "can reach, so maps with small local radii cost less). "
         "Layers: 3 RGBA layers (near, tilted middle, far), focus on the middle, K such that max |CoC| = R, "
-        "16 aperture samples; cost grows linearly with samples and layers.",
+        "16 aperture samples; cost grows linearly with samples and layers. Scatter on CPU: the last two "
+        "columns time the torch gather alone, `_scatter_torch_reference` (one full-image pass per offset) "
+        "against the fast strip-wise `_scatter_torch` that `render_scatter` uses, interleaved in the same "
+        "process (medians); the motorcycle row is the demo photo with CoC = 20 (disparity - 0.6) px.",
         "",
         f"Load average when measured: {_load()} (the machine is shared; the last column, the ratio to a "
         "conv2d disc blur of radius R timed in the same process, is the load-independent number).",
         "",
         "| renderer | device | impl | max CoC R (px) | aperture samples | ms / MP | ms / MP / sample "
-        "| x conv2d disc |",
-        "|---|---|---|---|---|---|---|---|",
+        "| x conv2d disc | reference ms / MP | reference / fast |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_sample = r["ms_per_mp_sample"]
         per_sample = f"{per_sample:.1f}" if isinstance(per_sample, float) else per_sample
+        ref = r.get("ref_ms_per_mp")
+        ref = f"{ref:.0f}" if ref else "-"
+        speedup = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
+        ratio = "-" if r["ratio"] != r["ratio"] else f"{r['ratio']:.1f}"
         lines.append(f"| {r['renderer']} | {r['device']} | {r['impl']} | {r['radius']} | {r['samples']} | "
-                     f"{r['ms_per_mp']:.0f} | {per_sample} | {r['ratio']:.1f} |")
+                     f"{r['ms_per_mp']:.0f} | {per_sample} | {ratio} | {ref} | {speedup} |")
     return "\n".join(lines) + "\n"
 
 

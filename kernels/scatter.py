@@ -22,8 +22,10 @@ Model (all in linear light, radii in pixels of the working resolution):
 * Exactness: a pixel that receives no weight from any other pixel returns its own (boosted) colour
   bit-exactly, so in-focus regions with |coc| < 0.5 all around are unchanged.
 
-Cost is O(H * W * R^2) for the maximum radius R (a gather over all offsets within R, one dense tensor
-expression per offset); see BENCHMARKS.md.
+Cost is O(H * W * R^2) for the maximum radius R (a gather over all offsets within R). The torch path
+``_scatter_torch`` works strip by strip and visits per strip only the offsets its sources can reach;
+``_scatter_torch_reference`` (one full-image pass per offset) is the plain statement of the same sums, kept
+for the tests. See BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _normaliser(radius: torch.Tensor, offsets, apothem: float) -> torch.Tensor:
     return norm
 
 
-def _scatter_torch(colour, coc, offsets, apothem):
+def _scatter_torch_reference(colour, coc, offsets, apothem):
     """Reference gather implementation. colour (B,3,H,W), coc (B,1,H,W), both float32/64."""
     _, _, h, w = colour.shape
     radius = coc.abs()
@@ -106,6 +108,144 @@ def _scatter_torch(colour, coc, offsets, apothem):
         acc_w.addcmul_(m, inv_pad[:, :, rows, cols])
         acc_c.addcmul_(m, cn_pad[:, :, rows, cols])
     return acc_c, acc_w, self_w
+
+
+def _normaliser_table(offsets, apothem: float, max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact samples of N(r) (see ``_normaliser``) at its kinks, float64 on the CPU.
+
+    Each membership term ``clamp(min(r + 0.5 - d, a r + 0.5 - h), 0, 1)`` is piecewise linear in ``r`` with
+    kinks where either line reaches 0 or 1 or the two lines cross, so N(r) is piecewise linear with kinks
+    only there: linear interpolation between exact samples at all kinks reproduces it up to rounding, at the
+    cost of one lookup per pixel instead of one pass over the image per offset.
+    """
+    dist = torch.tensor([0.0] + [o[2] for o in offsets], dtype=torch.float64)
+    height = torch.tensor([0.0] + [o[3] for o in offsets], dtype=torch.float64)
+    kinks = [dist - 0.5, dist + 0.5, torch.tensor([0.0, max_radius, max_radius + 1.0], dtype=torch.float64)]
+    if apothem != 1.0:
+        kinks += [(height - 0.5) / apothem, (height + 0.5) / apothem, (dist - height) / (1.0 - apothem)]
+    knots = torch.cat(kinks)
+    knots = torch.unique(knots[(knots >= 0.0) & (knots <= max_radius + 1.0)])
+    values = torch.empty_like(knots)
+    for start in range(0, knots.numel(), 512):  # chunks bound the (knots x offsets) temporary
+        r = knots[start:start + 512, None]
+        m = r + (0.5 - dist)
+        if apothem != 1.0:
+            m = torch.minimum(m, r * apothem + (0.5 - height))
+        values[start:start + 512] = m.clamp_(0.0, 1.0).sum(1)
+    return knots, values
+
+
+def _inv_normaliser(radius: torch.Tensor, offsets, apothem: float, max_radius: float) -> torch.Tensor:
+    """1 / N(radius) by interpolation in ``_normaliser_table`` (same values as ``_normaliser`` up to rounding)."""
+    knots, values = _normaliser_table(offsets, apothem, max_radius)
+    knots, values = knots.to(radius.device), values.to(radius.device)
+    r = radius.to(torch.float64).clamp_(0.0, float(knots[-1]))
+    i = (torch.searchsorted(knots, r.reshape(-1), right=True) - 1).clamp_(0, knots.numel() - 2).view_as(r)
+    k0, k1 = knots[i], knots[i + 1]
+    n = torch.lerp(values[i], values[i + 1], (r - k0) / (k1 - k0))
+    return n.reciprocal_().to(radius.dtype)
+
+
+def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
+    """Fast gather: the model and results of ``_scatter_torch_reference`` up to float rounding.
+
+    The reference makes ~12 elementwise passes over full-image tensors per offset (~830 offsets at radius
+    16), so it is memory bound. Here:
+
+    * targets are processed in strips of full rows, about ``strip_elems / K`` pixels for K = 2 R + 1
+      offsets per row, so the (K, strip) temporaries stay in cache while each op is long enough to
+      amortise its dispatch and thread start-up (measured: 4K-16K pixel strips beat 2K and 64K);
+    * all offsets of one row offset ``dy`` are handled by one set of tensor ops: the sources for
+      ``dx = hi, hi - 1, ..., lo`` are one strided window (column stride 1) of the padded sources, giving
+      (K, B, C, rows, W) views without copies; the K weighted contributions are summed at once;
+    * per strip and ``dy`` only the ``dx`` that the largest source radius in the rows read can reach are
+      visited (membership is exactly 0 at distance >= r + 0.5), so strips near focus cost few offsets;
+    * the occlusion term is skipped where it provably vanishes (no source in the rows read lies behind a
+      target by more than the margin, or none is larger than a target), and is computed as
+      ``rho = lerp(r_q, min(r_q, r_p), s)``, which equals ``r_q - s * relu(r_q - r_p)``; radii carry the
+      +0.5 of the soft edge precomputed;
+    * colour and weight accumulate together (4 channels); N(r) comes from ``_inv_normaliser``.
+
+    colour (B,3,H,W), coc (B,1,H,W), float32/64; returns (acc_c, acc_w, self_w) like the reference.
+    """
+    b, _, h, w = colour.shape
+    radius = coc.abs()
+    max_radius = float(radius.max()) if radius.numel() else 0.0
+    inv_norm = _inv_normaliser(radius, offsets, apothem, max_radius)
+    self_w = aperture.membership(radius.clone(), 0.0, 0.0, apothem) * inv_norm
+    acc = torch.zeros(b, 4, h, w, dtype=colour.dtype, device=colour.device)
+    if not offsets:
+        return acc[:, :3], acc[:, 3:4], self_w
+    pad = max(max(abs(dy), abs(dx)) for dy, dx, _, _ in offsets)
+    reach = radius + 0.5  # membership = clamp(reach - dist, 0, 1) for the disc
+    # Channels: colour * inv_norm (3), inv_norm, reach, coc. Padding sources have zero weight and reach 0.
+    src = torch.nn.functional.pad(torch.cat([colour * inv_norm, inv_norm, reach, coc], 1), (pad,) * 4)
+    coc_m = coc - _DEPTH_MARGIN_PX
+    polygon = apothem != 1.0
+
+    # Per padded source row: largest radius and smallest CoC; per target row: largest CoC - margin and
+    # smallest radius (all batch items together).
+    row_rmax = src[:, 4].amax((0, 2)).sub_(0.5).tolist()
+    row_cmin = src[:, 5].amin((0, 2)).tolist()
+    tgt_cmax = coc_m.amax((0, 1, 3)).tolist()
+    tgt_rmin = radius.amin((0, 1, 3)).tolist()
+    # Per dy: distance and polygon edge height of dx = pad, pad - 1, ..., -pad (the window order below);
+    # offsets out of reach get an infinite distance (membership 0).
+    geometry = {}
+    for dy, dx, dist, height in offsets:
+        geometry[dy, dx] = (dist, height)
+    shape5 = (-1, 1, 1, 1, 1)
+    dist_h = {}
+    for dy in range(-pad, pad + 1):
+        dh = [geometry.get((dy, dx), (math.inf, math.inf)) for dx in range(pad, -pad - 1, -1)]
+        dist_h[dy] = tuple(torch.tensor(v, dtype=colour.dtype).view(shape5).to(colour.device) for v in zip(*dh))
+
+    k_max = 2 * pad + 1
+    rows = max(1, min(h, strip_elems // (k_max * max(1, b * w))))
+    s_buf, t_buf, m_buf = torch.empty(3, k_max, b, 1, rows, w, dtype=colour.dtype, device=colour.device)
+    prod_buf = torch.empty(k_max, b, 4, rows, w, dtype=colour.dtype, device=colour.device)
+    st_b, st_c, st_y, st_x = src.stride()
+
+    def window(c0: int, c1: int, y_start: int, x_start: int, k: int, n: int) -> torch.Tensor:
+        """Sources for K consecutive offsets: [k] is the (B, c1 - c0, n, W) block at column x_start + k."""
+        return src.as_strided((k, b, c1 - c0, n, w), (st_x, st_b, st_c, st_y, st_x),
+                              src.storage_offset() + c0 * st_c + y_start * st_y + x_start * st_x)
+
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        n = y1 - y0
+        acc_s = acc[:, :, y0:y1]
+        coc_p, reach_p = coc_m[:, :, y0:y1], reach[:, :, y0:y1]
+        cmax_p, rmin_p = max(tgt_cmax[y0:y1]), min(tgt_rmin[y0:y1])
+        for dy in range(-pad, pad + 1):
+            ys = pad + y0 - dy  # first padded source row for target row y0 (source q = p - (dy, dx))
+            rmax_q = max(row_rmax[ys:ys + n])
+            lim2 = (rmax_q + 0.5) ** 2 - dy * dy  # reachable: dx^2 < lim2
+            if lim2 <= 0.0:
+                continue
+            dx_max = min(pad, math.ceil(math.sqrt(lim2)) - 1)
+            occluded = cmax_p > min(row_cmin[ys:ys + n]) and rmax_q > rmin_p
+            for hi, lo in ([(dx_max, -dx_max)] if dy != 0 else [(dx_max, 1), (-1, -dx_max)]):
+                k = hi - lo + 1
+                if k <= 0:
+                    continue
+                x0 = pad - hi
+                s, t, m = s_buf[:k, :, :, :n], t_buf[:k, :, :, :n], m_buf[:k, :, :, :n]
+                dist, height = (v[pad - hi:pad - lo + 1] for v in dist_h[dy])
+                reach_q = window(4, 5, ys, x0, k, n)
+                if occluded:
+                    # s = clamp(coc_p - margin - coc_q, 0, 1); rho + 0.5 = lerp(reach_q, min(reach_q, reach_p), s)
+                    torch.sub(coc_p, window(5, 6, ys, x0, k, n), out=s).clamp_(0.0, 1.0)
+                    torch.minimum(reach_q, reach_p, out=t)
+                    reach_q = torch.lerp(reach_q, t, s, out=t)
+                torch.sub(reach_q, dist, out=m)
+                if polygon:
+                    # Edge line a * rho + 0.5 - h = a * (rho + 0.5) + (0.5 - 0.5 a - h).
+                    torch.minimum(m, reach_q * apothem + (0.5 - 0.5 * apothem - height), out=m)
+                m.clamp_(0.0, 1.0)
+                prod = torch.mul(m, window(0, 4, ys, x0, k, n), out=prod_buf[:k, :, :, :n])
+                acc_s.add_(prod.sum(0))
+    return acc[:, :3], acc[:, 3:4], self_w
 
 
 def _scatter_cuda(colour, coc, offsets, apothem, blades, rotation_deg, max_radius):
