@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench evaluate
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Benchmarks write their sections of BENCHMARKS.md; run them on an otherwise idle machine.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_renderers.py
-	$(PY) benchmarks/bench_pisa.py
+	$(PY) -m benchmarks.bench_renderers
+	$(PY) -m benchmarks.bench_dataset
+	$(PY) -m benchmarks.bench_pisa
+	$(PY) -m benchmarks.bench_pipeline
+	$(PY) -m benchmarks.bench_train
+
+# Renders the seeded evaluation benchmark with every available method and writes the Evaluation section.
+evaluate: $(STAMP)
+	$(PY) -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks

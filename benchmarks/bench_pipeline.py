@@ -1,7 +1,7 @@
 """Benchmark the one-step pipeline end to end on the tiny SDXL stack (CPU): latency at 512 and 1024 px, full
 frame vs tiled. Writes the "Pipeline" section of BENCHMARKS.md.
 
-    python benchmarks/bench_pipeline.py [--sizes 512 1024] [--repeats 2] [--threads 1] [--no-write]
+    python -m benchmarks.bench_pipeline [--sizes 512 1024] [--repeats 2] [--threads 1] [--no-write]
 
 The tiny stack has SDXL's structure with tiny widths, so absolute times say little about SDXL; what carries
 over is the *ratio* of tiled to full frame (tiling overhead: overlap recomputation, per-tile PISA) and the
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import re
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.report import BENCHMARKS_MD, replace_section
 from models.pipeline import BokehDiffPipeline
 from models.tiny import build_tiny_sdxl
 
@@ -121,17 +121,6 @@ def render_section(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace (or append) only the "## Pipeline" section; other sections belong to other benchmarks."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides in px")
@@ -139,14 +128,14 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine more threads are slower)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = run(args.sizes, args.repeats)
     text = render_section(rows)
     print(text)
     if not args.no_write:
-        write_section(text, args.output)
+        replace_section(text, args.output)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,16 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
-import re
 import resource
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.report import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
-BEGIN, END = "<!-- PISA:BEGIN -->", "<!-- PISA:END -->"
 
 # (tokens per side, implementation, backward?, occlusion?)
 PLANS = {
@@ -110,7 +110,6 @@ def _fmt_gb(b):
 
 def render(results: list[dict], args) -> str:
     lines = [
-        BEGIN,
         "## PISA attention (`benchmarks/bench_pisa.py`)",
         "",
         f"Run: `python -m benchmarks.bench_pisa --plan {args.plan}`; {platform.processor() or platform.machine()}, "
@@ -140,17 +139,7 @@ def render(results: list[dict], args) -> str:
             lines.append(f"- {r['device']}, N = {r['N']} ({'fwd+bwd' if r['backward'] else 'fwd'}): memory "
                          f"{r['peak_bytes'] / max(c['peak_bytes'], 1):.1f}x lower, time "
                          f"{r['seconds'] / c['seconds']:.2f}x (>1: chunked faster).")
-    lines += ["", END]
     return "\n".join(lines)
-
-
-def write_section(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
 
 
 def main(argv=None):
@@ -174,7 +163,7 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        replace_section(text, ROOT / "BENCHMARKS.md")
 
 
 if __name__ == "__main__":

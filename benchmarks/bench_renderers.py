@@ -1,7 +1,7 @@
 """Benchmark the bokeh renderers: ms per megapixel at max CoC radius 4, 16, 32 px (CPU, and CUDA when
 present); the ray tracer also per aperture sample. Writes the "Renderers" section of BENCHMARKS.md.
 
-    python benchmarks/bench_renderers.py [--size 512] [--repeats 2] [--no-write]
+    python -m benchmarks.bench_renderers [--size 512] [--repeats 2] [--no-write]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import BENCHMARKS_MD, replace_section
 from kernels import aperture, cuda_available, render_layers, render_scatter
 from kernels import scatter as scatter_mod
 
@@ -177,29 +178,18 @@ def render_section(rows: list[dict], size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace (or append) only the "## Renderers" section; other sections belong to other benchmarks."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="square image side in px (default 512)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting, best is kept")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args(argv)
     rows = run(args.size, args.repeats)
     text = render_section(rows, args.size)
     print(text)
     if not args.no_write:
-        write_section(text, args.output)
+        replace_section(text, args.output)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""Render the evaluation benchmark with every method, score it against ground truth, write the table.
+
+    python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks
+
+Methods: ``identity`` (the all-in-focus input), ``gaussian`` (depth-dependent Gaussian blur), ``classical``
+(the scatter renderer) and ``bokehdiff`` (the one-step diffusion model; pass its weights with
+``--bokehdiff_args "--pretrained_model_name_or_path DIR --adapter DIR"``). A method whose weights cannot be
+loaded is reported as unavailable and the others still run. Each ground truth of ``<data>/ebb/meta.json`` is
+rendered from the same input, disparity, K and focus (the K label is the one used to ray-trace it).
+
+Writes ``<out>/<method>/<gt name>.png``, ``<out>/<method>/eval/`` (see ``evaluate.py``), ``<out>/summary.md``,
+``<out>/motorcycle_sheet.png`` (the real photo, no ground truth: qualitative) and, with
+``--write_benchmarks``, the "Evaluation" section of BENCHMARKS.md. The benchmark is generated first
+(``scripts.make_benchmark`` defaults) when ``--data`` does not exist yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import inference_hf
+from benchmarks.report import BENCHMARKS_MD, replace_section
+from data.io import contact_sheet, read_disparity, read_image, save_image
+from metrics.image import LEARNED_METRICS, load_learned_metrics
+from metrics.report import Pair, evaluate_pairs, write_reports
+from scripts import make_benchmark
+
+METHODS = ("identity", "gaussian", "classical", "bokehdiff")
+SUMMARY_METRICS = ("psnr", "ssim", "lpips_vgg", "dists")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("benchmark_data"), help="from scripts.make_benchmark")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--bokehdiff_args", default="", help="extra inference_hf.py flags for bokehdiff (quoted)")
+    parser.add_argument("--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=sorted(LEARNED_METRICS))
+    parser.add_argument("--band_width", type=int, default=8, help="discontinuity band half-width (px)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--write_benchmarks", nargs="?", type=Path, const=BENCHMARKS_MD, default=None, metavar="PATH",
+                        help="update the Evaluation section of BENCHMARKS.md (or of PATH)")
+    return parser.parse_args(argv)
+
+
+def build_renderer(method: str, args: argparse.Namespace, data: Path):
+    """A renderer configured exactly as ``inference_hf.py --renderer <method>`` would configure it."""
+    extra = shlex.split(args.bokehdiff_args) if method == "bokehdiff" else []
+    cli = inference_hf.parse_args(["--renderer", method, "--test_data_dir", str(data), "--device", args.device,
+                                   "--output_dir", str(args.out), *extra])
+    device = torch.device("cuda" if cli.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cli.device == "auto" else cli.device)
+    return inference_hf.RENDERERS[method](cli, device), device
+
+
+def ground_truths(ebb: Path) -> list[dict]:
+    """One record per ground truth: input, disparity and GT paths, K and focus (from ``meta.json``)."""
+    meta_path = ebb / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"'{meta_path}' not found: build the benchmark with `python -m scripts.make_benchmark`")
+    meta = json.loads(meta_path.read_text())
+    records = []
+    for scene, entries in sorted((k, v) for k, v in meta.items() if not k.startswith("_")):
+        for entry in entries:
+            records.append({
+                "name": Path(entry["gt"]).stem, "input": ebb / "input" / f"{scene}.png",
+                "disparity": ebb / "depth" / f"{scene}_pred.npy", "gt": ebb / entry["gt"],
+                "K": float(entry["K"]), "disp_focus": float(entry["disp_focus"]),
+            })
+    return records
+
+
+def render_method(render, device, records: list[dict], out_dir: Path, desc: str) -> float:
+    """Render every record to ``out_dir/<name>.png``; returns the seconds spent rendering."""
+    seconds = 0.0
+    for record in tqdm(records, desc=desc, unit="image"):
+        image = torch.from_numpy(read_image(record["input"]))[None].to(device)
+        # The benchmark's disparity is absolute (meta.json: _disparity_absolute): never renormalise it.
+        disparity = torch.from_numpy(read_disparity(record["disparity"], normalise="never"))[None].to(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = render(image, disparity, record["K"], record["disp_focus"])
+        seconds += time.perf_counter() - start
+        save_image(out_dir / f"{record['name']}.png", out[0].float().cpu())
+    return seconds
+
+
+def summary_table(results: dict, unavailable_methods: dict, unavailable_metrics: dict, n_images: int) -> str:
+    def cell(value, name):
+        if value is None or math.isnan(value):
+            return "n/a"
+        return f"{value:.2f}" if name.startswith("psnr") else f"{value:.4f}"
+
+    columns = [m for m in SUMMARY_METRICS if m not in unavailable_metrics]
+    header = " | ".join(f"{m} | {m} (band)" for m in columns)
+    lines = [
+        "## Evaluation",
+        "",
+        f"Seeded layered benchmark (`python -m scripts.make_benchmark`): {n_images} ground truths ray-traced with "
+        "`kernels.render_layers`; band = pixels within 8 px of a depth discontinuity. Produced by "
+        "`python -m scripts.run_benchmark --write_benchmarks`.",
+        "",
+        f"| method | {header} | s / image |",
+        "|---|" + "---|" * (2 * len(columns) + 1),
+    ]
+    for method, (means, seconds) in results.items():
+        cells = " | ".join(f"{cell(means.get(m), m)} | {cell(means.get(m + '_band'), m)}" for m in columns)
+        lines.append(f"| {method} | {cells} | {seconds / max(n_images, 1):.2f} |")
+    for method, reason in unavailable_methods.items():
+        lines.append(f"| {method} | unavailable: {reason} |")
+    if unavailable_metrics:
+        lines += ["", "Not computed (pretrained weights unavailable here; never computed with random weights): "
+                  + ", ".join(f"`{name}`" for name in unavailable_metrics) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def motorcycle_sheet(renderers: dict, folder: Path, out_path: Path) -> Path | None:
+    """Qualitative sheet on the real photo: each method at a near and a far focus plane, K = 16."""
+    image_path, disparity_path = folder / "input" / "motorcycle.png", folder / "depth" / "motorcycle_pred.npy"
+    if not image_path.is_file():
+        return None
+    image, disparity = read_image(image_path), read_disparity(disparity_path, normalise="never")
+    focus = [float(np.percentile(disparity, 90)), float(np.percentile(disparity, 10))]
+    tiles, labels = [image], ["input (all in focus)"]
+    for method, (render, device) in renderers.items():
+        x = torch.from_numpy(image)[None].to(device)
+        d = torch.from_numpy(disparity)[None].to(device)
+        for f in focus:
+            with torch.no_grad():
+                tiles.append(render(x, d, 16.0, f)[0].float().cpu().numpy())
+            labels.append(f"{method} K16 f{f:.2f}")
+    return save_image(out_path, contact_sheet(tiles, labels, columns=len(focus) + 1, width=300))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not (args.data / "ebb" / "meta.json").is_file():
+        print(f"building the benchmark in {args.data} (scripts.make_benchmark defaults)")
+        make_benchmark.main(["--out", str(args.data)])
+    records = ground_truths(args.data / "ebb")
+
+    renderers, unavailable_methods = {}, {}
+    for method in args.methods:
+        try:
+            renderers[method] = build_renderer(method, args, args.data / "ebb")
+        except Exception as error:  # noqa: BLE001 - e.g. weights unavailable offline: report, run the others
+            unavailable_methods[method] = str(error).split(". ")[0][:160]  # first sentence; full text below
+            print(f"warning: {method} unavailable: {error}", file=sys.stderr)
+
+    device = next(iter(renderers.values()))[1] if renderers else torch.device("cpu")
+    learned, unavailable_metrics = load_learned_metrics(args.learned, device)
+    results, failed = {}, False
+    for method, (render, method_device) in renderers.items():
+        seconds = render_method(render, method_device, records, args.out / method, desc=method)
+        method_pairs = [Pair(r["name"], args.out / method / f"{r['name']}.png", r["gt"], r["disparity"]) for r in records]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the benchmark's disparity maps are exact; nothing to repair
+            evaluation = evaluate_pairs(method_pairs, learned=learned, unavailable=unavailable_metrics,
+                                        band_width_px=args.band_width, device=device)
+        write_reports(evaluation, method_pairs, args.out / method / "eval", title=method)
+        failed |= bool(evaluation.failures)
+        results[method] = (evaluation.means(), seconds)
+
+    table = summary_table(results, unavailable_methods, unavailable_metrics, len(records))
+    sheet = motorcycle_sheet(renderers, args.data / "motorcycle", args.out / "motorcycle_sheet.png")
+    table_path = args.out / "summary.md"
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    table_path.write_text(table)
+    print(table)
+    if args.write_benchmarks is not None:
+        print(f"updated {replace_section(table, args.write_benchmarks)}")
+    print(f"wrote {table_path}" + (f" and {sheet}" if sheet else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
