@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.report import BENCHMARKS_MD, replace_section
+from benchmarks.report import BENCHMARKS_MD, machine_description, replace_section
 from models.pipeline import BokehDiffPipeline
 from models.tiny import build_tiny_sdxl
 
@@ -71,18 +70,6 @@ def run(sizes: list[int], repeats: int) -> list[dict]:
     return rows
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s); torch {torch.__version__}"
-
-
 def _load() -> str:
     try:
         return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
@@ -95,7 +82,7 @@ def render_section(rows: list[dict]) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_pipeline.py` on {_machine()}; load "
+        f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_pipeline.py` on {machine_description()}; load "
         f"average {_load()} (shared machine: compare ratios, not seconds).",
         "",
         "Tiny SDXL-shaped stack (`models/tiny.py`), PISA with the inference defaults (hardness 1e7, 7 segments x 5 "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import re
 import statistics
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import BENCHMARKS_MD, replace_section
+from benchmarks.report import BENCHMARKS_MD, machine_description, replace_section
 from kernels import aperture, cuda_available, render_layers, render_scatter
 from kernels import scatter as scatter_mod
 
@@ -124,20 +123,6 @@ def run(size: int, repeats: int) -> list[dict]:
     return rows
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu}, {torch.get_num_threads()} torch threads; GPU {gpu}; torch {torch.__version__}; "
-            f"Python {platform.python_version()}")
-
-
 def _load() -> str:
     try:
         return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
@@ -149,7 +134,7 @@ def render_section(rows: list[dict], size: int) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_renderers.py` on {_machine()}.",
+        f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_renderers.py` on {machine_description()}.",
         f"Image {size}x{size}, best of N runs after a warm-up. Scatter: CoC ramp from -R to +R over the rows "
         "(every radius up to R present; the fast gather skips offsets that no source in the rows it reads "
         "can reach, so maps with small local radii cost less). "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
+
+import torch
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
@@ -20,3 +23,18 @@ def replace_section(text: str, path: Path = BENCHMARKS_MD) -> Path:
     new = pattern.sub(lambda _: body + "\n", old, count=1) if pattern.search(old) else old.rstrip("\n") + "\n\n" + body
     path.write_text(new.rstrip("\n") + "\n")
     return path
+
+
+def machine_description() -> str:
+    """CPU model, torch threads, GPU (or none), torch and Python versions: the context of a measurement."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"CPU {cpu}, {torch.get_num_threads()} torch thread(s); GPU {gpu}; torch {torch.__version__}; "
+            f"Python {platform.python_version()}")

@@ -30,3 +30,13 @@ def _seed_everything():
     """Each test starts from the same global RNG state, so order does not change results."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread: the tiny models' small convolutions on 2 shared cores only gain
+    contention from more (measured 10x slower), and one thread keeps float reductions in a fixed order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

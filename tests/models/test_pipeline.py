@@ -12,13 +12,7 @@ from models.pipeline import BokehDiffPipeline, WeightsUnavailableError, blend_wi
 from models.tiny import build_tiny_sdxl, save_tiny_sdxl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on 2 shared cores: extra intra-op threads only add contention (10x slower here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

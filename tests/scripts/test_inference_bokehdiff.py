@@ -18,13 +18,7 @@ EBB = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
 NAMES = ("scene00", "scene01", "scene02")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on 2 shared cores: extra intra-op threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

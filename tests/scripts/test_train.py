@@ -30,12 +30,7 @@ REPO = Path(train_lora_otf.__file__).resolve().parent
 TINY = str(REPO / "configs" / "train_tiny.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_otf_data(root: Path) -> Path:
