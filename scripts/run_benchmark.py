@@ -126,21 +126,25 @@ def summary_table(results: dict, unavailable_methods: dict, unavailable_metrics:
 
 
 def motorcycle_sheet(renderers: dict, folder: Path, out_path: Path) -> Path | None:
-    """Qualitative sheet on the real photo: each method at a near and a far focus plane, K = 16."""
+    """Qualitative sheet on the real photo: each method at a near and a far focus plane (disparity
+    percentiles 90 and 10), K = 16."""
     image_path, disparity_path = folder / "input" / "motorcycle.png", folder / "depth" / "motorcycle_pred.npy"
     if not image_path.is_file():
         return None
     image, disparity = read_image(image_path), read_disparity(disparity_path, normalise="never")
     focus = [float(np.percentile(disparity, 90)), float(np.percentile(disparity, 10))]
-    tiles, labels = [image], ["input (all in focus)"]
+    # One row per method, one column per focus plane; the first row shows the input and its disparity.
+    tiles, labels = [image, np.repeat(disparity, 3, axis=0)], ["input (all in focus)", "disparity (white = near)"]
     for method, (render, device) in renderers.items():
+        if method == "identity":
+            continue  # the input itself, already in the first row
         x = torch.from_numpy(image)[None].to(device)
         d = torch.from_numpy(disparity)[None].to(device)
         for f in focus:
             with torch.no_grad():
                 tiles.append(render(x, d, 16.0, f)[0].float().cpu().numpy())
             labels.append(f"{method} K16 f{f:.2f}")
-    return save_image(out_path, contact_sheet(tiles, labels, columns=len(focus) + 1, width=300))
+    return save_image(out_path, contact_sheet(tiles, labels, columns=len(focus), width=360))
 
 
 def main(argv=None) -> int:
