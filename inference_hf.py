@@ -100,7 +100,11 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
     adapter = args.resume_from_checkpoint or args.adapter
     if adapter is not None and str(adapter).lower() == "none":
         adapter = None
+    # PISA overrides (an empty dict means the published inference settings); compat "auto" lets the
+    # pipeline pick the discretisation the adapter was trained with.
     pisa = {} if args.pisa_hardness is None else {"hardness": args.pisa_hardness}
+    if args.pisa_compat != "auto":
+        pisa["compat"] = args.pisa_compat == "on"
     start = time.perf_counter()
     pipe = BokehDiffPipeline.from_pretrained(
         args.pretrained_model_name_or_path, adapter=adapter, adapter_variant=args.variant,
@@ -108,6 +112,9 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
         pisa=pisa if not args.no_pisa else False, seed=args.seed, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
     ).to(device, dtype=args.mixed_precision)
+    if not args.no_pisa and "pisa_compat" in pipe.info:
+        print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
+              f"discretisation (--pisa_compat {args.pisa_compat})")
     lora, vae = pipe.info.get("lora"), pipe.info.get("vae")
     print(f"bokehdiff: base '{args.pretrained_model_name_or_path}', adapter '{adapter}'"
           + (f" (LoRA rank {lora['rank']}: {lora['tensors']} tensors" if lora else " (no LoRA")
@@ -115,8 +122,14 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
           f"{time.perf_counter() - start:.1f} s on {device}, UNet {pipe.model.unet.dtype}")
     vae_tiling = {"auto": "auto", "on": True, "off": False}[args.vae_tiling]
 
+    reported = set()
+
     def render(image, disparity, K, disp_focus):
-        return pipe(image, disparity, K=K, disp_focus=disp_focus, mode=args.tile_mode, vae_tiling=vae_tiling)
+        out = pipe(image, disparity, K=K, disp_focus=disp_focus, mode=args.tile_mode, vae_tiling=vae_tiling)
+        if pipe.last_plan.reason not in reported:  # full frame vs tiles changes the output: say which ran
+            reported.add(pipe.last_plan.reason)
+            tqdm.write(f"bokehdiff: {image.shape[-1]}x{image.shape[-2]} rendered {pipe.last_plan.reason}")
+        return out
 
     return render
 
@@ -229,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--tile_overlap", type=int, default=256, help="tile overlap in px (> the largest CoC radius)")
     bd.add_argument("--vae_tiling", choices=("auto", "on", "off"), default="auto", help="tiled VAE encode/decode")
     bd.add_argument("--pisa_hardness", type=float, default=None, help="PISA CoC hardness (default 1e7, as published)")
+    bd.add_argument("--pisa_compat", choices=("auto", "on", "off"), default="auto",
+                    help="PISA occlusion discretisation: on = the published code's (what the published adapter was "
+                         "trained with), off = corrected; auto = from the adapter's metadata (default)")
     bd.add_argument("--no_pisa", action="store_true", help="ablation: stock attention instead of PISA")
     bd.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
                     help="published flag, accepted: PyTorch's fused attention is used in any case")
@@ -274,6 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--tile_size must be a multiple of 32 and >= 64 px, got {args.tile_size}")
     if not 0 <= args.tile_overlap < args.tile_size or args.tile_overlap % 8:
         parser.error(f"--tile_overlap must be a multiple of 8 in [0, --tile_size), got {args.tile_overlap}")
+    if args.no_pisa and (args.pisa_hardness is not None or args.pisa_compat != "auto"):
+        parser.error("--no_pisa turns PISA off; drop --pisa_hardness / --pisa_compat, or drop --no_pisa")
     if args.pisa_hardness is not None and not args.pisa_hardness > 1:
         parser.error(f"--pisa_hardness must be > 1, got {args.pisa_hardness}")
     if args.resume_from_checkpoint is not None and not Path(args.resume_from_checkpoint).exists():
@@ -310,8 +328,26 @@ def _inputs(args):
     return inputs
 
 
+# Flags that only one family of renderers reads; set for another renderer they are reported as ignored.
+_CLASSICAL_FLAGS = ("blades", "rotation_deg", "highlight_threshold", "highlight_gain", "impl")
+_BOKEHDIFF_FLAGS = ("pretrained_model_name_or_path", "adapter", "resume_from_checkpoint", "variant", "vae_weights",
+                    "revision", "train_T", "mixed_precision", "allow_tf32", "tile_mode", "tile_size", "tile_overlap",
+                    "vae_tiling", "pisa_hardness", "pisa_compat", "no_pisa")
+
+
 def _compatibility_notes(args) -> None:
-    """Published flags that no longer change anything are accepted, and said so (never silently ignored)."""
+    """Flags that change nothing in this run are accepted and said so (never silently ignored): published
+    flags without effect, and flags of another renderer."""
+    defaults = build_parser().parse_args(["--demo"])
+    unused = {"bokehdiff": _CLASSICAL_FLAGS, "classical": _BOKEHDIFF_FLAGS}.get(
+        args.renderer, _BOKEHDIFF_FLAGS + _CLASSICAL_FLAGS)
+    for flag in unused:
+        if getattr(args, flag) != getattr(defaults, flag):
+            print(f"note: --{flag} is ignored by --renderer {args.renderer}")
+    if args.test_data_dir is not None and (args.depth or args.disparity_normalise != "auto"):
+        print("note: --depth / --disparity_normalise apply to --image/--disparity; test-set layouts define their own")
+    if args.local_rank != -1:
+        print("note: --local_rank is accepted for launcher compatibility; inference runs in one process")
     if args.enable_xformers_memory_efficient_attention:
         print("note: --enable_xformers_memory_efficient_attention: PyTorch's fused scaled-dot-product attention is "
               "used (PISA layers use their own chunked kernel); xformers is not needed")

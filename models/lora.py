@@ -342,7 +342,8 @@ def load_lora(
         subfolder: optional subfolder of ``path_or_dir`` (the published adapter keeps variants in ``small/``).
 
     Returns:
-        ``{"file", "rank", "alpha", "modules", "tensors"}`` describing what was loaded.
+        ``{"file", "rank", "alpha", "modules", "tensors"}`` describing what was loaded, plus ``format``,
+        ``pisa`` and ``base_model`` when the file's metadata records them (adapters written by our training).
 
     Raises:
         WeightLoadingError: a key matches no LoRA tensor of the UNet, an expected LoRA tensor is absent from
@@ -403,7 +404,9 @@ def load_lora(
     differ = [k for k, v in state.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype))]
     if differ:
         raise WeightLoadingError(f"LoRA tensors from '{source}' were not applied to the UNet: {_summarise(differ)}.")
-    return dict(file=source, rank=rank, alpha=alpha, modules=len({k.rsplit(".lora_", 1)[0] for k in state}), tensors=len(state))
+    described = {k: info[k] for k in ("format", "pisa", "base_model") if k in info}  # what the file says of itself
+    return dict(file=source, rank=rank, alpha=alpha, modules=len({k.rsplit(".lora_", 1)[0] for k in state}),
+                tensors=len(state), **described)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -67,13 +67,20 @@ def gamma_in(srgb: torch.Tensor, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
 def gamma_out(linear: torch.Tensor, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
     """Linear light -> sRGB ``x ** (1 / gamma)``, differentiable.
 
-    No upper clamp (values above 1 keep their gradient, so a loss can pull them back); values below 1e-4 are
-    clamped because the power's derivative diverges at 0 -- their gradient is zero. gamma = 1 is the identity
-    (no clamp at all). Callers that need displayable images clamp the result to [0, 1].
+    No upper clamp (values above 1 keep their gradient, so a loss can pull them back). On ``[0, eps)``,
+    ``eps = 1e-4``, the power, whose derivative diverges at 0, is replaced by its chord through the origin,
+    ``eps ** (1 / gamma) * x / eps`` (continuous at ``eps``; 0 at 0, so black stays black); below 0 (a decoder
+    can overshoot) the output is ``x`` itself, slope 1, so a loss pulls such pixels back up without the
+    chord's steep slope amplifying their gradient. gamma = 1 is the identity. Callers that need displayable
+    images clamp the result to [0, 1].
     """
     if gamma == 1:
         return linear
-    return linear.clamp(min=_GAMMA_EPS) ** (1.0 / gamma)
+    above = linear >= _GAMMA_EPS
+    # where (not clamp) keeps the power's gradient at exactly eps; below it the power is never differentiated.
+    power = torch.where(above, linear, torch.full_like(linear, _GAMMA_EPS)) ** (1.0 / gamma)
+    toe = torch.where(linear >= 0, linear * (_GAMMA_EPS ** (1.0 / gamma) / _GAMMA_EPS), linear)
+    return torch.where(above, power, toe)
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ __all__ = [
     "tile_starts",
     "blend_window",
     "resolve_dtype",
+    "pisa_compat_for",
 ]
 
 DEFAULT_BASE_MODEL = "SG161222/RealVisXL_V5.0"
@@ -64,6 +65,19 @@ _SDXL_WIDTH_SUM = 320 + 640 + 1280
 # VAE decoder: about six live 128..512-channel maps at full resolution (fp32: ~3 kB per image pixel).
 _VAE_BYTES_PER_PX_PER_ELEM = 750
 _MEMORY_HEADROOM = 0.8  # use at most 80% of what is free: allocator fragmentation, PISA blocks, outputs
+
+
+def pisa_compat_for(lora_info: Mapping) -> bool:
+    """Which PISA discretisation an adapter was trained with (``models.pisa``'s ``compat``).
+
+    Adapters written by this repository's training (metadata ``format: bokehdiff-train``) record their PISA
+    settings and default to the corrected discretisation; any other adapter (the published
+    ``zcx65535/bokehdiff`` file has no such metadata) was trained with the public code, so it gets the
+    published discretisation, under which it behaves as trained.
+    """
+    if lora_info.get("format") == "bokehdiff-train":
+        return bool(lora_info.get("pisa", {}).get("compat", False))
+    return True
 
 
 class WeightsUnavailableError(OSError):
@@ -292,7 +306,7 @@ class BokehDiffPipeline:
         self.pisa_settings: dict | None = None
         self._installed_seed: int | None = None
         self.seed = int(seed)
-        if pisa:
+        if pisa is not False:  # True or a (possibly empty) mapping of overrides
             self.pisa_settings = {**DEFAULT_PISA, **(dict(pisa) if isinstance(pisa, Mapping) else {})}
             self._install_pisa(self.seed)
         self.info: dict = {}
@@ -367,6 +381,12 @@ class BokehDiffPipeline:
         info: dict = {"base": str(base), "adapter": None if adapter is None else str(adapter)}
         if lora_file is not None:
             info["lora"] = load_lora(components["unet"], lora_file)
+            pisa = kwargs.get("pisa", True)
+            if pisa is not False:
+                settings = dict(pisa) if isinstance(pisa, Mapping) else {}
+                settings.setdefault("compat", pisa_compat_for(info["lora"]))
+                kwargs["pisa"] = settings
+                info["pisa_compat"] = settings["compat"]
             if vae_file is not None:
                 info["vae"] = load_vae_partial(components["vae"], vae_file)
             elif require_vae_weights:
@@ -574,8 +594,10 @@ class BokehDiffPipeline:
             if coc_px.shape != disparity.shape:
                 raise ValueError(f"coc_px {tuple(coc_px.shape)} must match disparity {tuple(disparity.shape)}.")
 
-        if seed is not None and self.pisa_settings is not None and int(seed) != self._installed_seed:
-            self._install_pisa(int(seed))
+        # A per-call seed applies to this call only; later calls without one use the pipeline's seed again.
+        wanted = self.seed if seed is None else int(seed)
+        if self.pisa_settings is not None and wanted != self._installed_seed:
+            self._install_pisa(wanted)
         plan = self.plan(height, width, mode, vae_tiling)
         ph, pw = plan.padded_hw
         image_p, disp_p, coc_p = (self._pad(t, ph, pw) for t in (image, disparity, coc_px))

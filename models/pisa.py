@@ -166,7 +166,9 @@ def _log_coc_term(spec: _Spec, j0: int, j1: int) -> torch.Tensor | None:
     """
     if spec.log_hardness is None:
         return None
-    dist = torch.cdist(spec.pos_px, spec.pos_px[j0:j1])  # (N, Bk) pixels
+    # Exact pairwise distances: cdist's default matrix-multiply formulation follows allow_tf32 on GPUs and
+    # loses tens of pixels at 1024 px, which a near-hard CoC step (hardness 1e7) turns into wrong masks.
+    dist = torch.cdist(spec.pos_px, spec.pos_px[j0:j1], compute_mode="donot_use_mm_for_euclid_dist")  # (N, Bk) px
     margin = spec.radius_px[:, None, j0:j1] - dist[None]  # (B, N, Bk) pixels; > 0 inside the key's CoC
     if math.isinf(spec.log_hardness):
         zero = torch.zeros((), dtype=margin.dtype, device=margin.device)

@@ -107,6 +107,16 @@ def test_gamma_round_trip_and_gradient():
     assert gamma_out(torch.tensor([-0.5]), 1.0).item() == -0.5  # gamma 1: no clamp
 
 
+def test_gamma_out_keeps_black_black_with_a_finite_gradient():
+    x = torch.tensor([0.0, 1e-6, 5e-5, 1e-4, 2e-4], requires_grad=True)
+    y = gamma_out(x, 2.2)
+    assert y[0].item() == 0.0  # no floor: black decodes to black
+    assert (y[1:] > y[:-1]).all()  # monotonic through the toe
+    torch.testing.assert_close(y[3], torch.tensor(1e-4) ** (1 / 2.2))  # continuous where the toe meets the power
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad > 0).all()  # dark pixels still receive gradient
+
+
 class _RecordingPISA(AttnProcessor2_0):
     """Stock attention that also names PISA's kwargs, so the UNet routes them here; records what it got."""
 

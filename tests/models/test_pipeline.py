@@ -58,7 +58,8 @@ def test_published_adapter_loads_fully_and_matches_in_memory(tiny_dir, published
     pipe = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=root, pisa=_FAST_PISA)
     assert pipe.info["lora"]["tensors"] == len(load_file(str(root / "pytorch_lora_weights.safetensors")))
     assert pipe.info["vae"]["file"].endswith("small/vae.ckpt")
-    reference = BokehDiffPipeline.from_components(**stack, pisa=_FAST_PISA)
+    # A published adapter runs with the published PISA discretisation (compat); the in-memory twin likewise.
+    reference = BokehDiffPipeline.from_components(**stack, pisa={**_FAST_PISA, "compat": True})
     image, disp = _inputs()
     out = pipe(image, disp, K=20, disp_focus=0.5)
     assert torch.equal(out, reference(image, disp, K=20, disp_focus=0.5))
@@ -78,6 +79,42 @@ def test_two_runs_bit_identical_and_seed_matters(tiny_dir, published_adapter):
     assert outs[0].shape == (1, 3, 64, 96) and 0 <= outs[0].min() and outs[0].max() <= 1
     other = pipe(image, disp, K=30, disp_focus=0.3, seed=8)  # occlusion jitter comes from the seed
     assert not torch.equal(outs[0], other)
+
+
+def _pisa_processors(pipe):
+    from models.pisa import PISAAttnProcessor
+
+    return {n: p for n, p in pipe.model.unet.attn_processors.items() if isinstance(p, PISAAttnProcessor)}
+
+
+def test_pisa_is_installed_by_default_and_compat_follows_the_adapter(tiny_dir, published_adapter, tmp_path):
+    root, stack = published_adapter
+    for pisa in (True, {}):  # an empty override dict still means "PISA with the defaults"
+        assert _pisa_processors(BokehDiffPipeline.from_components(**build_tiny_sdxl(seed=0), pisa=pisa))
+    assert not _pisa_processors(BokehDiffPipeline.from_components(**build_tiny_sdxl(seed=0), pisa=False))
+
+    published = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=root, pisa={})
+    processors = _pisa_processors(published)
+    assert set(processors) == {"down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"}
+    # The published adapter was trained with the public code: the published discretisation is used.
+    assert published.info["pisa_compat"] is True and all(p.compat for p in processors.values())
+    # An adapter written by our training describes itself: the corrected discretisation.
+    save_lora(stack["unet"], tmp_path, extra_metadata={"format": "bokehdiff-train", "pisa": {"enabled": True}})
+    ours = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=tmp_path / "pytorch_lora_weights.safetensors",
+                                             vae_weights=root / "small" / "vae.ckpt")
+    assert ours.info["pisa_compat"] is False
+    forced = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=root, pisa={"compat": False})
+    assert forced.info["pisa_compat"] is False
+
+
+def test_focus_changes_the_render_and_a_per_call_seed_does_not_stick(published_adapter):
+    _, stack = published_adapter
+    pipe = BokehDiffPipeline.from_components(**stack, pisa=_FAST_PISA, seed=0)
+    image, disp = _inputs()
+    first = pipe(image, disp, K=30, disp_focus=0.2)
+    assert not torch.equal(first, pipe(image, disp, K=30, disp_focus=0.8))  # PISA sees disparity and CoC
+    pipe(image, disp, K=30, disp_focus=0.2, seed=9)
+    assert torch.equal(pipe(image, disp, K=30, disp_focus=0.2), first)  # back to the pipeline's seed
 
 
 def test_foreign_key_adapter_is_an_error(tiny_dir, published_adapter, tmp_path):

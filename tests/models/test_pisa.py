@@ -108,6 +108,24 @@ def test_coc_constraint_key_reaches_only_its_circle():
 
 
 @pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_coc_term_closed_form_two_tokens(impl):
+    """Two tokens 16 px apart, zero scores: A = M / sum_i M (query-axis normalisation) with
+    M_ij = sigmoid(log(hardness) * (r_j - |p_i - p_j|) / 10), checked against the formula by hand."""
+    hardness, ppt = 50.0, 16.0
+    radius = torch.tensor([[[20.0, 6.0]]])  # key 0 reaches 20 px, key 1 only 6 px; (B, h=1, w=2)
+    zeros = torch.zeros(1, 1, 2, 4)
+    v = torch.eye(2)[None, None]
+    weights = pisa_attention(zeros, zeros, v, torch.full((1, 1, 2), 0.5), radius, hardness=hardness,
+                             px_per_token=ppt, occlusion=False, impl=impl)[0, 0]  # (query, key)
+    slope = math.log(hardness) / 10.0
+    for j, r in enumerate((20.0, 6.0)):
+        m_self, m_other = torch.sigmoid(torch.tensor(slope * r)), torch.sigmoid(torch.tensor(slope * (r - ppt)))
+        total = m_self + m_other
+        assert weights[j, j].item() == pytest.approx((m_self / total).item(), rel=1e-5)
+        assert weights[1 - j, j].item() == pytest.approx((m_other / total).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
 def test_energy_conservation_over_queries(impl):
     """Before occlusion, each key's weights sum to 1 over the queries."""
     h, w = 5, 7
