@@ -56,6 +56,8 @@ def test_published_readme_command_with_run_name(weights, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "run name" in printed and "xformers" in printed and "all verified" in printed
+    # PISA is on by default, with the discretisation the published adapter was trained with.
+    assert "PISA with the published occlusion discretisation (--pisa_compat auto)" in printed
     # Focus from each subject mask (meta.json focus planes 0.168 / 0.949 / 0.274), K 20, in OUT/myrun.
     expected = ["scene00_K20_f0.17.png", "scene01_K20_f0.95.png", "scene02_K20_f0.27.png"]
     assert sorted(p.name for p in (out / "myrun").glob("*_K20_*.png")) == expected
@@ -123,3 +125,16 @@ def test_bad_bokehdiff_flags_exit_2(weights, tmp_path):
         with pytest.raises(SystemExit) as exit_info:
             inference_hf.main(common + extra)
         assert exit_info.value.code == 2, extra
+
+
+def test_focus_changes_the_neural_render_and_foreign_flags_are_reported(weights, tmp_path, capsys):
+    base, adapter = weights
+    renders = []
+    for focus in ("0.1", "0.9"):
+        out = tmp_path / focus
+        assert inference_hf.main(["--test_data_dir", str(EBB), "--output_dir", str(out), "--data_id", "scene00",
+                                  "--K", "30", "--focus_disparity", focus, "--blades", "6",
+                                  *_fast(base, adapter)]) == 0
+        renders.append(read_image(next(out.glob("scene00_K30_*.png"))))
+    assert np.abs(renders[0] - renders[1]).max() > 1 / 255  # PISA sees disparity and CoC
+    assert "note: --blades is ignored by --renderer bokehdiff" in capsys.readouterr().out
