@@ -165,30 +165,45 @@ def test_tiled_matches_full_frame_with_identity_like_unet():
 
 
 class _TileRecorder:
-    """Stock attention that names disp_coc, so the UNet hands it over; records each call's shape."""
+    """Stock attention that names disp_coc, so the UNet hands it over; records what each self-attention got."""
 
     def __init__(self):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        self.stock, self.shapes = AttnProcessor2_0(), []
+        self.stock, self.seen = AttnProcessor2_0(), []
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, disp_coc=None):
         if encoder_hidden_states is None:
-            self.shapes.append(tuple(disp_coc.shape))
+            self.seen.append(disp_coc.clone())
         return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-def test_each_tile_gets_its_disp_coc_crop():
+def test_each_tile_gets_its_disp_coc_crop_and_micro_conditioning():
     stack = build_tiny_sdxl(seed=0)
     recorder = _TileRecorder()
     stack["unet"].set_attn_processor(recorder)
+    time_ids = []
+    stack["unet"].register_forward_pre_hook(
+        lambda module, args, kwargs: time_ids.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True)
     pipe = BokehDiffPipeline.from_components(**stack, pisa=False, tile_size=64, tile_overlap=16)
     image, disp = _inputs(h=96, w=128)
-    pipe(image, disp, K=10, disp_focus=0.5, mode="tiled", tile_batch_size=2)
+    K, focus = 10.0, 0.5
+    pipe(image, disp, K=K, disp_focus=focus, mode="tiled", tile_batch_size=2)
     n_self_attn = sum(1 for k in stack["unet"].attn_processors if "attn1" in k)
     assert pipe.last_plan.n_tiles == 2 * 3
-    assert set(recorder.shapes) <= {(2, 2, 64, 64)}  # 6 tiles in batches of 2, 64-px crops at image resolution
-    assert len(recorder.shapes) == 3 * n_self_attn
+    assert len(recorder.seen) == 3 * n_self_attn  # 6 tiles in UNet batches of 2
+
+    # SDXL micro-conditioning per tile: (original H, W, crop top, crop left, target H, W), as in training.
+    rows = torch.cat(time_ids)
+    offsets = [(int(r[2]), int(r[3])) for r in rows]
+    assert sorted(offsets) == [(y, x) for y in (0, 32) for x in (0, 32, 64)]
+    assert (rows[:, :2] == torch.tensor([96.0, 128.0])).all() and (rows[:, 4:] == 64.0).all()
+    # Each tile's disp_coc is exactly the image-resolution crop at that tile's offset.
+    full = torch.cat([disp, K * (disp - focus)], dim=1)
+    batches = recorder.seen[::n_self_attn]
+    for batch, (first, second) in zip(batches, zip(offsets[::2], offsets[1::2])):
+        for tile, (y, x) in zip(batch, (first, second)):
+            torch.testing.assert_close(tile, full[0, :, y:y + 64, x:x + 64])
 
 
 def test_tile_geometry():
