@@ -155,9 +155,12 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=None, help="also dump the raw results here")
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=None,
+                        help="devices to measure (default: cpu, and cuda when available)")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="file whose PISA section is updated")
     args = parser.parse_args(argv)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = []
     for device in devices:
         for side, impl, backward, occlusion in PLANS[args.plan]:
@@ -169,7 +172,7 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if not args.no_write:
-        replace_section(text, ROOT / "BENCHMARKS.md")
+        replace_section(text, args.output)
 
 
 if __name__ == "__main__":

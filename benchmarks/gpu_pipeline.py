@@ -1,7 +1,7 @@
 """GPU benchmark of the one-step pipeline at full SDXL size: latency and peak memory at 1024 and 2048 px.
 
-    python benchmarks/gpu_pipeline.py [--sizes 1024 2048] [--modes full tiled] [--repeats 3] [--json out.json]
-    python benchmarks/gpu_pipeline.py --smoke      # CPU check of the script itself with the tiny stack
+    python -m benchmarks.gpu_pipeline [--sizes 1024 2048] [--modes full tiled] [--repeats 3] [--json out.json]
+    python -m benchmarks.gpu_pipeline --smoke      # CPU check of the script itself with the tiny stack
 
 The UNet and VAE are built from SDXL's published configs (stabilityai/stable-diffusion-xl-base-1.0,
 ``unet/config.json`` and ``vae/config.json``, written out below so nothing is downloaded) with *random*
