@@ -12,7 +12,8 @@ disparity       (1, H, W)   [0, 1], 1 = nearest
 mask            (1, H, W)   optional subject mask in [0, 1]
 gt              (3, H, W)   optional ground-truth bokeh, sRGB in [0, 1]
 K               ()          optional, px of CoC radius per unit disparity of *this* disparity map (metadata)
-disp_focus      ()          optional focal disparity in [0, 1]: from metadata, else estimated from the GT
+disp_focus      ()          optional focal disparity of *this* map: from metadata, else estimated from the GT;
+                            in [0, 1] except when a metadata focus lies outside the range of a normalised map
 focus_source    str         "metadata" | "gt_edges" | absent
 original_size   (2,) long   (H, W) as stored, before any ``multiple_of`` resize
 =============== =========== =================================================================================
@@ -22,7 +23,11 @@ Layouts (``layout="auto"`` picks one from the folder's contents, see :func:`dete
 * ``EBB``: ``input/<name>.jpg|png``, ``depth/<name>_pred.npy`` (disparity), optional ``mask/<name>.png``, optional
   GT ``bokeh/<name>.jpg|png`` (the EBB! convention) or several GTs ``bokeh/<name>_K<k>_f<focus>.png`` listed
   in ``meta.json`` (``{"<name>": [{"gt": "bokeh/...png", "K": 8.0, "disp_focus": 0.62}, ...]}``) as written by
-  ``scripts/make_sample_data.py``. Disparity is min-max normalised unless ``meta.json`` says it is absolute.
+  ``scripts/make_sample_data.py``. Disparity is min-max normalised unless ``meta.json`` says it is absolute
+  (``"_disparity_absolute": true``; then only a map leaving [0, 1] is normalised, with a warning). Metadata
+  ``K`` and ``disp_focus`` refer to the stored map and go through the same affine map (``K`` times
+  ``max - min``, focus ``(f - min) / (max - min)``), so ``coc_px = K * (disparity - disp_focus)`` is exactly
+  the stored one.
 * ``folder``: ``<root>/<name>.jpg|png`` with ``<root>/<name>.npy`` (disparity) and optional
   ``<root>/<name>_mask.png``; or one scene per subfolder, ``<scene>/image.jpg|png``, ``<scene>/depth.npy``
   (disparity, the public code's naming) and optional ``<scene>/mask*.png|jpg``.
@@ -33,6 +38,9 @@ Layouts (``layout="auto"`` picks one from the folder's contents, see :func:`dete
   ``focus_distances``, GTs ``<scene>/bokeh_<k>_<f>.exr`` (k indexes ``blur_parameters``, f ``focus_distances``).
   Disparity is ``1 / depth``, divided by its maximum when that exceeds 1, and K and disp_focus are scaled
   by the same factor, so ``coc_px = K * (disparity - disp_focus)`` is exactly the set's CoC.
+
+Sub-folders that lack a required file (``folder``: ``image.*`` or ``depth.npy``; ``BLB``: ``info.json``) and
+flat images without a disparity are skipped with an :class:`~data.io.InputWarning` naming them.
 
 Odd sizes: by default every map keeps the stored size (a disparity or mask of another size is resized to the
 image, with a warning). With ``multiple_of=m`` image, disparity, mask and GT alike are resized to the next
@@ -198,7 +206,10 @@ def _list_folder(root: Path) -> list[dict]:
     entries = []
     for scene in sorted(p for p in root.iterdir() if p.is_dir()):
         image = _find(scene, "image")
-        if image is None or not (scene / "depth.npy").is_file():
+        missing = [what for what, absent in (("image.jpg|png", image is None), ("depth.npy", not (scene / "depth.npy").is_file()))
+                   if absent]
+        if missing:
+            warnings.warn(f"folder '{scene}' has no {' and no '.join(missing)}; not a scene folder, skipped.", InputWarning)
             continue
         masks = sorted(p for p in scene.iterdir() if p.stem.startswith("mask") and p.suffix.lower() in _IMAGE_SUFFIXES)
         entries.append({"name": scene.name, "input_name": scene.name, "image": image, "disparity": scene / "depth.npy",
@@ -234,6 +245,7 @@ def _list_blb(root: Path) -> list[dict]:
     for scene in sorted(p for p in root.iterdir() if p.is_dir()):
         info_path = scene / "info.json"
         if not info_path.is_file():
+            warnings.warn(f"folder '{scene}' has no info.json (BLB's per-scene blur parameters); skipped.", InputWarning)
             continue
         info = json.loads(info_path.read_text())
         for key in ("blur_parameters", "focus_distances"):
@@ -269,17 +281,40 @@ def _load_common(entry: dict) -> dict:
             depth = read_disparity(entry["disparity"], size=size, normalise="never")
         disparity = clean_disparity(1.0 - depth, source=f"depth '{entry['disparity']}'", normalise="always")
     else:
-        disparity = read_disparity(entry["disparity"], size=size, normalise=entry.get("normalise", "auto"))
+        disparity, (offset, scale) = _read_disparity_affine(entry["disparity"], size, entry.get("normalise", "auto"))
     item = {"name": entry["name"], "input_name": entry["input_name"], "image": image, "disparity": disparity}
     if entry.get("mask") is not None:
         item["mask"] = _read_mask(entry["mask"], size)
     if entry.get("gt") is not None:
         item["gt"] = _read_gt(read_image(entry["gt"]), entry["gt"], size)
+    # Metadata K and focus refer to the disparity *as stored*; the loaded map is (stored - offset) / scale,
+    # so K * scale and (focus - offset) / scale keep coc_px = K * (disparity - disp_focus) exactly the same.
     if "K" in entry:
-        item["K"] = entry["K"]
+        item["K"] = entry["K"] * scale
     if "disp_focus" in entry:
-        item["disp_focus"], item["focus_source"] = entry["disp_focus"], "metadata"
+        item["disp_focus"], item["focus_source"] = (entry["disp_focus"] - offset) / scale, "metadata"
     return item
+
+
+def _read_disparity_affine(path: Path, size, normalise: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """``read_disparity(path, size=size, normalise=normalise)`` plus the affine map it applied:
+    ``loaded = (stored - offset) / scale`` (``(0, 1)`` when the stored values were kept)."""
+    stored = read_disparity(path, normalise="never")  # cleaned (holes filled), not rescaled, stored size
+    lo, hi = float(stored.min()), float(stored.max())
+    # The same decision clean_disparity takes (and reports) for this mode.
+    normalised = normalise == "always" or (normalise == "auto" and (lo < 0 or hi > 1))
+    disparity = clean_disparity(stored, source=f"disparity '{path}'", normalise=normalise)
+    if disparity.shape[1:] != tuple(size):
+        warnings.warn(
+            f"disparity '{path}' is {disparity.shape[2]}x{disparity.shape[1]} but the image is {size[1]}x{size[0]}; "
+            "resized (bilinear) to the image size.",
+            InputWarning,
+        )
+        disparity = resize_map(disparity, size)
+    if not normalised:
+        return disparity, (0.0, 1.0)
+    # A constant map becomes all zeros: any scale describes that; 1 keeps K as it is.
+    return disparity, (lo, hi - lo if hi > lo else 1.0)
 
 
 def _read_mask(path: Path, size) -> np.ndarray:

@@ -18,15 +18,18 @@ from data.loaders import detect_layout, load_test_set
 EBB = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
 
 
-def _check_item(item):
+def _check_item(item, stored_size):
+    """Shapes, dtypes and ranges; ``stored_size`` = (H, W) of the files on disk (no resize requested)."""
     h, w = item["image"].shape[1:]
+    assert (h, w) == tuple(stored_size)
     assert item["image"].shape == (3, h, w) and item["image"].dtype == torch.float32
     assert item["disparity"].shape == (1, h, w)
     assert 0 <= float(item["disparity"].min()) and float(item["disparity"].max()) <= 1
     for key, channels in (("mask", 1), ("gt", 3)):
         if key in item:
             assert item[key].shape == (channels, h, w), key
-    assert item["original_size"].tolist() == [h, w] or item["original_size"].dtype == torch.long
+    assert item["original_size"].dtype == torch.long
+    assert item["original_size"].tolist() == list(stored_size)
 
 
 def test_ebb_sample_set_with_metadata():
@@ -35,7 +38,7 @@ def test_ebb_sample_set_with_metadata():
     meta = json.loads((EBB / "meta.json").read_text())
     assert len(test_set) == sum(len(v) for k, v in meta.items() if not k.startswith("_"))
     for item in test_set:
-        _check_item(item)
+        _check_item(item, read_image(EBB / "input" / f"{item['input_name']}.png").shape[1:])
         record = next(r for r in meta[item["input_name"]] if Path(r["gt"]).stem == item["name"])
         assert float(item["K"]) == pytest.approx(record["K"])
         assert float(item["disp_focus"]) == pytest.approx(record["disp_focus"])
@@ -80,6 +83,63 @@ def test_ebb_classic_gt_gives_focus_from_edges(tmp_path):
     assert float(item["disp_focus"]) == pytest.approx(expected, abs=0.1)
 
 
+@pytest.mark.parametrize("absolute", [False, True], ids=["relative", "absolute_flag_but_out_of_range"])
+def test_ebb_metadata_k_and_focus_follow_the_disparity_normalisation(tmp_path, absolute):
+    """A normalised disparity map carries its metadata K and focus along: the CoC in pixels computed from the
+    loaded item equals the one from the stored file and the metadata (also for a focus outside the map)."""
+    rng = np.random.default_rng(4)
+    h, w = 10, 13
+    save_image(tmp_path / "input" / "a.png", rng.random((3, h, w)))
+    save_image(tmp_path / "bokeh" / "a_near.png", rng.random((3, h, w)))
+    save_image(tmp_path / "bokeh" / "a_out.png", rng.random((3, h, w)))
+    stored = (0.2 + 0.5 * rng.random((h, w))).astype(np.float32)  # inside [0, 1]: normalised ("always")
+    if absolute:
+        stored = 5.0 * stored + 2.0  # absolute per meta.json, but outside [0, 1]: normalised with a warning
+    (tmp_path / "depth").mkdir()
+    np.save(tmp_path / "depth" / "a_pred.npy", stored)
+    records = [{"gt": "bokeh/a_near.png", "K": 9.0, "disp_focus": float(np.quantile(stored, 0.7))},
+               {"gt": "bokeh/a_out.png", "K": 4.5, "disp_focus": float(stored.min()) - 0.05}]
+    meta = {"a": records} | ({"_disparity_absolute": True} if absolute else {})
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = list(load_test_set(tmp_path))
+    assert [item["name"] for item in items] == ["a_near", "a_out"]
+    assert any("min-max normalised" in str(c.message) for c in caught) == absolute
+    for item, record in zip(items, records):
+        _check_item(item, (h, w))
+        assert float(item["disparity"].min()) == 0.0 and float(item["disparity"].max()) == pytest.approx(1.0)
+        coc = (item["K"] * (item["disparity"][0] - item["disp_focus"])).numpy()
+        stored_coc = record["K"] * (stored - record["disp_focus"])
+        np.testing.assert_allclose(coc, stored_coc, rtol=0, atol=1e-4)
+
+
+def test_folders_without_required_files_are_skipped_with_a_warning(tmp_path):
+    rng = np.random.default_rng(5)
+    save_image(tmp_path / "good" / "image.png", rng.random((3, 8, 8)))
+    np.save(tmp_path / "good" / "depth.npy", rng.random((8, 8)))
+    save_image(tmp_path / "nodepth" / "image.png", rng.random((3, 8, 8)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = list(load_test_set(tmp_path, layout="folder"))
+    assert [item["name"] for item in items] == ["good"]
+    messages = [str(c.message) for c in caught if issubclass(c.category, InputWarning)]
+    assert any(str(tmp_path / "nodepth") in m and "depth.npy" in m and "skipped" in m for m in messages), messages
+    assert not any(str(tmp_path / "good") + "'" in m for m in messages)
+
+    blb = tmp_path / "blb"
+    _write_exr(blb / "1" / "image.exr", rng.random((6, 6, 3)).astype(np.float32))
+    _write_exr(blb / "1" / "depth.exr", np.full((6, 6), 2.0, np.float32))
+    (blb / "1" / "info.json").write_text(json.dumps({"blur_parameters": [5.0], "focus_distances": [2.0]}))
+    _write_exr(blb / "2" / "image.exr", rng.random((6, 6, 3)).astype(np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = list(load_test_set(blb, layout="BLB"))
+    assert [item["name"] for item in items] == ["1"]
+    messages = [str(c.message) for c in caught if issubclass(c.category, InputWarning)]
+    assert any(str(blb / "2") in m and "info.json" in m and "skipped" in m for m in messages), messages
+
+
 def test_folder_layout_flat_and_per_scene(tmp_path):
     rng = np.random.default_rng(0)
     save_image(tmp_path / "flat.png", rng.random((3, 21, 33)))
@@ -96,8 +156,8 @@ def test_folder_layout_flat_and_per_scene(tmp_path):
     assert items[0]["disparity"].shape == (1, 16, 16) and "mask" not in items[0]
     assert items[1]["mask"].shape == (1, 21, 33)
     assert any("resized" in str(w.message) for w in caught)
-    for item in items:
-        _check_item(item)
+    _check_item(items[0], (16, 16))
+    _check_item(items[1], (21, 33))
 
 
 def test_pngdepth_layout_bright_is_far(tmp_path):
@@ -108,7 +168,7 @@ def test_pngdepth_layout_bright_is_far(tmp_path):
     save_image(tmp_path / "mask" / "p.png", np.zeros((24, 30)))
     assert detect_layout(tmp_path) == "pngdepth"
     item = load_test_set(tmp_path)[0]
-    _check_item(item)
+    _check_item(item, (24, 30))
     row = item["disparity"][0, 0]
     assert float(row[0]) == pytest.approx(1.0) and float(row[-1]) == pytest.approx(0.0, abs=1e-6)
     assert bool((row[1:] <= row[:-1]).all())
@@ -162,7 +222,7 @@ def test_blb_layout_exr_with_exact_coc(tmp_path):
     items = list(load_test_set(tmp_path))
     assert len(items) == 1
     item = items[0]
-    _check_item(item)
+    _check_item(item, (12, 18))
     assert item["name"] == "277_bokeh_01_2"
     # Image: linear EXR -> sRGB with gamma 2.2, clipped to [0, 1].
     expected = np.clip(linear, 0, 1) ** (1 / 2.2)
