@@ -9,6 +9,8 @@ pixel centre of the unpadded scene):
   direction; it spans ``[far, far + span]`` over the padded canvas (far in [0.001, 0.05], span in [0, 0.25]);
 * one or more foregrounds (RGBA cut-outs cropped to their alpha bounding box, scaled, placed near the centre
   with jitter) sit on nearer planes, optionally tilted, always in front of the background where they are;
+  they are composited in order of centre disparity, and a tilt never lets a later layer come nearer than an
+  earlier one over their boxes (each stays within half the gap to its neighbours' centre disparities);
 * focus is on a random foreground (its plane at the box centre) or on the background (its mean disparity);
 * blur strength: the largest CoC radius the scene can reach, ``K * max(disp_focus, 1 - disp_focus)``, is
   ``12 * 2**U(-2, 3)`` px at 768 px (the paper's range), scaled with the scene's long side.
@@ -214,7 +216,8 @@ class SceneConfig:
     n_foregrounds: inclusive range of foreground layers per scene.
     focus_foreground_p: probability of focusing on a foreground (else the background).
     bg_far_range, bg_span_range: background disparity at its farthest point, and its span (tilt).
-    fg_tilt_p, fg_span_max: probability that a foreground is tilted, and its largest disparity span over its box.
+    fg_tilt_p, fg_span_max: probability that a foreground is tilted, and the largest change of its disparity from
+        the box centre to a corner (further limited so that overlapping foregrounds never swap depth order).
     """
 
     blur_log2_range: tuple[float, float] = (-2.0, 3.0)
@@ -286,8 +289,13 @@ def sample_scene(
     # Foregrounds: scale, place, give each a plane in front of the background.
     n_fg = len(foregrounds)
     centre_disps = np.sort(rng.uniform(min(bg_near + config.fg_gap, 0.95), 1.0, size=n_fg))[::-1]
+    # Layers are composited in this (near-to-far) order, so a tilted layer must not reach past the midpoint
+    # to its neighbours' centre disparities: then over any overlap every layer stays in front of the later
+    # ones (each layer's values lie in [c - dev, c + dev] with dev <= half the gap to either neighbour).
+    gaps = [math.inf] + [float(a - b) for a, b in zip(centre_disps[:-1], centre_disps[1:])] + [math.inf]
+    max_dev = [0.5 * min(gaps[i], gaps[i + 1]) for i in range(n_fg)]  # gaps to the previous and next layer
     fg_layers, centres = [], []
-    for fg, d_centre in zip(foregrounds, centre_disps):
+    for fg, d_centre, dev in zip(foregrounds, centre_disps, max_dev):
         _, h0, w0 = fg.rgb.shape
         scale = rng.uniform(*config.fg_scale_range) * math.sqrt(height * width / (h0 * w0))
         scale = min(scale, 0.95 * height / h0, 0.95 * width / w0)
@@ -306,7 +314,8 @@ def sample_scene(
             half_diag = 0.5 * math.hypot(h, w)
             canvas_reach = math.hypot(height + 2 * plane_margin, width + 2 * plane_margin)
             slope = rng.uniform(0.0, config.fg_span_max) / max(half_diag, 1.0)
-            slope = min(slope, (1.0 - d_centre) / half_diag, (d_centre - bg_near) / half_diag, (d_centre - 0.02) / canvas_reach)
+            slope = min(slope, (1.0 - d_centre) / half_diag, (d_centre - bg_near) / half_diag,
+                        (d_centre - 0.02) / canvas_reach, dev / half_diag)
             slope = max(slope, 0.0)
             fgx, fgy = slope * math.cos(phi), slope * math.sin(phi)
         fg_layers.append(SceneLayer(placed.rgb, placed.alpha, top, left, (d_centre - fgx * bx - fgy * by, fgx, fgy)))

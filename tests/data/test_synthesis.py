@@ -221,3 +221,32 @@ def test_missing_folders_are_clear_errors(tmp_path):
     (tmp_path / "bg").mkdir()
     with pytest.raises(RuntimeError, match="no image in"):
         OnTheFlyDataset(tmp_path, size=48)
+
+
+def test_foreground_planes_never_cross_where_layers_overlap():
+    """Layers are composited near to far, so wherever two foregrounds overlap the earlier one must be nearer
+    (its plane disparity >= the later one's), tilted or not, for any seed."""
+    from data.synthesis import Foreground, sample_scene
+
+    background = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    cutouts = [Foreground(np.full((3, 20, 20), v, np.float32), np.ones((1, 20, 20), np.float32)) for v in (0.2, 0.5, 0.8)]
+    config = SceneConfig(fg_tilt_p=1.0, position_jitter=0.1)
+    overlaps = 0
+    for seed in range(300):
+        scene = sample_scene(cutouts, background, np.random.default_rng(seed), 40, 40, config)
+        layers = scene.layers[:-1]
+        for i, near in enumerate(layers):
+            for far in layers[i + 1 :]:
+                y0, x0 = max(near.top, far.top), max(near.left, far.left)
+                y1 = min(near.top + near.alpha.shape[1], far.top + far.alpha.shape[1])
+                x1 = min(near.left + near.alpha.shape[2], far.left + far.alpha.shape[2])
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                y, x = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+                both = (near.alpha[0, y0 - near.top : y1 - near.top, x0 - near.left : x1 - near.left] > 0) & (
+                    far.alpha[0, y0 - far.top : y1 - far.top, x0 - far.left : x1 - far.left] > 0)
+                d_near = near.plane[0] + near.plane[1] * x + near.plane[2] * y
+                d_far = far.plane[0] + far.plane[1] * x + far.plane[2] * y
+                overlaps += int(both.any())
+                assert (d_near - d_far)[both].min(initial=0.0) >= -1e-9, f"seed {seed}: layers {i} and later cross"
+    assert overlaps > 200  # the check did look at overlapping layers
