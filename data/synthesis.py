@@ -71,14 +71,33 @@ class Foreground:
 def load_foreground(path: str | Path) -> Foreground:
     """Read an RGBA image and crop it to its alpha bounding box (alpha > 1/255).
 
-    Raises :class:`BadSampleError` (reason ``"empty_alpha"``) when no pixel has alpha, ``"unreadable"`` when
-    the file cannot be decoded.
+    Raises :class:`BadSampleError` (reason ``"empty_alpha"``) when no pixel has alpha, ``"no_alpha"`` when the
+    file has no alpha channel at all (RGB, JPEG: it would be pasted as an opaque rectangle), ``"unreadable"``
+    when the file cannot be decoded. (Cut-outs made from files whose alpha must be derived, like
+    scikit-image's ``logo.png``, go through :func:`crop_to_alpha` directly, see :func:`logo_cutout`.)
     """
     try:
         rgb, alpha = read_image(path, with_alpha=True)
     except (ValueError, OSError) as error:
         raise BadSampleError(f"unreadable foreground '{path}': {error}", reason="unreadable", key=str(path)) from error
+    # read_image gives an all-ones alpha for files without one; only then look at the stored channels (a file
+    # with a real, fully opaque alpha channel is used as stored).
+    if float(alpha.min()) >= 1.0 and not _has_alpha_channel(path):
+        raise BadSampleError(
+            f"foreground '{path}' has no alpha channel ({'JPEG' if Path(path).suffix.lower() in ('.jpg', '.jpeg') else 'RGB or gray'} "
+            "file); it would be pasted as an opaque rectangle. Save cut-outs as PNG with alpha (RGBA)",
+            reason="no_alpha",
+            key=str(path),
+        )
     return crop_to_alpha(rgb, alpha, source=str(path))
+
+
+def _has_alpha_channel(path: str | Path) -> bool:
+    """Whether the stored image has an alpha channel (gray + alpha or RGBA), as :func:`data.io.read_image` sees it."""
+    from data.io import _imread_any
+
+    array = _imread_any(Path(path))
+    return array.ndim == 3 and array.shape[2] in (2, 4)
 
 
 def crop_to_alpha(rgb: np.ndarray, alpha: np.ndarray, *, source: str = "") -> Foreground:

@@ -181,6 +181,7 @@ def _bad_data_root(tmp_path: Path, *, with_good: bool = True) -> Path:
     _write_rgba(tmp_path / "fg" / "empty.png", empty_fg)
     _write_rgba(tmp_path / "fg" / "huge.png", huge_fg)
     (tmp_path / "fg" / "broken.png").write_bytes(b"not a png at all")
+    cv2.imwrite(str(tmp_path / "fg" / "photo.jpg"), (good_fg[..., 2::-1] * 255).astype(np.uint8))  # no alpha
     _write_rgba(tmp_path / "bg" / "ok.png", np.concatenate([rng.random((100, 120, 3)), np.ones((100, 120, 1))], -1))
     _write_rgba(tmp_path / "bg" / "tiny.png", np.concatenate([rng.random((20, 20, 3)), np.ones((20, 20, 1))], -1))
     return tmp_path
@@ -193,12 +194,13 @@ def test_bad_data_is_skipped_counted_and_warned_once(tmp_path):
         warnings.simplefilter("always")
         samples = [dataset[i] for i in range(len(dataset))]
     assert all(s["bokeh"].shape == (3, 48, 48) for s in samples)
-    assert set(dataset.skipped) == {"empty_alpha", "unreadable", "fg_larger_than_bg", "bg_smaller_than_crop"}
+    assert set(dataset.skipped) == {"empty_alpha", "no_alpha", "unreadable", "fg_larger_than_bg", "bg_smaller_than_crop"}
     messages = [str(w.message) for w in caught if issubclass(w.category, InputWarning) and "skipping" in str(w.message)]
     # One warning per bad file (or bad pair), however often it is drawn.
     assert len(messages) == len(set(messages)) == len(dataset._bad)
     assert any("empty.png" in m and "empty alpha" in m for m in messages)
     assert any("broken.png" in m and "unreadable" in m for m in messages)
+    assert any("photo.jpg" in m and "no alpha channel" in m for m in messages)
     assert any("huge.png" in m and "larger than background" in m for m in messages)
     assert any("tiny.png" in m and "smaller than the 48x48 crop" in m for m in messages)
     assert sum(dataset.skipped.values()) >= len(messages)
@@ -250,3 +252,26 @@ def test_foreground_planes_never_cross_where_layers_overlap():
                 overlaps += int(both.any())
                 assert (d_near - d_far)[both].min(initial=0.0) >= -1e-9, f"seed {seed}: layers {i} and later cross"
     assert overlaps > 200  # the check did look at overlapping layers
+
+
+def test_foreground_without_alpha_channel_is_bad_data(tmp_path):
+    """An RGB file (JPEG, or PNG without alpha) would be pasted as an opaque rectangle: it is bad data. A
+    stored alpha channel is used as it is, and the derived alpha of scikit-image's logo keeps working."""
+    from data.synthesis import ALPHA_EPS, BadSampleError, load_foreground, logo_cutout
+
+    rgb = np.random.default_rng(1).random((12, 10, 3))
+    cv2.imwrite(str(tmp_path / "a.jpg"), (rgb * 255).astype(np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), (rgb * 255).astype(np.uint8))
+    for name in ("a.jpg", "b.png"):
+        with pytest.raises(BadSampleError, match="no alpha channel") as caught:
+            load_foreground(tmp_path / name)
+        assert caught.value.reason == "no_alpha" and caught.value.key == str(tmp_path / name)
+    opaque = np.concatenate([rgb, np.ones((12, 10, 1))], -1)
+    _write_rgba(tmp_path / "opaque.png", opaque)
+    assert load_foreground(tmp_path / "opaque.png").alpha.shape == (1, 12, 10)
+    fg = load_foreground(OTF / "fg" / "logo.png")  # written from logo_cutout's derived alpha
+    assert 0.0 < float(fg.alpha.mean()) < 1.0
+    logo = logo_cutout()
+    assert float(logo.alpha.min()) < ALPHA_EPS and float(logo.alpha.max()) > 0.99
+
+
