@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pisa_hardness_per_step", type=float,
                    help="hardness added per optimisation step (the published code: +1 per PISA call, 2 calls/step)")
     g.add_argument("--pisa_hardness_max", type=float, help="hardness cap (the inference value)")
+    g.add_argument("--pisa_seed", type=int,
+                   help="occlusion-jitter seed of the PISA layers while training; null: a fresh seed per call from "
+                   "the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
+    g.add_argument("--pisa_dropout", type=float,
+                   help="dropout on PISA's attention weights while training (published: 0.1; never at inference)")
     g.add_argument("--gradient_checkpointing", action=_BOOL, help="UNet gradient checkpointing (memory for time)")
     g.add_argument("--enable_xformers_memory_efficient_attention", action=_BOOL,
                    help="accepted for the published command; attention already uses PyTorch SDPA / chunked PISA")
@@ -106,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam_weight_decay", type=float, help="AdamW weight decay")
     g.add_argument("--adam_epsilon", type=float, help="AdamW epsilon")
     g.add_argument("--max_grad_norm", type=float, help="gradient clipping norm (per parameter group)")
-    g.add_argument("--mixed_precision", type=str, choices=("no", "fp16", "bf16"), help="accelerate mixed precision")
+    g.add_argument("--mixed_precision", type=str, choices=("no", "fp16", "bf16"),
+                   help="accelerate mixed precision: bf16 (Ampere+ GPUs) or no; fp16 is rejected (see validate_args)")
     g.add_argument("--max_nonfinite_steps", type=int,
                    help="stop (non-zero exit) after this many consecutive steps with a non-finite loss or gradient")
 
@@ -134,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoints_total_limit", type=int, help="keep at most N checkpoints (null: all)")
     g.add_argument("--resume_from_checkpoint", type=str,
                    help="'latest' (newest checkpoint in output_dir; starts fresh if none) or a checkpoint folder")
+    g.add_argument("--overwrite_output_dir", action=_BOOL,
+                   help="start fresh in an output_dir that holds checkpoints of an earlier run, deleting them first "
+                   "(without it such a run is refused; never written to the resolved config)")
     g.add_argument("--validation_steps", type=int, help="validate (PSNR/SSIM, images) every N steps; 0 disables")
     g.add_argument("--report_to", type=str, help="accelerate tracker: tensorboard, wandb, all or none")
     g.add_argument("--logging_dir", type=str, help="tracker folder inside output_dir")
@@ -239,6 +248,15 @@ def validate_args(args: argparse.Namespace) -> None:
     for name in ("lambda_l2", "lambda_edge", "lambda_lpips", "lambda_gan"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0, found {getattr(args, name)}")
+    if not 0 <= args.pisa_dropout < 1:
+        raise ValueError(f"--pisa_dropout must be in [0, 1) (published: 0.1), found {args.pisa_dropout}")
+    if args.mixed_precision == "fp16":
+        # One GradScaler (accelerate's) serves the generator and discriminator optimisers: clipping unscales
+        # every prepared optimiser each time it is called and each optimiser's step updates the shared scale,
+        # so fp16 fails on the first step or unscales twice. bf16 needs no loss scaling at all.
+        raise ValueError("--mixed_precision fp16 is not supported: its loss scaling is not wired for the separate "
+                         "generator and discriminator optimisers. Use --mixed_precision bf16 (Ampere or newer GPUs; "
+                         "no loss scaling needed) or --mixed_precision no (float32)")
     if args.pisa_hardness_start < 1 or args.pisa_hardness_max < args.pisa_hardness_start:
         raise ValueError("PISA hardness must satisfy 1 <= --pisa_hardness_start <= --pisa_hardness_max "
                          f"(log(hardness) is the CoC sigmoid's slope), found {args.pisa_hardness_start} and "
@@ -249,7 +267,9 @@ def dump_config(args: argparse.Namespace, path: str | os.PathLike) -> Path:
     """Write the resolved options (loadable again with ``--config``) as YAML; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: v for k, v in sorted(vars(args).items()) if k not in ("config", "dry_run", "local_rank")}
+    # One-off actions, not settings: a rerun with `--config train_config.yaml` must not delete checkpoints.
+    skip = ("config", "dry_run", "local_rank", "overwrite_output_dir")
+    data = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=True))
     os.replace(tmp, path)

@@ -111,11 +111,16 @@ def build_validation_set(args, batch_size: int) -> list[dict]:
 
     From ``validation_data_dir`` when given (truly held-out images), else from ``train_data_dir`` with a
     different seed (fresh scenes, compositions and blur, from the same source photos). Returns CPU batches.
+
+    The DataLoader gets its own seeded generator: iterating one draws a base seed, and from the global torch
+    RNG that draw (main process only, after ``load_state`` on resume) would shift every later random draw of
+    the step (PISA jitter, dropout) away from the uninterrupted run's and make the ranks' RNG streams differ.
     """
     from data.synthesis import OnTheFlyDataset
 
     root = args.validation_data_dir or args.train_data_dir
     dataset = OnTheFlyDataset(root, args.resolution, gamma=args.gamma, seed=args.validation_seed, rank=0,
                               length=args.num_validation_samples, flip_p=0.0, brightness_p=0.0)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        generator=torch.Generator().manual_seed(args.validation_seed))
     return list(loader)

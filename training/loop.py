@@ -12,8 +12,11 @@ Distributed and exact-resume rules this module keeps:
 - Every process runs the same collectives in the same order: the backward always runs (also on a non-finite
   loss; its gradients are discarded), and the decision to skip an update is all-reduced, so no rank waits on
   a collective another rank skipped.
-- Nothing draws from the global RNGs outside the step (validation runs under ``fork_rng``), so the RNG state
-  accelerate checkpoints after step ``k`` is exactly the state step ``k + 1`` starts from.
+- Nothing draws from the global RNGs outside the step (validation runs under ``fork_rng``; DataLoaders have
+  their own generators), so the RNG state accelerate checkpoints after step ``k`` is exactly the state step
+  ``k + 1`` starts from. Inside the step PISA draws its occlusion-jitter and dropout seeds from the global
+  torch RNG (``--pisa_seed`` null, the published random jitter), so this matters for exact resume. Ranks may
+  draw different jitter; their LoRA weights stay equal because DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class NonFiniteGuard:
             raise NonFiniteLossError(
                 f"stopping at step {step}: {self.progress.nonfinite_in_a_row} consecutive steps had a non-finite "
                 f"loss or gradient (--max_nonfinite_steps {self.limit}). Last good checkpoint: "
-                f"{last_checkpoint or 'none'}. Lower --learning_rate, use --mixed_precision bf16 instead of fp16, "
+                f"{last_checkpoint or 'none'}. Lower --learning_rate, try --mixed_precision no instead of bf16, "
                 f"or check the data; then resume with --resume_from_checkpoint latest."
             )
 
@@ -160,7 +163,10 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     if args.pisa:
         from models.pisa import install_pisa_processors
 
-        pisa_layers = list(install_pisa_processors(unet))
+        # The published recipe trains with random occlusion jitter and attention dropout; the processor's
+        # defaults (fixed seed 0, no dropout) are the inference settings. seed=None draws from the global torch
+        # RNG per call, which accelerate checkpoints, so resume stays exact.
+        pisa_layers = list(install_pisa_processors(unet, seed=args.pisa_seed, dropout_p=args.pisa_dropout))
         if not pisa_layers:
             raise ValueError("no attention layer matched the PISA patterns; is the base model SDXL-shaped?")
     lora_modules = add_lora(unet, args.rank, PAPER_LORA_TARGETS, alpha=args.lora_alpha)
@@ -260,8 +266,12 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
         "pisa": {"enabled": bool(args.pisa), "layers": c.pisa_layers,
                  "hardness_schedule": {"start": args.pisa_hardness_start, "per_step": args.pisa_hardness_per_step,
                                        "max": args.pisa_hardness_max},
-                 "inference_hardness": args.pisa_hardness_max},
+                 "inference_hardness": args.pisa_hardness_max, "seed": args.pisa_seed,
+                 "dropout": args.pisa_dropout,
+                 # The discretisation trained with; the pipeline reads it (models.pipeline.pisa_compat_for).
+                 "compat": False},
         "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "dataloader_num_workers": args.dataloader_num_workers,
         "num_processes": num_processes,
         "versions": {"code": code_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "peft": peft.__version__},
@@ -352,12 +362,12 @@ def train_step(c: Components, batch: dict, *, step: int, args, accelerator) -> S
             bad = _all_ranks_any(accelerator, c.window_nonfinite, accelerator.device)
             bad = bad or not all(math.isfinite(float(n)) for n in norms)
             out.grad_norm, out.skipped = float(norms[0]), bad
+            # No loss scaler is involved: training.config rejects fp16 (accelerate's single GradScaler would be
+            # unscaled once per clip call and updated once per optimiser here).
             if not bad:
                 c.optimizer.step()
                 if c.disc_optimizer is not None:
                     c.disc_optimizer.step()
-            elif accelerator.scaler is not None:
-                accelerator.scaler.update()  # fp16: clipping unscaled the gradients; close that scaler step
             # The schedule follows the step count, skipped or not, so the LR stays a function of the step.
             c.scheduler.step()
             if c.disc_scheduler is not None:
@@ -378,10 +388,12 @@ def _rng_devices(device: torch.device) -> list:
 
 @torch.no_grad()
 def validate(model: nn.Module, batches: list[dict], *, hardness: float | None, device: torch.device,
-             max_images: int = 4) -> tuple[dict, torch.Tensor]:
+             max_images: int = 4, seed: int = 0) -> tuple[dict, torch.Tensor]:
     """PSNR / SSIM / L1 of the model on the fixed held-out batches, and an image grid.
 
-    Runs the unwrapped model in eval mode under ``fork_rng`` (the training RNG stream is untouched).
+    Runs the unwrapped model in eval mode under ``fork_rng`` (the training RNG stream is untouched), reseeded
+    with ``seed`` so per-call random draws (PISA's occlusion jitter with ``--pisa_seed`` null) are the same at
+    every validation: metrics of different steps differ by the weights only.
 
     Returns:
         ``(metrics, grid)``: ``{"psnr" (dB), "ssim" in [0, 1], "l1" in [0, 1]}`` averaged over images, and a
@@ -394,6 +406,7 @@ def validate(model: nn.Module, batches: list[dict], *, hardness: float | None, d
     psnr, ssim, l1, rows, count = 0.0, 0.0, 0.0, [], 0
     try:
         with torch.random.fork_rng(devices=_rng_devices(device)):
+            torch.random.default_generator.manual_seed(seed)  # the CPU generator: PISA draws its seeds there
             for batch in batches:
                 b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 pred = model(b["aif"], b["disparity"], b["coc_px"], original_size=b["original_size"],
