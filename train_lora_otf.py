@@ -19,8 +19,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from training.checkpoint import (CheckpointHooks, TrainProgress, export_inference, remove_stale_temporaries,
-                                 resolve_resume_path, save_checkpoint)
+from training.checkpoint import (CheckpointHooks, TrainProgress, check_fresh_output_dir, export_inference,
+                                 remove_stale_temporaries, resolve_resume_path, save_checkpoint)
 from training.config import dump_config, parse_args
 from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
@@ -52,6 +52,21 @@ def setup_accelerator(args):
     return accelerator
 
 
+def prepare_output_dir(args, accelerator) -> Path:
+    """Create ``output_dir``, recover from interrupted saves, refuse to mix a fresh run into an earlier run's
+    checkpoints (unless ``--overwrite_output_dir``), and write the resolved config. Every process raises alike."""
+    out = Path(args.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+    accelerator.wait_for_everyone()
+    check_fresh_output_dir(out, args.resume_from_checkpoint, args.overwrite_output_dir, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        dump_config(args, out / "train_config.yaml")
+    accelerator.wait_for_everyone()
+    return out
+
+
 def main(input_args=None) -> int:
     args = parse_args(input_args)
     if args.dry_run:
@@ -60,11 +75,7 @@ def main(input_args=None) -> int:
 
     # ---- build ----------------------------------------------------------------------------------------
     accelerator = setup_accelerator(args)
-    out = Path(args.output_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
-        dump_config(args, out / "train_config.yaml")
+    out = prepare_output_dir(args, accelerator)
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
     # The data first: a wrong --train_data_dir fails before minutes of model loading.
     dataset = build_train_dataset(args, rank=accelerator.process_index,
@@ -89,8 +100,9 @@ def main(input_args=None) -> int:
     if args.report_to not in (None, "", "none"):
         accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool))})
-    train_log = StepLog(out / "train_log.jsonl", progress.step, accelerator.is_main_process)
-    val_log = StepLog(out / "validation.jsonl", progress.step, accelerator.is_main_process)
+    log_from = progress.step if resume is not None else -1  # a fresh run keeps no earlier run's records
+    train_log = StepLog(out / "train_log.jsonl", log_from, accelerator.is_main_process)
+    val_log = StepLog(out / "validation.jsonl", log_from, accelerator.is_main_process)
     guard, meter = NonFiniteGuard(progress, args.max_nonfinite_steps), StatusMeter()
     last_checkpoint = str(resume) if resume else None
 
@@ -99,7 +111,8 @@ def main(input_args=None) -> int:
             return
         hardness = pisa_hardness(progress.step, args.pisa_hardness_start, args.pisa_hardness_per_step,
                                  args.pisa_hardness_max) if args.pisa else None
-        metrics, grid = validate(c.model_raw, val_set, hardness=hardness, device=accelerator.device)
+        metrics, grid = validate(c.model_raw, val_set, hardness=hardness, device=accelerator.device,
+                                 seed=args.validation_seed)
         val_log.write({"step": progress.step, **metrics})
         accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=progress.step)
         for tracker in accelerator.trackers:

@@ -17,7 +17,13 @@ files (without training state) to ``output_dir`` at the end of training.
 Atomicity: a checkpoint is written to ``.tmp-checkpoint-<step>`` and renamed to ``checkpoint-<step>`` only when
 every process has finished writing, so a crash while saving leaves the previous checkpoints untouched (the
 rolling limit deletes old checkpoints only after the new one is in place). ``latest`` only ever sees complete
-folders; leftovers of interrupted saves are removed at start-up with a warning.
+folders; leftovers of interrupted saves are removed at start-up with a warning. Re-saving an existing step
+moves the old folder aside (``.old-checkpoint-<step>``) before publishing the new one; if a crash falls between
+those two renames, start-up moves the old folder back (:func:`remove_stale_temporaries`).
+
+A fresh run (no ``--resume_from_checkpoint``) into an ``output_dir`` that already holds checkpoints is refused
+(:func:`check_fresh_output_dir`): the rolling limit would keep the old run's higher steps and ``latest``
+would later resume the wrong run.
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ __all__ = [
     "DISC_WEIGHT_NAME",
     "TrainProgress",
     "CheckpointHooks",
+    "check_fresh_output_dir",
     "code_version",
+    "compare_run_settings",
     "export_inference",
     "list_checkpoints",
     "remove_stale_temporaries",
@@ -125,16 +133,53 @@ def resolve_resume_path(resume: str | None, output_dir: str | os.PathLike) -> Pa
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
-    """Delete folders left by interrupted saves (never complete checkpoints); returns what was removed."""
+    """Clean up after interrupted saves; returns the folders removed.
+
+    An ``.old-checkpoint-<step>`` whose ``checkpoint-<step>`` is missing is the last good copy of that step (the
+    crash fell between moving it aside and publishing its replacement, see :func:`save_checkpoint`): it is
+    renamed back. Every other temporary (``.tmp-*``, possibly incomplete; ``.old-*`` already replaced) is deleted.
+    """
     root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    for old in sorted(root.glob(OLD_PREFIX + "*")):
+        final = root / (CHECKPOINT_PREFIX + old.name[len(OLD_PREFIX):])
+        if old.is_dir() and not final.exists():
+            logger.warning("restoring '%s' as '%s': a re-save of that step was interrupted", old, final)
+            os.replace(old, final)
     removed = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.is_dir() and child.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-                logger.warning("removing '%s' left by an interrupted checkpoint save", child)
-                shutil.rmtree(child)
-                removed.append(child)
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+            logger.warning("removing '%s' left by an interrupted checkpoint save", child)
+            shutil.rmtree(child)
+            removed.append(child)
     return removed
+
+
+def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
+                           is_main_process: bool = True) -> None:
+    """Refuse to start a fresh run on top of another run's checkpoints (or, with ``overwrite``, delete them).
+
+    Call on every process (each raises the same error; only the main process deletes) after
+    :func:`remove_stale_temporaries`. Nothing happens when ``resume`` is set: ``latest`` or a path continue a run.
+
+    Raises:
+        FileExistsError: ``output_dir`` holds ``checkpoint-*`` folders, no ``resume`` and no ``overwrite``.
+    """
+    found = list_checkpoints(output_dir)
+    if resume or not found:
+        return
+    if not overwrite:
+        steps = ", ".join(str(step) for step, _ in found)
+        raise FileExistsError(
+            f"--output_dir '{output_dir}' already holds checkpoints of an earlier run (steps {steps}) and "
+            f"--resume_from_checkpoint is not set. Continue that run with --resume_from_checkpoint latest, choose "
+            f"a new --output_dir, or pass --overwrite_output_dir to delete those checkpoints and start over."
+        )
+    if is_main_process:
+        for _, path in found:
+            logger.warning("--overwrite_output_dir: deleting '%s' of an earlier run", path)
+            shutil.rmtree(path)
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
@@ -253,6 +298,29 @@ def export_inference(unet: nn.Module, vae: nn.Module | None, folder: str | os.Pa
     return folder
 
 
+# Settings that define the weights: resuming with others is an error.
+_MUST_MATCH = ("lora", "pisa", "timestep", "gamma", "vae_trainable")
+# Settings that change the sample stream or the update: resuming with others works but is not exact. The
+# worker count is among them because OnTheFlyDataset mixes the DataLoader worker id into each sample's seed.
+_SHOULD_MATCH = ("base_model", "resolution", "train_batch_size", "num_processes", "gradient_accumulation_steps",
+                 "dataloader_num_workers")
+
+
+def compare_run_settings(saved: Mapping[str, Any], current: Mapping[str, Any]
+                         ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """Differences between a checkpoint's metadata and this run's :func:`training.loop.describe_run`.
+
+    Returns ``(errors, warnings)``, each a list of ``(key, saved value, current value)``. A key missing at the
+    top level of an older checkpoint is looked up in its recorded ``config``.
+    """
+    def recorded(key):
+        return saved[key] if key in saved else saved.get("config", {}).get(key)
+
+    errors = [(k, saved[k], current[k]) for k in _MUST_MATCH if k in saved and k in current and saved[k] != current[k]]
+    warnings = [(k, recorded(k), current.get(k)) for k in _SHOULD_MATCH if recorded(k) != current.get(k)]
+    return errors, warnings
+
+
 class CheckpointHooks:
     """accelerate ``save_state`` / ``load_state`` pre-hooks that store our weights instead of full models.
 
@@ -299,17 +367,16 @@ class CheckpointHooks:
         models.clear()  # nothing for accelerate to load into the models: we restore our own files
         folder = Path(input_dir)
         meta = json.loads((folder / META_NAME).read_text())
-        current = self.describe()
-        for key in ("lora", "pisa", "timestep", "gamma", "vae_trainable"):
-            if key in meta and key in current and meta[key] != current[key]:
-                raise ValueError(
-                    f"checkpoint '{folder}' was trained with {key}={meta[key]!r}, this run has {current[key]!r}; "
-                    f"resume with the same settings (see {folder / META_NAME}) or start a new --output_dir"
-                )
-        for key in ("base_model", "resolution", "train_batch_size", "num_processes", "gradient_accumulation_steps"):
-            if meta.get(key) != current.get(key):
-                logger.warning("resuming '%s': %s was %r, now %r; the run will not match an uninterrupted one",
-                               folder, key, meta.get(key), current.get(key))
+        errors, warnings = compare_run_settings(meta, self.describe())
+        if errors:
+            key, saved, now = errors[0]
+            raise ValueError(
+                f"checkpoint '{folder}' was trained with {key}={saved!r}, this run has {now!r}; "
+                f"resume with the same settings (see {folder / META_NAME}) or start a new --output_dir"
+            )
+        for key, saved, now in warnings:
+            logger.warning("resuming '%s': %s was %r, now %r; the run will not match an uninterrupted one",
+                           folder, key, saved, now)
         load_lora(self.unet, folder)
         if self.vae is not None:
             load_vae_partial(self.vae, folder)
