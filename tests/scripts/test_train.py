@@ -20,11 +20,12 @@ import yaml
 from PIL import Image
 
 import train_lora_otf
-from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, TrainProgress, list_checkpoints,
-                                 remove_stale_temporaries, resolve_resume_path, save_checkpoint)
-from training.config import DEFAULT_CONFIG, build_parser, load_yaml_config, parse_args
-from training.data import SampleStream
-from training.loop import NonFiniteGuard, NonFiniteLossError, pisa_hardness
+from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, TrainProgress, check_fresh_output_dir,
+                                 compare_run_settings, list_checkpoints, remove_stale_temporaries, resolve_resume_path,
+                                 save_checkpoint)
+from training.config import DEFAULT_CONFIG, build_parser, dump_config, load_yaml_config, parse_args
+from training.data import SampleStream, build_validation_set
+from training.loop import NonFiniteGuard, NonFiniteLossError, build_optimizers, describe_run, pisa_hardness
 
 REPO = Path(train_lora_otf.__file__).resolve().parent
 TINY = str(REPO / "configs" / "train_tiny.yaml")
@@ -122,10 +123,89 @@ def test_bad_preset_keys_fail(tmp_path, content, message):
     ("--resolution", 72, "--resolution must be a multiple of 16"),
     ("--opt_vae", 2, "--opt_vae must be 0 or 1"),
     ("--checkpoints_total_limit", 0, "--checkpoints_total_limit"),
+    # fp16 would share accelerate's one GradScaler between the generator and discriminator optimisers (unscaled
+    # once per clip call -> "unscale_() has already been called"): refused up front, with the remedy.
+    ("--mixed_precision", "fp16", "--mixed_precision fp16 is not supported.*--mixed_precision bf16"),
+    ("--pisa_dropout", 1.0, r"--pisa_dropout must be in \[0, 1\)"),
 ])
 def test_bad_flag_values_fail(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message):
         parse_args(_argv(_PATHS, tmp_path, flag, value))
+
+
+def test_fp16_in_a_preset_is_rejected_too(tmp_path):
+    preset = tmp_path / "fp16.yaml"
+    preset.write_text("mixed_precision: fp16\n")
+    with pytest.raises(ValueError, match="--mixed_precision fp16 is not supported"):
+        parse_args(["--config", str(preset), "--train_data_dir", "x", "--output_dir", "y"])
+
+
+def _groups_lr(opt):
+    return [group["lr"] for group in opt.param_groups]
+
+
+def test_vae_and_discriminator_lr_groups_follow_the_schedule(tmp_path):
+    """LoRA at the schedule's LR, the VAE group at 0.1x, the discriminator at 2x, at every step of a warm-up +
+    cosine schedule; accelerate steps a prepared scheduler once per process, which build_optimizers offsets."""
+    args = parse_args(_argv(_PATHS, tmp_path, "--lr_scheduler", "cosine", "--lr_warmup_steps", 3,
+                            "--max_train_steps", 10, "--learning_rate", 1e-3))
+    lora, vae, disc = ([torch.nn.Parameter(torch.zeros(2))] for _ in range(3))
+    schedules = []
+    for num_processes in (1, 2):
+        opt, sched, d_opt, d_sched = build_optimizers(args, lora, vae, disc, num_processes=num_processes)
+        assert [g["name"] for g in opt.param_groups] == ["lora", "vae"]
+        seen = []
+        for _ in range(args.max_train_steps):
+            base = sched.get_last_lr()[0]
+            assert _groups_lr(opt) == pytest.approx([base, 0.1 * base])
+            assert _groups_lr(d_opt) == pytest.approx([2 * base])
+            seen.append(base)
+            for _ in range(num_processes):  # what accelerate's prepared scheduler does per optimisation step
+                opt.step(), d_opt.step(), sched.step(), d_sched.step()
+        schedules.append(seen)
+    assert schedules[1] == pytest.approx(schedules[0])  # the same schedule whatever the process count
+    # ... and the warm-up reached the peak at step 3 from 0.
+    opt, sched, _, _ = build_optimizers(args, lora, [], [], num_processes=1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step(), sched.step()
+    assert lrs[:4] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert 1e-3 > lrs[4] > lrs[5] > 0  # cosine decay after the warm-up
+
+
+def test_lr_warmup_and_restart_cycles_are_honoured(tmp_path):
+    """cosine_with_restarts with 2 cycles after 2 warm-up steps over 10: peak at 2 and again at 6 (the generator);
+    the discriminator's schedule has one cycle (published), so it keeps decaying through the restart."""
+    args = parse_args(_argv(_PATHS, tmp_path, "--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", 2,
+                            "--lr_warmup_steps", 2, "--max_train_steps", 10, "--learning_rate", 1e-3))
+    opt, sched, d_opt, d_sched = build_optimizers(args, [torch.nn.Parameter(torch.zeros(1))], [],
+                                                  [torch.nn.Parameter(torch.zeros(1))], num_processes=1)
+    gen, disc = [], []
+    for _ in range(10):
+        gen.append(_groups_lr(opt)[0])
+        disc.append(_groups_lr(d_opt)[0])
+        opt.step(), d_opt.step(), sched.step(), d_sched.step()
+    assert gen[:3] == pytest.approx([0.0, 5e-4, 1e-3])
+    assert gen[6] == pytest.approx(1e-3) and gen[5] < 1e-3 / 2  # restart after 4 of the 8 decay steps
+    assert disc[:3] == pytest.approx([0.0, 1e-3, 2e-3])
+    assert all(a > b for a, b in zip(disc[2:], disc[3:]))  # one cycle: no restart
+
+
+def test_pisa_training_settings_are_recorded_for_inference(tmp_path):
+    from types import SimpleNamespace
+
+    from models.pipeline import pisa_compat_for
+
+    args = parse_args(_argv(_PATHS, tmp_path))
+    assert (args.pisa_seed, args.pisa_dropout) == (None, 0.1)  # published: random jitter, attention dropout 0.1
+    c = SimpleNamespace(lora_modules=["m"], vae_params=[], pisa_layers=["down_blocks.1.attentions.0.x.attn1"])
+    meta = describe_run(args, c, 1)
+    assert {k: meta["pisa"][k] for k in ("seed", "dropout", "compat")} == {"seed": None, "dropout": 0.1,
+                                                                           "compat": False}
+    assert pisa_compat_for(meta) is False
+    meta = describe_run(parse_args(_argv(_PATHS, tmp_path, "--pisa_seed", 5, "--pisa_dropout", 0)), c, 1)
+    assert (meta["pisa"]["seed"], meta["pisa"]["dropout"]) == (5, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -198,6 +278,76 @@ def test_checkpoints_are_atomic_rotated_and_found(tmp_path):
         resolve_resume_path(str(tmp_path / "nope"), tmp_path)
 
 
+def test_crash_while_resaving_a_step_keeps_that_step(tmp_path, monkeypatch):
+    """Re-saving step 6 moves the old folder aside, then publishes the new one; a crash between the two renames
+    leaves only `.old-checkpoint-6` (complete) and `.tmp-checkpoint-6`: start-up restores the old one."""
+    import training.checkpoint as checkpoint
+
+    save_checkpoint(_FakeAccelerator(), tmp_path, 6, total_limit=2)
+    real_replace = os.replace
+
+    def crash_on_publish(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_publish)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_FakeAccelerator(), tmp_path, 6, total_limit=2)
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert not (tmp_path / f"{CHECKPOINT_PREFIX}6").exists()
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [f".tmp-{CHECKPOINT_PREFIX}6"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{CHECKPOINT_PREFIX}6"]
+    assert (tmp_path / f"{CHECKPOINT_PREFIX}6" / "optimizer.bin").read_bytes() == b"x" * 10
+    # An `.old-` copy whose replacement was published is just a leftover: removed, the new one kept.
+    (tmp_path / f".old-{CHECKPOINT_PREFIX}6").mkdir()
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [f".old-{CHECKPOINT_PREFIX}6"]
+    assert resolve_resume_path("latest", tmp_path) == tmp_path / f"{CHECKPOINT_PREFIX}6"
+
+
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
+    out = tmp_path / "run"
+    save_checkpoint(_FakeAccelerator(), out, 4, total_limit=None)
+    # Through the script: refused before any data or model is loaded (the paths here do not exist).
+    remedy = "--resume_from_checkpoint latest.*new --output_dir.*--overwrite_output_dir"
+    with pytest.raises(FileExistsError, match=remedy):
+        train_lora_otf.main(_argv(_PATHS, out))
+    assert [s for s, _ in list_checkpoints(out)] == [4]
+    check_fresh_output_dir(out, "latest", overwrite=False)  # resuming is what the folder is for
+    check_fresh_output_dir(tmp_path / "new", None, overwrite=False)
+    check_fresh_output_dir(out, None, overwrite=True, is_main_process=False)  # other ranks never delete
+    assert [s for s, _ in list_checkpoints(out)] == [4]
+    check_fresh_output_dir(out, None, overwrite=True)
+    assert list_checkpoints(out) == []
+    # A one-off action, not a setting: never carried into the resolved config a rerun may load.
+    args = parse_args(_argv(_PATHS, out, "--overwrite_output_dir"))
+    assert "overwrite_output_dir" not in yaml.safe_load(dump_config(args, tmp_path / "c.yaml").read_text())
+
+
+def test_validation_set_is_fixed_and_leaves_the_global_rng_alone(tmp_path):
+    """After `load_state` only the main process builds the held-out set; a draw from the global torch RNG there
+    would shift PISA's per-call jitter and dropout away from the uninterrupted run's."""
+    data = _write_otf_data(tmp_path / "data")
+    args = parse_args(_argv(dict(sdxl="x", data=str(data)), tmp_path, "--num_validation_samples", 2))
+    state = torch.get_rng_state()
+    first = build_validation_set(args, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    again = build_validation_set(args, 2)
+    assert all(torch.equal(a["bokeh"], b["bokeh"]) for a, b in zip(first, again))
+
+
+def test_resume_compares_settings_and_warns_about_the_worker_count():
+    saved = {"lora": {"rank": 4}, "pisa": {"dropout": 0.1}, "resolution": 64, "train_batch_size": 2,
+             "config": {"dataloader_num_workers": 2}}  # older checkpoints: the worker count only in the config
+    same = dict(saved, dataloader_num_workers=2)
+    errors, warnings = compare_run_settings(saved, same)
+    assert errors == [] and [w for w in warnings if w[0] == "dataloader_num_workers"] == []
+    errors, warnings = compare_run_settings(saved, dict(same, dataloader_num_workers=4, pisa={"dropout": 0.0}))
+    assert errors == [("pisa", {"dropout": 0.1}, {"dropout": 0.0})]
+    assert ("dataloader_num_workers", 2, 4) in warnings
+
+
 # ------------------------------------------------------------------------------------------------------------
 # End to end
 # ------------------------------------------------------------------------------------------------------------
@@ -237,6 +387,8 @@ def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monk
     meta = json.loads((ref / f"{CHECKPOINT_PREFIX}6" / META_NAME).read_text())
     assert meta["lora"]["rank"] == 4 and "to_q" in meta["lora"]["targets"] and meta["resolution"] == 64
     assert meta["pisa"]["layers"] and meta["progress"]["step"] == 6 and meta["base_model"] == stack["sdxl"]
+    # Trained as published: per-call random occlusion jitter and attention dropout 0.1 (exact resume still holds).
+    assert (meta["pisa"]["seed"], meta["pisa"]["dropout"], meta["pisa"]["compat"]) == (None, 0.1, False)
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
@@ -314,6 +466,17 @@ def test_learning_lowers_heldout_l1(stack, tmp_path):
 
 
 LEARN_STEPS = 60
+
+
+def test_build_models_installs_pisa_with_the_training_settings(stack, tmp_path):
+    from models.pisa import PISAAttnProcessor
+    from training.loop import build_models
+
+    args = parse_args(_argv(stack, tmp_path))
+    model, _, pisa_layers, _, _ = build_models(args, torch.device("cpu"))
+    processors = [p for p in model.unet.attn_processors.values() if isinstance(p, PISAAttnProcessor)]
+    assert processors and len(pisa_layers) >= 1
+    assert all((p.seed, p.dropout_p) == (None, 0.1) for p in processors)
 
 
 def test_trainable_state_dict_keeps_spectral_norm_vectors_and_skips_frozen_parts():
