@@ -177,7 +177,8 @@ class Scene:
     The background covers ``[-margin, height + margin) x [-margin, width + margin)`` so that windows
     padded by up to ``margin`` px (the largest CoC radius) can be rendered. ``K`` (px per unit disparity)
     and ``disp_focus`` are the blur parameters sampled with the scene; ``foreground_sources`` and
-    ``background_source`` name the files it was built from.
+    ``background_source`` name the files it was built from. ``own_margin`` is the padding this scene's own
+    blur needs (``margin_for`` its largest CoC): ``margin`` itself when no fixed margin was asked for.
     """
 
     height: int
@@ -188,6 +189,7 @@ class Scene:
     disp_focus: float
     foreground_sources: list[str] = field(default_factory=list)
     background_source: str = ""
+    own_margin: int | None = None
 
     def max_coc_px(self, K: float | None = None, disp_focus: float | None = None) -> float:
         """Upper bound of |coc_px| anywhere (disparity is in [0, 1])."""
@@ -365,6 +367,7 @@ def sample_scene(
         disp_focus=float(disp_focus),
         foreground_sources=[fg.source for fg in foregrounds],
         background_source=background_source,
+        own_margin=margin_for(max_coc),
     )
 
 
@@ -517,9 +520,11 @@ class OnTheFlyDataset(Dataset):
 
     With ``synthesize_on_device=True`` the item holds everything but ``bokeh`` plus the padded layers
     (``layers`` (L, 3, S+2P, S+2P) sRGB, ``alphas`` (L, 1, S+2P, S+2P), ``planes`` (L, 3) float64, ``pad`` (),
-    ``render_seed`` ()), with ``L = max foregrounds + 1`` (unused layers have zero alpha) and one fixed
-    ``P`` for every item so batches stack; the training loop calls :func:`synthesize_batch` on the
-    accelerator. No CUDA call ever happens inside a DataLoader worker.
+    ``render_pad`` () the padding CPU mode renders this item with (<= P), ``render_seed`` ()), with
+    ``L = max foregrounds + 1`` (unused layers have zero alpha) and one fixed ``P`` for every item so batches
+    stack; the training loop calls :func:`synthesize_batch` on the accelerator, which renders each item as
+    CPU mode would (same window, seed and sample count), whatever else is in the batch. No CUDA call ever
+    happens inside a DataLoader worker.
 
     Randomness: item ``index`` is drawn from ``SeedSequence((seed, epoch, rank, worker, index))`` with
     ``rank`` from the constructor (the process index in distributed training), ``worker`` from
@@ -714,8 +719,8 @@ class OnTheFlyDataset(Dataset):
         }
         sample["coc_px"] = sample["K"] * (sample["disparity"] - sample["disp_focus"])
         if self.synthesize_on_device:
-            sample.update(layers=images_t[0], alphas=alphas_t[0], planes=planes_t[0],
-                          pad=torch.tensor(pad), render_seed=torch.tensor(render_seed))
+            sample.update(layers=images_t[0], alphas=alphas_t[0], planes=planes_t[0], pad=torch.tensor(pad),
+                          render_pad=torch.tensor(scene.own_margin), render_seed=torch.tensor(render_seed))
             return sample  # augmentation is applied after rendering, by synthesize_batch
         bokeh = render_window(
             images_t, alphas_t, planes_t, sample["K"].view(1), sample["disp_focus"].view(1),
@@ -732,16 +737,22 @@ def synthesize_batch(
     *,
     gamma: float = 2.2,
     n_samples: int | None = None,
+    max_samples: int | None = None,
     impl: str = "auto",
 ) -> dict:
     """Render the targets of a collated ``synthesize_on_device=True`` batch on ``device`` (the accelerator),
     in the main process, then apply each item's flips and brightness.
 
+    Each item is rendered on its own, exactly as CPU mode renders it: its window cropped to its
+    ``render_pad``, its ``render_seed``, and the renderer's sample count for its own largest CoC. So an item's
+    target never depends on the other items of its batch, and equals the CPU-mode target up to float
+    rounding (same ``impl``).
+
     Args:
         batch: a default-collated batch of :class:`OnTheFlyDataset` items (``layers`` (B, L, 3, S+2P, S+2P),
-            ``alphas``, ``planes`` (B, L, 3), ``pad`` (B,), ``render_seed`` (B,), ...).
+            ``alphas``, ``planes`` (B, L, 3), ``pad`` (B,), ``render_pad`` (B,), ``render_seed`` (B,), ...).
         device: where to render (e.g. ``accelerator.device``); default: where ``batch["layers"]`` is.
-        gamma: must match the dataset's gamma.
+        gamma, n_samples, max_samples: must match the dataset's ``gamma``, ``n_samples``, ``max_samples``.
 
     Returns:
         A new dict with the dataset's CPU-mode keys (``aif``, ``bokeh``, ``disparity``, ``coc_px``, ``K``,
@@ -753,15 +764,34 @@ def synthesize_batch(
     if pads.numel() != 1:
         raise ValueError(f"synthesize_batch: items have different padding {pads.tolist()}; use one dataset per batch")
     pad = int(pads[0])
-    layer_keys = ("layers", "alphas", "planes", "pad", "render_seed")
+    render_pads = batch.get("render_pad", batch["pad"])
+    layer_keys = ("layers", "alphas", "planes", "pad", "render_pad", "render_seed")
     out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k not in layer_keys}
-    bokeh = render_window(
-        batch["layers"].to(device), batch["alphas"].to(device), batch["planes"].to(device),
-        out["K"], out["disp_focus"], pad=pad, gamma=gamma, n_samples=n_samples,
-        seed=int(batch["render_seed"][0]), impl=impl,
-    )
-    out["bokeh"] = bokeh.float()
+    height, width = batch["layers"].shape[-2:]
+    bokeh = []
+    for i in range(batch["layers"].shape[0]):
+        item_pad = int(render_pads[i])
+        if not 0 <= item_pad <= pad:
+            raise ValueError(f"synthesize_batch: item {i} has render_pad {item_pad}, outside [0, pad = {pad}]")
+        o = pad - item_pad  # crop the fixed-size window to the item's own (CPU-mode) window
+        crop = (slice(i, i + 1), Ellipsis, slice(o, height - o), slice(o, width - o))
+        bokeh.append(render_window(
+            batch["layers"][crop].to(device), batch["alphas"][crop].to(device),
+            shift_planes(batch["planes"][i : i + 1], o).to(device), out["K"][i : i + 1], out["disp_focus"][i : i + 1],
+            pad=item_pad, gamma=gamma, n_samples=n_samples, max_samples=max_samples,
+            seed=int(batch["render_seed"][i]), impl=impl,
+        ))
+    out["bokeh"] = torch.cat(bokeh).float()
     return apply_augmentation(out, out["flip"], out["brightness"])
+
+
+def shift_planes(planes: torch.Tensor, offset: int) -> torch.Tensor:
+    """Planes ``(..., 3)`` = (A, B, C) re-expressed for a window whose origin lies ``offset`` px right of and
+    below the old one: ``d(x' + o, y' + o) = (s - A x' - B y') / C`` with ``s = 1 - (A + B) o = C d(o, o) > 0``,
+    i.e. ``(A, B, C) / s``."""
+    if offset == 0:
+        return planes
+    return planes / (1.0 - (planes[..., 0:1] + planes[..., 1:2]) * offset)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -126,21 +126,29 @@ def test_augmentation_is_applied_identically_to_every_map():
 
 
 def test_synthesize_on_device_mode_matches_cpu_mode():
-    """Layers in the items, rendering in the main process: same keys and maps as CPU rendering (the
-    renderer's aperture pattern differs with the window size, so the bokeh agrees to sampling noise)."""
+    """Layers in the items, rendering in the main process: the same keys and maps as CPU rendering, and each
+    item's target is its CPU-mode target (own window, seed and sample count), alone or in any batch."""
+    from torch.utils.data import default_collate
+
     cpu = _dataset(seed=5)
     device_mode = _dataset(seed=5, synthesize_on_device=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)
-        batch = next(iter(DataLoader(device_mode, batch_size=2)))
-        out = synthesize_batch(batch, "cpu")
-        reference = [cpu[0], cpu[1]]
-    assert "layers" not in out and out["bokeh"].shape == (2, 3, SIZE, SIZE)
-    for i, ref in enumerate(reference):
-        assert set(ref) == set(out)
-        for key in ("aif", "disparity", "coc_px", "K", "disp_focus", "crop_top_left", "flip", "brightness"):
-            torch.testing.assert_close(out[key][i], ref[key], atol=1e-5, rtol=0, msg=key)
-        assert float((out["bokeh"][i] - ref["bokeh"]).abs().mean()) < 0.02
+        reference = [cpu[i] for i in range(4)]
+        items = [device_mode[i] for i in range(4)]
+        loaded = synthesize_batch(next(iter(DataLoader(device_mode, batch_size=2))), "cpu")
+    assert "layers" not in loaded and loaded["bokeh"].shape == (2, 3, SIZE, SIZE)
+    # The items need different blur (so different padding, sample counts and seeds): a batch-level render
+    # would give them the wrong ones.
+    assert len({int(item["render_pad"]) for item in items}) > 1
+    for order in ([1], [0, 1], [1, 2, 3], [3, 2, 1, 0]):
+        out = synthesize_batch(default_collate([items[i] for i in order]), "cpu")
+        for row, i in enumerate(order):
+            assert set(reference[i]) == set(out)
+            for key in ("aif", "bokeh", "disparity", "coc_px", "K", "disp_focus", "crop_top_left", "flip", "brightness"):
+                torch.testing.assert_close(out[key][row], reference[i][key], atol=1e-5, rtol=0, msg=f"{key}, item {i} in {order}")
+    for row in range(2):
+        torch.testing.assert_close(loaded["bokeh"][row], reference[row]["bokeh"], atol=1e-5, rtol=0)
 
 
 def test_dataloader_workers_are_seeded():
@@ -273,5 +281,3 @@ def test_foreground_without_alpha_channel_is_bad_data(tmp_path):
     assert 0.0 < float(fg.alpha.mean()) < 1.0
     logo = logo_cutout()
     assert float(logo.alpha.min()) < ALPHA_EPS and float(logo.alpha.max()) > 0.99
-
-
