@@ -65,8 +65,8 @@ def preview(args) -> None:
         labels += [f"#{index} aif", f"bokeh K={K:.1f} f={focus:.2f}", "disparity"]
     out = Path(args.out)
     path = save_image(out / "preview.png", contact_sheet(tiles, labels, columns=3, width=min(args.size, 320)))
-    if dataset.skipped:
-        print(f"skipped (bad data): {dataset.skipped}", file=sys.stderr)
+    if dataset.skip_report():
+        print(f"skipped (bad data): {dataset.skip_report()}", file=sys.stderr)
     print(f"wrote {path}")
 
 

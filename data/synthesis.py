@@ -47,6 +47,12 @@ BASE_RESOLUTION = 768
 ALPHA_EPS = 1.0 / 255.0  # alpha below one 8-bit step counts as empty
 
 
+#: Why a sample was skipped (:attr:`BadSampleError.reason`), as counted by :meth:`OnTheFlyDataset.skip_report`.
+SKIP_REASONS = ("unreadable", "empty_alpha", "no_alpha", "fg_larger_than_bg", "bg_smaller_than_crop")
+#: DataLoader workers whose skips are counted separately (more share the last row).
+SKIP_REPORT_WORKERS = 64
+
+
 class BadSampleError(ValueError):
     """A foreground/background (pair) that cannot make a training sample; ``reason`` is a short key."""
 
@@ -83,9 +89,10 @@ def load_foreground(path: str | Path) -> Foreground:
     # read_image gives an all-ones alpha for files without one; only then look at the stored channels (a file
     # with a real, fully opaque alpha channel is used as stored).
     if float(alpha.min()) >= 1.0 and not _has_alpha_channel(path):
+        kind = "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "RGB or gray"
         raise BadSampleError(
-            f"foreground '{path}' has no alpha channel ({'JPEG' if Path(path).suffix.lower() in ('.jpg', '.jpeg') else 'RGB or gray'} "
-            "file); it would be pasted as an opaque rectangle. Save cut-outs as PNG with alpha (RGBA)",
+            f"foreground '{path}' has no alpha channel ({kind} file); it would be pasted as an opaque "
+            "rectangle. Save cut-outs as PNG with alpha (RGBA)",
             reason="no_alpha",
             key=str(path),
         )
@@ -531,9 +538,12 @@ class OnTheFlyDataset(Dataset):
     ``get_worker_info()`` (0 in the main process) and ``epoch`` from :meth:`set_epoch`. The same settings give
     the same samples.
 
-    Bad data never stops training: an unreadable file, a foreground with an empty alpha, a foreground larger
-    than the background, a background smaller than the crop are skipped (another pair is drawn), counted in
-    :attr:`skipped` and reported with one :class:`~data.io.InputWarning` each. If no usable pair exists, a
+    Bad data never stops training: an unreadable file, a foreground without an alpha channel or with an empty
+    alpha, a foreground larger than the background, a background smaller than the crop are skipped (another
+    pair is drawn) and reported with one :class:`~data.io.InputWarning` per file (or pair) and process; the
+    message names the process (``main process`` or ``DataLoader worker <id>``). :attr:`skipped` counts this
+    process's skips; :meth:`skip_report` sums the main process's and every DataLoader worker's (the counts
+    live in shared memory, so the main process sees the workers' skips). If no usable pair exists, a
     ``RuntimeError`` names the folder.
     """
 
@@ -588,7 +598,10 @@ class OnTheFlyDataset(Dataset):
         self.max_attempts = max_attempts
         self.length = int(length) if length is not None else len(self.fg_paths) * len(self.bg_paths)
         self.skipped: dict[str, int] = {}  # reason -> count (this process)
-        self._bad: dict[str, str] = {}  # file or pair key -> reason (warned once)
+        self._bad: dict[str, str] = {}  # file or pair key -> reason (warned once per process)
+        # Row 0: main process; row 1 + w: DataLoader worker w. Shared memory: workers (forked or spawned, via
+        # torch.multiprocessing) write their own row, the main process reads them all (skip_report).
+        self._skip_counts = torch.zeros(SKIP_REPORT_WORKERS + 1, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return self.length
@@ -607,9 +620,28 @@ class OnTheFlyDataset(Dataset):
     # -- bad data ------------------------------------------------------------------------------------------
     def _skip(self, error: BadSampleError) -> None:
         self.skipped[error.reason] = self.skipped.get(error.reason, 0) + 1
+        info = get_worker_info()
+        # Workers beyond the table share its last row (their counts may then race; no real job has that many).
+        row = 0 if info is None else 1 + min(info.id, SKIP_REPORT_WORKERS - 1)
+        self._skip_counts[row, SKIP_REASONS.index(error.reason)] += 1
         if error.key not in self._bad:
             self._bad[error.key] = error.reason
-            warnings.warn(f"OnTheFlyDataset: skipping: {error}", InputWarning, stacklevel=3)
+            where = "main process" if info is None else f"DataLoader worker {info.id}"
+            warnings.warn(f"OnTheFlyDataset ({where}): skipping: {error}", InputWarning, stacklevel=3)
+
+    def skip_report(self, *, by_worker: bool = False) -> dict:
+        """Bad-data skips since construction, over the main process and all DataLoader workers (also after
+        the workers have exited). Returns ``{reason: count}`` (reasons in :data:`SKIP_REASONS` with a
+        non-zero count), or with ``by_worker`` ``{"main process" | "DataLoader worker <id>": {reason: count}}``."""
+        counts = self._skip_counts.clone()
+
+        def as_dict(row: torch.Tensor) -> dict[str, int]:
+            return {reason: int(n) for reason, n in zip(SKIP_REASONS, row.tolist()) if n}
+
+        if not by_worker:
+            return as_dict(counts.sum(dim=0))
+        names = ["main process"] + [f"DataLoader worker {w}" for w in range(SKIP_REPORT_WORKERS)]
+        return {name: as_dict(row) for name, row in zip(names, counts) if int(row.sum())}
 
     def _usable_left(self) -> bool:
         fg_ok = any(str(p) not in self._bad for p in self.fg_paths)

@@ -134,20 +134,22 @@ def test_synthesize_on_device_mode_matches_cpu_mode():
     device_mode = _dataset(seed=5, synthesize_on_device=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)
-        reference = [cpu[i] for i in range(4)]
-        items = [device_mode[i] for i in range(4)]
+        reference = [cpu[i] for i in range(3)]
+        items = [device_mode[i] for i in range(3)]
         loaded = synthesize_batch(next(iter(DataLoader(device_mode, batch_size=2))), "cpu")
     assert "layers" not in loaded and loaded["bokeh"].shape == (2, 3, SIZE, SIZE)
     # The items need different blur (so different padding, sample counts and seeds): a batch-level render
     # would give them the wrong ones.
     assert len({int(item["render_pad"]) for item in items}) > 1
-    for order in ([1], [0, 1], [1, 2, 3], [3, 2, 1, 0]):
+    for order in ([1], [2, 1, 0]):  # one item alone, and in another batch at another position
         out = synthesize_batch(default_collate([items[i] for i in order]), "cpu")
         for row, i in enumerate(order):
             assert set(reference[i]) == set(out)
-            for key in ("aif", "bokeh", "disparity", "coc_px", "K", "disp_focus", "crop_top_left", "flip", "brightness"):
-                torch.testing.assert_close(out[key][row], reference[i][key], atol=1e-5, rtol=0, msg=f"{key}, item {i} in {order}")
-    for row in range(2):
+            for key in ("aif", "bokeh", "disparity", "coc_px", "K", "disp_focus", "crop_top_left", "flip",
+                        "brightness"):
+                torch.testing.assert_close(out[key][row], reference[i][key], atol=1e-5, rtol=0,
+                                           msg=f"{key}, item {i} in {order}")
+    for row in range(2):  # DataLoader-collated batch [0, 1]
         torch.testing.assert_close(loaded["bokeh"][row], reference[row]["bokeh"], atol=1e-5, rtol=0)
 
 
@@ -281,3 +283,36 @@ def test_foreground_without_alpha_channel_is_bad_data(tmp_path):
     assert 0.0 < float(fg.alpha.mean()) < 1.0
     logo = logo_cutout()
     assert float(logo.alpha.min()) < ALPHA_EPS and float(logo.alpha.max()) > 0.99
+
+
+def test_worker_skips_are_reported_to_the_main_process(tmp_path, monkeypatch):
+    """DataLoader workers skip bad data in their own processes; skip_report() in the main process sees it,
+    per worker, and each warning names the process that skipped."""
+    import data.synthesis as synthesis
+
+    root = _bad_data_root(tmp_path)
+    dataset = OnTheFlyDataset(root, size=48, length=12, config=SceneConfig(n_foregrounds=(1, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        batches = list(DataLoader(dataset, batch_size=3, num_workers=2))
+    assert len(batches) == 4 and dataset.skipped == {}  # nothing was skipped in this process
+    report = dataset.skip_report(by_worker=True)
+    assert set(report) == {"DataLoader worker 0", "DataLoader worker 1"}, report
+    totals = dataset.skip_report()
+    assert totals == {reason: sum(r.get(reason, 0) for r in report.values()) for reason in totals}
+    assert {"unreadable", "no_alpha", "empty_alpha"} <= set(totals)
+
+    # In this process: counted under "main process", and the warning says so; as a worker, it names the worker.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset[0]  # tries fg 0 (broken.png) with bg 0 first
+        in_main = dict(dataset.skipped)
+        monkeypatch.setattr(synthesis, "get_worker_info", lambda: type("Info", (), {"id": 5})())
+        dataset._bad.clear()  # a fresh worker process has warned about nothing yet
+        dataset[0]
+    messages = [str(c.message) for c in caught if "skipping" in str(c.message)]
+    assert any(m.startswith("OnTheFlyDataset (main process): skipping") and "broken.png" in m for m in messages)
+    assert any(m.startswith("OnTheFlyDataset (DataLoader worker 5): skipping") and "broken.png" in m for m in messages)
+    report = dataset.skip_report(by_worker=True)
+    assert report["main process"] == in_main and in_main.get("unreadable", 0) >= 1
+    assert report["DataLoader worker 5"].get("unreadable", 0) >= 1
