@@ -206,10 +206,11 @@ def _list_folder(root: Path) -> list[dict]:
     entries = []
     for scene in sorted(p for p in root.iterdir() if p.is_dir()):
         image = _find(scene, "image")
-        missing = [what for what, absent in (("image.jpg|png", image is None), ("depth.npy", not (scene / "depth.npy").is_file()))
-                   if absent]
+        missing = [what for what, absent in (("image.jpg|png", image is None),
+                                             ("depth.npy", not (scene / "depth.npy").is_file())) if absent]
         if missing:
-            warnings.warn(f"folder '{scene}' has no {' and no '.join(missing)}; not a scene folder, skipped.", InputWarning)
+            warnings.warn(f"folder '{scene}' has no {' and no '.join(missing)}; not a scene folder, skipped.",
+                          InputWarning)
             continue
         masks = sorted(p for p in scene.iterdir() if p.stem.startswith("mask") and p.suffix.lower() in _IMAGE_SUFFIXES)
         entries.append({"name": scene.name, "input_name": scene.name, "image": image, "disparity": scene / "depth.npy",
