@@ -262,6 +262,8 @@ def _scatter_cuda(colour, coc, offsets, apothem, blades, rotation_deg, max_radiu
     gather_k = load_kernel("scatter.cu", "scatter_gather", dev)
     inv_norm = torch.empty_like(coc)
     n = b * h * w
+    if n == 0:  # CUDA rejects a zero-size grid ("invalid configuration"); an empty image has nothing to do
+        return acc_c, acc_w, self_w
     threads = 256
     grid = ((n + threads - 1) // threads,)
     args_common = (

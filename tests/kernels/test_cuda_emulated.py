@@ -426,6 +426,17 @@ def test_fake_rawkernel_rejects_a_scalar_of_the_wrong_width(cuda_emulation):
     assert cuda_emulation == []
 
 
+def test_scatter_cuda_on_an_empty_image_returns_it_like_torch(cuda_emulation):
+    """B * H * W = 0: the torch path returns the empty image; CUDA rejects a launch with a zero grid
+    (invalid configuration), so the wrapper must not launch at all."""
+    for shape in ((1, 3, 0, 5), (0, 3, 4, 5)):
+        img = torch.rand(shape)
+        coc = torch.zeros(shape[0], 1, *shape[2:])
+        out = render_scatter(img, coc, impl="cuda")
+        assert out.shape == img.shape and torch.equal(out, render_scatter(img, coc, impl="torch"))
+    assert cuda_emulation == []
+
+
 def test_kernels_stay_inside_their_buffers(tmp_path):
     """The scatter and layer comparisons again, in a child pytest with the kernels built with
     -fsanitize=address (libasan preloaded into that Python): any out-of-bounds access fails the test."""
@@ -437,7 +448,7 @@ def test_kernels_stay_inside_their_buffers(tmp_path):
     log = tmp_path / "asan"
     env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS=f"detect_leaks=0:log_path={log}",
                **{_SANITIZE_ENV: "1"})
-    subset = "not buffers and (random_scenes or occlusion or tilted or k_zero)"
+    subset = "not buffers and (random_scenes or occlusion or tilted or k_zero or empty)"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", subset],
                           cwd=_HERE.parents[1], env=env, capture_output=True, text=True, timeout=300)
     reports = "".join(p.read_text(errors="replace") for p in tmp_path.glob("asan*"))
