@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import BENCHMARKS_MD, machine_description, replace_section
+from benchmarks.report import BENCHMARKS_MD, load_average, machine_description, replace_section
 from models.pipeline import BokehDiffPipeline
 from models.tiny import build_tiny_sdxl
 
@@ -70,20 +70,13 @@ def run(sizes: list[int], repeats: int) -> list[dict]:
     return rows
 
 
-def _load() -> str:
-    try:
-        return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
-    except OSError:
-        return "unknown"
-
-
 def render_section(rows: list[dict]) -> str:
     full = {r["size"]: r["seconds"] for r in rows if r["mode"] == "full"}
     lines = [
         SECTION,
         "",
         f"Measured {datetime.date.today().isoformat()} by `benchmarks/bench_pipeline.py` on {machine_description()}; load "
-        f"average {_load()} (shared machine: compare ratios, not seconds).",
+        f"average {load_average()} (shared machine: compare ratios, not seconds).",
         "",
         "Tiny SDXL-shaped stack (`models/tiny.py`), PISA with the inference defaults (hardness 1e7, 7 segments x 5 "
         f"supersamples, occlusion on), fp32, VAE tiling off. Tiled: {TILE_PX}-px tiles, {OVERLAP_PX}-px overlap. "

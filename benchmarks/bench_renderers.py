@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import BENCHMARKS_MD, machine_description, replace_section
+from benchmarks.report import BENCHMARKS_MD, load_average, machine_description, replace_section
 from kernels import aperture, cuda_available, render_layers, render_scatter
 from kernels import scatter as scatter_mod
 
@@ -123,13 +123,6 @@ def run(size: int, repeats: int) -> list[dict]:
     return rows
 
 
-def _load() -> str:
-    try:
-        return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
-    except OSError:
-        return "unknown"
-
-
 def render_section(rows: list[dict], size: int) -> str:
     lines = [
         SECTION,
@@ -144,7 +137,7 @@ def render_section(rows: list[dict], size: int) -> str:
         "against the fast strip-wise `_scatter_torch` that `render_scatter` uses, interleaved in the same "
         "process (medians); the motorcycle row is the demo photo with CoC = 20 (disparity - 0.6) px.",
         "",
-        f"Load average when measured: {_load()} (the machine is shared; the last column, the ratio to a "
+        f"Load average when measured: {load_average()} (the machine is shared; the last column, the ratio to a "
         "conv2d disc blur of radius R timed in the same process, is the load-independent number).",
         "",
         "| renderer | device | impl | max CoC R (px) | aperture samples | ms / MP | ms / MP / sample "

@@ -38,3 +38,11 @@ def machine_description() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"CPU {cpu}, {torch.get_num_threads()} torch thread(s); GPU {gpu}; torch {torch.__version__}; "
             f"Python {platform.python_version()}")
+
+
+def load_average() -> str:
+    """The machine's 1 / 5 / 15-minute load averages as text: how busy the cores were while measuring."""
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
+    except OSError:
+        return "unknown"

@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.lora import WeightLoadingError, add_lora, save_lora, save_vae_partial, set_vae_trainable
+from models.lora import WeightLoadingError, save_lora
 from models.pipeline import BokehDiffPipeline, WeightsUnavailableError, blend_window, tile_starts
 from models.tiny import build_tiny_sdxl, save_tiny_sdxl
+from tests.tiny_weights import trained_tiny_stack, write_published_adapter
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,29 +21,11 @@ def tiny_dir(tmp_path_factory):
     return save_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"), seed=0)
 
 
-def _trained_components():
-    """Tiny stack with a non-zero LoRA and a modified VAE encoder, as after training."""
-    stack = build_tiny_sdxl(seed=0)
-    add_lora(stack["unet"], rank=4)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in stack["unet"].named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for p in set_vae_trainable(stack["vae"]):
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    return stack
-
-
 @pytest.fixture(scope="module")
 def published_adapter(tmp_path_factory):
-    """The published layout: LoRA at the root *without* the 'unet.' prefix, VAE under small/."""
-    root = tmp_path_factory.mktemp("published")
-    stack = _trained_components()
-    ours = load_file(str(save_lora(stack["unet"], root / "ours")))
-    save_file({k[len("unet."):]: v for k, v in ours.items()}, str(root / "pytorch_lora_weights.safetensors"))
-    save_vae_partial(stack["vae"], root / "small")
-    return root, stack
+    """The published layout (unprefixed LoRA at the root, small/vae.ckpt) and the stack it was written from."""
+    stack = trained_tiny_stack()
+    return write_published_adapter(stack, tmp_path_factory.mktemp("published")), stack
 
 
 def _inputs(h=64, w=96, seed=0):

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import inference_hf
 from data.io import read_image
-from models.lora import add_lora, save_lora, save_vae_partial, set_vae_trainable
-from models.tiny import build_tiny_sdxl, save_tiny_sdxl
+from models.tiny import save_tiny_sdxl
+from tests.tiny_weights import trained_tiny_stack, write_published_adapter
 
 EBB = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
 NAMES = ("scene00", "scene01", "scene02")
@@ -26,20 +26,7 @@ def weights(tmp_path_factory):
     """(base folder, adapter folder in the published layout: unprefixed LoRA at the root, small/vae.ckpt)."""
     root = tmp_path_factory.mktemp("weights")
     base = save_tiny_sdxl(root / "base", seed=0)
-    stack = build_tiny_sdxl(seed=0)
-    add_lora(stack["unet"], rank=4)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in stack["unet"].named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for p in set_vae_trainable(stack["vae"]):
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    ours = load_file(str(save_lora(stack["unet"], root / "ours")))
-    adapter = root / "adapter"
-    adapter.mkdir()
-    save_file({k[len("unet."):]: v for k, v in ours.items()}, str(adapter / "pytorch_lora_weights.safetensors"))
-    save_vae_partial(stack["vae"], adapter / "small")
+    adapter = write_published_adapter(trained_tiny_stack(seed=2), root / "adapter")
     return base, adapter
 
 
