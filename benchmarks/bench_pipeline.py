@@ -30,7 +30,7 @@ TILE_PX, OVERLAP_PX = 256, 64  # tiny stack: tiles of 256 px so that 512 px alre
 READING = (
     'Reading: full-frame cost is dominated by PISA, whose occlusion term is quadratic in the tokens of '
     '`down_blocks.1.attentions.0` (1/16 of the image side: 1024 tokens at 512 px, 4096 at 1024 px; x 35 '
-    'occlusion samples per pair), so 4x the pixels cost ~50x in the UNet, while tiles keep it linear; the '
+    'occlusion samples per pair), so 4x the pixels cost {unet_growth} in the UNet, while tiles keep it linear; the '
     'VAE is linear either way. `mode="auto"` chooses by memory, not speed (full frame is the paper\'s '
     'setting: PISA sees the whole scene); tiles are the fast option (`--tile_mode tiled`), with CoC '
     'footprints cut at tile borders beyond the overlap.'
@@ -90,13 +90,17 @@ def render_section(rows: list[dict]) -> str:
             f"| {r['size']} | {r['mode']} | {r['tiles']} | {r['seconds']:.2f} | {r['unet_s']:.2f} | {r['vae_s']:.2f} "
             f"| {r['ratio']:.2f} | {r['seconds'] / full[r['size']]:.2f} |"
         )
+    unet_full = {r["size"]: r["unet_s"] for r in rows if r["mode"] == "full"}
+    sizes = sorted(unet_full)
+    growth = (f"{unet_full[sizes[-1]] / unet_full[sizes[0]]:.0f}x (measured, {sizes[0]} -> {sizes[-1]} px)"
+              if len(sizes) > 1 else "more than 4x")
     lines += [
         "",
-        READING,
+        READING.format(unet_growth=growth),
         "",
         "Full-size SDXL on a GPU (bf16 UNet, random weights from SDXL's config, 1024 and 2048 px; targets on one "
         "H100: 1024 px in at most 0.5 s, 2048 px full frame without running out of memory): "
-        "`benchmarks/gpu_pipeline.py`. **Not measured yet**: no GPU was available to the session that wrote it.",
+        "`python -m benchmarks.gpu_pipeline` (or `benchmarks/gpu_check.sh`). **Not measured yet**: no GPU was available to the sessions so far.",
     ]
     return "\n".join(lines) + "\n"
 
