@@ -126,8 +126,9 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
 
     def render(image, disparity, K, disp_focus):
         out = pipe(image, disparity, K=K, disp_focus=disp_focus, mode=args.tile_mode, vae_tiling=vae_tiling)
-        if pipe.last_plan.reason not in reported:  # full frame vs tiles changes the output: say which ran
-            reported.add(pipe.last_plan.reason)
+        key = (tuple(image.shape[-2:]), pipe.last_plan.mode)
+        if key not in reported:  # full frame vs tiles changes the output: say which ran, once per size
+            reported.add(key)
             tqdm.write(f"bokehdiff: {image.shape[-1]}x{image.shape[-2]} rendered {pipe.last_plan.reason}")
         return out
 

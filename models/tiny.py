@@ -226,12 +226,3 @@ def save_tiny_sdxl(path: str | os.PathLike, seed: int = 0) -> Path:
             _write_tokenizer_files(folder)
     return path
 
-
-if __name__ == "__main__":
-    # `python -m models.tiny OUT_DIR [SEED]`: a tiny random SDXL folder for CPU smoke runs of the scripts.
-    # Its weights are random: renders are not bokeh, only the plumbing is exercised.
-    import sys
-
-    if len(sys.argv) not in (2, 3):
-        raise SystemExit("usage: python -m models.tiny OUT_DIR [SEED]")
-    print(save_tiny_sdxl(sys.argv[1], seed=int(sys.argv[2]) if len(sys.argv) == 3 else 0))
