@@ -2,10 +2,14 @@
 """Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean,
 over the whole image and inside / outside the depth-discontinuity band.
 
-    python evaluate.py --pred_dir outputs/classical --gt_dir test_data/ebb/bokeh \
-        --disparity_dir test_data/ebb/depth --output_dir outputs/eval
+    python evaluate.py --pred_dir outputs/mine --gt_dir data/gt --disparity_dir data/depth --output_dir outputs/eval
+    python evaluate.py --pred_dir outputs/benchmark/classical --dataset benchmark_data/ebb --output_dir outputs/eval
 
-Predictions and ground truth are matched by relative path without extension. Writes ``metrics.csv``,
+With ``--gt_dir``, predictions and ground truth are matched by relative path without extension and the
+disparity of ``<name>`` is ``--disparity_dir/<name>.npy`` (or ``<name>_pred.npy``). With ``--dataset`` (an EBB
+folder with ``meta.json``, as ``scripts/make_benchmark.py`` writes), each ground truth is paired with the
+prediction named like it or named as ``inference_hf.py`` names a render of that scene, K and focus, and with
+its scene's disparity. Writes ``metrics.csv``,
 ``metrics.json``, ``metrics.md`` and ``worst_cases.png`` to ``--output_dir``. Learned metrics whose
 pretrained weights cannot be obtained (offline) are listed as unavailable, never computed with random weights.
 Exit code: 0 if every pair was scored, 1 if some failed (they are listed), 2 for bad arguments.
@@ -21,13 +25,15 @@ import torch
 from tqdm import tqdm
 
 from metrics.image import LEARNED_METRICS, load_learned_metrics
-from metrics.report import evaluate_pairs, find_pairs, write_reports
+from metrics.report import evaluate_pairs, find_dataset_pairs, find_pairs, write_reports
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pred_dir", type=Path, required=True, help="rendered images")
-    parser.add_argument("--gt_dir", type=Path, required=True, help="ground-truth bokeh images (same names)")
+    truth = parser.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--gt_dir", type=Path, help="ground-truth bokeh images (same names as the predictions)")
+    truth.add_argument("--dataset", type=Path, help="EBB folder with meta.json (ground truth, disparity, K, focus)")
     parser.add_argument(
         "--disparity_dir", type=Path, default=None,
         help="disparity maps <name>.npy or <name>_pred.npy (EBB layout); needed for the band metrics",
@@ -42,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="learned metrics to compute (default: all); pass none for only PSNR/SSIM",
     )
     parser.add_argument("--worst_k", type=int, default=6, help="images in the worst-case contact sheet")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     args = parser.parse_args(argv)
     if args.band_width < 0:
         parser.error(f"--band_width must be >= 0, got {args.band_width}")
@@ -53,9 +59,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is available here; use --device cpu (or auto)", file=sys.stderr)
+        return 2
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    pairs, problems = find_pairs(args.pred_dir, args.gt_dir, args.disparity_dir)
+    try:
+        if args.dataset is not None:
+            pairs, problems = find_dataset_pairs(args.dataset, args.pred_dir)
+        else:
+            pairs, problems = find_pairs(args.pred_dir, args.gt_dir, args.disparity_dir)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     learned, unavailable = load_learned_metrics(args.learned, device)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from data.io import write_text_atomic
+
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
@@ -21,8 +23,7 @@ def replace_section(text: str, path: Path = BENCHMARKS_MD) -> Path:
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     body = text.rstrip("\n") + "\n"
     new = pattern.sub(lambda _: body + "\n", old, count=1) if pattern.search(old) else old.rstrip("\n") + "\n\n" + body
-    path.write_text(new.rstrip("\n") + "\n")
-    return path
+    return write_text_atomic(path, new.rstrip("\n") + "\n")
 
 
 def machine_description() -> str:

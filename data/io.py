@@ -154,6 +154,17 @@ def save_image(path: str | os.PathLike, image, *, bits: int = 8) -> Path:
     return path
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file via a temporary file and a rename: an interrupted run leaves the old file (or none),
+    never a truncated one. The parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Disparity
 # ----------------------------------------------------------------------------------------------------------

@@ -117,6 +117,6 @@ def load_learned_metrics(
             raise ValueError(f"unknown metric {name!r}; choose from {sorted(factories)}")
         try:
             loaded.append(factories[name](device))
-        except Exception as error:  # noqa: BLE001 - any failure to obtain weights makes the metric unavailable
+        except (OSError, ImportError, RuntimeError) as error:  # download/file/state-dict failures; bugs propagate
             unavailable[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     return loaded, unavailable

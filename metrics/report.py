@@ -8,6 +8,7 @@ of the mean). Column names: ``<metric>``, ``<metric>_band``, ``<metric>_outside`
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import warnings
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.io import IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, save_image
+from data.inference_io import output_name
+from data.io import IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, save_image, write_text_atomic
 from metrics.bands import discontinuity_band
 from metrics.image import LearnedMetric, masked_mean, mse_map, psnr_from_mse, ssim_map
 
@@ -91,6 +93,50 @@ def find_pairs(pred_dir: Path, gt_dir: Path, disparity_dir: Path | None = None) 
     return pairs, problems
 
 
+def dataset_records(root: Path) -> list[dict]:
+    """Ground truths of an EBB-layout dataset with ``meta.json`` (``scripts.make_sample_data`` /
+    ``scripts.make_benchmark``): one record per GT with its ``name`` (the GT's stem), ``scene``, ``input``,
+    ``disparity`` (``depth/<scene>_pred.npy``), ``gt`` paths and the ``K`` / ``disp_focus`` it was rendered with."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"--dataset '{root}' has no meta.json (the EBB layout with ground-truth metadata that "
+            "scripts/make_benchmark.py writes); for plain folders use --gt_dir and --disparity_dir"
+        )
+    meta = json.loads(meta_path.read_text())
+    records = []
+    for scene, entries in sorted((k, v) for k, v in meta.items() if not k.startswith("_")):
+        for entry in entries:
+            records.append({
+                "name": Path(entry["gt"]).stem, "scene": scene, "input": root / "input" / f"{scene}.png",
+                "disparity": root / "depth" / f"{scene}_pred.npy", "gt": root / entry["gt"],
+                "K": float(entry["K"]), "disp_focus": float(entry["disp_focus"]),
+            })
+    return records
+
+
+def find_dataset_pairs(root: Path, pred_dir: Path) -> tuple[list[Pair], list[str]]:
+    """Pair a dataset's ground truths (:func:`dataset_records`) with predictions in ``pred_dir`` named either
+    like the GT (``<gt stem>.png``, as ``scripts.run_benchmark`` writes) or as ``inference_hf.py`` names its
+    renders for that scene, K and focus (``<scene>_K<K>_f<focus>.png``). Each pair gets its scene's disparity."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"--pred_dir '{pred_dir}' is not a folder")
+    pairs, problems = [], []
+    for record in dataset_records(root):
+        candidates = [pred_dir / f"{record['name']}{ext}" for ext in (".png", ".jpg")]
+        candidates.append(pred_dir / output_name(record["scene"], record["K"], record["disp_focus"]))
+        pred = next((c for c in candidates if c.is_file()), None)
+        if pred is None:
+            problems.append(f"no prediction for ground truth '{record['gt']}' (looked for {', '.join(c.name for c in candidates)})")
+            continue
+        pairs.append(Pair(record["name"], pred, record["gt"], record["disparity"]))
+    if not pairs:
+        raise ValueError(f"no prediction in --pred_dir '{pred_dir}' matches a ground truth of --dataset '{root}'")
+    return pairs, problems
+
+
 def score(
     pred: torch.Tensor, gt: torch.Tensor, band: torch.Tensor | None, learned: list[LearnedMetric] = ()
 ) -> dict[str, torch.Tensor]:
@@ -156,8 +202,8 @@ def evaluate_pairs(
             values = score(
                 torch.from_numpy(pred)[None].to(device), torch.from_numpy(gt)[None].to(device), band, learned
             )
-        except (OSError, ValueError) as error:
-            result.failures[pair.name] = str(error)
+        except (OSError, ValueError, RuntimeError) as error:  # unreadable, mismatched, too small for SSIM, OOM
+            result.failures[pair.name] = f"{type(error).__name__}: {error}"
             continue
         result.rows.append({"name": pair.name, **{k: float(v[0]) for k, v in values.items()}})
     return result
@@ -174,17 +220,17 @@ def write_reports(
     paths = {}
     means = evaluation.means()
 
-    paths["csv"] = output_dir / "metrics.csv"
+    buffer = io.StringIO()
     if evaluation.rows:
-        with open(paths["csv"], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(evaluation.rows[0]))
-            writer.writeheader()
-            writer.writerows(evaluation.rows)
+        writer = csv.DictWriter(buffer, fieldnames=list(evaluation.rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(evaluation.rows)
     else:
-        paths["csv"].write_text("name\n")
+        buffer.write("name\n")
+    paths["csv"] = write_text_atomic(output_dir / "metrics.csv", buffer.getvalue())
 
-    paths["json"] = output_dir / "metrics.json"
-    paths["json"].write_text(
+    paths["json"] = write_text_atomic(
+        output_dir / "metrics.json",
         json.dumps(
             {
                 "per_image": evaluation.rows,
@@ -196,8 +242,7 @@ def write_reports(
         )
     )
 
-    paths["markdown"] = output_dir / "metrics.md"
-    paths["markdown"].write_text(markdown_table(evaluation, title=title))
+    paths["markdown"] = write_text_atomic(output_dir / "metrics.md", markdown_table(evaluation, title=title))
 
     if evaluation.rows and worst_k > 0:
         by_name = {p.name: p for p in pairs}

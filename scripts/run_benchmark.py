@@ -17,7 +17,6 @@ Writes ``<out>/<method>/<gt name>.png``, ``<out>/<method>/eval/`` (see ``evaluat
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -31,9 +30,10 @@ from tqdm import tqdm
 
 import inference_hf
 from benchmarks.report import BENCHMARKS_MD, replace_section
-from data.io import contact_sheet, read_disparity, read_image, save_image
+from data.io import contact_sheet, read_disparity, read_image, save_image, write_text_atomic
 from metrics.image import LEARNED_METRICS, load_learned_metrics
-from metrics.report import Pair, evaluate_pairs, write_reports
+from models.lora import WeightLoadingError
+from metrics.report import Pair, dataset_records, evaluate_pairs, write_reports
 from scripts import make_benchmark
 
 METHODS = ("identity", "gaussian", "classical", "bokehdiff")
@@ -64,23 +64,6 @@ def build_renderer(method: str, args: argparse.Namespace, data: Path):
     return inference_hf.RENDERERS[method](cli, device), device
 
 
-def ground_truths(ebb: Path) -> list[dict]:
-    """One record per ground truth: input, disparity and GT paths, K and focus (from ``meta.json``)."""
-    meta_path = ebb / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"'{meta_path}' not found: build the benchmark with `python -m scripts.make_benchmark`")
-    meta = json.loads(meta_path.read_text())
-    records = []
-    for scene, entries in sorted((k, v) for k, v in meta.items() if not k.startswith("_")):
-        for entry in entries:
-            records.append({
-                "name": Path(entry["gt"]).stem, "input": ebb / "input" / f"{scene}.png",
-                "disparity": ebb / "depth" / f"{scene}_pred.npy", "gt": ebb / entry["gt"],
-                "K": float(entry["K"]), "disp_focus": float(entry["disp_focus"]),
-            })
-    return records
-
-
 def render_method(render, device, records: list[dict], out_dir: Path, desc: str) -> float:
     """Render every record to ``out_dir/<name>.png``; returns the seconds spent rendering."""
     seconds = 0.0
@@ -96,7 +79,8 @@ def render_method(render, device, records: list[dict], out_dir: Path, desc: str)
     return seconds
 
 
-def summary_table(results: dict, unavailable_methods: dict, unavailable_metrics: dict, n_images: int) -> str:
+def summary_table(results: dict, unavailable_methods: dict, unavailable_metrics: dict, n_images: int,
+                  band_width: int = 8) -> str:
     def cell(value, name):
         if value is None or math.isnan(value):
             return "n/a"
@@ -108,7 +92,7 @@ def summary_table(results: dict, unavailable_methods: dict, unavailable_metrics:
         "## Evaluation",
         "",
         f"Seeded layered benchmark (`python -m scripts.make_benchmark`): {n_images} ground truths ray-traced with "
-        "`kernels.render_layers`; band = pixels within 8 px of a depth discontinuity. Produced by "
+        f"`kernels.render_layers`; band = pixels within {band_width} px of a depth discontinuity. Produced by "
         "`python -m scripts.run_benchmark --write_benchmarks`.",
         "",
         f"| method | {header} | s / image |",
@@ -152,13 +136,13 @@ def main(argv=None) -> int:
     if not (args.data / "ebb" / "meta.json").is_file():
         print(f"building the benchmark in {args.data} (scripts.make_benchmark defaults)")
         make_benchmark.main(["--out", str(args.data)])
-    records = ground_truths(args.data / "ebb")
+    records = dataset_records(args.data / "ebb")
 
     renderers, unavailable_methods = {}, {}
     for method in args.methods:
         try:
             renderers[method] = build_renderer(method, args, args.data / "ebb")
-        except Exception as error:  # noqa: BLE001 - e.g. weights unavailable offline: report, run the others
+        except (OSError, WeightLoadingError) as error:  # weights unavailable or unusable: report, run the others
             unavailable_methods[method] = str(error).split(". ")[0][:160]  # first sentence; full text below
             print(f"warning: {method} unavailable: {error}", file=sys.stderr)
 
@@ -176,11 +160,9 @@ def main(argv=None) -> int:
         failed |= bool(evaluation.failures)
         results[method] = (evaluation.means(), seconds)
 
-    table = summary_table(results, unavailable_methods, unavailable_metrics, len(records))
+    table = summary_table(results, unavailable_methods, unavailable_metrics, len(records), args.band_width)
     sheet = motorcycle_sheet(renderers, args.data / "motorcycle", args.out / "motorcycle_sheet.png")
-    table_path = args.out / "summary.md"
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    table_path.write_text(table)
+    table_path = write_text_atomic(args.out / "summary.md", table)
     print(table)
     if args.write_benchmarks is not None:
         print(f"updated {replace_section(table, args.write_benchmarks)}")

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_a_bad_pair_is_skipped_and_reported(tmp_path):
     assert "20x20" in evaluation.failures["scene1"]
 
 
-def test_cli_end_to_end(tmp_path):
+def test_cli_end_to_end(tmp_path, capsys):
     import evaluate
 
     pred_dir, gt_dir, disp_dir = _write_pairs(tmp_path, n=2)
@@ -128,5 +129,45 @@ def test_cli_end_to_end(tmp_path):
     ])
     assert code == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mean"]["psnr"] > 20
-    with pytest.raises(FileNotFoundError, match="--pred_dir"):
-        evaluate.main(["--pred_dir", str(tmp_path / "nope"), "--gt_dir", str(gt_dir), "--output_dir", str(tmp_path)])
+    assert evaluate.main(["--pred_dir", str(tmp_path / "nope"), "--gt_dir", str(gt_dir),
+                          "--output_dir", str(tmp_path)]) == 2
+    assert "--pred_dir" in capsys.readouterr().err
+
+
+def test_dataset_layout_pairs_ground_truth_with_inference_and_gt_named_predictions(tmp_path, capsys):
+    """--dataset: each GT of meta.json finds its prediction (named like the GT, or as inference_hf.py names
+    a render of that scene, K and focus) and its scene's disparity, so band metrics are defined."""
+    import shutil
+
+    import evaluate
+    from data.inference_io import output_name
+    from metrics.report import dataset_records, find_dataset_pairs
+
+    ebb = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
+    records = dataset_records(ebb)
+    assert len(records) == 6 and all(r["disparity"].is_file() and r["gt"].is_file() for r in records)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for i, record in enumerate(records[:4]):  # two named like the GT, two as inference_hf.py names renders
+        name = f"{record['name']}.png" if i % 2 else output_name(record["scene"], record["K"], record["disp_focus"])
+        shutil.copy(record["gt"], pred_dir / name)
+    pairs, problems = find_dataset_pairs(ebb, pred_dir)
+    assert [p.name for p in pairs] == [r["name"] for r in records[:4]]
+    assert len(problems) == 2 and all("no prediction" in p for p in problems)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--pred_dir", str(pred_dir), "--dataset", str(ebb), "--output_dir", str(out),
+                          "--learned", "--device", "cpu"]) == 0
+    rows = json.loads((out / "metrics.json").read_text())["per_image"]
+    assert len(rows) == 4 and all(math.isinf(r["psnr"]) and not math.isnan(r["psnr_band"]) for r in rows)
+    assert evaluate.main(["--pred_dir", str(pred_dir), "--dataset", str(tmp_path), "--output_dir", str(out)]) == 2
+    assert "meta.json" in capsys.readouterr().err
+
+
+def test_an_image_too_small_for_ssim_fails_alone(tmp_path):
+    pred_dir, gt_dir, _ = _write_pairs(tmp_path, n=2)
+    for folder in (pred_dir, gt_dir):
+        save_image(folder / "tiny.png", _image(3, 4, 4)[0])  # kornia's 11-px SSIM window raises on 4 x 4
+    pairs, _ = find_pairs(pred_dir, gt_dir)
+    evaluation = evaluate_pairs(pairs)
+    assert sorted(row["name"] for row in evaluation.rows) == ["scene0", "scene1"]
+    assert "tiny" in evaluation.failures

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from metrics.report import dataset_records
 from scripts import make_benchmark, run_benchmark
 
 
@@ -17,7 +18,7 @@ def benchmark_data(tmp_path_factory):
 
 def test_make_benchmark_is_seeded_and_complete(benchmark_data, tmp_path):
     meta = json.loads((benchmark_data / "ebb" / "meta.json").read_text())
-    records = run_benchmark.ground_truths(benchmark_data / "ebb")
+    records = dataset_records(benchmark_data / "ebb")
     assert len(records) == 4  # 2 scenes x 2 focus planes x 1 strength
     assert all(r["gt"].is_file() and r["input"].is_file() and r["disparity"].is_file() for r in records)
     assert (benchmark_data / "motorcycle" / "depth" / "motorcycle_pred.npy").is_file()
