@@ -65,17 +65,21 @@ def build_renderer(method: str, args: argparse.Namespace, data: Path):
 
 
 def render_method(render, device, records: list[dict], out_dir: Path, desc: str) -> float:
-    """Render every record to ``out_dir/<name>.png``; returns the seconds spent rendering."""
+    """Render every record to ``out_dir/<name>.png``; returns the seconds spent rendering. A record that
+    fails (unreadable input, out of memory) is reported and skipped; scoring then lists it as failed."""
     seconds = 0.0
     for record in tqdm(records, desc=desc, unit="image"):
-        image = torch.from_numpy(read_image(record["input"]))[None].to(device)
-        # The benchmark's disparity is absolute (meta.json: _disparity_absolute): never renormalise it.
-        disparity = torch.from_numpy(read_disparity(record["disparity"], normalise="never"))[None].to(device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = render(image, disparity, record["K"], record["disp_focus"])
-        seconds += time.perf_counter() - start
-        save_image(out_dir / f"{record['name']}.png", out[0].float().cpu())
+        try:
+            image = torch.from_numpy(read_image(record["input"]))[None].to(device)
+            # The benchmark's disparity is absolute (meta.json: _disparity_absolute): never renormalise it.
+            disparity = torch.from_numpy(read_disparity(record["disparity"], normalise="never"))[None].to(device)
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = render(image, disparity, record["K"], record["disp_focus"])
+            seconds += time.perf_counter() - start
+            save_image(out_dir / f"{record['name']}.png", out[0].float().cpu())
+        except (OSError, ValueError, RuntimeError) as error:
+            tqdm.write(f"error: {desc}: {record['name']}: {type(error).__name__}: {error}", file=sys.stderr)
     return seconds
 
 
