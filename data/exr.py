@@ -7,6 +7,7 @@ The BLB test set (BokehMe) stores its linear HDR images and depth this way.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -52,8 +53,6 @@ def _exr_channels(raw: bytes) -> list[tuple[str, int]]:
 
 def _unzip_exr(block: bytes, expected: int) -> bytes:
     """EXR ZIP(S): zlib, then undo the byte predictor (running sum - 128) and the even/odd byte split."""
-    import zlib
-
     t = np.frombuffer(zlib.decompress(block), np.uint8).astype(np.int64)
     t = (np.cumsum(t - 128) + 128) % 256  # t[i] = t[i-1] + t[i] - 128 (mod 256)
     t = t.astype(np.uint8)
@@ -81,25 +80,42 @@ def read_exr(path: str | Path) -> dict[str, np.ndarray]:
             f"'{path}' uses EXR compression {compression} (only NONE, ZIPS and ZIP are read without OpenEXR); "
             "install OpenCV with OpenEXR or re-save the file with ZIP compression"
         )
+    unknown = sorted({t for _, t in channels if t not in _EXR_DTYPES})
+    if unknown:
+        raise ValueError(
+            f"'{path}' has EXR pixel type(s) {unknown}; only 0 (UINT), 1 (HALF) and 2 (FLOAT) exist. "
+            "The file is corrupt or not a standard OpenEXR file; re-export it"
+        )
     width, height = x1 - x0 + 1, y1 - y0 + 1
     lines = _EXR_LINES_PER_CHUNK[compression]
     n_chunks = -(-height // lines)
-    offsets = np.frombuffer(data[pos : pos + 8 * n_chunks], "<u8")
     planes = {name: np.zeros((height, width), np.float32) for name, _ in channels}
-    for offset in offsets.tolist():
-        y, size = np.frombuffer(data[offset : offset + 8], "<i4").tolist()
-        block = data[offset + 8 : offset + 8 + size]
-        n_lines = min(lines, y1 - y + 1)
-        expected = n_lines * width * sum(_EXR_DTYPES[t].itemsize for _, t in channels)
-        if compression != 0 and size < expected:
-            block = _unzip_exr(block, expected)
-        cursor = 0
-        for line in range(n_lines):
-            for name, pixel_type in channels:
-                dtype = _EXR_DTYPES[pixel_type]
-                row = np.frombuffer(block[cursor : cursor + width * dtype.itemsize], dtype)
-                planes[name][y - y0 + line] = row.astype(np.float32)
-                cursor += width * dtype.itemsize
+    # A truncated file, a bad offset or a corrupt ZIP block surfaces as zlib.error, IndexError, KeyError or a
+    # numpy ValueError without the file's name; callers catch ValueError, so report them all as one.
+    try:
+        offsets = np.frombuffer(data[pos : pos + 8 * n_chunks], "<u8")
+        if offsets.size != n_chunks:
+            raise ValueError(f"offset table holds {offsets.size} of {n_chunks} entries (file truncated)")
+        for offset in offsets.tolist():
+            y, size = np.frombuffer(data[offset : offset + 8], "<i4").tolist()
+            if not y0 <= y <= y1 or size < 0:
+                raise ValueError(f"chunk at byte {offset} claims line {y} and {size} bytes (data window {y0}..{y1})")
+            block = data[offset + 8 : offset + 8 + size]
+            n_lines = min(lines, y1 - y + 1)
+            expected = n_lines * width * sum(_EXR_DTYPES[t].itemsize for _, t in channels)
+            if compression != 0 and size < expected:
+                block = _unzip_exr(block, expected)
+            cursor = 0
+            for line in range(n_lines):
+                for name, pixel_type in channels:
+                    dtype = _EXR_DTYPES[pixel_type]
+                    row = np.frombuffer(block[cursor : cursor + width * dtype.itemsize], dtype)
+                    planes[name][y - y0 + line] = row.astype(np.float32)
+                    cursor += width * dtype.itemsize
+    except (zlib.error, KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"'{path}': corrupt EXR pixel data ({type(error).__name__}: {error}); re-export or re-download the file"
+        ) from error
     return planes
 
 

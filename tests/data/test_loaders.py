@@ -205,6 +205,50 @@ def test_exr_reader_round_trip_and_zip(tmp_path):
     assert _unzip_exr(zlib.compress(predicted.tobytes()), raw.size) == raw.tobytes()
 
 
+def _zips_exr(path: Path, values: np.ndarray, *, corrupt_line: int | None = None, pixel_type: int = 2) -> Path:
+    """One FLOAT channel ``R`` as a ZIPS (one line per zlib block) EXR, built from ``write_exr``'s header by the
+    published recipe; ``corrupt_line`` gets a block that is not zlib data, ``pixel_type`` is written as given."""
+    import zlib
+
+    write_exr(path, {"R": values})
+    data = path.read_bytes()
+    marker = b"compression\0compression\0" + np.int32(1).tobytes()
+    at = data.index(marker) + len(marker)
+    data = data[:at] + bytes([2]) + data[at + 1 :]  # NONE -> ZIPS
+    chlist = b"R\0" + np.int32(2).tobytes()
+    data = data.replace(chlist, b"R\0" + np.int32(pixel_type).tobytes(), 1)
+    height = values.shape[0]
+    header_end = len(data) - 8 * height - sum(8 + v.nbytes for v in values)
+    blocks = []
+    for y, row in enumerate(values.astype("<f4")):
+        raw = np.frombuffer(row.tobytes(), np.uint8)
+        split = np.concatenate([raw[0::2], raw[1::2]]).astype(np.int64)
+        predicted = np.concatenate([split[:1], (np.diff(split) + 128) % 256]).astype(np.uint8)
+        block = zlib.compress(predicted.tobytes(), 9)
+        blocks.append(b"\xde\xad" * (len(block) // 2) if y == corrupt_line else block)
+    offsets, position = [], header_end + 8 * height
+    for block in blocks:
+        offsets.append(position)
+        position += 8 + len(block)
+    body = b"".join(np.array([y, len(b)], "<i4").tobytes() + b for y, b in enumerate(blocks))
+    path.write_bytes(data[:header_end] + np.array(offsets, "<u8").tobytes() + body)
+    return path
+
+
+def test_exr_reader_reads_zips_and_names_the_file_for_corrupt_data(tmp_path):
+    """A ZIPS file decodes; a corrupt zlib block or an unknown pixel type raise ValueError naming the file
+    (not zlib.error / KeyError, which callers catching (ValueError, OSError) would not expect)."""
+    values = np.zeros((4, 32), np.float32)  # constant rows compress below their raw size, so they are unzipped
+    values[2] = 1.5
+    np.testing.assert_array_equal(read_exr(_zips_exr(tmp_path / "ok.exr", values))["R"], values)
+    corrupt = _zips_exr(tmp_path / "corrupt.exr", values, corrupt_line=1)
+    with pytest.raises(ValueError, match=r"corrupt\.exr.*corrupt EXR pixel data"):
+        read_exr(corrupt)
+    bad_type = _zips_exr(tmp_path / "bad_type.exr", values, pixel_type=7)
+    with pytest.raises(ValueError, match=r"bad_type\.exr.*pixel type\(s\) \[7\]"):
+        read_exr(bad_type)
+
+
 def test_blb_layout_exr_with_exact_coc(tmp_path):
     import data.io  # noqa: F401  (enables OpenEXR in OpenCV)
 
