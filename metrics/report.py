@@ -174,11 +174,11 @@ def evaluate_pairs(
     unavailable: dict[str, str] | None = None,
     band_width_px: int = 8,
     band_threshold: float = 0.05,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     progress=None,
 ) -> Evaluation:
     """Score every pair; a pair that cannot be read or whose sizes differ is recorded in ``failures`` and
-    skipped, never aborting the run."""
+    skipped, never aborting the run. Images are moved to ``device`` (None: they stay where they are read)."""
     result = Evaluation(unavailable=dict(unavailable or {}))
     iterator = progress(pairs) if progress is not None else pairs
     for pair in iterator:
