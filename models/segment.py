@@ -81,12 +81,14 @@ class BiRefNetSegmenter(Segmenter):
 def load_birefnet(
     source: str = DEFAULT_MASK_MODEL,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     resolution: int = BIREFNET_RESOLUTION,
 ) -> BiRefNetSegmenter:
     """Load BiRefNet from a hub id or a local folder (``config.json`` with ``auto_map``, its ``*.py`` files and
     the weights) via ``AutoModelForImageSegmentation.from_pretrained(..., trust_remote_code=True)``.
+
+    ``device``: where the model runs (the caller decides); ``None`` leaves it where ``from_pretrained`` put it.
 
     Raises :class:`models.depth.WeightsUnavailableError` when the weights (or a package their code imports)
     are unavailable.

@@ -7,6 +7,7 @@ transformers' auto classes and saved to a folder, so ``load_birefnet(folder)`` r
 ``AutoModelForImageSegmentation.from_pretrained`` path as a local copy of BiRefNet.
 """
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,14 @@ def test_interface_rejects_bad_shapes_and_ranges():
         OutOfRange()(image)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         WrongShape()(image[0])
+
+
+def test_loader_takes_the_device_from_the_caller(tmp_path):
+    """No device literal in the package: without ``device`` the module stays where ``from_pretrained`` put it."""
+    assert inspect.signature(load_birefnet).parameters["device"].default is None
+    folder = save_tiny_segmenter(tmp_path / "tiny")
+    assert next(load_birefnet(str(folder)).module.parameters()).device == torch.device("cpu")
+    assert next(load_birefnet(str(folder), device="meta").module.parameters()).device.type == "meta"
 
 
 def test_unavailable_mask_weights_raise_one_clear_error(tmp_path):
