@@ -109,7 +109,10 @@ class DepthEstimator:
         return next(self.model.parameters()).dtype
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's raw output for sRGB images ``(B, 3, H, W)`` in [0, 1], resized back (bilinear) to
+        ``(B, H, W)`` float32 on the model's device: relative inverse depth, or metric depth in metres
+        (``self.estimation_type``). :meth:`disparities` / ``__call__`` convert it to the disparity convention."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) sRGB in [0, 1], got shape {tuple(images.shape)}")
         height, width = images.shape[-2:]
@@ -121,14 +124,29 @@ class DepthEstimator:
         std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(self.dtype)
         prediction = self.model(pixel_values=x).predicted_depth  # (B, h, w), see module docstring
-        prediction = F.interpolate(
-            prediction.float()[:, None], size=(height, width), mode="bilinear", align_corners=False
-        )[:, 0]
-        disparity = [
-            prediction_to_disparity(p, estimation_type=self.estimation_type, source="depth prediction")
-            for p in prediction.cpu().numpy()
-        ]
-        return torch.from_numpy(np.stack(disparity)).to(images.device)
+        return F.interpolate(prediction.float()[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+
+    def disparities(self, images: torch.Tensor) -> list[np.ndarray | ValueError]:
+        """Per image of the batch: disparity ``(1, H, W)`` float32 in [0, 1] (1 = nearest), or the
+        ``ValueError`` that made its prediction unusable (e.g. no finite value), so one bad image does not
+        take its batch with it. Errors of the forward pass itself (shape, out of memory) still raise."""
+        results: list[np.ndarray | ValueError] = []
+        for index, p in enumerate(self.predict(images).cpu().numpy()):
+            try:
+                results.append(prediction_to_disparity(p, estimation_type=self.estimation_type,
+                                                       source=f"depth prediction for image {index} of the batch"))
+            except ValueError as error:
+                results.append(error)
+        return results
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Disparity ``(B, 1, H, W)`` float32 on the images' device; raises the first per-image ``ValueError``
+        (use :meth:`disparities` to keep the good images of a batch)."""
+        results = self.disparities(images)
+        for result in results:
+            if isinstance(result, ValueError):
+                raise result
+        return torch.from_numpy(np.stack(results)).to(images.device)
 
 
 def resolve_source(source: str, *, what: str) -> str:
@@ -145,12 +163,15 @@ def resolve_source(source: str, *, what: str) -> str:
 def load_depth_estimator(
     source: str = DEFAULT_DEPTH_MODEL,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     input_size: int = DEPTH_ANYTHING_INPUT_SIZE,
 ) -> DepthEstimator:
     """Load Depth Anything from a hub id (e.g. ``depth-anything/Depth-Anything-V2-Small-hf``) or a local
     folder holding ``config.json`` + weights (what ``save_pretrained`` or ``huggingface-cli download`` writes).
+
+    ``device``: where the model runs (the caller decides, e.g. ``prepare_data.py --device``); ``None`` leaves it
+    where ``from_pretrained`` put it. ``__call__`` follows the model's device whatever it is.
 
     Raises :class:`WeightsUnavailableError` when the weights cannot be loaded (no network and not cached,
     wrong id, missing folder); its message says where they were looked for.
@@ -163,4 +184,4 @@ def load_depth_estimator(
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         raise WeightsUnavailableError(f"cannot load depth model '{source}': {first_line}") from error
-    return DepthEstimator(model.to(device), input_size=input_size)
+    return DepthEstimator(model if device is None else model.to(device), input_size=input_size)

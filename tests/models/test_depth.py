@@ -1,5 +1,6 @@
 """Depth Anything -> disparity (1 = nearest): orientation on a synthetic scene, the wrapper, loading offline."""
 
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +45,13 @@ def build_tiny_depth_anything(seed: int = 0) -> torch.nn.Module:
     )
     model = AutoModelForDepthEstimation.from_config(config)
     with torch.no_grad():
-        # Random init leaves the final ReLU almost always at 0 (a constant map); lift it so outputs vary.
+        # transformers' init (normal, std 0.02) shrinks the activations layer by layer until the prediction is
+        # constant up to float rounding, which per-image min-max normalisation would then blow up into noise
+        # (and batch-dependent rounding into "different" maps). PyTorch's fan-in init keeps them varying.
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                module.reset_parameters()
+        # The relative head ends in a ReLU that is almost always 0 at random init; lift it so outputs vary.
         model.head.conv3.bias.fill_(1.0)
     return model.eval()
 
@@ -119,6 +126,25 @@ def test_estimator_keeps_orientation_and_returns_the_image_size():
     assert seen.min() < -1.5 and seen.max() > 1.5
 
 
+def test_one_unusable_prediction_fails_only_its_image():
+    class NaNForSecond(SceneStub):
+        def forward(self, pixel_values):
+            output = super().forward(pixel_values)
+            output.predicted_depth[1] = float("nan")  # no finite value: nothing to fill from
+            return output
+
+    estimator = DepthEstimator(NaNForSecond(), input_size=56)
+    images = torch.rand(3, 3, 48, 64)
+    results = estimator.disparities(images)
+    assert isinstance(results[1], ValueError) and "image 1 of the batch" in str(results[1])
+    reference = DepthEstimator(SceneStub(), input_size=56)(images)
+    for index in (0, 2):  # its neighbours in the batch are converted as if it were not there
+        assert results[index].shape == (1, 48, 64) and results[index].dtype == np.float32
+        np.testing.assert_array_equal(results[index], reference[index].numpy())
+    with pytest.raises(ValueError, match="image 1 of the batch"):
+        estimator(images)  # the batch API still refuses to return a partial batch
+
+
 def test_network_size_keeps_aspect_and_patch_multiples():
     assert network_size(1080, 1920, shorter_side=518, multiple=14) == (518, 924)
     assert network_size(10, 1000, shorter_side=14, multiple=14) == (14, 1400)
@@ -139,6 +165,8 @@ def test_tiny_depth_anything_from_a_local_folder(tmp_path):
     folder = save_tiny_depth_anything(tmp_path / "tiny-depth-anything")
     estimator = load_depth_estimator(str(folder), input_size=28)
     images = torch.rand(2, 3, 30, 45)
+    raw = estimator.predict(images)
+    assert (raw.amax(dim=(1, 2)) - raw.amin(dim=(1, 2)) > 1e-3).all()  # a real map, not rounding noise
     disparity = estimator(images)
     assert disparity.shape == (2, 1, 30, 45) and disparity.dtype == torch.float32
     assert torch.isfinite(disparity).all()
@@ -147,6 +175,15 @@ def test_tiny_depth_anything_from_a_local_folder(tmp_path):
     # Same weights as the in-memory model: loading went through the folder, not a fresh init.
     reference = DepthEstimator(build_tiny_depth_anything(), input_size=28)(images)
     torch.testing.assert_close(disparity, reference)
+
+
+def test_loader_takes_the_device_from_the_caller(tmp_path):
+    """No device literal in the package: without ``device`` the model stays where ``from_pretrained`` put it,
+    with one it goes there (``prepare_data.py --device`` passes it)."""
+    assert inspect.signature(load_depth_estimator).parameters["device"].default is None
+    folder = save_tiny_depth_anything(tmp_path / "tiny-depth-anything")
+    assert load_depth_estimator(str(folder), input_size=28).device == torch.device("cpu")
+    assert load_depth_estimator(str(folder), device="meta", input_size=28).device.type == "meta"
 
 
 def test_unavailable_depth_weights_raise_one_clear_error(tmp_path):
