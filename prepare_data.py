@@ -178,6 +178,14 @@ def save_disparity(path: Path, disparity: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) via a temporary file + rename, like the images and ``.npy`` files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def copy_file(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -188,21 +196,38 @@ def copy_file(source: Path, target: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Work
 # ----------------------------------------------------------------------------------------------------------
-def run_by_size(model, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Apply ``model`` ((B, 3, H, W) -> (B, 1, H, W)) to images of possibly different sizes, batching equal sizes."""
-    outputs: list[np.ndarray | None] = [None] * len(images)
+def run_by_size(model_each, images: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    """Apply ``model_each`` to images of possibly different sizes, batching equal sizes.
+
+    ``model_each`` maps ``(B, 3, H, W)`` to a list of ``B`` results, each ``(1, H, W)`` or the exception that
+    spoilt that image alone. Returns one entry per image: its ``(H, W)`` map or an exception; when the forward
+    pass itself raises (``RuntimeError``/``ValueError``, e.g. out of memory), every image of that size group
+    gets the error and the other groups go on."""
+    outputs: list[np.ndarray | Exception | None] = [None] * len(images)
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         groups.setdefault(image.shape, []).append(index)
     for indices in groups.values():
-        result = model(torch.from_numpy(np.stack([images[i] for i in indices])))
-        for i, value in zip(indices, result.float().cpu().numpy()):
-            outputs[i] = value[0]
+        try:
+            results = model_each(torch.from_numpy(np.stack([images[i] for i in indices])))
+        except (RuntimeError, ValueError) as error:
+            results = [RuntimeError(f"failed on its batch of {len(indices)}: {error}")] * len(indices)
+        for i, value in zip(indices, results):
+            outputs[i] = value if isinstance(value, Exception) else np.asarray(value, dtype=np.float32)[0]
     return outputs
 
 
+def masks_each(segmenter):
+    """A :class:`models.segment.Segmenter` as a ``model_each`` for :func:`run_by_size` (it checks its whole
+    batch, so a bad mask fails the batch's forward)."""
+    return lambda images: list(segmenter(images).float().cpu().numpy())
+
+
 def process_batch(items: list[Item], layout: Layout, depth_model, segmenter, overwrite: bool) -> list[tuple[Path, str]]:
-    """Read, predict and write the outputs one batch of images still needs; returns ``(file, error)`` failures."""
+    """Read, predict and write the outputs one batch of images still needs; returns ``(file, error)`` failures.
+
+    Failures are per image: an unreadable file, or a prediction that is unusable for that image alone, fails
+    that image (none of its outputs is written) while the rest of the batch is written."""
     failures, loaded, images = [], [], []
     for item in items:
         try:
@@ -212,18 +237,22 @@ def process_batch(items: list[Item], layout: Layout, depth_model, segmenter, ove
             failures.append((item.source, str(error)))
     need_depth = [overwrite or not layout.depth_path(item).exists() for item in loaded]
     need_mask = [segmenter is not None and (overwrite or not layout.mask_path(item).exists()) for item in loaded]
-    try:
-        disparities = run_by_size(depth_model, [im for im, need in zip(images, need_depth) if need])
-        masks = run_by_size(segmenter, [im for im, need in zip(images, need_mask) if need]) if any(need_mask) else []
-    except (RuntimeError, ValueError) as error:  # e.g. out of memory: this batch fails, the run goes on
-        return failures + [(item.source, f"model failed on this batch: {error}") for item in loaded]
-    disparities, masks = iter(disparities), iter(masks)
+    disparities = iter(run_by_size(depth_model.disparities, [im for im, need in zip(images, need_depth) if need]))
+    masks = iter(run_by_size(masks_each(segmenter), [im for im, need in zip(images, need_mask) if need])
+                 if any(need_mask) else [])
     for item, depth_needed, mask_needed in zip(loaded, need_depth, need_mask):
+        disparity = next(disparities) if depth_needed else None
+        mask = next(masks) if mask_needed else None
+        errors = [f"{what} model: {result}" for what, result in (("depth", disparity), ("mask", mask))
+                  if isinstance(result, Exception)]
+        if errors:
+            failures.append((item.source, "; ".join(errors)))
+            continue
         try:
             if depth_needed:
-                save_disparity(layout.depth_path(item), next(disparities))
+                save_disparity(layout.depth_path(item), disparity)
             if mask_needed:
-                save_image(layout.mask_path(item), next(masks), bits=8)
+                save_image(layout.mask_path(item), mask, bits=8)
             if layout.copy_inputs and (overwrite or not layout.input_path(item).exists()):
                 copy_file(item.source, layout.input_path(item))
         except (ValueError, OSError) as error:
@@ -283,7 +312,7 @@ def main(argv=None) -> int:
     layout.root.mkdir(parents=True, exist_ok=True)
     resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     resolved.update(device=str(device), output_root=str(layout.root), copy_inputs=layout.copy_inputs)
-    (layout.root / "prepare_data.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    write_text_atomic(layout.root / "prepare_data.json", json.dumps(resolved, indent=2) + "\n")
 
     failures = [(Path(clash), "two images share this name (outputs would collide); rename one") for clash in clashes]
     with tqdm(total=len(todo), unit="img", desc="prepare_data") as progress:

@@ -3,10 +3,12 @@
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from skimage import data as skdata
 
 import prepare_data
@@ -62,13 +64,92 @@ def test_folder_run_writes_the_ebb_layout(weights, photos, tmp_path):
     assert not list(out.rglob(".*.tmp"))  # no temporary file left behind
 
 
-def test_batch_size_does_not_change_results(weights, photos, tmp_path):
-    assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "b1", "--batch_size", 1, "--no_mask") == 0
-    assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "b4", "--batch_size", 4, "--no_mask") == 0
-    for name in ("astronaut", "cats/chelsea"):
+@pytest.fixture
+def same_size_photos(tmp_path):
+    """Two different photos of one size (100 x 150), so a batch of 2 really holds both, and one of another size."""
+    folder = tmp_path / "same_size"
+    save_image(folder / "coffee.png", skdata.coffee()[::4, ::4].transpose(2, 0, 1) / 255.0)
+    save_image(folder / "chelsea.png", skdata.chelsea()[:, :450][::3, ::3].transpose(2, 0, 1) / 255.0)
+    save_image(folder / "astronaut.png", skdata.astronaut()[::4, ::4].transpose(2, 0, 1) / 255.0)  # 128 x 128
+    return folder
+
+
+class Watched(torch.nn.Module):
+    """Wraps the depth network: ``hook(pixel_values, predicted_depth)`` sees (and may edit) every forward."""
+
+    def __init__(self, network, hook):
+        super().__init__()
+        self.network, self.config, self.hook = network, network.config, hook
+
+    def forward(self, pixel_values):
+        output = self.network(pixel_values=pixel_values)
+        self.hook(pixel_values, output.predicted_depth)
+        return output
+
+
+def watch_depth_network(monkeypatch, hook):
+    """Make the script's depth loader wrap the network it loads in :class:`Watched`."""
+    load = prepare_data.load_depth_estimator
+
+    def loader(*args, **kwargs):
+        estimator = load(*args, **kwargs)
+        estimator.model = Watched(estimator.model, hook)
+        return estimator
+
+    monkeypatch.setattr(prepare_data, "load_depth_estimator", loader)
+
+
+def test_batch_size_does_not_change_results(weights, same_size_photos, tmp_path, monkeypatch):
+    sizes = []
+    watch_depth_network(monkeypatch, lambda pixel_values, _: sizes.append(pixel_values.shape[0]))
+    assert run(weights, "--input_dir", same_size_photos, "--output_dir", tmp_path / "b1", "--batch_size", 1, "--no_mask") == 0
+    assert sizes == [1, 1, 1]
+    sizes.clear()
+    assert run(weights, "--input_dir", same_size_photos, "--output_dir", tmp_path / "b4", "--batch_size", 4, "--no_mask") == 0
+    assert sorted(sizes) == [1, 2]  # the two 100 x 150 photos went through the network together
+    for name in ("coffee", "chelsea", "astronaut"):
         a, b = (np.load(tmp_path / d / "depth" / f"{name}_pred.npy") for d in ("b1", "b4"))
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert not (tmp_path / "b1" / "mask").exists()
+
+
+def test_one_bad_prediction_fails_only_its_image(weights, same_size_photos, tmp_path, monkeypatch, capsys):
+    """A prediction with no finite value (here: for the all-black photo) fails that photo alone; the other
+    photos of its batch are written, and the run exits 1."""
+    save_image(same_size_photos / "black.png", np.zeros((3, 100, 150)))
+
+    black_batches = []
+
+    def nan_for_black(pixel_values, predicted_depth):
+        black = pixel_values.amax(dim=(1, 2, 3)) < -1.5  # ImageNet-normalised black: max (0 - 0.406) / 0.225
+        if black.any():
+            black_batches.append(len(black))
+            predicted_depth[black] = float("nan")
+
+    watch_depth_network(monkeypatch, nan_for_black)
+    out = tmp_path / "prepared"
+    assert run(weights, "--input_dir", same_size_photos, "--output_dir", out, "--batch_size", 4) == 1
+    assert black_batches == [3]  # black, chelsea and coffee (all 100 x 150) went through the network together
+    check_outputs(out, "coffee", (100, 150))  # batched with the black photo, still written
+    check_outputs(out, "chelsea", (100, 150))
+    check_outputs(out, "astronaut", (128, 128))
+    assert not (out / "depth" / "black_pred.npy").exists() and not (out / "mask" / "black.png").exists()
+    err = capsys.readouterr().err
+    assert "failed: " in err and "black.png: depth model:" in err and "no valid" in err
+    assert err.count("  failed: ") == 1
+
+
+def test_metadata_is_written_atomically(weights, photos, tmp_path, monkeypatch):
+    """prepare_data.json goes through a temporary file + os.replace, like every other output."""
+    replaced, real_replace = [], prepare_data.os.replace
+    monkeypatch.setattr(prepare_data.os, "replace", lambda src, dst: replaced.append(Path(dst)) or real_replace(src, dst))
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "prepare_data.json").write_text("{stale")
+    assert run(weights, "--input_dir", photos, "--output_dir", out, "--no_mask") == 0
+    assert out / "prepare_data.json" in replaced
+    assert json.loads((out / "prepare_data.json").read_text())["no_mask"] is True
+    assert not list(out.rglob(".*.tmp"))
 
 
 def test_corrupt_and_clashing_files_are_reported_skipped_and_fail_the_run(weights, photos, tmp_path, capsys):
