@@ -6,8 +6,18 @@ Conventions (both renderers use exactly these, so their outputs agree):
   angle ``rotation_deg`` measured from +x towards +y in image coordinates, x = column, y = row).
   A point with circle-of-confusion radius ``r`` px therefore blurs into a disc of radius ``r`` or a polygon
   whose vertices lie at distance ``r``.
+* Orientation follows the thin lens (``kernels/layers.py``): the ray through pixel ``p`` and aperture point
+  ``u`` meets the scene at ``x = p + coc * u``, so a point of signed CoC ``r`` lights the pixels
+  ``p = x - r * u``. Behind the focus plane (``r < 0``) the blur is the aperture itself scaled by ``|r|``; in
+  front of it (``r > 0``) it is the aperture point-reflected (rotated by 180 degrees), as in a real lens,
+  where the bokeh of an odd-bladed iris flips between the two sides of focus. The scatter renderer therefore
+  measures the edge height of an offset ``o = p - q`` from a source ``q`` with ``coc_q > 0`` at ``-o``
+  (``reflect_for_positive_coc``). Discs and even-bladed polygons are point symmetric, so for them the sign
+  makes no difference and no reflection is computed (their results are bit-identical either way).
 * Scatter splat membership has a 1 px linear soft edge: weight 1 inside, 0 outside, the 0.5 contour on the
-  shape's boundary (``membership``).
+  shape's boundary (``membership``). The per-source normaliser (sum of membership over all offsets) does not
+  depend on the sign: the set of offsets within reach is point symmetric, so reflecting every offset sums the
+  same terms.
 * Ray-tracer samples cover the aperture with equal area per sample (``aperture_samples``).
 """
 
@@ -43,6 +53,12 @@ def polygon_edge_height(dx: float, dy: float, blades: int, rotation_deg: float) 
     phi = math.atan2(dy, dx) - math.radians(rotation_deg) - sector / 2.0
     phi = (phi + sector / 2.0) % sector - sector / 2.0
     return dist * math.cos(phi)
+
+
+def reflect_for_positive_coc(blades: int) -> bool:
+    """Whether a source with positive CoC (in front of focus) splats a point-reflected aperture that differs
+    from the unreflected one: true for odd blade counts only (discs and even polygons are point symmetric)."""
+    return blades >= 3 and blades % 2 == 1
 
 
 def apothem_ratio(blades: int) -> float:

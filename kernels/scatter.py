@@ -5,9 +5,11 @@ its circle of confusion, results are normalised by the accumulated weight).
 Model (all in linear light, radii in pixels of the working resolution):
 
 * Source q with signed CoC ``coc_q`` splats over the aperture of radius ``r_q = |coc_q|`` with a 1 px soft
-  edge (``aperture.membership``). Its splat weights are divided by their own discrete sum ``N(r_q)``, so
-  every source distributes exactly one unit of weight (energy conservation: with a uniform CoC the
-  accumulated weight is 1 everywhere away from the border and the image sum is preserved).
+  edge (``aperture.membership``); for ``coc_q > 0`` (in front of focus) the aperture is point-reflected, the
+  orientation the thin-lens ray tracer produces (see ``kernels/aperture.py``; matters for odd blade
+  counts). Its splat weights are divided by their own discrete sum ``N(r_q)``, so every source distributes
+  exactly one unit of weight (energy conservation: with a uniform CoC the accumulated weight is 1 everywhere
+  away from the border and the image sum is preserved).
 * Output ``p = sum_q w_qp c_q / sum_q w_qp`` (BokehMe's normalisation; where weights do not sum to 1 because
   of depth changes it acts as a local hole-filling average instead of darkening).
 * Occlusion (the in-focus-foreground-over-blurred-background case): a source behind the target
@@ -40,19 +42,31 @@ from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
 _DEPTH_MARGIN_PX = 0.5  # CoC difference below which two sources count as the same surface (no occlusion)
 
 
-def _offsets(max_radius: float, blades: int, rotation_deg: float) -> list[tuple[int, int, float, float]]:
-    """All integer offsets (dy, dx) != 0 that a source of radius ``max_radius`` can reach, with their
-    Euclidean length and polygon edge height. Membership is 0 at distance >= r + 0.5."""
+def _offsets(max_radius: float, blades: int, rotation_deg: float) -> list[tuple[int, int, float, float, float]]:
+    """All integer offsets (dy, dx) != 0 that a source of radius ``max_radius`` can reach, as
+    ``(dy, dx, dist, height, height_reflected)``: Euclidean length, polygon edge height of the offset (used for
+    sources with coc <= 0) and of its point reflection (-dy, -dx) (used for sources with coc > 0; see
+    ``aperture.reflect_for_positive_coc``). For discs and even polygons ``height_reflected`` is ``height``
+    itself, so those renders are exactly what they were before the reflection existed. Membership is 0 at
+    distance >= r + 0.5; the set is point symmetric (the normaliser relies on it)."""
     reach = max_radius + 0.5
     n = int(math.ceil(reach))
+    reflect = aperture.reflect_for_positive_coc(blades)
     out = []
     for dy in range(-n, n + 1):
         for dx in range(-n, n + 1):
             dist = math.hypot(dx, dy)
             if (dx, dy) == (0, 0) or dist >= reach:
                 continue
-            out.append((dy, dx, dist, aperture.polygon_edge_height(dx, dy, blades, rotation_deg)))
+            height = aperture.polygon_edge_height(dx, dy, blades, rotation_deg)
+            height_r = aperture.polygon_edge_height(-dx, -dy, blades, rotation_deg) if reflect else height
+            out.append((dy, dx, dist, height, height_r))
     return out
+
+
+def _reflects(offsets) -> bool:
+    """Whether any offset's edge height differs under point reflection (odd polygons)."""
+    return any(o[4] != o[3] for o in offsets)
 
 
 def boost_highlights(image_linear: torch.Tensor, radius_px: torch.Tensor, threshold, gain: float) -> torch.Tensor:
@@ -73,9 +87,10 @@ def boost_highlights(image_linear: torch.Tensor, radius_px: torch.Tensor, thresh
 
 
 def _normaliser(radius: torch.Tensor, offsets, apothem: float) -> torch.Tensor:
-    """Discrete sum N(r) of each source's membership over all offsets (offset 0 included)."""
+    """Discrete sum N(r) of each source's membership over all offsets (offset 0 included). The same for both
+    signs of CoC: reflecting every offset of the point-symmetric set sums the same terms."""
     norm = aperture.membership(radius.clone(), 0.0, 0.0, apothem)
-    for _, _, dist, height in offsets:
+    for _, _, dist, height, _ in offsets:
         norm += aperture.membership(radius, dist, height, apothem)
     return norm
 
@@ -86,7 +101,8 @@ def _scatter_torch_reference(colour, coc, offsets, apothem):
     radius = coc.abs()
     inv_norm = _normaliser(radius, offsets, apothem).reciprocal_()
     self_w = aperture.membership(radius.clone(), 0.0, 0.0, apothem) * inv_norm
-    pad = max((max(abs(dy), abs(dx)) for dy, dx, _, _ in offsets), default=0)
+    pad = max((max(abs(dy), abs(dx)) for dy, dx, *_ in offsets), default=0)
+    reflect = _reflects(offsets)
     # Padding sources have radius 0, so they never reach a real pixel (membership 0 at distance >= 0.5).
     padded = torch.nn.functional.pad(torch.cat([colour * inv_norm, inv_norm, radius, coc], 1), (pad,) * 4)
     cn_pad, inv_pad, r_pad, coc_pad = padded[:, :3], padded[:, 3:4], padded[:, 4:5], padded[:, 5:6]
@@ -96,12 +112,16 @@ def _scatter_torch_reference(colour, coc, offsets, apothem):
     acc_w = torch.zeros_like(radius)
     s = torch.empty_like(radius)
     excess = torch.empty_like(radius)
-    for dy, dx, dist, height in offsets:
+    for dy, dx, dist, height, height_r in offsets:
         # Gather: target p receives from source q = p - (dy, dx).
         rows = slice(pad - dy, pad - dy + h)
         cols = slice(pad - dx, pad - dx + w)
         r_q = r_pad[:, :, rows, cols]
-        torch.sub(coc_p, coc_pad[:, :, rows, cols], out=s).clamp_(0.0, 1.0)
+        coc_q = coc_pad[:, :, rows, cols]
+        if reflect:  # sources in front of focus splat the point-reflected aperture
+            # (0-dim tensors of the working dtype: torch.where on two Python floats would give float32)
+            height = torch.where(coc_q > 0, coc_q.new_tensor(height_r), coc_q.new_tensor(height))
+        torch.sub(coc_p, coc_q, out=s).clamp_(0.0, 1.0)
         torch.sub(r_q, radius, out=excess).clamp_(min=0.0)
         rho = torch.addcmul(r_q, s, excess, value=-1.0)
         m = aperture.membership(rho, dist, height, apothem)
@@ -176,12 +196,13 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
     acc = torch.zeros(b, 4, h, w, dtype=colour.dtype, device=colour.device)
     if not offsets:
         return acc[:, :3], acc[:, 3:4], self_w
-    pad = max(max(abs(dy), abs(dx)) for dy, dx, _, _ in offsets)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx, *_ in offsets)
     reach = radius + 0.5  # membership = clamp(reach - dist, 0, 1) for the disc
     # Channels: colour * inv_norm (3), inv_norm, reach, coc. Padding sources have zero weight and reach 0.
     src = torch.nn.functional.pad(torch.cat([colour * inv_norm, inv_norm, reach, coc], 1), (pad,) * 4)
     coc_m = coc - _DEPTH_MARGIN_PX
     polygon = apothem != 1.0
+    reflect = polygon and _reflects(offsets)
 
     # Per padded source row: largest radius and smallest CoC; per target row: largest CoC - margin and
     # smallest radius (all batch items together).
@@ -189,15 +210,15 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
     row_cmin = src[:, 5].amin((0, 2)).tolist()
     tgt_cmax = coc_m.amax((0, 1, 3)).tolist()
     tgt_rmin = radius.amin((0, 1, 3)).tolist()
-    # Per dy: distance and polygon edge height of dx = pad, pad - 1, ..., -pad (the window order below);
-    # offsets out of reach get an infinite distance (membership 0).
+    # Per dy: distance, polygon edge height and reflected edge height of dx = pad, pad - 1, ..., -pad (the
+    # window order below); offsets out of reach get an infinite distance (membership 0).
     geometry = {}
-    for dy, dx, dist, height in offsets:
-        geometry[dy, dx] = (dist, height)
+    for dy, dx, dist, height, height_r in offsets:
+        geometry[dy, dx] = (dist, height, height_r)
     shape5 = (-1, 1, 1, 1, 1)
     dist_h = {}
     for dy in range(-pad, pad + 1):
-        dh = [geometry.get((dy, dx), (math.inf, math.inf)) for dx in range(pad, -pad - 1, -1)]
+        dh = [geometry.get((dy, dx), (math.inf, math.inf, math.inf)) for dx in range(pad, -pad - 1, -1)]
         dist_h[dy] = tuple(torch.tensor(v, dtype=colour.dtype).view(shape5).to(colour.device) for v in zip(*dh))
 
     k_max = 2 * pad + 1
@@ -231,8 +252,10 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
                     continue
                 x0 = pad - hi
                 s, t, m = s_buf[:k, :, :, :n], t_buf[:k, :, :, :n], m_buf[:k, :, :, :n]
-                dist, height = (v[pad - hi:pad - lo + 1] for v in dist_h[dy])
+                dist, height, height_r = (v[pad - hi:pad - lo + 1] for v in dist_h[dy])
                 reach_q = window(4, 5, ys, x0, k, n)
+                if reflect:  # sources in front of focus (coc > 0) splat the point-reflected aperture
+                    height = torch.where(window(5, 6, ys, x0, k, n) > 0, height_r, height)
                 if occluded:
                     # s = clamp(coc_p - margin - coc_q, 0, 1); rho + 0.5 = lerp(reach_q, min(reach_q, reach_p), s)
                     torch.sub(coc_p, window(5, 6, ys, x0, k, n), out=s).clamp_(0.0, 1.0)
@@ -295,7 +318,8 @@ def render_scatter(
         image_linear: (B, 3, H, W) linear-light colour, >= 0 (values above 1 are allowed, e.g. HDR).
         coc_px: (B, 1, H, W) signed circle-of-confusion radius in pixels, ``K * (disparity - disp_focus)``
             (positive = in front of the focus plane); |coc_px| is the blur radius.
-        blades: 0 for a disc aperture, >= 3 for a regular polygon with vertices at distance |coc|.
+        blades: 0 for a disc aperture, >= 3 for a regular polygon with vertices at distance |coc|; sources
+            with positive CoC splat it point-reflected, as the thin lens (``render_layers``) images them.
         rotation_deg: angle of one polygon vertex in degrees, from +x (column) towards +y (row).
         highlight_threshold, highlight_gain: highlight boost, see ``boost_highlights`` (linear light).
         impl: "auto" | "cuda" | "torch" (see ``kernels.cuda_available``).

@@ -21,6 +21,8 @@ __device__ __forceinline__ float edge_height(int dy, int dx, float dist, int bla
 }
 
 // Per-source normaliser: inv_norm = 1 / sum_o membership(|coc|, o); self_w = membership(|coc|, 0) * inv_norm.
+// Sign independent: the offsets within reach form a point-symmetric set, so the reflected aperture of a source
+// with coc > 0 sums the same terms.
 extern "C" __global__ void scatter_norm(const float* __restrict__ coc, float* __restrict__ inv_norm,
                                         float* __restrict__ self_w, int B, int H, int W, float max_radius,
                                         int blades, float rot, float apothem) {
@@ -73,7 +75,12 @@ extern "C" __global__ void scatter_gather(const float* __restrict__ colour, cons
             const float r_q = fabsf(c_q);
             const float s = clamp01(coc_p - c_q);
             const float rho = r_q - s * fmaxf(r_q - r_p, 0.0f);
-            const float m = membership(rho, dist, edge_height(dy, dx, dist, blades, rot), apothem);
+            // Sources in front of focus (coc > 0) splat the point-reflected aperture, as the thin lens images
+            // them (kernels/aperture.py); only odd polygons differ, so even ones keep the unreflected call.
+            const bool flip = (blades & 1) && c_q > 0.0f;
+            const float height = flip ? edge_height(-dy, -dx, dist, blades, rot)
+                                      : edge_height(dy, dx, dist, blades, rot);
+            const float m = membership(rho, dist, height, apothem);
             if (m == 0.0f) continue;
             const float wq = m * inv_norm[q];
             const long qp = (long)qy * W + qx;

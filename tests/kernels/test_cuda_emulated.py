@@ -455,3 +455,19 @@ def test_kernels_stay_inside_their_buffers(tmp_path):
     assert not reports, f"AddressSanitizer report from the kernels:\n{reports[:4000]}"
     assert proc.returncode == 0, f"sanitized run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
     assert re.search(r"\b1[0-9] passed\b", proc.stdout), f"expected 10+ sanitized tests to run:\n{proc.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_scatter_cuda_orients_odd_polygons_by_the_sign_of_coc(cuda_emulation, sign):
+    """A bright point with a pentagon at coc = +-12: CUDA and torch both splat the point-reflected aperture in
+    front of focus (coc > 0) and the upright one behind it (kernels/aperture.py)."""
+    img = torch.zeros(1, 3, 33, 33)
+    img[..., 16, 16] = 5.0
+    coc = torch.full((1, 1, 33, 33), 12.0 * sign)
+    ref = render_scatter(img, coc, blades=5, rotation_deg=20.0, impl="torch")
+    out = render_scatter(img, coc, blades=5, rotation_deg=20.0, impl="cuda")
+    assert [name for name, _, _ in cuda_emulation] == ["scatter_norm", "scatter_gather"]
+    assert _max_err(out, ref) < _TOL
+    other = render_scatter(img, -coc, blades=5, rotation_deg=20.0, impl="cuda")
+    assert _max_err(out, other.flip(-1, -2)) < _TOL  # the opposite sign is the point reflection ...
+    assert _max_err(out, other) > 0.01  # ... which is a different shape for a pentagon

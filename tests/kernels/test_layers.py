@@ -121,3 +121,28 @@ def test_bad_inputs_name_expected_and_actual():
         render_layers(imgs, alphas, planes, torch.ones(2), 0.5)
     with pytest.raises(ValueError, match="C\\) must be > 0"):
         render_layers(imgs, alphas, torch.zeros(1, 2, 3), 1.0, 0.5)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["in-front-of-focus", "behind-focus"])
+def test_odd_blade_point_agrees_with_scatter_at_both_signs(sign):
+    # A pentagon is not point symmetric, so this checks the orientation convention (kernels/aperture.py): the
+    # thin lens images a point of CoC r at p = x - r*u, i.e. the aperture point-reflected in front of focus
+    # (r > 0) and upright behind it (r < 0); the scatter renderer must splat the same shape at both signs.
+    size, value, r = 33, 50.0, 12.0
+    img = torch.zeros(1, 3, size, size, dtype=torch.float64)
+    img[..., size // 2, size // 2] = value
+    disp, focus = (0.7, 0.3) if sign > 0 else (0.3, 0.7)  # coc = K (disp - focus) = +-12 with K = 30
+    opts = dict(blades=5, rotation_deg=20.0)
+    colour, weight = render_layers(img[:, None], torch.ones(1, 1, 1, size, size, dtype=torch.float64),
+                                   _fronto([disp]), 30.0, focus, n_samples=1024, impl="torch", **opts)
+    traced = (colour / weight)[0, 0]
+    scattered = render_scatter(img, torch.full((1, 1, size, size), sign * r, dtype=torch.float64), impl="torch",
+                               **opts)[0, 0]
+
+    def rel_l1(a, b):
+        return ((a - b).abs().sum() / b.abs().sum()).item()
+
+    # Tolerance: normalised L1 0.1 (measured 0.059 with 1024 samples; the rest is the ray tracer's sampling
+    # noise and its bilinear/mip footprint). The wrongly oriented pentagon is at 0.24, so the bound separates.
+    assert rel_l1(scattered, traced) < 0.1
+    assert rel_l1(scattered.flip(-1, -2), traced) > 0.18
