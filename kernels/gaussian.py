@@ -26,11 +26,18 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     c = image.shape[1]
+    # Reflect padding cannot reach further than side - 1 px, so on a small image the kernel is cut to that
+    # half-width; each cut kernel is renormalised to sum 1 (otherwise small images darken: a uniform image
+    # must stay uniform at any size).
     pad_h, pad_w = min(radius, image.shape[-2] - 1), min(radius, image.shape[-1] - 1)
+    k_w = kernel[radius - pad_w : radius + pad_w + 1]
+    k_h = kernel[radius - pad_h : radius + pad_h + 1]
+    k_w = k_w / k_w.sum() if pad_w < radius else k_w
+    k_h = k_h / k_h.sum() if pad_h < radius else k_h
     out = F.pad(image, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else image
-    out = F.conv2d(out, kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.conv2d(out, k_w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else out
-    return F.conv2d(out, kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(out, k_h.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def render_gaussian(image_linear: torch.Tensor, coc_px: torch.Tensor, *, step_px: float = 0.5) -> torch.Tensor:

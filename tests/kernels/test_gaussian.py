@@ -39,3 +39,14 @@ def test_uniform_image_stays_uniform_and_bad_shapes_error():
     torch.testing.assert_close(render_gaussian(image, coc), image, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="coc_px"):
         render_gaussian(image, coc[:, :, :8])
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (2, 7), (5, 3), (12, 12), (9, 31)])
+@pytest.mark.parametrize("coc", [1.0, 4.0, 10.0, 25.0])
+def test_uniform_image_stays_uniform_on_images_smaller_than_the_kernel(h, w, coc):
+    # 3 sigma = 1.5 coc exceeds the image side here; the reflect padding then cuts the kernel short, and the cut
+    # kernel must still sum to 1 (12 x 12 at coc 10 used to come out 4 % dark).
+    image = torch.full((1, 3, h, w), 0.5, dtype=torch.float64)
+    out = render_gaussian(image, torch.full((1, 1, h, w), coc, dtype=torch.float64))
+    assert out.shape == image.shape
+    assert (out - 0.5).abs().max().item() < 1e-12
