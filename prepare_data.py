@@ -19,7 +19,8 @@ when it is searched, so a rerun does not take the masks for photos.
 
 Existing outputs are kept (an image whose outputs all exist is skipped) unless ``--overwrite``; outputs are
 written to a temporary file and renamed, so an interrupted run never leaves a truncated file behind.
-Unreadable images are reported and skipped; the run continues and exits with status 1 if any image failed
+Unreadable images, and images whose prediction is unusable (the rest of their batch is written), are
+reported and skipped; the run continues and exits with status 1 if any image failed
 (2 for bad options or unavailable weights).
 
 Example::

@@ -222,3 +222,33 @@ def test_help_exits_cleanly(capsys):
     with pytest.raises(SystemExit) as exit_info:
         prepare_data.parse_args(["--help"])
     assert exit_info.value.code == 0 and "--no_mask" in capsys.readouterr().out
+
+
+def test_prepared_test_data_is_rendered_by_inference_hf(weights, tmp_path):
+    """Issue 7's acceptance check: prepare_data.py over test_data/'s photos writes what inference_hf.py reads.
+    Every photo renders (exit 0), once, at the focus of its written subject mask (the automatic focus)."""
+    import inference_hf
+    from data.focus import focus_from_mask, focus_from_pixel
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sources = sorted((Path(__file__).resolve().parents[2] / "test_data" / "ebb" / "input").glob("*.png"))
+    assert len(sources) >= 2
+    for source in sources:
+        shutil.copy(source, photos / source.name)
+    out = tmp_path / "prepared"
+    assert run(weights, "--input_dir", photos, "--output_dir", out, "--batch_size", 2) == 0
+    renders = tmp_path / "renders"
+    argv = ["--renderer", "classical", "--test_data_dir", str(out), "--output_dir", str(renders), "--K", "8"]
+    assert inference_hf.main(argv) == 0
+    expected, centre = set(), set()
+    for source in sources:
+        disparity, mask = check_outputs(out, source.stem, read_image(source).shape[1:])
+        focus = focus_from_mask(disparity, mask / 255.0)
+        expected.add(f"{source.stem}_K8_f{focus:.2f}.png")
+        centre.add(f"{source.stem}_K8_f{focus_from_pixel(disparity, disparity.shape[1] // 2, disparity.shape[0] // 2):.2f}.png")
+    assert expected != centre  # the names tell whether the masks were used (else: centre focus)
+    assert {p.name for p in renders.glob("*_K8_f*.png")} == expected
+    for source in sources:
+        (render,) = renders.glob(f"{source.stem}_K8_f*.png")
+        assert read_image(render).shape == read_image(source).shape
