@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.io import IMAGE_EXTENSIONS, read_image, save_image
+from data.io import IMAGE_EXTENSIONS, read_image, save_image, write_text_atomic
 from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, WeightsUnavailableError, load_depth_estimator
 from models.segment import BIREFNET_RESOLUTION, DEFAULT_MASK_MODEL, load_birefnet
 
@@ -176,14 +176,6 @@ def save_disparity(path: Path, disparity: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
         np.save(handle, np.ascontiguousarray(disparity, dtype=np.float32), allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) via a temporary file + rename, like the images and ``.npy`` files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
