@@ -149,6 +149,11 @@ def _layers_cuda(premult, planes, k, focus, u, wts, spacing_unit, levels):
     import cupy
 
     b, n_layers, _, h, w = premult.shape
+    colour_sum = torch.empty(b, 3, h, w, dtype=torch.float32, device=premult.device)
+    weight = torch.empty(b, 1, h, w, dtype=torch.float32, device=premult.device)
+    n = b * h * w
+    if n == 0:  # CUDA rejects a zero-size grid ("invalid configuration"); an empty image has nothing to do
+        return colour_sum, weight
     dev = premult.device.index if premult.device.index is not None else torch.cuda.current_device()
     kern = load_kernel("layers.cu", "layers_trace", dev)
     pyr_levels = [_pyramid(premult[:, l].float(), levels) for l in range(n_layers)]
@@ -163,12 +168,9 @@ def _layers_cuda(premult, planes, k, focus, u, wts, spacing_unit, levels):
             pos += lev.shape[1] * lev.shape[2] * lev.shape[3]
     mip = torch.cat(chunks, 1).contiguous()  # (B, total)
     meta = torch.tensor(offs + sizes, dtype=torch.int32, device=premult.device)
-    colour_sum = torch.empty(b, 3, h, w, dtype=torch.float32, device=premult.device)
-    weight = torch.empty(b, 1, h, w, dtype=torch.float32, device=premult.device)
     planes32 = planes.float().contiguous()
     k32, f32 = k.float().contiguous(), focus.float().contiguous()
     u32, w32 = u.float().contiguous(), wts.float().contiguous()
-    n = b * h * w
     threads = 128
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(premult.device).cuda_stream)
     with cupy.cuda.Device(dev), stream:
@@ -199,10 +201,12 @@ def render_layers(
     """Ray-trace RGBA layers through a thin lens.
 
     Args:
-        images_linear: (B, L, 3, H, W) straight (not premultiplied) linear colour, layers NEAR to FAR.
-        alphas: (B, L, 1, H, W) coverage in [0, 1]; outside the grid a layer is empty (alpha 0).
+        images_linear: (B, L, 3, H, W) straight (not premultiplied) linear colour, layers NEAR to FAR;
+            L >= 1. An empty image (B, H or W = 0) returns empty outputs.
+        alphas: (B, L, 1, H, W) coverage in [0, 1], on the device of ``images_linear``; outside the grid a
+            layer is empty (alpha 0).
         planes: (B, L, 3) = (A, B, C), ``disparity(x, y) = (1 - A*x - B*y) / C`` (x = column, y = row, px);
-            C > 0.
+            finite, C > 0. Moved to the device of ``images_linear`` (like K and disp_focus).
         K: (B,) tensor or float >= 0, CoC radius in px per unit disparity.
         disp_focus: (B,) tensor or float, focused disparity (1 = near).
         n_samples: aperture samples per pixel; None = ``auto_n_samples(max |CoC|, max_samples=max_samples)``
@@ -222,18 +226,32 @@ def render_layers(
     b, n_layers, _, h, w = images_linear.shape
     check_shape("alphas", alphas, (b, n_layers, 1, h, w), op)
     check_shape("planes", planes, (b, n_layers, 3), op)
+    if n_layers == 0:
+        raise ValueError(f"{op}: images_linear has no layers (shape {tuple(images_linear.shape)}, L = 0); pass "
+                         "at least one RGB layer with its alpha and plane")
     aperture.check_aperture(blades, rotation_deg)
     dtype = torch.float64 if images_linear.dtype == torch.float64 else torch.float32
     dev = images_linear.device
+    if alphas.device != dev:
+        raise ValueError(f"{op}: alphas is on {alphas.device} but images_linear is on {dev}; move both to one "
+                         "device")
     k = _per_batch("K", K, b, dtype, dev, op)
     focus = _per_batch("disp_focus", disp_focus, b, dtype, dev, op)
     if (k < 0).any():
         raise ValueError(f"{op}: K must be >= 0 (blur radius in px per unit disparity); got {k.tolist()}")
-    planes = planes.to(dtype)
+    try:  # (B, L, 3) numbers, moved like K and disp_focus
+        planes = planes.to(device=dev, dtype=dtype)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise ValueError(f"{op}: planes is on {planes.device} and cannot be moved to the images' device {dev} "
+                         f"({exc}); pass planes as a tensor with data (CPU or {dev})") from exc
+    if not torch.isfinite(planes).all():
+        raise ValueError(f"{op}: planes must be finite (A, B, C); got {planes.tolist()}")
     if not (planes[..., 2] > 0).all():
         raise ValueError(f"{op}: planes[..., 2] (C) must be > 0 so that disparity is finite; got "
                          f"{planes[..., 2].tolist()}")
     backend = resolve_impl(impl, images_linear, op)
+    if b * h * w == 0:  # nothing to trace (and no corners to take the CoC extremes of)
+        return (images_linear.new_zeros(b, 3, h, w), images_linear.new_zeros(b, 1, h, w))
 
     max_coc = float(_plane_coc_extremes(planes.detach().cpu().double(), k.cpu().double(), focus.cpu().double(), h, w))
     if n_samples is None:

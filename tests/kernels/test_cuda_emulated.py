@@ -471,3 +471,19 @@ def test_scatter_cuda_orients_odd_polygons_by_the_sign_of_coc(cuda_emulation, si
     other = render_scatter(img, -coc, blades=5, rotation_deg=20.0, impl="cuda")
     assert _max_err(out, other.flip(-1, -2)) < _TOL  # the opposite sign is the point reflection ...
     assert _max_err(out, other) > 0.01  # ... which is a different shape for a pentagon
+
+
+def test_layers_cuda_on_an_empty_image_returns_it_like_torch(cuda_emulation):
+    """B * H * W = 0: no zero-size grid is launched, neither through render_layers nor by the wrapper itself."""
+    for b, h, w in ((1, 0, 5), (0, 4, 5), (2, 3, 0)):
+        imgs, alphas = torch.rand(b, 2, 3, h, w), torch.ones(b, 2, 1, h, w)
+        planes = torch.tensor([[0.0, 0.0, 1.2], [0.0, 0.0, 4.0]]).expand(b, 2, 3)
+        out = render_layers(imgs, alphas, planes, 10.0, 0.5, impl="cuda")
+        ref = render_layers(imgs, alphas, planes, 10.0, 0.5, impl="torch")
+        for a, r, c in zip(out, ref, (3, 1)):
+            assert a.shape == r.shape == (b, c, h, w)
+        premult = torch.zeros(b, 2, 4, h, w)
+        u, wts = torch.zeros(1, 2), torch.ones(1)
+        colour, weight = layers_mod._layers_cuda(premult, planes, torch.ones(b), torch.zeros(b), u, wts, 0.0, 1)
+        assert colour.shape == (b, 3, h, w) and weight.shape == (b, 1, h, w)
+    assert cuda_emulation == []

@@ -146,3 +146,35 @@ def test_odd_blade_point_agrees_with_scatter_at_both_signs(sign):
     # noise and its bilinear/mip footprint). The wrongly oriented pentagon is at 0.24, so the bound separates.
     assert rel_l1(scattered, traced) < 0.1
     assert rel_l1(scattered.flip(-1, -2), traced) > 0.18
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3, 8, 8), (1, 2, 3, 0, 8), (2, 1, 3, 5, 0)])
+def test_empty_images_return_empty_outputs(shape):
+    b, n_layers, _, h, w = shape
+    imgs = torch.rand(shape)
+    alphas = torch.ones(b, n_layers, 1, h, w)
+    planes = torch.tensor([0.0, 0.0, 1.1]).expand(b, n_layers, 3)  # defocused: coc = 10 (1/1.1 - 0.5) = 4 px
+    colour, weight = render_layers(imgs, alphas, planes, 10.0, 0.5, impl="torch")
+    assert colour.shape == (b, 3, h, w) and weight.shape == (b, 1, h, w)
+    assert colour.dtype == weight.dtype == torch.float32
+
+
+def test_no_layers_planes_and_alphas_errors_are_clear():
+    imgs = torch.rand(1, 2, 3, 8, 8)
+    alphas = torch.ones(1, 2, 1, 8, 8)
+    planes = _fronto([0.9, 0.2]).float()
+    with pytest.raises(ValueError, match=r"no layers \(shape \(1, 0, 3, 8, 8\), L = 0\)"):
+        render_layers(imgs[:, :0], alphas[:, :0], planes[:, :0], 1.0, 0.5, impl="torch")
+    bad = planes.clone()
+    bad[0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="planes must be finite"):
+        render_layers(imgs, alphas, bad, 1.0, 0.5, impl="torch")
+    # Planes are moved to the images' device like K and disp_focus; one that cannot be (no data) is named.
+    with pytest.raises(ValueError, match=r"planes is on meta and cannot be moved to the images' device cpu"):
+        render_layers(imgs, alphas, planes.to("meta"), 1.0, 0.5, impl="torch")
+    with pytest.raises(ValueError, match=r"alphas is on meta but images_linear is on cpu"):
+        render_layers(imgs, alphas.to("meta"), planes, 1.0, 0.5, impl="torch")
+    # float64 planes with float32 images are converted (no dtype error).
+    out = render_layers(imgs, alphas, planes.double(), 1.0, 0.5, impl="torch")
+    assert out[0].dtype == torch.float32
+
