@@ -90,6 +90,12 @@ def polygon_radius(theta: torch.Tensor, blades: int, rotation_deg: float) -> tor
     return math.cos(math.pi / blades) / torch.cos(phi)
 
 
+def sample_count(n_samples: int) -> int:
+    """Number of samples ``aperture_samples(n_samples)`` returns: 1 for the pinhole, else n rounded up to
+    even (mirror-symmetric pairs)."""
+    return 1 if n_samples == 1 else n_samples + (n_samples % 2)
+
+
 def aperture_samples(
     n_samples: int, blades: int = 0, rotation_deg: float = 0.0, seed: int = 0, dtype=torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +107,10 @@ def aperture_samples(
     commutes with rendering. Polygon: disc samples are pushed radially to the polygon boundary
     (``rho * R(theta)``); that map scales area by ``R(theta)^2``, so each sample's weight is proportional to
     it, which keeps the estimator unbiased for the polygon's uniform measure.
-    ``n_samples == 1`` returns the pinhole sample u = 0. Samples are built on the CPU in float64 (a few
-    hundred numbers) and moved by the caller.
+    ``n_samples == 1`` returns the pinhole sample u = 0; otherwise ``sample_count(n_samples)`` samples are
+    returned: an odd count is rounded up to the next even one, since the set consists of mirror pairs
+    (callers that derive a sample spacing must use the returned count). Samples are built on the CPU in
+    float64 (a few hundred numbers) and moved by the caller.
     """
     check_aperture(blades, rotation_deg)
     if n_samples < 1:
@@ -124,4 +132,5 @@ def aperture_samples(
     u = torch.stack([rho * torch.cos(theta), rho * torch.sin(theta)], dim=-1)
     w = radial**2
     w = w / w.sum()
+    assert u.shape[0] == sample_count(n_samples)
     return u.to(dtype), w.to(dtype)

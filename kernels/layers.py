@@ -210,7 +210,8 @@ def render_layers(
         K: (B,) tensor or float >= 0, CoC radius in px per unit disparity.
         disp_focus: (B,) tensor or float, focused disparity (1 = near).
         n_samples: aperture samples per pixel; None = ``auto_n_samples(max |CoC|, max_samples=max_samples)``
-            (1 when nothing is defocused, which makes K = 0 return the composite exactly).
+            (1 when nothing is defocused, which makes K = 0 return the composite exactly). An odd count
+            > 1 is rounded up to the next even one (mirror-symmetric pairs, ``aperture.aperture_samples``).
         blades, rotation_deg: aperture shape, as in ``render_scatter``.
         seed: rotation of the (deterministic) sample pattern.
         impl: "auto" | "cuda" | "torch".
@@ -258,10 +259,11 @@ def render_layers(
         n_samples = auto_n_samples(max_coc, max_samples=max_samples)
     u, wts = aperture.aperture_samples(int(n_samples), blades, rotation_deg, seed)
     u, wts = u.to(dev, dtype), wts.to(dev, dtype)
+    n_traced = u.shape[0]  # what aperture_samples returned (odd counts round up), not what was asked for
     # Distance between neighbouring aperture samples, per px of CoC: the aperture area (pi for the disc,
-    # (n/2) sin(2 pi/n) for the polygon) shared among S samples.
+    # (n/2) sin(2 pi/n) for the polygon) shared among the S traced samples.
     area = math.pi if blades == 0 else 0.5 * blades * math.sin(2 * math.pi / blades)
-    spacing_unit = math.sqrt(area / n_samples) if (prefilter and n_samples > 1) else 0.0
+    spacing_unit = math.sqrt(area / n_traced) if (prefilter and n_traced > 1) else 0.0
     levels = 1 + max(0, math.ceil(math.log2(max(max_coc * spacing_unit, 1.0))))
     levels = min(levels, 1 + int(math.log2(max(min(h, w), 1))))
 

@@ -178,3 +178,23 @@ def test_no_layers_planes_and_alphas_errors_are_clear():
     out = render_layers(imgs, alphas, planes.double(), 1.0, 0.5, impl="torch")
     assert out[0].dtype == torch.float32
 
+
+def test_aperture_sample_count_and_spacing_agree_for_odd_counts():
+    from kernels import aperture
+
+    for n in range(1, 10):
+        u, w = aperture.aperture_samples(n, blades=5)
+        assert u.shape == (aperture.sample_count(n), 2) and w.shape == (aperture.sample_count(n),)
+        assert abs(w.sum().item() - 1.0) < 1e-12
+    assert [aperture.sample_count(n) for n in (1, 2, 3, 23, 24)] == [1, 2, 4, 24, 24]
+    # An odd request traces the next even count, and the mip prefilter's sample spacing follows what is
+    # traced, so 23 and 24 samples render the same image bit for bit (defocus large enough that the
+    # prefilter is active: spacing ~ 18 px * sqrt(pi / 24) = 6.5 px).
+    torch.manual_seed(5)
+    imgs = torch.rand(1, 2, 3, 20, 24, dtype=torch.float64)
+    alphas = torch.rand(1, 2, 1, 20, 24, dtype=torch.float64)
+    planes = _fronto([0.9, 0.3])
+    odd = render_layers(imgs, alphas, planes, 30.0, 0.3, n_samples=23, impl="torch")
+    even = render_layers(imgs, alphas, planes, 30.0, 0.3, n_samples=24, impl="torch")
+    for a, b in zip(odd, even):
+        assert torch.equal(a, b)
