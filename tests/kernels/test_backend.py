@@ -27,7 +27,7 @@ def test_public_api_is_exported():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("blades", [0, 6])
+@pytest.mark.parametrize("blades", [0, 5, 6])  # 5: odd polygon, reflected for coc > 0 (kernels/aperture.py)
 def test_scatter_cuda_matches_torch(blades):
     if not cuda_available():
         pytest.skip("CuPy is not installed: pip install -r requirements-gpu.txt")
@@ -54,3 +54,8 @@ def test_layers_cuda_matches_torch(blades):
     out = render_layers(imgs, alphas, planes, k, 0.5, n_samples=32, blades=blades, impl="cuda")
     for a, b in zip(ref, out):
         assert (a - b).abs().max().item() < 1e-4
+    # Planes (and K) given on the CPU are moved to the images' device, on both paths.
+    for impl in ("torch", "cuda"):
+        moved = render_layers(imgs, alphas, planes.cpu(), k.cpu(), 0.5, n_samples=32, blades=blades, impl=impl)
+        for a, b in zip(ref, moved):
+            assert a.device == b.device and (a - b).abs().max().item() < 1e-4
