@@ -280,6 +280,14 @@ def _normalise_lora_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, t
     return normalised, foreign
 
 
+def _raise_on_mismatch(header: str, *problems: tuple[str, list], hint: str) -> None:
+    """Raise one :class:`WeightLoadingError` listing every non-empty ``(label, keys)`` problem, or return."""
+    found = [(label, keys) for label, keys in problems if keys]
+    if found:
+        lines = [header] + [f"  {label} {_summarise(keys)}" for label, keys in found] + [hint]
+        raise WeightLoadingError("\n".join(lines))
+
+
 def read_lora_file(path_or_dir: str | os.PathLike, *, subfolder: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a LoRA file into ``(tensors, info)``: tensors with normalised peft keys (no ``unet.`` prefix) and
     the rank/alpha information found in its metadata (empty dict if none). Foreign keys raise
@@ -387,16 +395,13 @@ def load_lora(
         for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
     )
-    if missing or unexpected or bad_shape:
-        lines = [f"LoRA weights from '{source}' do not match the UNet's adapter '{adapter_name}':"]
-        if missing:
-            lines.append(f"  missing (in the model, not in the file) {_summarise(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected (in the file, not in the model) {_summarise(unexpected)}")
-        if bad_shape:
-            lines.append(f"  shape mismatch {_summarise(bad_shape)}")
-        lines.append("Check that the adapter was trained for this base model with the same rank and targets.")
-        raise WeightLoadingError("\n".join(lines))
+    _raise_on_mismatch(
+        f"LoRA weights from '{source}' do not match the UNet's adapter '{adapter_name}':",
+        ("missing (in the model, not in the file)", missing),
+        ("unexpected (in the file, not in the model)", unexpected),
+        ("shape mismatch", bad_shape),
+        hint="Check that the adapter was trained for this base model with the same rank and targets.",
+    )
 
     set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
     # Read back: guards against a library silently skipping tensors (the failure this module exists for).
@@ -495,16 +500,13 @@ def load_vae_partial(
         for k, v in state.items()
         if k in model_state and v.shape != model_state[k].shape
     )
-    if missing or unexpected or bad_shape:
-        lines = [f"VAE weights from '{source}' do not match the VAE:"]
-        if missing:
-            lines.append(f"  missing (fine-tuned encoder tensors not in the file) {_summarise(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected (not in the VAE) {_summarise(unexpected)}")
-        if bad_shape:
-            lines.append(f"  shape mismatch {_summarise(bad_shape)}")
-        lines.append("Check that the file is the partial VAE state dict saved with the adapter for this base model.")
-        raise WeightLoadingError("\n".join(lines))
+    _raise_on_mismatch(
+        f"VAE weights from '{source}' do not match the VAE:",
+        ("missing (fine-tuned encoder tensors not in the file)", missing),
+        ("unexpected (not in the VAE)", unexpected),
+        ("shape mismatch", bad_shape),
+        hint="Check that the file is the partial VAE state dict saved with the adapter for this base model.",
+    )
     result = vae.load_state_dict(state, strict=False)
     if result.unexpected_keys:  # cannot happen after the check above; kept so nothing is ever ignored silently
         raise WeightLoadingError(f"VAE ignored keys from '{source}': {_summarise(result.unexpected_keys)}")
