@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import BENCHMARKS_MD, load_average, machine_description, replace_section
+from benchmarks.report import BENCHMARKS_MD, best_of, load_average, machine_description, replace_section
 from models.pipeline import BokehDiffPipeline
 from models.tiny import build_tiny_sdxl
 
@@ -37,16 +37,6 @@ READING = (
 )
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, lazy inits
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(sizes: list[int], repeats: int) -> list[dict]:
     pipe = BokehDiffPipeline.from_components(**build_tiny_sdxl(seed=0), tile_size=TILE_PX, tile_overlap=OVERLAP_PX)
     model = pipe.model
@@ -60,9 +50,9 @@ def run(sizes: list[int], repeats: int) -> list[dict]:
         def vae_round_trip():
             model.decode(model.encode(image))
 
-        t_base = _best(vae_round_trip, repeats)
+        t_base = best_of(vae_round_trip, repeats)
         for mode in ("full", "tiled"):
-            t = _best(lambda: pipe(image, disp, K=20, disp_focus=0.5, mode=mode, vae_tiling=False), repeats)
+            t = best_of(lambda: pipe(image, disp, K=20, disp_focus=0.5, mode=mode, vae_tiling=False), repeats)
             plan = pipe.last_plan
             rows.append(dict(size=size, mode=mode, tiles=plan.n_tiles, seconds=t, unet_s=plan.timings["unet_s"],
                              vae_s=plan.timings["encode_s"] + plan.timings["decode_s"], ratio=t / t_base))

@@ -15,25 +15,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import BENCHMARKS_MD, load_average, machine_description, replace_section
+from benchmarks.report import BENCHMARKS_MD, best_of, load_average, machine_description, replace_section
 from kernels import aperture, cuda_available, render_layers, render_scatter
 from kernels import scatter as scatter_mod
 
 RADII = (4, 16, 32)
 SECTION = "## Renderers"
-
-
-def _time(fn, repeats: int, sync) -> float:
-    """Best of ``repeats`` wall-clock seconds after one warm-up call (compiles CUDA kernels, fills caches)."""
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _fast_vs_reference(img, coc, repeats: int, sync) -> tuple[float, float]:
@@ -97,14 +84,14 @@ def run(size: int, repeats: int) -> list[dict]:
                                     indexing="ij")
             disc = ((xx**2 + yy**2) <= radius**2).float()
             disc = (disc / disc.sum()).expand(3, 1, -1, -1).to(dev)
-            t_base = _time(lambda: torch.nn.functional.conv2d(img, disc, padding=radius, groups=3), repeats, sync)
-            t = _time(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
+            t_base = best_of(lambda: torch.nn.functional.conv2d(img, disc, padding=radius, groups=3), repeats, sync)
+            t = best_of(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
             t_ref, t_fast = _fast_vs_reference(img, coc, repeats, sync) if impl == "torch" else (None, None)
             rows.append(dict(renderer="scatter", device=device, impl=impl, radius=radius, samples="-",
                              ms_per_mp=1e3 * t / mpix, ms_per_mp_sample="-", ratio=t / t_base,
                              ref_ms_per_mp=t_ref and 1e3 * t_ref / mpix, speedup=t_ref and t_ref / t_fast))
             n_samples = 16
-            t = _time(lambda: render_layers(imgs, alphas, planes, k, 0.5, n_samples=n_samples, impl=impl),
+            t = best_of(lambda: render_layers(imgs, alphas, planes, k, 0.5, n_samples=n_samples, impl=impl),
                       repeats, sync)
             rows.append(dict(renderer="layers (3 layers)", device=device, impl=impl, radius=radius,
                              samples=n_samples, ms_per_mp=1e3 * t / mpix,
@@ -113,7 +100,7 @@ def run(size: int, repeats: int) -> list[dict]:
         if impl == "torch":
             img, coc = _motorcycle(dev)
             mp = img.shape[-1] * img.shape[-2] / 1e6
-            t = _time(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
+            t = best_of(lambda: render_scatter(img, coc, impl=impl), repeats, sync)
             t_ref, t_fast = _fast_vs_reference(img, coc, repeats, sync)
             rows.append(dict(renderer="scatter, motorcycle 741x500", device=device, impl=impl,
                              radius=f"{float(coc.abs().max()):.0f}", samples="-", ms_per_mp=1e3 * t / mp,

@@ -22,38 +22,12 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-
-def _write_data(root: Path) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for sub in ("fg", "bg"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:384, 0:512]
-    for i in range(2):
-        bg = np.stack([(xx * (i + 2)) % 256, (yy * 3) % 256, ((xx + yy) * (i + 1)) % 256], -1).astype(np.uint8)
-        Image.fromarray(bg).save(root / "bg" / f"bg{i}.png")
-        fg = np.zeros((96, 96, 4), np.uint8)
-        fg[..., :3] = rng.integers(0, 255, (96, 96, 3))
-        fg[12:84, 12:84, 3] = 255
-        Image.fromarray(fg, "RGBA").save(root / "fg" / f"fg{i}.png")
-    return root
-
-
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from benchmarks.report import best_of
+from data.synthesis import write_otf_folder
 
 
 def _components(sdxl: str, data: str, size: int, batch: int, extra: list[str]):
@@ -86,7 +60,7 @@ def main(argv=None) -> list[dict]:
     from training.loop import train_step
 
     tmp = Path(tempfile.mkdtemp())
-    sdxl, data = str(save_tiny_sdxl(tmp / "sdxl")), str(_write_data(tmp / "data"))
+    sdxl, data = str(save_tiny_sdxl(tmp / "sdxl")), str(write_otf_folder(tmp / "data", size=384))
     variants = {
         "step, MSE only": ["--no-edge", "--lambda_gan", "0"],
         "step, MSE + edge + GAN (tiny D)": [],
@@ -108,11 +82,11 @@ def main(argv=None) -> list[dict]:
                     model(batch["aif"], batch["disparity"], batch["coc_px"], original_size=batch["original_size"],
                           crop_top_left=batch["crop_top_left"], pisa_hardness=10.0)
 
-                results["forward (no grad), baseline"] = _best(forward, opts.repeats)
-                results["data: synthesise one batch"] = _best(
+                results["forward (no grad), baseline"] = best_of(forward, opts.repeats)
+                results["data: synthesise one batch"] = best_of(
                     lambda: [dataset[i * dataset.num_pairs] for i in range(opts.batch)], opts.repeats)
             counter = iter(range(10**9))
-            results[name] = _best(lambda: train_step(c, batch, step=next(counter), args=args,
+            results[name] = best_of(lambda: train_step(c, batch, step=next(counter), args=args,
                                                      accelerator=accelerator), opts.repeats)
         base = results["forward (no grad), baseline"]
         for name, seconds in results.items():

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
+from benchmarks.report import best_of
 from models.lora import add_lora
 from models.onestep import OneStepBokeh
 from models.pipeline import BokehDiffPipeline, resolve_dtype
@@ -98,19 +98,6 @@ def build_model(device, unet_dtype, vae_dtype, smoke: bool, lora_rank: int = 8) 
     return model
 
 
-def _timed(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
@@ -148,7 +135,7 @@ def main(argv=None) -> int:
         z = torch.randn(1, 4, size // 8, size // 8, device=device)
         try:
             with torch.inference_mode():
-                t_stock = _timed(lambda: model.predict_x0(z), args.repeats, sync)
+                t_stock = best_of(lambda: model.predict_x0(z), args.repeats, sync)
         except torch.OutOfMemoryError:
             t_stock = float("nan")
         if cuda:
@@ -161,7 +148,7 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             try:
-                t = _timed(lambda: pipe(image, disp, coc_px=coc, mode=mode, vae_tiling=vae_tiling), args.repeats, sync)
+                t = best_of(lambda: pipe(image, disp, coc_px=coc, mode=mode, vae_tiling=vae_tiling), args.repeats, sync)
                 plan = pipe.last_plan
                 row.update(seconds=t, x_stock_unet=t / t_stock, tiles=plan.n_tiles, vae_tiling=plan.vae_tiling,
                            **{k: round(v, 4) for k, v in plan.timings.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -47,3 +48,19 @@ def load_average() -> str:
         return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
     except OSError:
         return "unknown"
+
+
+def best_of(fn, repeats: int, sync=None) -> float:
+    """Best of ``repeats`` wall-clock seconds of ``fn()`` after one untimed warm-up call (allocator, lazy
+    inits, CUDA kernel compilation). ``sync`` (e.g. ``torch.cuda.synchronize``) runs before and after each
+    timed call so asynchronous GPU work is counted."""
+    sync = sync or (lambda: None)
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
