@@ -36,6 +36,8 @@ import math
 
 import torch
 
+from data.io import linear_to_srgb, srgb_to_linear
+
 from . import aperture
 from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
 
@@ -399,9 +401,9 @@ def render_classical(
         raise ValueError(f"{op}: K must be >= 0 (blur radius in px per unit disparity); got {k.tolist()}. "
                          "The sign of the blur comes from disparity - disp_focus, not from K.")
     coc = k.view(b, 1, 1, 1) * (disparity.to(dtype) - focus.view(b, 1, 1, 1))
-    linear = image_srgb.clamp(0.0, 1.0) ** gamma
+    linear = srgb_to_linear(image_srgb.clamp(0.0, 1.0), gamma)
     out = render_scatter(linear, coc, impl=impl, **scatter_opts)
-    return out.clamp(0.0, 1.0) ** (1.0 / gamma)
+    return linear_to_srgb(out.clamp(0.0, 1.0), gamma)
 
 
 def _per_batch_scalar(name, value, b, dtype, device, op) -> torch.Tensor:

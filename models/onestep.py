@@ -31,8 +31,11 @@ Units and shapes (see DESIGN.md):
 from __future__ import annotations
 
 import inspect
+
 import torch
 from torch import nn
+
+from data.io import srgb_to_linear
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -59,9 +62,7 @@ _GAMMA_EPS = 1e-4
 def gamma_in(srgb: torch.Tensor, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
     """sRGB-encoded values in [0, 1] -> linear light ``x ** gamma`` (values are clamped to [0, 1] first; the
     inputs are data, never trained, so the clamp costs no useful gradient). gamma = 1 returns ``srgb``."""
-    if gamma == 1:
-        return srgb
-    return srgb.clamp(0, 1) ** gamma
+    return srgb_to_linear(srgb, gamma)
 
 
 def gamma_out(linear: torch.Tensor, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
