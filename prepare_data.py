@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.io import IMAGE_EXTENSIONS, read_image, save_image, write_text_atomic
+from data.io import IMAGE_EXTENSIONS, atomic_write, read_image, save_image, write_text_atomic
 from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, WeightsUnavailableError, load_depth_estimator
 from models.segment import BIREFNET_RESOLUTION, DEFAULT_MASK_MODEL, load_birefnet
 
@@ -172,18 +171,13 @@ def find_images(input_dir: Path, exclude: Path | None = None) -> tuple[list[Item
 # ----------------------------------------------------------------------------------------------------------
 def save_disparity(path: Path, disparity: np.ndarray) -> None:
     """Write disparity ``(H, W)`` float32 as ``.npy`` via a temporary file + rename (never a truncated file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.ascontiguousarray(disparity, dtype=np.float32), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def copy_file(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_write(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 # ----------------------------------------------------------------------------------------------------------

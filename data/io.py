@@ -12,10 +12,11 @@ reported with an :class:`InputWarning` so nothing is silently changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -148,20 +149,45 @@ def save_image(path: str | os.PathLike, image, *, bits: int = 8) -> Path:
     ok, buffer = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(encoded))
     if not ok:
         raise ValueError(f"cannot encode '{path}': use a .png or .jpg file name")
-    tmp = path.with_name(f".{path.name}.tmp")
-    buffer.tofile(str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        buffer.tofile(str(tmp))
     return path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file via a temporary file and a rename: an interrupted run leaves the old file (or none),
-    never a truncated one. The parent folder is created."""
+def new_file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` gives a new file: ``0o666`` minus the process umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for a writer to fill; publish it as ``path`` when the block ends.
+
+    An interrupted or failing write leaves the old file (or none), never a truncated one, and its temporary is
+    removed. The published file gets the mode of any other new file (:func:`new_file_mode`): some writers
+    (safetensors) create their file 0600, which would make published weights unreadable to others. The parent
+    folder is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file via a temporary file and a rename (:func:`atomic_write`): an interrupted run leaves the
+    old file (or none), never a truncated one. The parent folder is created."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -32,6 +32,8 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from data.io import atomic_write
+
 __all__ = [
     "PAPER_LORA_TARGETS",
     "LORA_WEIGHT_NAME",
@@ -248,9 +250,8 @@ def save_lora(
         raise ValueError(f"save_lora: the UNet has no LoRA adapter named '{adapter_name}' (call add_lora first).")
     info = _lora_config_summary(unet, adapter_name)
     info.update(dict(extra_metadata or {}))
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={_METADATA_KEY: json.dumps(info, default=str), "format": "pt"})
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={_METADATA_KEY: json.dumps(info, default=str), "format": "pt"})
     return path
 
 
@@ -452,15 +453,14 @@ def save_vae_partial(vae: nn.Module, path: str | os.PathLike) -> Path:
     if path.suffix not in (".ckpt", ".pt", ".pth", ".bin", ".safetensors"):
         path = path / VAE_WEIGHT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = vae_partial_state_dict(vae)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_write(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(state, str(tmp))
-    else:
-        torch.save(state, str(tmp))
-    os.replace(tmp, path)
+            save_file(state, str(tmp))
+        else:
+            torch.save(state, str(tmp))
     return path
 
 

@@ -274,9 +274,9 @@ def _load_trainable_state(module: nn.Module, path: Path) -> None:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    from data.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def export_inference(unet: nn.Module, vae: nn.Module | None, folder: str | os.PathLike,
@@ -359,7 +359,10 @@ class CheckpointHooks:
         if self.discriminator is not None:
             from safetensors.torch import save_file
 
-            save_file(_module_trainable_state(self.discriminator), str(folder / DISC_WEIGHT_NAME))
+            from data.io import atomic_write
+
+            with atomic_write(folder / DISC_WEIGHT_NAME) as tmp:  # the file's mode follows the umask
+                save_file(_module_trainable_state(self.discriminator), str(tmp))
 
     def load(self, models: list, input_dir: str) -> None:
         from models.lora import load_lora, load_vae_partial

@@ -206,3 +206,36 @@ def test_exr_image_and_depth_read_without_opencv_openexr(tmp_path):
     with pytest.warns(InputWarning, match="normalised"):
         disparity = read_disparity(tmp_path / "depth.exr", is_depth=True)
     assert disparity[0, 0, 0] == pytest.approx(1.0) and disparity[0, -1, -1] == pytest.approx(0.0)  # near = 1
+
+
+# ---------------------------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writers_honour_the_umask(tmp_path, umask):
+    """Outputs get the mode a plain ``open()`` would give them (0644 under umask 022), never the temporary
+    file's 0600, and no temporary is left behind."""
+    import os
+    import stat
+
+    from data.io import atomic_write, write_text_atomic
+
+    old = os.umask(umask)
+    try:
+        paths = [save_image(tmp_path / "a.png", _random_image()), write_text_atomic(tmp_path / "b.txt", "x")]
+        with atomic_write(tmp_path / "c.bin") as tmp:
+            os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))  # a writer that creates its file private
+        paths.append(tmp_path / "c.bin")
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in paths] == [oct(0o666 & ~umask)] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.txt", "c.bin"]
+
+
+def test_atomic_write_removes_its_temporary_on_failure(tmp_path):
+    from data.io import atomic_write
+
+    (tmp_path / "c.bin").write_text("old")
+    with pytest.raises(OSError, match="disk"):
+        with atomic_write(tmp_path / "c.bin") as tmp:
+            tmp.write_text("partial")
+            raise OSError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.bin"] and (tmp_path / "c.bin").read_text() == "old"

@@ -1,6 +1,9 @@
 """LoRA and partial-VAE weights: targets, save/load round trips in our and the published format, and the
 errors that replace the silent non-loading of the public script."""
 
+import os
+import stat
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -166,3 +169,17 @@ def test_vae_partial_errors_list_keys(tmp_path):
         load_vae_partial(vae, {**state, "encoder.extra.weight": torch.zeros(1)})
     # "vae." prefixed keys (some exports) are accepted
     assert load_vae_partial(vae, {"vae." + k: v for k, v in state.items()})["tensors"] == len(state)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_weight_files_get_the_umask_mode_not_0600(trained_unet, tmp_path, umask):
+    """safetensors creates its file 0600; the published weights must be readable like every other output."""
+    vae = build_tiny_sdxl()["vae"]
+    set_vae_trainable(vae)
+    old = os.umask(umask)
+    try:
+        paths = [save_lora(trained_unet, tmp_path), save_vae_partial(vae, tmp_path),
+                 save_vae_partial(vae, tmp_path / "vae.safetensors")]
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in paths] == [oct(0o666 & ~umask)] * 3

@@ -1,6 +1,7 @@
 """prepare_data.py end to end, in-process, offline: tiny Depth Anything and tiny BiRefNet stand-in from folders."""
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -141,8 +142,8 @@ def test_one_bad_prediction_fails_only_its_image(weights, same_size_photos, tmp_
 
 def test_metadata_is_written_atomically(weights, photos, tmp_path, monkeypatch):
     """prepare_data.json goes through a temporary file + os.replace, like every other output."""
-    replaced, real_replace = [], prepare_data.os.replace
-    monkeypatch.setattr(prepare_data.os, "replace", lambda src, dst: replaced.append(Path(dst)) or real_replace(src, dst))
+    replaced, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: replaced.append(Path(dst)) or real_replace(src, dst))
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "prepare_data.json").write_text("{stale")

@@ -409,6 +409,11 @@ def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monk
     # The resolved config is a valid preset that reproduces the run's options.
     again = parse_args(["--config", str(ref / "train_config.yaml")])
     assert again.rank == 4 and again.report_to == "tensorboard"
+    # Every weight file is readable like any other output (safetensors alone would create them 0600).
+    from data.io import new_file_mode
+
+    weights = [ref / LORA_WEIGHT_NAME, ref / "vae.ckpt", *(ref / f"{CHECKPOINT_PREFIX}6").iterdir()]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in weights} == {p.name: oct(new_file_mode()) for p in weights}
 
 
 @pytest.mark.slow
