@@ -12,8 +12,13 @@ Strength: ``--K`` (one or several; CoC radius in px per unit disparity at the wo
 
 Outputs in ``--output_dir``: ``<name>_K<K>_f<focus>.png`` per render (focus with two decimals), a labelled
 contact sheet (``contact_sheet.png``; ``<name>_contact_sheet.png`` for folder inputs), and
-``run_config.json`` (the resolved arguments). Exit code 0 if every input rendered, 1 if any failed (the
-others are still written), 2 for invalid arguments.
+``run_config.json`` (the resolved arguments and the list of outputs written). ``<name>`` is the input's name
+with runs of characters other than letters (Unicode included), digits, ``.``, ``-`` made ``_``; inputs whose
+names clean alike (``my scene``, ``my_scene``) stay apart (the changed one gets ``-<6 hex digits>``). No output
+ever replaces an input file: it is written as ``<stem>-2.png`` instead, with a note. Files listed in an
+earlier ``run_config.json`` of ``--output_dir`` are outputs, not inputs, so rendering into the input folder
+and running again works. Exit code 0 if every input rendered, 1 if any failed (a missing or corrupt file fails
+its input only; the others are still written), 2 for invalid arguments.
 
 Demo (``make demo`` = ``--renderer classical --demo --output_dir outputs/demo``): the 741 x 500 motorcycle at
 focus percentiles 90 / 50 / 10 (front of the motorcycle, its rear, the back wall: disparity 0.88 / 0.56 /
@@ -65,11 +70,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.inference_io import (
-    DEFAULT_K, DEMO_FOCUS_PERCENTILES, DEMO_K, InputItem, StageTimer, choose_focus, demo_inputs, disparity_value,
-    folder_inputs, item_contact_sheet, limit_size, output_name, pair_inputs, percentile, sheet_name, strength_K,
-    unique_focus,
+    DEFAULT_K, DEMO_FOCUS_PERCENTILES, DEMO_K, MANIFEST_NAME, InputItem, OutputFiles, StageTimer, choose_focus,
+    demo_inputs, disparity_value, folder_inputs, input_roots, item_contact_sheet, limit_size, output_name,
+    pair_inputs, percentile, previous_outputs, sheet_name, strength_K, unique_focus,
 )
-from data.io import InputWarning, save_image
+from data.io import InputWarning, save_image, write_text_atomic
 
 RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
@@ -318,15 +323,31 @@ def _inputs(args):
     if args.image is not None:
         return pair_inputs(args.image, args.disparity, mask=args.mask, is_depth=args.depth,
                            normalise=args.disparity_normalise)
-    inputs = folder_inputs(args.test_data_dir, args.data_id)
+    # Renders an earlier run wrote among the inputs are outputs, not inputs (run_config.json lists them).
+    inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=previous_outputs(args.output_dir))
     if not inputs and args.data_id is not None and not glob.has_magic(args.data_id):
         # The published script's --data_id named the run (outputs in OUTPUT_DIR/DATA_ID); keep that meaning when
         # the plain name selects nothing, so the published README command runs unchanged.
         print(f"note: no input is named '{args.data_id}': reading --data_id as the run name (published meaning); "
               f"rendering every input into {Path(args.output_dir) / args.data_id}")
         args.output_dir = str(Path(args.output_dir) / args.data_id)
-        inputs = folder_inputs(args.test_data_dir, None)
+        inputs = folder_inputs(args.test_data_dir, None, exclude=previous_outputs(args.output_dir))
     return inputs
+
+
+def _output_files(args, inputs) -> OutputFiles:
+    """Where this run's outputs go: never onto one of its input files (nor any other file of the input
+    folders), never two outputs onto one path."""
+    roots = input_roots(args.test_data_dir) if args.test_data_dir else []
+    return OutputFiles(args.output_dir, protected=[path for pending in inputs for path in pending.sources],
+                       protected_dirs=roots, own=previous_outputs(args.output_dir))
+
+
+def _write_manifest(files: OutputFiles, config: dict) -> None:
+    """``run_config.json``: the resolved arguments and every output written so far (a rerun into an input
+    folder reads them as this tool's outputs, not as inputs)."""
+    outputs = [path.name for path in files.claimed if path.name != MANIFEST_NAME and path.exists()]
+    write_text_atomic(files.folder / MANIFEST_NAME, json.dumps({**config, "outputs": outputs}, indent=2) + "\n")
 
 
 # Flags that only one family of renderers reads; set for another renderer they are reported as ignored.
@@ -356,7 +377,8 @@ def _compatibility_notes(args) -> None:
         print(f"note: --organization {args.organization}: the test-set layout is detected from the folder's contents")
 
 
-def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress) -> dict:
+def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress,
+                 files: OutputFiles) -> dict:
     """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG."""
     image = torch.from_numpy(item.image)[None].to(device)
     disparity = torch.from_numpy(item.disparity)[None].to(device)
@@ -366,7 +388,7 @@ def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, 
             with timer.stage("render"), torch.inference_mode():
                 out = render(image, disparity, K, disp_focus)[0].float().cpu().numpy()
             with timer.stage("save"):
-                save_image(Path(args.output_dir) / output_name(item.name, K, disp_focus), out)
+                save_image(files.claim(output_name(item.name, K, disp_focus)), out)
             renders[(K, disp_focus)] = out
             progress.update(1)
     return renders
@@ -382,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         inputs = _inputs(args)  # may redirect --output_dir (published --data_id meaning)
         output_dir = Path(args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        files = _output_files(args, inputs)
         config = {**vars(args), "device": str(device)}
-        (output_dir / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if files.claim(MANIFEST_NAME) != output_dir / MANIFEST_NAME:
+            raise FileExistsError(f"--output_dir '{output_dir}' holds an input file named {MANIFEST_NAME}, which "
+                                  f"this run would replace by its own; choose another --output_dir")
+        _write_manifest(files, config)
         render = with_upsample(RENDERERS[args.renderer](args, device), args.upsample)
     except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
         print(f"error: {error}", file=sys.stderr)
@@ -404,18 +430,21 @@ def main(argv: list[str] | None = None) -> int:
                                                       focus_xy=args.focus_xy, focus_percentile=args.focus_percentile),
                                          item.name)
                     item = limit_size(item, args.max_side)
-                renders = _render_item(item, focus, args, render, device, timer, progress)
+                renders = _render_item(item, focus, args, render, device, timer, progress, files)
                 if not args.no_contact_sheet:
                     with timer.stage("save"):
                         sheet = item_contact_sheet(item, renders, args.K, focus)
-                        save_image(output_dir / sheet_name(item.name, single_input), sheet)
+                        save_image(files.claim(sheet_name(item.name, single_input)), sheet)
                 n_renders += len(renders)
                 megapixels += len(renders) * item.image.shape[1] * item.image.shape[2] / 1e6
             except Exception as error:  # noqa: BLE001 - one bad input is reported and skipped (CONTRIBUTING)
                 failures.append((pending.name, f"{type(error).__name__}: {error}"))
                 progress.write(f"FAILED {pending.name}: {type(error).__name__}: {error}", file=sys.stderr)
+            _write_manifest(files, config)
 
     print(f"{args.renderer}: {timer.summary(n_renders, megapixels)}; outputs in {output_dir}")
+    for requested, given in files.renamed:
+        print(f"note: '{requested}' would have replaced an input file or another output; written as '{given}'")
     if n_inputs == 0:
         print(f"error: no input found in --test_data_dir '{args.test_data_dir}'"
               + (f" matching --data_id '{args.data_id}'" if args.data_id else ""), file=sys.stderr)

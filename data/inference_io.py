@@ -18,14 +18,18 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import glob
+import hashlib
+import json
 import math
+import os
 import re
 import time
+import unicodedata
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -61,10 +65,12 @@ class InputItem:
 
 @dataclass
 class PendingInput:
-    """An input that is not read yet: ``load()`` returns an :class:`InputItem` or raises for this item only."""
+    """An input that is not read yet: ``load()`` returns an :class:`InputItem` or raises for this item only.
+    ``sources`` are the files it reads (no output may replace them)."""
 
     name: str
     load: Callable[[], InputItem]
+    sources: tuple[Path, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -107,9 +113,39 @@ def disparity_value(text: str) -> float:
 # Input discovery
 # ----------------------------------------------------------------------------------------------------------
 def safe_name(name: str) -> str:
-    """A name usable in file names on every OS: anything but letters, digits, ``.``, ``-``, ``_`` -> ``_``."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    """A name usable in file names on every OS: runs of anything but letters, digits (Unicode ones included:
+    ``场景`` stays ``场景``), ``.``, ``-``, ``_`` become one ``_``; NFC-normalised (macOS stores names decomposed).
+    Several names may clean to one (``my scene``, ``my_scene``): :func:`unique_names` keeps outputs apart."""
+    cleaned = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", str(name))).strip("._")
     return cleaned or "image"
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """:func:`safe_name` of every name, made unique, also ignoring case (outputs must not collide on
+    case-insensitive file systems either).
+
+    Deterministic, and independent of the order of the inputs: a name that cleaning leaves unchanged keeps it;
+    a cleaned name that collides with another gets ``-<6 hex digits of the SHA-1 of the original name>``
+    (``my scene`` -> ``my_scene-1c8d3e`` next to ``my_scene``). Names still equal after that (the same name
+    twice, e.g. from two folders) are numbered ``-2``, ``-3`` in the order given.
+    """
+    cleaned = [safe_name(name) for name in names]
+    counts = Counter(name.casefold() for name in cleaned)
+    hashed = []
+    for original, name in zip(names, cleaned):
+        original = unicodedata.normalize("NFC", str(original))
+        if counts[name.casefold()] > 1 and name != original:
+            name = f"{name}-{hashlib.sha1(original.encode('utf-8')).hexdigest()[:6]}"
+        hashed.append(name)
+    seen, unique = set(), []
+    for name in hashed:
+        candidate, number = name, 1
+        while candidate.casefold() in seen:
+            number += 1
+            candidate = f"{name}-{number}"
+        seen.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -188,35 +224,51 @@ def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth
         disp = read_disparity(disparity, is_depth=is_depth, size=size, normalise=normalise)
         return InputItem(name, rgb, disp, read_mask(mask, size) if mask else None)
 
-    return [PendingInput(name, load)]
+    sources = tuple(Path(p) for p in (image, disparity, mask) if p)
+    return [PendingInput(name, load, sources)]
 
 
-def folder_inputs(test_data_dir: str, data_id: str | None = None) -> list[PendingInput]:
-    """Inputs of one or more test-set folders (a glob may match several), indexed by
-    :func:`data.loaders.load_test_set` (layout detected; one item per input image, GTs ignored).
-
-    ``data_id`` (optional) keeps only inputs whose name equals it or matches it as a glob pattern (``"scene0*"``).
-    With several folders, names get the folder's name as a prefix so outputs cannot collide. Folder-level
-    problems (missing folder, unknown layout, no items) raise at once; a bad file fails only its own item.
-    """
-    from data.loaders import load_test_set
-
+def input_roots(test_data_dir: str) -> list[Path]:
+    """The existing folders ``--test_data_dir`` names (a folder, or a glob pattern matching folders)."""
     roots = sorted(glob.glob(test_data_dir)) if glob.has_magic(test_data_dir) else [test_data_dir]
-    roots = [root for root in roots if Path(root).is_dir()]
+    roots = [Path(root) for root in roots if Path(root).is_dir()]
     if not roots:
         raise FileNotFoundError(
             f"--test_data_dir '{test_data_dir}' is not an existing folder (nor a glob pattern matching folders)"
         )
-    pending = []
+    return roots
+
+
+def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
+                  exclude: Iterable[str | os.PathLike] = ()) -> list[PendingInput]:
+    """Inputs of one or more test-set folders (a glob may match several), indexed by
+    :func:`data.loaders.load_test_set` (layout detected; one item per input image, GTs ignored).
+
+    ``data_id`` (optional) keeps only inputs whose name equals it or matches it as a glob pattern (``"scene0*"``).
+    With several folders, names get the folder's name as a prefix; names are made unique
+    (:func:`unique_names`), so outputs cannot collide. Images in ``exclude`` (outputs of an earlier run written
+    into the input folder, :func:`previous_outputs`) are not inputs. Folder-level problems (missing folder,
+    unknown layout, no items) raise at once; a bad or missing file fails only its own item.
+    """
+    from data.loaders import load_test_set
+
+    roots = input_roots(test_data_dir)
+    excluded = {_path_key(path) for path in exclude}
+    found = []
     for root in roots:
         test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
-        prefix = f"{safe_name(Path(root).name)}_" if len(roots) > 1 else ""
+        prefix = f"{Path(root).name}_" if len(roots) > 1 else ""
         for index, entry in enumerate(test_set.entries):
             name = str(entry["name"])
             if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
                 continue
-            pending.append(PendingInput(prefix + safe_name(name), _set_item_loader(test_set, index, prefix + name)))
-    return pending
+            if _path_key(entry["image"]) in excluded:
+                continue
+            sources = tuple(Path(entry[key]) for key in ("image", "disparity", "mask") if entry.get(key) is not None)
+            found.append((prefix + name, test_set, index, sources))
+    names = unique_names([name for name, *_ in found])
+    return [PendingInput(name, _set_item_loader(test_set, index, name), sources)
+            for name, (_, test_set, index, sources) in zip(names, found)]
 
 
 def _set_item_loader(test_set, index: int, name: str) -> Callable[[], InputItem]:
@@ -298,6 +350,66 @@ def unique_focus(focus: list[tuple[float, str]], name: str) -> list[tuple[float,
         seen.add(key)
         kept.append((value, label))
     return kept
+
+
+def _path_key(path: str | os.PathLike) -> str:
+    """One spelling per file: symlinks and ``..`` resolved, case folded where the OS ignores case."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+MANIFEST_NAME = "run_config.json"
+
+
+def previous_outputs(output_dir: str | os.PathLike) -> list[Path]:
+    """Files an earlier run wrote into ``output_dir``: its :data:`MANIFEST_NAME` and the files listed under
+    ``"outputs"`` there (empty when there is no such manifest or it cannot be read)."""
+    path = Path(output_dir) / MANIFEST_NAME
+    try:
+        outputs = json.loads(path.read_text(encoding="utf-8"))["outputs"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    return [path] + [Path(output_dir) / name for name in outputs if isinstance(name, str)]
+
+
+class OutputFiles:
+    """Hands out the output paths of one run in ``folder``: never one of the run's input files, never one
+    path twice.
+
+    A requested name that is taken becomes ``<stem>-2<suffix>``, ``-3``, ... (recorded in ``renamed`` as
+    ``(requested, given)``, for the caller to announce). Protected: the files in ``protected`` and every
+    existing file under a folder of ``protected_dirs`` (the input folders) except ``own`` (this tool's
+    outputs of an earlier run there, :func:`previous_outputs`). Existing files elsewhere, e.g. the renders of
+    an earlier run, are replaced as usual.
+    """
+
+    def __init__(self, folder: str | os.PathLike, protected: Iterable[str | os.PathLike] = (),
+                 protected_dirs: Iterable[str | os.PathLike] = (), own: Iterable[str | os.PathLike] = ()):
+        self.folder = Path(folder)
+        self.protected = {_path_key(path) for path in protected}
+        self.protected_dirs = [_path_key(path) for path in protected_dirs]
+        self.own = {_path_key(path) for path in own}
+        self.taken: set[str] = set()
+        self.claimed: list[Path] = []
+        self.renamed: list[tuple[str, str]] = []
+
+    def _is_input(self, path: Path, key: str) -> bool:
+        if key in self.protected:
+            return True
+        inside = any(key.startswith(root.rstrip(os.sep) + os.sep) for root in self.protected_dirs)
+        return inside and key not in self.own and path.exists()
+
+    def claim(self, filename: str) -> Path:
+        """The path to write ``filename`` to (in ``folder``); see the class docstring."""
+        requested = self.folder / filename
+        path, number = requested, 1
+        while (key := _path_key(path)) in self.taken or self._is_input(path, key):
+            number += 1
+            path = requested.with_name(f"{requested.stem}-{number}{requested.suffix}")
+        self.taken.add(key)
+        self.claimed.append(path)
+        if path != requested:
+            self.renamed.append((filename, path.name))
+        return path
 
 
 def sheet_name(name: str, single_input: bool) -> str:

@@ -122,6 +122,9 @@ class TestSet:
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
+        missing = entry.get("missing_input") or entry.get("missing_gt")
+        if missing:
+            raise FileNotFoundError(missing)
         if self.layout == "BLB":
             item = _load_blb(entry, self.gamma)
         else:
@@ -163,7 +166,8 @@ def load_test_set(
         for entry in entries:
             if entry["input_name"] not in seen:
                 seen.add(entry["input_name"])
-                unique.append({k: v for k, v in entry.items() if k not in ("gt", "K", "disp_focus")} | {"name": entry["input_name"]})
+                unique.append({k: v for k, v in entry.items() if k not in ("gt", "K", "disp_focus", "missing_gt")}
+                              | {"name": entry["input_name"]})
         entries = unique
     if not entries:
         raise ValueError(f"no items found in '{root}' (layout {layout}); see data/loaders.py for the expected files")
@@ -172,8 +176,15 @@ def load_test_set(
 
 def _require(path: Path | None, what: str, root: Path) -> Path:
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"{what} missing in '{root}': expected '{path}'")
+        raise FileNotFoundError(_missing(path, what, root))
     return path
+
+
+def _missing(path: Path | None, what: str, root: Path) -> str | None:
+    """The error message for a required file that is absent, or None when it is there."""
+    if path is not None and path.is_file():
+        return None
+    return f"{what} missing in '{root}': expected '{path}'"
 
 
 def _list_ebb(root: Path) -> list[dict]:
@@ -186,16 +197,19 @@ def _list_ebb(root: Path) -> list[dict]:
         base = {
             "input_name": name,
             "image": image,
-            "disparity": _require(root / "depth" / f"{name}_pred.npy", f"disparity for input '{image.name}'", root),
+            "disparity": root / "depth" / f"{name}_pred.npy",
             "mask": _find(root / "mask", name) if (root / "mask").is_dir() else None,
             "normalise": "auto" if absolute else "always",
         }
+        # A missing file fails its own items when they are loaded, not the listing of the whole set.
+        base["missing_input"] = _missing(base["disparity"], f"disparity for input '{image.name}'", root)
         gts = meta.get(name, [])
         if gts:
             for record in gts:
-                gt_path = _require(root / record["gt"], f"GT listed in '{meta_path}'", root)
+                gt_path = root / record["gt"]
                 entries.append(base | {"name": gt_path.stem, "gt": gt_path, "K": float(record["K"]),
-                                       "disp_focus": float(record["disp_focus"])})
+                                       "disp_focus": float(record["disp_focus"]),
+                                       "missing_gt": _missing(gt_path, f"GT listed in '{meta_path}'", root)})
         else:
             gt_path = _find(root / "bokeh", name) if (root / "bokeh").is_dir() else None
             entries.append(base | {"name": name, "gt": gt_path})

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from data.inference_io import (
-    InputItem, choose_focus, conform_item, format_value, item_contact_sheet, limit_size, output_name, safe_name,
-    sheet_name, strength_K, unique_focus,
+    InputItem, OutputFiles, choose_focus, conform_item, format_value, item_contact_sheet, limit_size, output_name, safe_name,
+    sheet_name, strength_K, unique_focus, unique_names,
 )
 from data.io import InputWarning
 
@@ -24,7 +24,8 @@ def test_output_names():
     assert output_name("a", 7.5, 1.0) == "a_K7.5_f1.00.png"
     assert output_name("a", 0.0, 0.0) == "a_K0_f0.00.png"
     assert [format_value(v) for v in (20.0, 7.5, 0.125, 0.0)] == ["20", "7.5", "0.12", "0"]
-    assert safe_name("my photo/ü:1") == "my_photo_1" and safe_name("...") == "image"
+    assert safe_name("my photo/ü:1") == "my_photo_ü_1" and safe_name("...") == "image"
+    assert safe_name("场景") == "场景" and safe_name("Cafe\u0301") == "Caf\u00e9"  # Unicode kept, NFC
     assert sheet_name("a", True) == "contact_sheet.png" and sheet_name("a", False) == "a_contact_sheet.png"
 
 
@@ -85,3 +86,24 @@ def test_item_contact_sheet_layout():
     # One K: the disparity still gets its own row, next to black (absent) tiles.
     sheet = item_contact_sheet(item, renders, [5.0], [(0.2, "p10")], width=60)
     assert sheet.shape == (3, 2 * (40 + 22), 2 * 60) and sheet[:, 62 + 30, 90].max() == 0
+
+
+def test_unique_names_are_distinct_deterministic_and_keep_clean_names():
+    names = ["my scene", "my_scene", "场景", "风景", "a:b", "a?b", "A_b"]
+    unique = unique_names(names)
+    assert len({n.casefold() for n in unique}) == len(names)  # distinct even on case-insensitive file systems
+    assert unique[1] == "my_scene" and unique[2:4] == ["场景", "风景"]  # clean names are kept as they are
+    assert unique[0].startswith("my_scene-") and unique[4].startswith("a_b-") and unique[5].startswith("a_b-")
+    assert unique_names(names[::-1]) == unique[::-1]  # independent of the order the inputs are listed in
+    assert unique_names(["x", "x"]) == ["x", "x-2"]  # identical names: numbered in order
+
+
+def test_output_files_never_hand_out_an_input_or_a_path_twice(tmp_path):
+    photo = tmp_path / "contact_sheet.png"
+    photo.write_bytes(b"photo")
+    (tmp_path / "old.png").write_bytes(b"an earlier output: may be replaced")
+    files = OutputFiles(tmp_path, protected=[photo])
+    assert files.claim("contact_sheet.png") == tmp_path / "contact_sheet-2.png"
+    assert files.claim("a.png") == tmp_path / "a.png" and files.claim("a.png") == tmp_path / "a-2.png"
+    assert files.claim("old.png") == tmp_path / "old.png"
+    assert files.renamed == [("contact_sheet.png", "contact_sheet-2.png"), ("a.png", "a-2.png")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -286,5 +287,20 @@ def test_errors_name_the_problem(tmp_path):
         load_test_set(EBB, layout="nope")
     save_image(tmp_path / "input" / "x.png", np.zeros((3, 8, 8)))
     (tmp_path / "depth").mkdir()
-    with pytest.raises(FileNotFoundError, match="x_pred.npy"):
-        load_test_set(tmp_path, layout="ebb")
+    test_set = load_test_set(tmp_path, layout="ebb")  # a missing file fails its own item, not the listing
+    with pytest.raises(FileNotFoundError, match="disparity for input 'x.png' missing.*x_pred.npy"):
+        test_set[0]
+
+
+def test_a_missing_ground_truth_fails_only_its_item_and_not_inputs_only(tmp_path):
+    root = tmp_path / "ebb"
+    shutil.copytree(EBB, root)
+    meta = json.loads((root / "meta.json").read_text())
+    missing = root / meta["scene01"][0]["gt"]
+    missing.unlink()
+    test_set = load_test_set(root)
+    names = [entry["name"] for entry in test_set.entries]
+    with pytest.raises(FileNotFoundError, match=f"GT listed in .*{missing.name}"):
+        test_set[names.index(missing.stem)]
+    assert "gt" in test_set[names.index(meta["scene01"][1]["gt"].split("/")[-1][:-4])]
+    assert len(list(load_test_set(root, inputs_only=True))) == 3  # inference needs no ground truth

@@ -282,3 +282,83 @@ def test_baseline_renderers_run_end_to_end(tmp_path, renderer):
 
         item = limit_size(conform_item("motorcycle", *load_motorcycle()), 96)
         np.testing.assert_allclose(rendered, np.asarray(item.image), atol=1 / 255 + 1e-6)
+
+
+# ------------------------------------------------------------------------------------------ outputs never lost
+def _flat_folder(root, names):
+    """The `folder` layout: <name>.png + <name>.npy, each image a different random texture."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        image = np.random.default_rng(index).random((3, H, W)).astype(np.float32)
+        save_image(root / f"{name}.png", image)
+        np.save(root / f"{name}.npy", np.full((H, W), 0.5, np.float32))
+    return root
+
+
+@pytest.mark.parametrize("names", [("my scene", "my_scene"), ("场景", "风景")])
+def test_inputs_whose_names_clean_alike_get_distinct_outputs(tmp_path, names):
+    """`my scene` and `my_scene` clean to one name, and non-ASCII names used to clean to `image`: every input
+    keeps its own renders; Unicode letters are kept, and an already clean name keeps its name."""
+    root = _flat_folder(tmp_path / "photos", names)
+    out = tmp_path / "out"
+    assert _run_folder(root, out, "--renderer", "identity", "--focus_disparity", "0.5") == 0
+    renders = sorted(out.glob("*_K3_f0.50.png"))
+    sheets = sorted(out.glob("*_contact_sheet.png"))
+    assert len(renders) == 2 and len(sheets) == 2
+    # identity renders: each output holds its own input (one did not overwrite the other)
+    originals = sorted(read_image(root / f"{n}.png").sum() for n in names)
+    assert np.allclose(sorted(read_image(p).sum() for p in renders), originals, rtol=1e-3)
+    if names[1] == "my_scene":
+        assert (out / "my_scene_K3_f0.50.png").is_file()
+    else:
+        assert {p.name for p in renders} == {f"{n}_K3_f0.50.png" for n in names}
+    # deterministic: a second run into a fresh folder names them alike
+    assert _run_folder(root, tmp_path / "again", "--renderer", "identity", "--focus_disparity", "0.5") == 0
+    assert sorted(p.name for p in (tmp_path / "again").glob("*.png")) == sorted(p.name for p in out.glob("*.png"))
+
+
+def test_an_output_never_replaces_an_input_file(tmp_path, capsys):
+    """--output_dir is the photo's folder and the photo is called contact_sheet.png: the photo survives and
+    the contact sheet goes next to it under another name."""
+    out = tmp_path / "photos"
+    out.mkdir()
+    image_path, disparity_path = _scene(out, name="contact_sheet")
+    before = image_path.read_bytes(), disparity_path.read_bytes()
+    code = inference_hf.main(["--renderer", "identity", "--image", str(image_path), "--disparity",
+                              str(disparity_path), "--K", "3", "--output_dir", str(out)])
+    assert code == 0
+    assert (image_path.read_bytes(), disparity_path.read_bytes()) == before
+    sheets = [p for p in out.glob("contact_sheet*.png") if p != image_path and "_K3_" not in p.name]
+    assert len(sheets) == 1 and read_image(sheets[0]).shape[1] > H  # the labelled sheet
+    assert "contact_sheet.png" in capsys.readouterr().out  # the renamed output is announced
+
+
+def test_ebb_folder_with_a_missing_depth_renders_the_others(tmp_path, capsys):
+    root = tmp_path / "ebb"
+    shutil.copytree(EBB, root)
+    (root / "depth" / "scene01_pred.npy").unlink()
+    assert _run_folder(root, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "scene01" in err and "scene01_pred.npy" in err
+    assert sorted(p.name.split("_")[0] for p in (tmp_path / "out").glob("*_K3_*.png")) == ["scene00", "scene02"]
+
+
+def test_ebb_folder_with_a_missing_ground_truth_renders_everything(tmp_path):
+    """Inference does not read ground truth: a GT listed in meta.json but absent changes nothing."""
+    root = tmp_path / "ebb"
+    shutil.copytree(EBB, root)
+    (root / "bokeh" / "scene01_K8.43_f0.949.png").unlink()
+    assert _run_folder(root, tmp_path / "out") == 0
+    assert len(list((tmp_path / "out").glob("*_K3_*.png"))) == 3
+
+
+def test_rendering_into_the_input_folder_and_again(tmp_path):
+    """Renders written among the inputs are this tool's outputs: the next run neither reads them as inputs nor
+    fails on them, and renders the same inputs again."""
+    root = tmp_path / "ebb"
+    shutil.copytree(EBB, root)
+    for _ in range(2):
+        assert _run_folder(root, root / "input", "--renderer", "identity") == 0
+        assert sorted(p.name for p in (root / "input").glob("*_K3_*.png")) == [
+            "scene00_K3_f0.17.png", "scene01_K3_f0.95.png", "scene02_K3_f0.27.png"]
+    assert sorted(p.name for p in (root / "input").glob("scene0?.png")) == ["scene00.png", "scene01.png", "scene02.png"]
