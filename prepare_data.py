@@ -14,8 +14,9 @@ Where outputs go: to ``--output_dir``, with the images copied into its ``input/`
 self-contained. When ``--input_dir`` already is an EBB ``input`` folder (its name is ``input``, e.g.
 ``data/EBB/input``) and ``--output_dir`` is omitted or is its parent, the work is done in place: nothing is
 copied and ``depth/`` and ``mask/`` are written next to it. Outputs never go among the images: without
-``--output_dir`` any other folder is refused, and an ``--output_dir`` inside the images' folder is left out
-when it is searched, so a rerun does not take the masks for photos.
+``--output_dir`` any other folder is refused, an ``--output_dir`` inside the images' folder is left out
+when it is searched, so a rerun does not take the masks for photos, and a layout in which an output would
+replace an input image (photos in ``<root>/mask`` with ``--output_dir <root>``) is refused.
 
 Existing outputs are kept (an image whose outputs all exist is skipped) unless ``--overwrite``; outputs are
 written to a temporary file and renamed, so an interrupted run never leaves a truncated file behind.
@@ -104,6 +105,22 @@ class Layout:
 
     def mask_path(self, item: Item) -> Path:
         return self.root / "mask" / f"{item.name}.png"
+
+    def outputs(self, item: Item) -> list[Path]:
+        """Every file this item may write."""
+        return [self.depth_path(item), self.mask_path(item)] + ([self.input_path(item)] if self.copy_inputs else [])
+
+
+def check_no_input_replaced(items: list[Item], layout: Layout) -> None:
+    """Refuse a layout in which an output would replace one of the input images (e.g. photos in
+    ``<root>/mask`` with ``--output_dir <root>``): no run may overwrite its own inputs."""
+    inputs = {item.source.resolve(): item for item in items}
+    planned = [layout.root / "prepare_data.json"] + [path for item in items for path in layout.outputs(item)]
+    clashes = [path for path in planned if path.resolve() in inputs]
+    if clashes:
+        shown = ", ".join(f"'{path}'" for path in clashes[:3]) + (" ..." if len(clashes) > 3 else "")
+        raise UsageError(f"--output_dir '{layout.root}': its outputs would replace {len(clashes)} input image(s) "
+                         f"({shown}); choose an --output_dir outside the images' folder")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,6 +303,7 @@ def main(argv=None) -> int:
         items, others, clashes = find_images(args.input_dir, exclude=layout.root if inside else None)
         if not items and not clashes:
             raise UsageError(f"--input_dir '{args.input_dir}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        check_no_input_replaced(items, layout)
         if others:
             shown = ", ".join(str(p) for p in others[:5]) + (" ..." if len(others) > 5 else "")
             print(f"note: {len(others)} file(s) without an image extension ({', '.join(IMAGE_EXTENSIONS)}) "

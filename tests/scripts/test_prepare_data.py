@@ -253,3 +253,15 @@ def test_prepared_test_data_is_rendered_by_inference_hf(weights, tmp_path):
     for source in sources:
         (render,) = renders.glob(f"{source.stem}_K8_f*.png")
         assert read_image(render).shape == read_image(source).shape
+
+
+def test_outputs_that_would_replace_an_input_image_are_refused(weights, tmp_path, capsys):
+    """Photos in <root>/mask with --output_dir <root>: the masks would be written over the photos."""
+    root = tmp_path / "root"
+    save_image(root / "mask" / "astronaut.png", skdata.astronaut()[::4, ::4].transpose(2, 0, 1) / 255.0)
+    before = (root / "mask" / "astronaut.png").read_bytes()
+    assert run(weights, "--input_dir", root / "mask", "--output_dir", root) == 2
+    err = capsys.readouterr().err
+    assert "would replace" in err and "astronaut.png" in err and "--output_dir" in err
+    assert (root / "mask" / "astronaut.png").read_bytes() == before
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["mask", "mask/astronaut.png"]
