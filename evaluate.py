@@ -12,7 +12,10 @@ prediction named like it or named as ``inference_hf.py`` names a render of that 
 its scene's disparity. Writes ``metrics.csv``,
 ``metrics.json``, ``metrics.md`` and ``worst_cases.png`` to ``--output_dir``. Learned metrics whose
 pretrained weights cannot be obtained (offline) are listed as unavailable, never computed with random weights.
-Exit code: 0 if every pair was scored, 1 if some failed (they are listed), 2 for bad arguments.
+PSNR is capped at 100 dB (identical images score 100, not infinity; ``metrics.image.PSNR_MAX_DB``) and
+``metrics.json`` is strict JSON (undefined values are ``null``). Exit code: 0 if every ground truth was
+scored, 1 if a prediction is missing or a pair failed (both are listed in the reports and counted), 2 for
+bad arguments (or an ``--output_dir`` whose reports would replace an evaluated image).
 """
 
 from __future__ import annotations
@@ -81,12 +84,16 @@ def main(argv=None) -> int:
         pairs, learned=learned, unavailable=unavailable, band_width_px=args.band_width,
         band_threshold=args.band_threshold, device=device, progress=lambda it: tqdm(it, desc="scoring"),
     )
-    paths = write_reports(evaluation, pairs, args.output_dir, worst_k=args.worst_k)
+    try:
+        paths = write_reports(evaluation, pairs, args.output_dir, worst_k=args.worst_k)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(paths["markdown"].read_text())
-    for name, reason in evaluation.failures.items():
+    for name, reason in {**evaluation.missing, **evaluation.failures}.items():
         print(f"error: {name}: {reason}", file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 1 if evaluation.failures else 0
+    return 0 if evaluation.complete else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ All inputs are ``(B, 3, H, W)`` sRGB in [0, 1] (metrics are computed on the enco
 numbers for EBB!/BLB are). Masks are ``(B, 1, H, W)`` booleans; a metric "inside a mask" averages its
 per-pixel map over the mask (PSNR: MSE over the masked pixels, then ``10 log10(1 / MSE)``).
 
-- PSNR: ``10 log10(1 / MSE)`` with the peak value 1 (per image, then averaged over images).
+- PSNR: ``10 log10(1 / MSE)`` with the peak value 1 (per image, then averaged over images), capped at
+  :data:`PSNR_MAX_DB` = 100 dB (MSE <= 1e-10, identical images included), as several benchmarks do: an
+  infinite PSNR would make the mean over images infinite and hide every other image.
 - SSIM: ``kornia.metrics.ssim`` with an 11-px Gaussian window (Wang et al., TIP 2004) and 'same' padding,
   so the SSIM map has the image size and can be masked; the full-image value is the mean of that map.
 - LPIPS (Zhang et al., CVPR 2018), VGG and AlexNet trunks, via the ``lpips`` package, with its spatial map.
@@ -25,6 +27,8 @@ import kornia
 import torch
 
 SSIM_WINDOW = 11
+# PSNR cap in dB: the PSNR of an MSE of 1e-10 (peak 1). Identical images score this, not +inf.
+PSNR_MAX_DB = 100.0
 
 
 def mse_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,8 +55,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB for peak value 1; identical images (MSE 0) give +inf."""
-    return 10.0 * torch.log10(1.0 / mse)
+    """PSNR in dB for peak value 1, capped at :data:`PSNR_MAX_DB` (identical images, MSE 0, score the cap);
+    NaN stays NaN (an empty mask)."""
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(10.0 ** (-PSNR_MAX_DB / 10.0)))
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:

@@ -19,30 +19,49 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.inference_io import output_name
+from data.inference_io import output_name, safe_name
 from data.io import IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, save_image, write_text_atomic
 from metrics.bands import discontinuity_band
-from metrics.image import LearnedMetric, masked_mean, mse_map, psnr_from_mse, ssim_map
+from metrics.image import PSNR_MAX_DB, LearnedMetric, masked_mean, mse_map, psnr_from_mse, ssim_map
 
 REGIONS = ("", "_band", "_outside")
 
 
+REPORT_FILES = ("metrics.csv", "metrics.json", "metrics.md", "worst_cases.png")
+
+
 @dataclass
 class Pair:
-    """One prediction and its ground truth; ``disparity`` (optional) defines the discontinuity band."""
+    """One prediction and its ground truth; ``disparity`` (optional) defines the discontinuity band.
+    ``pred`` is None when no prediction was found; ``missing`` then says where it was looked for."""
 
     name: str
-    pred: Path
+    pred: Path | None
     gt: Path
     disparity: Path | None = None
+    missing: str = ""
 
 
 @dataclass
 class Evaluation:
+    """Scores per image (``rows``), pairs that failed (``failures``: name -> reason), ground truths without a
+    prediction (``missing``: name -> where it was looked for), and learned metrics that were unavailable."""
+
     rows: list[dict] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     band_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Ground truths in the evaluation, and how many were scored, had no prediction, or failed."""
+        scored, missing, failed = len(self.rows), len(self.missing), len(self.failures)
+        return {"ground_truths": scored + missing + failed, "scored": scored, "missing": missing, "failed": failed}
+
+    @property
+    def complete(self) -> bool:
+        """Every ground truth was scored (no missing prediction, no failure)."""
+        return not self.failures and not self.missing
 
     def means(self) -> dict[str, float]:
         """Mean over images of every numeric column, ignoring NaN; NaN if no image has a value."""
@@ -66,17 +85,19 @@ def find_pairs(pred_dir: Path, gt_dir: Path, disparity_dir: Path | None = None) 
     """Match predictions to ground truth by relative path without extension.
 
     Disparity for ``<name>`` is looked up in ``disparity_dir`` as ``<name>.npy``, ``<name>_pred.npy`` (the
-    EBB layout) or ``<name>.png``. Returns the pairs and a list of problems (ground truth without a
-    prediction, predictions without ground truth), which the caller reports.
+    EBB layout) or ``<name>.png``. Returns the pairs, one per ground truth (``pred`` None where the
+    prediction is missing: :func:`evaluate_pairs` reports it), and a list of problems (predictions without
+    ground truth, missing disparity), which the caller reports.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for flag, folder in (("--pred_dir", pred_dir), ("--gt_dir", gt_dir)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{flag} '{folder}' is not a folder")
     preds, gts = _images_in(pred_dir), _images_in(gt_dir)
-    problems = [f"no prediction for ground truth '{gts[n]}'" for n in gts if n not in preds]
-    problems += [f"no ground truth for prediction '{preds[n]}'" for n in preds if n not in gts]
-    pairs = []
+    problems = [f"no ground truth for prediction '{preds[n]}'" for n in preds if n not in gts]
+    pairs = [Pair(name, None, gts[name], missing=f"no prediction for ground truth '{gts[name]}' in --pred_dir "
+                  f"'{pred_dir}' (looked for {name}.<{'|'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}>)")
+             for name in sorted(set(gts) - set(preds))]
     for name in sorted(set(preds) & set(gts)):
         disparity = None
         if disparity_dir is not None:
@@ -85,7 +106,8 @@ def find_pairs(pred_dir: Path, gt_dir: Path, disparity_dir: Path | None = None) 
             if disparity is None:
                 problems.append(f"no disparity for '{name}' in '{disparity_dir}' (band metrics will be NaN)")
         pairs.append(Pair(name, preds[name], gts[name], disparity))
-    if not pairs:
+    pairs.sort(key=lambda pair: pair.name)
+    if not any(pair.pred is not None for pair in pairs):
         raise ValueError(
             f"no prediction in --pred_dir '{pred_dir}' matches a ground-truth image in --gt_dir '{gt_dir}' "
             "(files are matched by relative path without extension)"
@@ -119,20 +141,20 @@ def dataset_records(root: Path) -> list[dict]:
 def find_dataset_pairs(root: Path, pred_dir: Path) -> tuple[list[Pair], list[str]]:
     """Pair a dataset's ground truths (:func:`dataset_records`) with predictions in ``pred_dir`` named either
     like the GT (``<gt stem>.png``, as ``scripts.run_benchmark`` writes) or as ``inference_hf.py`` names its
-    renders for that scene, K and focus (``<scene>_K<K>_f<focus>.png``). Each pair gets its scene's disparity."""
+    renders for that scene, K and focus (``<scene>_K<K>_f<focus>.png``). Each pair gets its scene's disparity;
+    a ground truth without a prediction gets a pair with ``pred`` None (reported by :func:`evaluate_pairs`)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred_dir '{pred_dir}' is not a folder")
     pairs, problems = [], []
     for record in dataset_records(root):
         candidates = [pred_dir / f"{record['name']}{ext}" for ext in (".png", ".jpg")]
-        candidates.append(pred_dir / output_name(record["scene"], record["K"], record["disp_focus"]))
+        candidates.append(pred_dir / output_name(safe_name(record["scene"]), record["K"], record["disp_focus"]))
         pred = next((c for c in candidates if c.is_file()), None)
-        if pred is None:
-            problems.append(f"no prediction for ground truth '{record['gt']}' (looked for {', '.join(c.name for c in candidates)})")
-            continue
-        pairs.append(Pair(record["name"], pred, record["gt"], record["disparity"]))
-    if not pairs:
+        missing = "" if pred else (f"no prediction for ground truth '{record['gt']}' in --pred_dir '{pred_dir}' "
+                                   f"(looked for {', '.join(c.name for c in candidates)})")
+        pairs.append(Pair(record["name"], pred, record["gt"], record["disparity"], missing=missing))
+    if not any(pair.pred is not None for pair in pairs):
         raise ValueError(f"no prediction in --pred_dir '{pred_dir}' matches a ground truth of --dataset '{root}'")
     return pairs, problems
 
@@ -178,9 +200,11 @@ def evaluate_pairs(
     progress=None,
 ) -> Evaluation:
     """Score every pair; a pair that cannot be read or whose sizes differ is recorded in ``failures`` and
-    skipped, never aborting the run. Images are moved to ``device`` (None: they stay where they are read)."""
+    skipped, never aborting the run; a pair without a prediction is recorded in ``missing``. Images are moved to ``device`` (None: they stay where they are read)."""
     result = Evaluation(unavailable=dict(unavailable or {}))
-    iterator = progress(pairs) if progress is not None else pairs
+    result.missing = {pair.name: pair.missing or "no prediction" for pair in pairs if pair.pred is None}
+    scorable = [pair for pair in pairs if pair.pred is not None]
+    iterator = progress(scorable) if progress is not None else scorable
     for pair in iterator:
         try:
             gt = read_image(pair.gt)
@@ -212,10 +236,22 @@ def evaluate_pairs(
 def write_reports(
     evaluation: Evaluation, pairs: list[Pair], output_dir: Path, *, worst_k: int = 6, title: str = "Evaluation"
 ) -> dict[str, Path]:
-    """Write ``metrics.csv`` (per image), ``metrics.json`` (per image, means, unavailable metrics,
-    failures), ``metrics.md`` (table of means) and ``worst_cases.png`` (the ``worst_k`` lowest-PSNR images:
-    prediction, ground truth, 4x absolute error, band). Returns the paths by kind."""
+    """Write ``metrics.csv`` (per image), ``metrics.json`` (per image, means, counts, unavailable metrics,
+    missing predictions, failures; strict JSON: undefined values are ``null``), ``metrics.md`` (table of
+    means) and ``worst_cases.png`` (the ``worst_k`` lowest-PSNR images: prediction, ground truth, 4x absolute
+    error, band). Returns the paths by kind.
+
+    Raises:
+        FileExistsError: a report would replace one of the evaluated files (``output_dir`` holds an input
+            named like a report); nothing is written then.
+    """
     output_dir = Path(output_dir)
+    inputs = {Path(p).resolve() for pair in pairs for p in (pair.pred, pair.gt, pair.disparity) if p is not None}
+    clashes = [name for name in REPORT_FILES if (output_dir / name).resolve() in inputs]
+    if clashes:
+        raise FileExistsError(f"--output_dir '{output_dir}' holds evaluated images named like the reports "
+                              f"({', '.join(clashes)}), which writing the reports would replace; choose another "
+                              f"--output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     means = evaluation.means()
@@ -232,13 +268,16 @@ def write_reports(
     paths["json"] = write_text_atomic(
         output_dir / "metrics.json",
         json.dumps(
-            {
+            _nan_to_none({
                 "per_image": evaluation.rows,
                 "mean": means,
+                "counts": evaluation.counts(),
                 "unavailable": evaluation.unavailable,
+                "missing": evaluation.missing,
                 "failures": evaluation.failures,
-            },
+            }),
             indent=2,
+            allow_nan=False,  # strict JSON: PSNR is capped (metrics.image.PSNR_MAX_DB), undefined values are null
         )
     )
 
@@ -258,6 +297,17 @@ def write_reports(
     return paths
 
 
+def _nan_to_none(value):
+    """NaN (an undefined metric, e.g. no band without a disparity) -> None, i.e. ``null`` in JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(item) for item in value]
+    return value
+
+
 def _fmt(value: float, name: str) -> str:
     if math.isnan(value):
         return "n/a"
@@ -273,7 +323,8 @@ def markdown_table(evaluation: Evaluation, *, title: str = "Evaluation") -> str:
     lines = [
         f"### {title}",
         "",
-        f"{len(evaluation.rows)} images. Higher is better for PSNR (dB) and SSIM; lower for LPIPS and DISTS.",
+        f"{_count_line(evaluation)} Higher is better for PSNR (dB, capped at {PSNR_MAX_DB:g}) and SSIM; "
+        "lower for LPIPS and DISTS.",
         "",
         "| metric | all | discontinuity band | outside band |",
         "|---|---|---|---|",
@@ -286,7 +337,17 @@ def markdown_table(evaluation: Evaluation, *, title: str = "Evaluation") -> str:
     if evaluation.unavailable:
         lines += ["", "Unavailable (pretrained weights could not be obtained; never computed with random weights):"]
         lines += [f"- `{name}`: {reason}" for name, reason in evaluation.unavailable.items()]
+    if evaluation.missing:
+        lines += ["", f"Missing predictions ({len(evaluation.missing)}):"]
+        lines += [f"- `{name}`: {reason}" for name, reason in evaluation.missing.items()]
     if evaluation.failures:
         lines += ["", f"Failed ({len(evaluation.failures)}):"]
         lines += [f"- `{name}`: {reason}" for name, reason in evaluation.failures.items()]
     return "\n".join(lines) + "\n"
+
+
+def _count_line(evaluation: Evaluation) -> str:
+    counts = evaluation.counts()
+    line = f"{counts['scored']} of {counts['ground_truths']} images scored"
+    extra = [f"{counts[k]} {what}" for k, what in (("missing", "missing"), ("failed", "failed")) if counts[k]]
+    return line + (f" ({', '.join(extra)}, listed below)." if extra else ".")

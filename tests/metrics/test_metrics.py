@@ -8,7 +8,7 @@ import torch
 
 from data.io import save_image
 from metrics.bands import discontinuity_band
-from metrics.image import LearnedMetric, load_learned_metrics, masked_mean, mse_map, psnr_from_mse, ssim_map
+from metrics.image import PSNR_MAX_DB, LearnedMetric, load_learned_metrics, masked_mean, mse_map, psnr_from_mse, ssim_map
 from metrics.report import Pair, evaluate_pairs, find_pairs, score, write_reports
 
 
@@ -19,7 +19,7 @@ def _image(seed, h=48, w=64):
 def test_identical_images_score_perfect():
     image = _image(0)
     values = score(image, image.clone(), band=None)
-    assert math.isinf(values["psnr"][0]) and values["psnr"][0] > 0
+    assert float(values["psnr"][0]) == PSNR_MAX_DB == 100.0  # the documented cap, not +inf
     assert values["ssim"][0] == pytest.approx(1.0, abs=1e-6)
     assert math.isnan(values["psnr_band"][0])  # no disparity: band metrics are undefined, not zero
 
@@ -56,7 +56,7 @@ def test_band_and_outside_split_the_error():
     disparity[..., 15:] = 1.0
     band = discontinuity_band(disparity, width_px=3)
     values = score(pred, target, band)
-    assert math.isinf(values["psnr_outside"][0])
+    assert values["psnr_outside"][0] == PSNR_MAX_DB  # error-free outside the band: the cap
     assert values["psnr_band"][0] == pytest.approx(20.0, abs=1e-3)
     assert values["psnr"][0] > values["psnr_band"][0]
 
@@ -88,13 +88,15 @@ def _write_pairs(tmp_path, n=3):
 def test_reports_are_written_and_parse(tmp_path):
     pred_dir, gt_dir, disp_dir = _write_pairs(tmp_path)
     (gt_dir / "orphan.png").write_bytes(b"")  # ground truth without a prediction is reported
+    (pred_dir / "extra.png").write_bytes(b"")  # and so is a prediction without ground truth
     pairs, problems = find_pairs(pred_dir, gt_dir, disp_dir)
-    assert [p.name for p in pairs] == ["scene0", "scene1", "scene2"]
-    assert any("orphan" in p for p in problems)
+    assert [p.name for p in pairs if p.pred] == ["scene0", "scene1", "scene2"]
+    assert [p.name for p in pairs if p.pred is None] == ["orphan"]
+    assert any("extra" in p for p in problems)
 
     spatial = LearnedMetric("fake_spatial", lambda p, t: (p - t).abs().mean(1, keepdim=True), spatial=True)
     evaluation = evaluate_pairs(pairs, learned=[spatial], unavailable={"dists": "offline"}, band_width_px=4)
-    assert not evaluation.failures
+    assert not evaluation.failures and list(evaluation.missing) == ["orphan"]
     paths = write_reports(evaluation, pairs, tmp_path / "out", worst_k=2)
     data = json.loads(paths["json"].read_text())
     assert len(data["per_image"]) == 3
@@ -152,13 +154,16 @@ def test_dataset_layout_pairs_ground_truth_with_inference_and_gt_named_predictio
         name = f"{record['name']}.png" if i % 2 else output_name(record["scene"], record["K"], record["disp_focus"])
         shutil.copy(record["gt"], pred_dir / name)
     pairs, problems = find_dataset_pairs(ebb, pred_dir)
-    assert [p.name for p in pairs] == [r["name"] for r in records[:4]]
-    assert len(problems) == 2 and all("no prediction" in p for p in problems)
+    assert [p.name for p in pairs if p.pred] == [r["name"] for r in records[:4]] and not problems
+    assert all("no prediction" in p.missing for p in pairs[4:]) and not any(p.pred for p in pairs[4:])
     out = tmp_path / "eval"
+    # Two ground truths have no prediction: they are in the reports, and the exit code says so.
     assert evaluate.main(["--pred_dir", str(pred_dir), "--dataset", str(ebb), "--output_dir", str(out),
-                          "--learned", "--device", "cpu"]) == 0
-    rows = json.loads((out / "metrics.json").read_text())["per_image"]
-    assert len(rows) == 4 and all(math.isinf(r["psnr"]) and not math.isnan(r["psnr_band"]) for r in rows)
+                          "--learned", "--device", "cpu"]) == 1
+    data = json.loads((out / "metrics.json").read_text())
+    rows = data["per_image"]
+    assert len(rows) == 4 and all(r["psnr"] == PSNR_MAX_DB and r["psnr_band"] is not None for r in rows)
+    assert sorted(data["missing"]) == sorted(r["name"] for r in records[4:])
     assert evaluate.main(["--pred_dir", str(pred_dir), "--dataset", str(tmp_path), "--output_dir", str(out)]) == 2
     assert "meta.json" in capsys.readouterr().err
 
@@ -171,3 +176,59 @@ def test_an_image_too_small_for_ssim_fails_alone(tmp_path):
     evaluation = evaluate_pairs(pairs)
     assert sorted(row["name"] for row in evaluation.rows) == ["scene0", "scene1"]
     assert "tiny" in evaluation.failures
+
+
+def _strict_json(path):
+    def reject(constant):
+        raise AssertionError(f"'{path}' is not strict JSON: it holds {constant}")
+
+    return json.loads(Path(path).read_text(), parse_constant=reject)
+
+
+def test_missing_predictions_are_reported_counted_and_fail_the_run(tmp_path, capsys):
+    """4 of 6 predictions missing: the reports list them and count them, and the exit code is 1."""
+    import evaluate
+
+    pred_dir, gt_dir, disp_dir = _write_pairs(tmp_path, n=6)
+    for i in (1, 2, 4, 5):
+        (pred_dir / f"scene{i}.png").unlink()
+    out = tmp_path / "eval"
+    assert evaluate.main(["--pred_dir", str(pred_dir), "--gt_dir", str(gt_dir), "--disparity_dir", str(disp_dir),
+                          "--output_dir", str(out), "--learned", "--device", "cpu"]) == 1
+    data = _strict_json(out / "metrics.json")
+    assert data["counts"] == {"ground_truths": 6, "scored": 2, "missing": 4, "failed": 0}
+    assert sorted(data["missing"]) == ["scene1", "scene2", "scene4", "scene5"]
+    assert "scene1.png" in data["missing"]["scene1"]
+    table = (out / "metrics.md").read_text()
+    assert "2 of 6 images scored" in table and "Missing predictions (4)" in table and "`scene5`" in table
+    assert "scene4" in capsys.readouterr().err
+
+
+def test_an_identical_pair_is_capped_and_the_json_is_strict(tmp_path):
+    """PSNR of an identical pair is the documented cap (not inf, which hid every other image in the mean);
+    undefined values (no band without a disparity) are null, never NaN, in metrics.json."""
+    import shutil
+
+    pred_dir, gt_dir, _ = _write_pairs(tmp_path, n=2)
+    shutil.copy(gt_dir / "scene0.png", pred_dir / "scene0.png")
+    pairs, _ = find_pairs(pred_dir, gt_dir)
+    evaluation = evaluate_pairs(pairs)
+    data = _strict_json(write_reports(evaluation, pairs, tmp_path / "out")["json"])
+    first, second = data["per_image"]
+    assert first["psnr"] == PSNR_MAX_DB and 20 < second["psnr"] < PSNR_MAX_DB
+    assert data["mean"]["psnr"] == pytest.approx((PSNR_MAX_DB + second["psnr"]) / 2)
+    assert first["psnr_band"] is None and data["mean"]["psnr_band"] is None
+
+
+def test_reports_never_replace_an_input(tmp_path, capsys):
+    """--output_dir is the predictions' folder and one prediction is called metrics.md... or worst_cases.png."""
+    import evaluate
+
+    pred_dir, gt_dir, _ = _write_pairs(tmp_path, n=2)
+    for folder in (pred_dir, gt_dir):
+        save_image(folder / "worst_cases.png", _image(7)[0])
+    before = (pred_dir / "worst_cases.png").read_bytes()
+    assert evaluate.main(["--pred_dir", str(pred_dir), "--gt_dir", str(gt_dir), "--output_dir", str(pred_dir),
+                          "--learned", "--device", "cpu"]) == 2
+    assert "worst_cases.png" in capsys.readouterr().err
+    assert (pred_dir / "worst_cases.png").read_bytes() == before and not (pred_dir / "metrics.json").exists()
