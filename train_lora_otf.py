@@ -5,7 +5,9 @@
 
 Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the logic lives in ``training/``.
 Rerunning the same command with ``--resume_from_checkpoint latest`` continues exactly where the last
-checkpoint left off. Exit status: 0 done, 2 stopped after too many non-finite steps.
+checkpoint left off (a checkpoint whose RNG state cannot be read is an error unless ``--allow_inexact_resume``).
+Exit status: 0 done, 1 a checkpoint could not be saved (no space left; the previous one is kept), 2 stopped
+after too many non-finite steps.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from training.checkpoint import (CheckpointHooks, TrainProgress, check_fresh_output_dir, export_inference,
-                                 remove_stale_temporaries, resolve_resume_path, save_checkpoint)
+from training.checkpoint import (CheckpointHooks, CheckpointSaveError, TrainProgress, check_fresh_output_dir,
+                                 check_rng_state, export_inference, remove_stale_temporaries, resolve_resume_path,
+                                 save_checkpoint)
 from training.config import dump_config, parse_args
 from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
@@ -88,6 +91,7 @@ def main(input_args=None) -> int:
     hooks.register(accelerator)
     resume = resolve_resume_path(args.resume_from_checkpoint, out)
     if resume is not None:
+        check_rng_state(resume, accelerator.process_index, args.allow_inexact_resume)  # exact resume or an error
         accelerator.load_state(str(resume))  # LoRA, VAE, discriminator, optimisers, schedules, RNG, progress
         logger.info("resumed from %s at step %d", resume, progress.step)
     elif args.resume_from_checkpoint:
@@ -163,6 +167,10 @@ def main(input_args=None) -> int:
         logger.error("%s", error)
         accelerator.end_training()
         return 2
+    except CheckpointSaveError as error:  # disk full: said as such, the previous checkpoint kept
+        logger.error("%s", error)
+        accelerator.end_training()
+        return 1
     bar.close()
 
     # ---- save -----------------------------------------------------------------------------------------

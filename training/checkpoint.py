@@ -8,26 +8,35 @@ Layout of ``<output_dir>/checkpoint-<step>/`` (``step`` = optimisation steps com
 - ``optimizer*.bin``, ``scheduler*.bin``, ``random_states_<rank>.pkl``: written by ``accelerator.save_state``
   (optimizers, LR schedules, Python/NumPy/torch RNG of every process);
 - ``bokehdiff_checkpoint.json``: step, data position, non-finite counters, LoRA rank/targets, trainable VAE
-  tensors, PISA settings, base model, resolution, library and code versions, and the resolved config.
+  tensors, PISA settings, base model, resolution, library and code versions, and the resolved config;
+- ``checkpoint_complete``: the completeness marker, written last (after every file is flushed to disk).
 
 The LoRA and VAE files are the inference export format too: ``models.lora.load_lora(unet, folder)`` and
 ``load_vae_partial(vae, folder)`` read a checkpoint folder directly; :func:`export_inference` writes the same
 files (without training state) to ``output_dir`` at the end of training.
 
-Atomicity: a checkpoint is written to ``.tmp-checkpoint-<step>`` and renamed to ``checkpoint-<step>`` only when
+Atomicity: a folder named ``checkpoint-<step>`` is always complete. A checkpoint is written to
+``.tmp-checkpoint-<step>``, gets its completeness marker, and is renamed to ``checkpoint-<step>`` only when
 every process has finished writing, so a crash while saving leaves the previous checkpoints untouched (the
-rolling limit deletes old checkpoints only after the new one is in place). ``latest`` only ever sees complete
-folders; leftovers of interrupted saves are removed at start-up with a warning. Re-saving an existing step
-moves the old folder aside (``.old-checkpoint-<step>``) before publishing the new one; if a crash falls between
-those two renames, start-up moves the old folder back (:func:`remove_stale_temporaries`).
+rolling limit deletes old checkpoints only after the new one is in place). The rolling limit first renames a
+checkpoint to ``.del-checkpoint-<step>`` and then deletes it, so a kill during the deletion never leaves a
+half-deleted folder under a checkpoint's name. ``latest`` only ever sees complete folders (marker present;
+:func:`is_complete`); leftovers of interrupted saves and deletions, and incomplete ``checkpoint-*`` folders (as
+older versions could leave), are removed at start-up with a warning. Re-saving an existing step moves the old
+folder aside (``.old-checkpoint-<step>``) before publishing the new one; if a crash falls between those two
+renames, start-up moves the old folder back (:func:`remove_stale_temporaries`). A save that runs out of disk
+space raises :class:`CheckpointSaveError` naming the device, removes its partial folder and keeps the previous
+checkpoints.
 
-A fresh run (no ``--resume_from_checkpoint``) into an ``output_dir`` that already holds checkpoints is refused
-(:func:`check_fresh_output_dir`): the rolling limit would keep the old run's higher steps and ``latest``
-would later resume the wrong run.
+A fresh run (no ``--resume_from_checkpoint``) into an ``output_dir`` that already holds checkpoints, or the
+files of an earlier run (logs, config, exported weights) without checkpoints, is refused
+(:func:`check_fresh_output_dir`): the rolling limit would keep the old run's higher steps, ``latest`` would
+later resume the wrong run, and the earlier run's logs and config would be overwritten.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -41,6 +50,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from models.lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAME
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -49,10 +60,13 @@ __all__ = [
     "DISC_WEIGHT_NAME",
     "TrainProgress",
     "CheckpointHooks",
+    "CheckpointSaveError",
     "check_fresh_output_dir",
+    "check_rng_state",
     "code_version",
     "compare_run_settings",
     "export_inference",
+    "is_complete",
     "list_checkpoints",
     "remove_stale_temporaries",
     "resolve_resume_path",
@@ -64,9 +78,20 @@ __all__ = [
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-" + CHECKPOINT_PREFIX
 OLD_PREFIX = ".old-" + CHECKPOINT_PREFIX
+DEL_PREFIX = ".del-" + CHECKPOINT_PREFIX
 META_NAME = "bokehdiff_checkpoint.json"
 DISC_WEIGHT_NAME = "discriminator.safetensors"
+COMPLETE_NAME = "checkpoint_complete"
 _CHECKPOINT_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+# Checkpoints of versions before the marker are complete when these files are all there.
+_LEGACY_REQUIRED = (META_NAME, LORA_WEIGHT_NAME, "optimizer.bin", "random_states_0.pkl")
+# What a run leaves in its output_dir besides checkpoints: a fresh run must not overwrite them silently.
+RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", LORA_WEIGHT_NAME, VAE_WEIGHT_NAME, META_NAME)
+_FINISHED_RUN_FILES = (LORA_WEIGHT_NAME, META_NAME)  # the export written at the end of training
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (no space left); the previous checkpoints are untouched."""
 
 
 @dataclass
@@ -97,8 +122,14 @@ def code_version() -> str:
         return "unknown"
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints in ``output_dir`` as ``(step, path)``, oldest first (temporaries are ignored)."""
+def is_complete(folder: str | os.PathLike) -> bool:
+    """A checkpoint folder holds everything a resume needs: its completeness marker (written last), or, for
+    checkpoints written before the marker existed, the metadata, LoRA, optimizer and RNG files."""
+    folder = Path(folder)
+    return (folder / COMPLETE_NAME).is_file() or all((folder / name).is_file() for name in _LEGACY_REQUIRED)
+
+
+def _named_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -108,6 +139,12 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         if match and child.is_dir():
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``output_dir`` as ``(step, path)``, oldest first (temporaries and incomplete
+    folders are ignored)."""
+    return [(step, path) for step, path in _named_checkpoints(output_dir) if is_complete(path)]
 
 
 def resolve_resume_path(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
@@ -133,24 +170,27 @@ def resolve_resume_path(resume: str | None, output_dir: str | os.PathLike) -> Pa
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
-    """Clean up after interrupted saves; returns the folders removed.
+    """Clean up after interrupted saves and deletions; returns the folders removed.
 
     An ``.old-checkpoint-<step>`` whose ``checkpoint-<step>`` is missing is the last good copy of that step (the
     crash fell between moving it aside and publishing its replacement, see :func:`save_checkpoint`): it is
-    renamed back. Every other temporary (``.tmp-*``, possibly incomplete; ``.old-*`` already replaced) is deleted.
+    renamed back. Every other temporary (``.tmp-*``, possibly incomplete; ``.old-*`` already replaced;
+    ``.del-*``, a rotation interrupted while deleting) is deleted, and so is a ``checkpoint-*`` folder that is
+    not complete (:func:`is_complete`; older versions could leave one half-deleted).
     """
     root = Path(output_dir)
     if not root.is_dir():
         return []
     for old in sorted(root.glob(OLD_PREFIX + "*")):
         final = root / (CHECKPOINT_PREFIX + old.name[len(OLD_PREFIX):])
-        if old.is_dir() and not final.exists():
+        if old.is_dir() and not final.exists() and is_complete(old):
             logger.warning("restoring '%s' as '%s': a re-save of that step was interrupted", old, final)
             os.replace(old, final)
     removed = []
+    incomplete = [path for _, path in _named_checkpoints(root) if not is_complete(path)]
     for child in sorted(root.iterdir()):
-        if child.is_dir() and child.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-            logger.warning("removing '%s' left by an interrupted checkpoint save", child)
+        if child.is_dir() and (child.name.startswith((TMP_PREFIX, OLD_PREFIX, DEL_PREFIX)) or child in incomplete):
+            logger.warning("removing '%s' left by an interrupted checkpoint save or deletion", child)
             shutil.rmtree(child)
             removed.append(child)
     return removed
@@ -158,28 +198,59 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
 
 def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
                            is_main_process: bool = True) -> None:
-    """Refuse to start a fresh run on top of another run's checkpoints (or, with ``overwrite``, delete them).
+    """Refuse to start a fresh run on top of another run (or, with ``overwrite``, delete its files first).
 
     Call on every process (each raises the same error; only the main process deletes) after
-    :func:`remove_stale_temporaries`. Nothing happens when ``resume`` is set: ``latest`` or a path continue a run.
+    :func:`remove_stale_temporaries`. An earlier run is its ``checkpoint-*`` folders or, when they were deleted,
+    its :data:`RUN_FILES` (logs, config, exported weights). With ``resume`` set, a run with checkpoints is
+    continued; ``latest`` without any checkpoint starts fresh, which is refused only over a *finished* run (its
+    exported weights), whose logs and config it would overwrite.
 
     Raises:
-        FileExistsError: ``output_dir`` holds ``checkpoint-*`` folders, no ``resume`` and no ``overwrite``.
+        FileExistsError: an earlier run would be overwritten, and no ``overwrite``.
     """
-    found = list_checkpoints(output_dir)
-    if resume or not found:
+    root = Path(output_dir)
+    found = list_checkpoints(root)
+    files = [root / name for name in RUN_FILES if (root / name).is_file()]
+    if resume:
+        finished = [root / name for name in _FINISHED_RUN_FILES if (root / name).is_file()]
+        if found or not finished or resume != "latest" or overwrite:
+            if not found and finished and overwrite and resume == "latest":
+                _delete_earlier_run([], files, is_main_process)
+            return
+        raise FileExistsError(
+            f"--resume_from_checkpoint latest: --output_dir '{output_dir}' holds a finished run "
+            f"({', '.join(p.name for p in finished)}) but no checkpoint to resume from (its checkpoint-* folders "
+            f"were deleted); starting over would overwrite its logs and config. Choose a new --output_dir, or "
+            f"pass --overwrite_output_dir to delete that run's files and start over."
+        )
+    if not found and not files:
         return
     if not overwrite:
-        steps = ", ".join(str(step) for step, _ in found)
+        if found:
+            steps = ", ".join(str(step) for step, _ in found)
+            raise FileExistsError(
+                f"--output_dir '{output_dir}' already holds checkpoints of an earlier run (steps {steps}) and "
+                f"--resume_from_checkpoint is not set. Continue that run with --resume_from_checkpoint latest, "
+                f"choose a new --output_dir, or pass --overwrite_output_dir to delete those checkpoints and start over."
+            )
         raise FileExistsError(
-            f"--output_dir '{output_dir}' already holds checkpoints of an earlier run (steps {steps}) and "
-            f"--resume_from_checkpoint is not set. Continue that run with --resume_from_checkpoint latest, choose "
-            f"a new --output_dir, or pass --overwrite_output_dir to delete those checkpoints and start over."
+            f"--output_dir '{output_dir}' holds the files of an earlier run ({', '.join(p.name for p in files)}) "
+            f"but no checkpoint, and --resume_from_checkpoint is not set; a fresh run would overwrite them. "
+            f"Choose a new --output_dir, or pass --overwrite_output_dir to delete them and start over."
         )
-    if is_main_process:
-        for _, path in found:
-            logger.warning("--overwrite_output_dir: deleting '%s' of an earlier run", path)
+    _delete_earlier_run([path for _, path in found], files, is_main_process)
+
+
+def _delete_earlier_run(folders: list[Path], files: list[Path], is_main_process: bool) -> None:
+    if not is_main_process:
+        return
+    for path in folders + files:
+        logger.warning("--overwrite_output_dir: deleting '%s' of an earlier run", path)
+        if path.is_dir():
             shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
@@ -190,7 +261,11 @@ def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -
     doomed = [path for _, path in found[: max(0, len(found) - total_limit)]]
     for path in doomed:
         logger.info("checkpoints_total_limit=%d: removing %s", total_limit, path)
-        shutil.rmtree(path)
+        # Renamed first (atomic), deleted second: a kill during the deletion leaves a `.del-` leftover that
+        # start-up removes, never a half-deleted folder that `latest` would take for a checkpoint.
+        aside = path.with_name(DEL_PREFIX + path.name[len(CHECKPOINT_PREFIX):])
+        os.replace(path, aside)
+        shutil.rmtree(aside)
     return doomed
 
 
@@ -207,6 +282,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
 
     Must be called on every process (each writes its RNG state); the main process publishes the folder.
     Returns the checkpoint path.
+
+    Raises:
+        CheckpointSaveError: the device holding ``output_dir`` is full (``ENOSPC``, or the torch writer's
+            ``inline_container`` / ``file write failed`` errors it causes). The partial folder is removed; the
+            previous checkpoints are kept.
     """
     root = Path(output_dir)
     final = root / f"{CHECKPOINT_PREFIX}{step}"
@@ -214,10 +294,22 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+    except (OSError, RuntimeError) as error:
+        _raise_save_error(error, accelerator, root, tmp, step)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _fsync_tree(tmp)
+        try:
+            _fsync_tree(tmp)
+            with open(tmp / COMPLETE_NAME, "w") as handle:  # the marker, last: everything above is on disk
+                handle.write(f"{step}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            _raise_save_error(error, accelerator, root, tmp, step)
+            raise
         old = None
         if final.exists():  # same step saved before (e.g. a rerun): keep it until the new one is in place
             old = root / f"{OLD_PREFIX}{step}"
@@ -228,6 +320,64 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
         rotate_checkpoints(root, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+# How a full disk shows up: ENOSPC / EDQUOT, or torch's zip writer failing mid-file (inline_container.cc).
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_MESSAGES = ("inline_container", "unexpected pos", "file write failed", "No space left on device")
+
+
+def _raise_save_error(error: BaseException, accelerator, root: Path, tmp: Path, step: int) -> None:
+    """Turn a disk-full failure of a checkpoint save into a :class:`CheckpointSaveError` (after removing the
+    partial folder); return for any other error, which the caller re-raises unchanged."""
+    full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in _DISK_FULL_MESSAGES))
+    if not full:
+        return
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    previous = list_checkpoints(root)
+    kept = (f"the previous checkpoint '{previous[-1][1]}' is kept" if previous else
+            "no earlier checkpoint of this run exists")
+    raise CheckpointSaveError(
+        errno.ENOSPC,
+        f"cannot save {CHECKPOINT_PREFIX}{step}: no space left on the device holding '{root}' "
+        f"({free / 2**20:.0f} MiB free while writing; {type(error).__name__}: {str(error).splitlines()[0][:160]}). "
+        f"The partial checkpoint was removed and {kept}. Free space there (or lower --checkpoints_total_limit), "
+        f"then continue with --resume_from_checkpoint latest.",
+    ) from error
+
+
+def check_rng_state(folder: str | os.PathLike, process_index: int, allow_inexact: bool) -> None:
+    """Check that this process's ``random_states_<rank>.pkl`` in a checkpoint can be restored.
+
+    accelerate only logs an INFO line when it cannot, and the run then continues with other random draws
+    (samples, occlusion jitter, dropout): not the exact resume promised. So this is an error unless
+    ``allow_inexact`` (``--allow_inexact_resume``), which continues with a warning.
+
+    Raises:
+        RuntimeError: the file is missing, truncated or lacks the Python/NumPy/torch states.
+    """
+    from accelerate.utils import load
+
+    path = Path(folder) / f"random_states_{process_index}.pkl"
+    try:
+        states = load(path)
+        missing = [key for key in ("random_state", "numpy_random_seed", "torch_manual_seed") if key not in states]
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)}")
+    except Exception as error:  # noqa: BLE001 - whatever the reason (missing, truncated, foreign), the state is lost
+        problem = (f"cannot restore the random-number state of process {process_index} from '{path}' "
+                   f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else 'unreadable'})")
+        if not allow_inexact:
+            raise RuntimeError(
+                f"{problem}. Resuming without it would draw other samples, occlusion jitter and dropout than the "
+                f"uninterrupted run. Restore the file, resume from an earlier checkpoint (--resume_from_checkpoint "
+                f"<its folder>), or pass --allow_inexact_resume to continue with fresh random states."
+            ) from error
+        logger.warning("%s; --allow_inexact_resume: continuing with the current random states, so this run does "
+                       "not exactly match an uninterrupted one", problem)
 
 
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoints_total_limit", type=int, help="keep at most N checkpoints (null: all)")
     g.add_argument("--resume_from_checkpoint", type=str,
                    help="'latest' (newest checkpoint in output_dir; starts fresh if none) or a checkpoint folder")
+    g.add_argument("--allow_inexact_resume", action=_BOOL,
+                   help="resume even if this process's random_states_<rank>.pkl in the checkpoint cannot be read "
+                   "(the run then continues with other random draws: not exact; without it that is an error)")
     g.add_argument("--overwrite_output_dir", action=_BOOL,
                    help="start fresh in an output_dir that holds checkpoints of an earlier run, deleting them first "
                    "(without it such a run is refused; never written to the resolved config)")
@@ -268,7 +271,7 @@ def dump_config(args: argparse.Namespace, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One-off actions, not settings: a rerun with `--config train_config.yaml` must not delete checkpoints.
-    skip = ("config", "dry_run", "local_rank", "overwrite_output_dir")
+    skip = ("config", "dry_run", "local_rank", "overwrite_output_dir", "allow_inexact_resume")
     data = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=True))

@@ -448,14 +448,25 @@ class StepLog:
     """Per-step JSON lines (``train_log.jsonl`` / ``validation.jsonl``) on the main process.
 
     On resume, records after the resumed step (written by the interrupted run after its last checkpoint)
-    are dropped, so the file always describes one consistent history.
+    are dropped, so the file always describes one consistent history. A line that is not a complete record
+    (a kill or a full disk while appending) is dropped with a warning.
     """
 
     def __init__(self, path: str | os.PathLike, start_step: int, enabled: bool):
         self.path, self.enabled = Path(path), enabled
         if enabled and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = []
+            for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    step = json.loads(line)["step"]
+                except (ValueError, KeyError, TypeError):
+                    logger.warning("'%s' line %d is not a complete record (a write was interrupted); dropped: %.80r",
+                                   self.path, number, line)
+                    continue
+                if step <= start_step:
+                    kept.append(line)
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -530,3 +532,168 @@ def test_synthesize_on_device_trains_and_matches_worker_rendering(stack, tmp_pat
     assert train_lora_otf.main(_argv(stack, on, *common, "--synthesize_on_device")) == 0
     assert train_lora_otf.main(_argv(stack, off, *common)) == 0
     assert _log(on)[0]["mse"] == pytest.approx(_log(off)[0]["mse"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Outputs never lost: finished runs, rotation, logs, RNG state, disk full
+# ------------------------------------------------------------------------------------------------------------
+_RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", "pytorch_lora_weights.safetensors",
+              META_NAME)
+
+
+def test_fresh_run_into_a_finished_run_without_checkpoints_is_refused(tmp_path):
+    """A finished run whose checkpoint-* folders were deleted keeps its logs, config and weights: a fresh run
+    there is refused like one into a folder with checkpoints (it used to wipe the logs and config)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in _RUN_FILES:
+        (out / name).write_text("earlier run")
+    with pytest.raises(FileExistsError, match="earlier run.*new --output_dir.*--overwrite_output_dir"):
+        train_lora_otf.main(_argv(_PATHS, out))
+    # `latest` finds no checkpoint to continue from: starting over would wipe the finished run just the same.
+    with pytest.raises(FileExistsError, match="no checkpoint to resume"):
+        check_fresh_output_dir(out, "latest", overwrite=False)
+    assert all((out / name).read_text() == "earlier run" for name in _RUN_FILES)
+    check_fresh_output_dir(out, None, overwrite=True, is_main_process=False)  # other ranks never delete
+    assert all((out / name).exists() for name in _RUN_FILES)
+    check_fresh_output_dir(out, None, overwrite=True)
+    assert not any((out / name).exists() for name in _RUN_FILES)
+    # A run interrupted before its first checkpoint (config and log only) is simply restarted by `latest`.
+    (out / "train_config.yaml").write_text("x")
+    (out / "train_log.jsonl").write_text("{}\n")
+    check_fresh_output_dir(out, "latest", overwrite=False)
+
+
+def _kill_during_rotation(monkeypatch, checkpoint):
+    """shutil.rmtree that deletes one file of the folder, then dies like kill -9."""
+    def dying_rmtree(path, *args, **kwargs):
+        victim = sorted(p for p in Path(path).rglob("*") if p.is_file())[0]
+        victim.unlink()
+        raise KeyboardInterrupt(f"killed while deleting {path}")
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", dying_rmtree)
+
+
+def test_kill_during_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    import training.checkpoint as checkpoint
+
+    for step in (2, 4):
+        save_checkpoint(_FakeAccelerator(), tmp_path, step, total_limit=2)
+    real_rmtree = shutil.rmtree
+    _kill_during_rotation(monkeypatch, checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_FakeAccelerator(), tmp_path, 6, total_limit=2)  # rotation deletes checkpoint-2
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    # checkpoint-2 is no longer named as a checkpoint: it was moved aside before its deletion began.
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert resolve_resume_path("latest", tmp_path) == tmp_path / f"{CHECKPOINT_PREFIX}6"
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [f".del-{CHECKPOINT_PREFIX}2"]
+    save_checkpoint(_FakeAccelerator(), tmp_path, 8, total_limit=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{CHECKPOINT_PREFIX}6", f"{CHECKPOINT_PREFIX}8"]
+
+
+def test_an_incomplete_checkpoint_folder_is_not_resumed_and_is_cleaned_up(tmp_path):
+    """A `checkpoint-N` left half-deleted by an older version (no completeness marker, files missing): `latest`
+    picks the newest complete checkpoint, and start-up removes the broken one."""
+    for step in (2, 4):
+        save_checkpoint(_FakeAccelerator(), tmp_path, step, total_limit=None)
+    broken = tmp_path / f"{CHECKPOINT_PREFIX}6"
+    shutil.copytree(tmp_path / f"{CHECKPOINT_PREFIX}4", broken)
+    for child in broken.iterdir():
+        if child.name != META_NAME:
+            child.unlink()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4]
+    assert resolve_resume_path("latest", tmp_path) == tmp_path / f"{CHECKPOINT_PREFIX}4"
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [broken.name]
+    assert not broken.exists()
+
+
+def test_a_partial_last_log_line_is_dropped_with_a_warning(tmp_path, caplog):
+    from training.loop import StepLog
+
+    path = tmp_path / "train_log.jsonl"
+    path.write_text('{"step": 1, "total": 0.5}\n{"step": 2, "total": 0.4}\n{"step": 3, "tot')  # killed mid-append
+    with caplog.at_level("WARNING"):
+        log = StepLog(path, start_step=2, enabled=True)
+    assert "train_log.jsonl" in caplog.text and "line 3" in caplog.text
+    log.write({"step": 3, "total": 0.3})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_an_unreadable_rng_state_stops_the_resume_unless_allowed(tmp_path, caplog):
+    from training.checkpoint import check_rng_state
+
+    folder = tmp_path / f"{CHECKPOINT_PREFIX}4"
+    folder.mkdir()
+    torch.save({"random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
+                "torch_manual_seed": torch.get_rng_state()}, folder / "random_states_0.pkl")
+    check_rng_state(folder, process_index=0, allow_inexact=False)  # a good file passes
+    (folder / "random_states_0.pkl").write_bytes((folder / "random_states_0.pkl").read_bytes()[:40])  # truncated
+    with pytest.raises(RuntimeError, match="random_states_0.pkl.*--allow_inexact_resume"):
+        check_rng_state(folder, process_index=0, allow_inexact=False)
+    with caplog.at_level("WARNING"):
+        check_rng_state(folder, process_index=0, allow_inexact=True)
+    assert "random_states_0.pkl" in caplog.text and "not exactly" in caplog.text
+    with pytest.raises(RuntimeError, match="random_states_1.pkl"):
+        check_rng_state(folder, process_index=1, allow_inexact=False)  # another rank's file is missing
+    assert parse_args(_argv(_PATHS, tmp_path, "--allow_inexact_resume")).allow_inexact_resume is True
+    assert parse_args(_argv(_PATHS, tmp_path)).allow_inexact_resume is False
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8320 vs 8208"),
+])
+def test_disk_full_during_a_save_names_the_device_and_keeps_the_previous_checkpoint(tmp_path, failure):
+    class _DiskFull(_FakeAccelerator):
+        def save_state(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / META_NAME).write_text("{}")
+            raise failure
+
+    from training.checkpoint import CheckpointSaveError
+
+    save_checkpoint(_FakeAccelerator(), tmp_path, 2, total_limit=1)
+    with pytest.raises(CheckpointSaveError, match=f"no space left on the device holding '{tmp_path}'.*"
+                                                  f"{CHECKPOINT_PREFIX}2' is kept"):
+        save_checkpoint(_DiskFull(), tmp_path, 4, total_limit=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{CHECKPOINT_PREFIX}2"]  # no half-written temporary
+    assert (tmp_path / f"{CHECKPOINT_PREFIX}2" / "optimizer.bin").read_bytes() == b"x" * 10
+
+
+_KILL_DURING_ROTATION = """
+import os, shutil, signal, sys
+from pathlib import Path
+import training.checkpoint as checkpoint
+
+class Accelerator:
+    is_main_process = True
+    def wait_for_everyone(self):
+        pass
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for name in ("bokehdiff_checkpoint.json", "optimizer.bin", "random_states_0.pkl"):
+            (Path(folder) / name).write_text("x")
+
+def die_midway(path, *args, **kwargs):
+    next(p for p in sorted(Path(path).iterdir()) if p.is_file()).unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+root = Path(sys.argv[1])
+for step in (2, 4):
+    checkpoint.save_checkpoint(Accelerator(), root, step, total_limit=2)
+checkpoint.shutil.rmtree = die_midway
+checkpoint.save_checkpoint(Accelerator(), root, 6, total_limit=2)
+"""
+
+
+def test_sigkill_during_rotation_leaves_only_complete_checkpoints(tmp_path):
+    """The issue's scenario for real: a process killed with SIGKILL while the rolling limit deletes a folder."""
+    result = subprocess.run([sys.executable, "-c", _KILL_DURING_ROTATION, str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+    assert all(p.name.startswith(".del-") for p in tmp_path.iterdir() if p.name not in (
+        f"{CHECKPOINT_PREFIX}4", f"{CHECKPOINT_PREFIX}6"))
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{CHECKPOINT_PREFIX}4", f"{CHECKPOINT_PREFIX}6"]
