@@ -296,7 +296,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - torch and safetensors report a full disk in their own types
         _raise_save_error(error, accelerator, root, tmp, step)
         raise
     accelerator.wait_for_everyone()
@@ -322,16 +322,19 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
-# How a full disk shows up: ENOSPC / EDQUOT, or torch's zip writer failing mid-file (inline_container.cc).
+# How a full disk shows up: OSError ENOSPC / EDQUOT; torch's zip writer failing mid-file (RuntimeError
+# "[enforce fail at inline_container.cc:672] . unexpected pos ..."); safetensors' SafetensorError "Error while
+# serializing: I/O error: No space left on device (os error 28)". Messages as measured on a full tmpfs.
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_MESSAGES = ("inline_container", "unexpected pos", "file write failed", "No space left on device")
+_DISK_FULL_MESSAGES = ("inline_container", "unexpected pos", "file write failed", "No space left on device",
+                       "Disk quota exceeded")
 
 
 def _raise_save_error(error: BaseException, accelerator, root: Path, tmp: Path, step: int) -> None:
     """Turn a disk-full failure of a checkpoint save into a :class:`CheckpointSaveError` (after removing the
     partial folder); return for any other error, which the caller re-raises unchanged."""
-    full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or (
-        isinstance(error, RuntimeError) and any(text in str(error) for text in _DISK_FULL_MESSAGES))
+    full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or any(
+        text in str(error) for text in _DISK_FULL_MESSAGES)
     if not full:
         return
     free = shutil.disk_usage(root).free if root.exists() else 0
