@@ -12,7 +12,7 @@ Strength: ``--K`` (one or several; CoC radius in px per unit disparity at the wo
 
 Outputs in ``--output_dir``: ``<name>_K<K>_f<focus>.png`` per render (focus with two decimals), a labelled
 contact sheet (``contact_sheet.png``; ``<name>_contact_sheet.png`` for folder inputs), and
-``run_config.json`` (the resolved arguments and the list of outputs written). ``<name>`` is the input's name
+``run_config.json`` (the resolved arguments; the outputs this and earlier runs wrote there). ``<name>`` is the input's name
 with runs of characters other than letters (Unicode included), digits, ``.``, ``-`` made ``_``; inputs whose
 names clean alike (``my scene``, ``my_scene``) stay apart (the changed one gets ``-<6 hex digits>``). No output
 ever replaces an input file: it is written as ``<stem>-2.png`` instead, with a note. Files listed in an
@@ -344,9 +344,10 @@ def _output_files(args, inputs) -> OutputFiles:
 
 
 def _write_manifest(files: OutputFiles, config: dict) -> None:
-    """``run_config.json``: the resolved arguments and every output written so far (a rerun into an input
-    folder reads them as this tool's outputs, not as inputs)."""
-    outputs = [path.name for path in files.claimed if path.name != MANIFEST_NAME and path.exists()]
+    """``run_config.json``: the resolved arguments and every output written so far, with those of earlier runs
+    into this folder that still exist (a rerun into an input folder reads them as outputs, not as inputs)."""
+    paths = files.own_paths + files.claimed
+    outputs = list(dict.fromkeys(path.name for path in paths if path.name != MANIFEST_NAME and path.exists()))
     write_text_atomic(files.folder / MANIFEST_NAME, json.dumps({**config, "outputs": outputs}, indent=2) + "\n")
 
 

@@ -387,7 +387,8 @@ class OutputFiles:
         self.folder = Path(folder)
         self.protected = {_path_key(path) for path in protected}
         self.protected_dirs = [_path_key(path) for path in protected_dirs]
-        self.own = {_path_key(path) for path in own}
+        self.own_paths = [Path(path) for path in own]
+        self.own = {_path_key(path) for path in self.own_paths}
         self.taken: set[str] = set()
         self.claimed: list[Path] = []
         self.renamed: list[tuple[str, str]] = []

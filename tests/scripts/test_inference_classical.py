@@ -361,4 +361,8 @@ def test_rendering_into_the_input_folder_and_again(tmp_path):
         assert _run_folder(root, root / "input", "--renderer", "identity") == 0
         assert sorted(p.name for p in (root / "input").glob("*_K3_*.png")) == [
             "scene00_K3_f0.17.png", "scene01_K3_f0.95.png", "scene02_K3_f0.27.png"]
+    # Another strength, then the first again: the outputs of every earlier run stay known as outputs.
+    assert _run_folder(root, root / "input", "--renderer", "identity", "--K", "5") == 0
+    assert _run_folder(root, root / "input", "--renderer", "identity") == 0
+    assert len(list((root / "input").glob("*_K5_*.png"))) == 3 and len(list((root / "input").glob("*_K3_*.png"))) == 3
     assert sorted(p.name for p in (root / "input").glob("scene0?.png")) == ["scene00.png", "scene01.png", "scene02.png"]
