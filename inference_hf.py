@@ -12,13 +12,13 @@ Strength: ``--K`` (one or several; CoC radius in px per unit disparity at the wo
 
 Outputs in ``--output_dir``: ``<name>_K<K>_f<focus>.png`` per render (focus with two decimals), a labelled
 contact sheet (``contact_sheet.png``; ``<name>_contact_sheet.png`` for folder inputs), and
-``run_config.json`` (the resolved arguments; the outputs this and earlier runs wrote there). ``<name>`` is the input's name
-with runs of characters other than letters (Unicode included), digits, ``.``, ``-`` made ``_``; inputs whose
-names clean alike (``my scene``, ``my_scene``) stay apart (the changed one gets ``-<6 hex digits>``). No output
-ever replaces an input file: it is written as ``<stem>-2.png`` instead, with a note. Files listed in an
-earlier ``run_config.json`` of ``--output_dir`` are outputs, not inputs, so rendering into the input folder
-and running again works. Exit code 0 if every input rendered, 1 if any failed (a missing or corrupt file fails
-its input only; the others are still written), 2 for invalid arguments.
+``run_config.json`` (the resolved arguments; the outputs this and earlier runs wrote there). ``<name>`` is
+the input's name with runs of characters other than letters (Unicode included), digits, ``.``, ``-`` made
+``_``; inputs whose names clean alike (``my scene``, ``my_scene``) stay apart (the changed one gets
+``-<6 hex digits>``). No output ever replaces an input file: it is written as ``<stem>-2.png`` instead, with
+a note. Files listed in an earlier ``run_config.json`` of ``--output_dir`` are outputs, not inputs, so
+rendering into the input folder and running again works. Exit code 0 if every input rendered, 1 if any
+failed (a missing or corrupt file fails its input only; the others are still written), 2 for invalid arguments.
 
 Demo (``make demo`` = ``--renderer classical --demo --output_dir outputs/demo``): the 741 x 500 motorcycle at
 focus percentiles 90 / 50 / 10 (front of the motorcycle, its rear, the back wall: disparity 0.88 / 0.56 /

@@ -200,7 +200,8 @@ def evaluate_pairs(
     progress=None,
 ) -> Evaluation:
     """Score every pair; a pair that cannot be read or whose sizes differ is recorded in ``failures`` and
-    skipped, never aborting the run; a pair without a prediction is recorded in ``missing``. Images are moved to ``device`` (None: they stay where they are read)."""
+    skipped, never aborting the run; a pair without a prediction is recorded in ``missing``. Images are moved
+    to ``device`` (None: they stay where they are read)."""
     result = Evaluation(unavailable=dict(unavailable or {}))
     result.missing = {pair.name: pair.missing or "no prediction" for pair in pairs if pair.pred is None}
     scorable = [pair for pair in pairs if pair.pred is not None]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from data.inference_io import (
-    InputItem, OutputFiles, choose_focus, conform_item, format_value, item_contact_sheet, limit_size, output_name, safe_name,
-    sheet_name, strength_K, unique_focus, unique_names,
+    InputItem, OutputFiles, choose_focus, conform_item, format_value, item_contact_sheet, limit_size, output_name,
+    safe_name, sheet_name, strength_K, unique_focus, unique_names,
 )
 from data.io import InputWarning
 

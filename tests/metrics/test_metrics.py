@@ -8,7 +8,8 @@ import torch
 
 from data.io import save_image
 from metrics.bands import discontinuity_band
-from metrics.image import PSNR_MAX_DB, LearnedMetric, load_learned_metrics, masked_mean, mse_map, psnr_from_mse, ssim_map
+from metrics.image import (PSNR_MAX_DB, LearnedMetric, load_learned_metrics, masked_mean, mse_map, psnr_from_mse,
+                           ssim_map)
 from metrics.report import Pair, evaluate_pairs, find_pairs, score, write_reports
 
 
