@@ -129,7 +129,7 @@ def main(input_args=None) -> int:
     window: dict[str, list[float]] = {}
     try:
         while progress.step < args.max_train_steps:
-            batch = move_batch(next(batches), accelerator.device, gamma=args.gamma)
+            batch = move_batch(next(batches), accelerator.device, gamma=args.synthesis_gamma)
             result = train_step(c, batch, step=progress.step, args=args, accelerator=accelerator)
             if not result.synced:
                 continue
