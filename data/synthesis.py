@@ -540,8 +540,9 @@ def published_aperture_count(times: float) -> int:
     side = int(21.0 * times)
     if side < 2:
         return 1
-    axis = np.linspace(-1.0, 1.0, side)
-    return max(1, int(((axis[:, None] ** 2 + axis[None, :] ** 2) <= 1.0).sum()))
+    # Grid point i sits at -1 + 2 i / (side - 1); in integers the disc test is exact, boundary points included.
+    offsets = (2 * np.arange(side, dtype=np.int64) - (side - 1)) ** 2
+    return max(1, int((offsets[:, None] + offsets[None, :] <= (side - 1) ** 2).sum()))
 
 
 # ----------------------------------------------------------------------------------------------------------
