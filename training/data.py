@@ -138,7 +138,9 @@ def build_validation_set(args, batch_size: int) -> list[dict]:
     from data.synthesis import OnTheFlyDataset
 
     root = args.validation_data_dir or args.train_data_dir
-    options = dict(dataset_options(args), brightness_p=0.0)
+    # The renderer's own sample count: the release's grid count (thousands of samples) rendered on the CPU would
+    # take minutes per image, and the held-out targets are a metric, not part of the recipe.
+    options = dict(dataset_options(args), brightness_p=0.0, aperture_samples="auto")
     dataset = OnTheFlyDataset(root, args.resolution, seed=args.validation_seed, rank=0,
                               length=args.num_validation_samples, flip_p=0.0, **options)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,

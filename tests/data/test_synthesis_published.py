@@ -121,3 +121,22 @@ def test_published_aperture_count():
         X, Y = torch.meshgrid(axis, axis, indexing="ij")
         assert published_aperture_count(times) == int(((X ** 2 + Y ** 2) <= 1).sum())
     assert published_aperture_count(1.0) == pytest.approx(math.pi / 4 * 21 ** 2, rel=0.1)
+
+
+def test_published_sample_count_reaches_the_renderer_in_both_modes(monkeypatch):
+    """The count travels with each item (``render_samples``) so rendering on the accelerator uses it too; a
+    small stand-in count keeps the CPU test fast."""
+    import data.synthesis as synthesis
+    from torch.utils.data import default_collate
+
+    monkeypatch.setattr(synthesis, "published_aperture_count", lambda times: 6)
+    common = dict(length=2, seed=3)
+    cpu = OnTheFlyDataset(OTF, SIZE, aperture_samples="published", **common)
+    device_mode = OnTheFlyDataset(OTF, SIZE, aperture_samples="published", synthesize_on_device=True, **common)
+    auto = OnTheFlyDataset(OTF, SIZE, **common)
+    reference, items, plain = _items(cpu, [0, 1]), _items(device_mode, [0, 1]), _items(auto, [0, 1])
+    assert [int(item["render_samples"]) for item in items] == [6, 6]
+    rendered = synthesis.synthesize_batch(default_collate(items), "cpu")
+    for row in range(2):
+        torch.testing.assert_close(rendered["bokeh"][row], reference[row]["bokeh"], atol=1e-5, rtol=0)
+    assert max(float((r["bokeh"] - p["bokeh"]).abs().max()) for r, p in zip(reference, plain)) > 1e-3
