@@ -26,6 +26,11 @@ Design here (our own implementation):
   The smoothing is one-sided (only the real target is softened), as in Salimans et al. 2016: it stops the
   discriminator from becoming over-confident on real images without rewarding fakes.
 
+Options reproducing the released training's discriminator (``configs/train_published.yaml``): the backbone
+``convnext_base.fb_in22k`` with ``levels="last"`` (its ``forward_features``), ``normalize=False`` (the [0, 1]
+image fed as is), ``head="mlp"`` (:class:`MLPHead`, 256 hidden), and in the losses the generator target 0.8 and
+``batch_reduction="sum"``.
+
 Pretrained weights are loaded from the Hugging Face hub cache (timm's default source) or a local file
 (``weights_path``, CLI ``--gan_backbone_weights``). A real run never falls back to random weights.
 """

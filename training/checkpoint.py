@@ -320,6 +320,10 @@ def compare_run_settings(saved: Mapping[str, Any], current: Mapping[str, Any]
     def must(key):
         if key in ("model_gamma", "synthesis_gamma") and key not in saved:
             return saved.get("gamma")
+        if key == "pisa" and isinstance(saved.get("pisa"), Mapping) and isinstance(current.get("pisa"), Mapping):
+            # Checkpoints from before the PISA sample counts were options trained with the processor's 7 x 5.
+            counts = {k: v for k, v in (("n_segments", 7), ("n_supersamples", 5)) if k in current["pisa"]}
+            return {**counts, **saved["pisa"]}
         return saved.get(key)
 
     errors = [(k, must(k), current[k]) for k in _MUST_MATCH

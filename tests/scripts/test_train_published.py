@@ -79,6 +79,14 @@ def test_resume_compares_model_and_synthesis_gamma():
         == []
 
 
+def test_resume_of_a_checkpoint_from_before_the_pisa_count_options():
+    pisa = {"enabled": True, "dropout": 0.1, "compat": False}
+    current = {"pisa": dict(pisa, n_segments=7, n_supersamples=5)}
+    assert compare_run_settings({"pisa": pisa}, current)[0] == []  # it trained with the processor's 7 x 5
+    errors = compare_run_settings({"pisa": pisa}, {"pisa": dict(pisa, n_segments=5, n_supersamples=4)})[0]
+    assert [e[0] for e in errors] == ["pisa"]
+
+
 def test_model_gamma_for_reads_our_metadata_only():
     assert model_gamma_for({"format": "bokehdiff-train", "model_gamma": 1.0, "gamma": 1.0}) == 1.0
     assert model_gamma_for({"format": "bokehdiff-train", "gamma": 2.2}) == 2.2  # written before the split
