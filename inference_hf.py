@@ -82,13 +82,21 @@ RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 # ----------------------------------------------------------------------------------------------------------
 # Renderers
 # ----------------------------------------------------------------------------------------------------------
+CLASSICAL_GAMMA = 2.2  # --gamma's default for the classical and gaussian renderers
+
+
+def classical_gamma(args: argparse.Namespace) -> float:
+    """``--gamma``, or :data:`CLASSICAL_GAMMA` when not given (bokehdiff resolves its own default)."""
+    return CLASSICAL_GAMMA if args.gamma is None else float(args.gamma)
+
+
 def build_classical(args: argparse.Namespace, device: torch.device) -> RenderFn:
     """The classical scatter renderer (``kernels.render_classical``), configured from the CLI."""
     import kernels
 
     def render(image, disparity, K, disp_focus):
         return kernels.render_classical(
-            image, disparity, K, disp_focus, gamma=args.gamma, impl=args.impl, blades=args.blades,
+            image, disparity, K, disp_focus, gamma=classical_gamma(args), impl=args.impl, blades=args.blades,
             rotation_deg=args.rotation_deg, highlight_threshold=args.highlight_threshold,
             highlight_gain=args.highlight_gain,
         )
@@ -117,6 +125,9 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
         pisa=pisa if not args.no_pisa else False, seed=args.seed, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
     ).to(device, dtype=args.mixed_precision)
+    if args.gamma is None:
+        print(f"bokehdiff: model gamma {pipe.info['gamma']:g} (the adapter's recorded one, else the default; "
+              "--gamma overrides)")
     if not args.no_pisa and "pisa_compat" in pipe.info:
         print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
               f"discretisation (--pisa_compat {args.pisa_compat})")
@@ -147,7 +158,8 @@ def build_gaussian(args: argparse.Namespace, device: torch.device) -> RenderFn:
 
     def render(image, disparity, K, disp_focus):
         coc = K * (disparity - disp_focus)
-        return linear_to_srgb(kernels.render_gaussian(srgb_to_linear(image, args.gamma), coc), args.gamma)
+        gamma = classical_gamma(args)
+        return linear_to_srgb(kernels.render_gaussian(srgb_to_linear(image, gamma), coc), gamma)
 
     return render
 
@@ -220,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"blur strength(s), CoC px per unit disparity (default {DEFAULT_K[0]:g}; demo "
                           f"{' '.join(f'{k:g}' for k in DEMO_K)})")
     cls = parser.add_argument_group("classical renderer")
-    cls.add_argument("--gamma", type=float, default=2.2,
-                     help="linear light = srgb ** gamma (1 disables); classical blurs in it, bokehdiff feeds it to "
-                          "the VAE (must match training)")
+    cls.add_argument("--gamma", type=float, default=None,
+                     help=f"linear light = srgb ** gamma (1 disables); classical blurs in it (default "
+                          f"{CLASSICAL_GAMMA:g}), bokehdiff feeds it to the VAE (default: the model gamma the "
+                          f"adapter records, else {CLASSICAL_GAMMA:g})")
     cls.add_argument("--blades", type=int, default=0, help="aperture polygon blades (0 = disc, else >= 3)")
     cls.add_argument("--rotation_deg", type=float, default=0.0, help="aperture polygon rotation (degrees)")
     cls.add_argument("--highlight_threshold", type=float, default=None, help="boost linear values above this")
@@ -288,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max_side must be >= 16 pixels, got {args.max_side}")
     if args.blades not in (0,) and args.blades < 3:
         parser.error(f"--blades must be 0 (disc) or >= 3, got {args.blades}")
-    if args.gamma <= 0:
+    if args.gamma is not None and args.gamma <= 0:
         parser.error(f"--gamma must be > 0 (2.2 = sRGB-like, 1 = no linearisation), got {args.gamma}")
     if not args.upsample > 0:
         parser.error(f"--upsample must be > 0 (1 = render at input size), got {args.upsample}")

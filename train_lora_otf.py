@@ -133,7 +133,7 @@ def main(input_args=None) -> int:
     window: dict[str, list[float]] = {}
     try:
         while progress.step < args.max_train_steps:
-            batch = move_batch(next(batches), accelerator.device, gamma=args.gamma)
+            batch = move_batch(next(batches), accelerator.device, gamma=args.synthesis_gamma)
             result = train_step(c, batch, step=progress.step, args=args, accelerator=accelerator)
             if not result.synced:
                 continue
@@ -142,7 +142,8 @@ def main(input_args=None) -> int:
             progress.samples_per_rank += samples_per_step
             meter.tick()
             bar.update(1)
-            mse = result.terms["mse"]
+            # PSNR of [0, 1] images: --loss_signed_range reports the MSE of [-1, 1] images, 4x as large.
+            mse = result.terms["mse"] / (4.0 if args.loss_signed_range else 1.0)
             record = {"step": progress.step, **result.terms, "skipped": result.skipped,
                       "psnr": -10 * math.log10(mse) if mse > 0 else float("inf"),
                       "lr": c.scheduler.get_last_lr()[0], "grad_norm": result.grad_norm}

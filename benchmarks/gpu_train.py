@@ -73,7 +73,7 @@ def _build(args, accelerator, smoke: bool):
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     model = OneStepBokeh(unet, vae, torch.randn(prompt_shape), torch.randn(1, pooled_dim), scheduler.alphas_cumprod,
-                         timestep=args.timestep, gamma=args.gamma).to(accelerator.device)
+                         timestep=args.timestep, gamma=args.model_gamma).to(accelerator.device)
     if args.mixed_precision == "bf16":
         unet.to(torch.bfloat16)
     lora_params = [p for p in unet.parameters() if p.requires_grad]

@@ -47,6 +47,15 @@ BASE_RESOLUTION = 768
 ALPHA_EPS = 1.0 / 255.0  # alpha below one 8-bit step counts as empty
 
 
+#: Directions of the background tilt (:class:`SceneConfig`).
+BG_TILT_DIRECTIONS = ("angle", "square")
+#: How the all-in-focus input is composited: in linear light (ours) or on sRGB values (the release).
+AIF_COMPOSITES = ("linear", "srgb")
+#: The CoC the model is conditioned on: the rendered one, or the release's (see :class:`OnTheFlyDataset`).
+COC_CONDITIONS = ("rendered", "published")
+#: Aperture sample count of the ground truth: the renderer's automatic one, or the release's grid count.
+APERTURE_SAMPLE_RULES = ("auto", "published")
+
 #: Why a sample was skipped (:attr:`BadSampleError.reason`), as counted by :meth:`OnTheFlyDataset.skip_report`.
 SKIP_REASONS = ("unreadable", "empty_alpha", "no_alpha", "fg_larger_than_bg", "bg_smaller_than_crop")
 #: DataLoader workers whose skips are counted separately (more share the last row).
@@ -246,6 +255,12 @@ class SceneConfig:
     bg_far_range, bg_span_range: background disparity at its farthest point, and its span (tilt).
     fg_tilt_p, fg_span_max: probability that a foreground is tilted, and the largest change of its disparity from
         the box centre to a corner (further limited so that overlapping foregrounds never swap depth order).
+    bg_tilt_direction: direction of the background's disparity gradient: ``"angle"`` (uniform angle) or
+        ``"square"`` (``(gx, gy)`` direction uniform in [-1, 1]^2, as the released data synthesis draws it).
+
+    The released training's distributions (``configs/train_published.yaml``): one foreground, fronto-parallel
+    (``fg_tilt_p = 0``), background from disparity 0.001 (``bg_far_range = (0.001, 0.001)``) spanning
+    ``U(0, 0.249)``, foreground disparity ``U(background's nearest, 1)`` (``fg_gap = 0``), ``"square"`` tilt.
     """
 
     blur_log2_range: tuple[float, float] = (-2.0, 3.0)
@@ -258,6 +273,19 @@ class SceneConfig:
     fg_tilt_p: float = 0.5
     fg_span_max: float = 0.1
     position_jitter: float = 0.25
+    bg_tilt_direction: str = "angle"
+
+    def __post_init__(self) -> None:
+        if self.bg_tilt_direction not in BG_TILT_DIRECTIONS:
+            raise ValueError(f"SceneConfig.bg_tilt_direction must be one of {list(BG_TILT_DIRECTIONS)}, "
+                             f"got {self.bg_tilt_direction!r}")
+        lo, hi = self.n_foregrounds
+        if not 1 <= lo <= hi:
+            raise ValueError(f"SceneConfig.n_foregrounds must satisfy 1 <= min <= max, got {self.n_foregrounds}")
+        for name in ("blur_log2_range", "fg_scale_range", "bg_far_range", "bg_span_range"):
+            lo_, hi_ = getattr(self, name)
+            if lo_ > hi_:
+                raise ValueError(f"SceneConfig.{name} must be (low, high) with low <= high, got {(lo_, hi_)}")
 
     def max_coc_px(self, long_side: int) -> float:
         """The largest CoC radius any sample can have at a scene with this long side (px)."""
@@ -305,11 +333,17 @@ def sample_scene(
     # Background plane over the largest canvas it may ever be rendered on, so disparity stays in range.
     far = rng.uniform(*config.bg_far_range)
     span = rng.uniform(*config.bg_span_range)
-    theta = rng.uniform(0.0, 2.0 * math.pi)
-    ux, uy = math.cos(theta), math.sin(theta)
+    if config.bg_tilt_direction == "square":
+        ux, uy = (float(v) for v in rng.uniform(-1.0, 1.0, size=2))
+    else:
+        theta = rng.uniform(0.0, 2.0 * math.pi)
+        ux, uy = math.cos(theta), math.sin(theta)
     corners = [(x, y) for x in (-plane_margin, width - 1 + plane_margin) for y in (-plane_margin, height - 1 + plane_margin)]
     proj = [ux * x + uy * y for x, y in corners]
     lo, extent = min(proj), max(proj) - min(proj)
+    if extent <= 0:  # a zero direction (probability 0): a fronto-parallel background
+        ux = uy = lo = 0.0
+        extent = 1.0
     gx, gy = span * ux / extent, span * uy / extent
     bg_plane = (far - span * lo / extent, gx, gy)  # = far at the farthest corner, far + span at the nearest
     bg_near = far + span
@@ -466,9 +500,11 @@ def render_window(
 def apply_augmentation(sample: dict, flip: torch.Tensor, brightness: torch.Tensor) -> dict:
     """Apply flips and brightness identically to every map of a (batched or single) sample, in place.
 
-    flip: ``(..., 2)`` bool (horizontal, vertical); brightness: ``(...)`` factor in (0, 1] on sRGB values.
+    flip: ``(..., 2)`` bool (horizontal, vertical); brightness: ``(...)`` factor > 0 on sRGB values.
     Scaling sRGB by ``s`` scales linear light by ``s ** gamma``, and rendering is linear in light, so the
-    scaled target is exactly the bokeh of the scaled scene; ``s <= 1`` keeps that true (no clipping).
+    scaled target is exactly the bokeh of the scaled scene; ``s <= 1`` keeps that true (no clipping). A
+    factor above 1 (the released training brightens up to 1.1x) saturates: ``aif`` and ``bokeh`` are clipped
+    to [0, 1], as the release does, and the pair is then only approximately consistent at clipped pixels.
     Flips commute with rendering for the symmetric (disc) aperture used in training.
     """
     batched = sample["aif"].dim() == 4
@@ -488,10 +524,25 @@ def apply_augmentation(sample: dict, flip: torch.Tensor, brightness: torch.Tenso
                 v = v.flip(-2)
             if key in ("aif", "bokeh"):
                 v = v * brightness[i].to(v.dtype)
+                if bool(brightness[i] > 1):
+                    v = v.clamp(0.0, 1.0)
             out.append(v)
         stacked = torch.stack(out)
         sample[key] = stacked if batched else stacked[0]
     return sample
+
+
+def published_aperture_count(times: float) -> int:
+    """Aperture samples of the released data synthesis at blur multiplier ``times`` (largest CoC radius
+    ``12 * times`` px at 768 px): the points of a ``int(21 * times)``-per-side grid over [-1, 1]^2 that lie in
+    the unit disc (at least 1). The points themselves are not reproduced: the count is used with our
+    stratified spiral (``kernels.aperture``), which is at least as uniform as the grid."""
+    side = int(21.0 * times)
+    if side < 2:
+        return 1
+    # Grid point i sits at -1 + 2 i / (side - 1); in integers the disc test is exact, boundary points included.
+    offsets = (2 * np.arange(side, dtype=np.int64) - (side - 1)) ** 2
+    return max(1, int((offsets[:, None] + offsets[None, :] <= (side - 1) ** 2).sum()))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -533,6 +584,18 @@ class OnTheFlyDataset(Dataset):
     CPU mode would (same window, seed and sample count), whatever else is in the batch. No CUDA call ever
     happens inside a DataLoader worker.
 
+    Options for the released training's synthesis (``configs/train_published.yaml``; defaults keep ours):
+
+    * ``brightness_range`` / ``brightness_cap``: the factor is ``min(U(lo, hi), cap)``; a factor above 1 needs
+      ``brightness_clip=True`` and clips ``aif`` and ``bokeh`` to [0, 1] (the release: ``p = 0.75``,
+      ``min(U(0.7, 1.7), 1.1)``).
+    * ``aif_composite="srgb"``: the all-in-focus input composited on sRGB values (the release); the target
+      is always rendered in linear light, so at soft alpha edges input and ``K = 0`` target then differ.
+    * ``coc_condition="published"``: ``coc_px`` (what the model is conditioned on) uses
+      ``K * U(2/3, 1) * max(disp_focus, 1 - disp_focus)`` instead of the rendered ``K``: the release renders with
+      ``K = 12 t / max(f, 1 - f)`` but conditions on ``12 t * U(2/3, 1)``. ``K`` stays the rendered value.
+    * ``aperture_samples="published"``: the target rendered with :func:`published_aperture_count` samples.
+
     Randomness: item ``index`` is drawn from ``SeedSequence((seed, epoch, rank, worker, index))`` with
     ``rank`` from the constructor (the process index in distributed training), ``worker`` from
     ``get_worker_info()`` (0 in the main process) and ``epoch`` from :meth:`set_epoch`. The same settings give
@@ -561,6 +624,11 @@ class OnTheFlyDataset(Dataset):
         flip_p: float = 0.5,
         brightness_p: float = 0.75,
         brightness_range: tuple[float, float] = (0.6, 1.0),
+        brightness_cap: float | None = None,
+        brightness_clip: bool = False,
+        aif_composite: str = "linear",
+        coc_condition: str = "rendered",
+        aperture_samples: str = "auto",
         n_samples: int | None = None,
         max_samples: int | None = None,
         impl: str = "torch",
@@ -581,8 +649,22 @@ class OnTheFlyDataset(Dataset):
                 raise RuntimeError(
                     f"OnTheFlyDataset: no image in '{folder}' (extensions {', '.join(IMAGE_EXTENSIONS)})."
                 )
-        if not 0 < brightness_range[0] <= brightness_range[1] <= 1.0:
-            raise ValueError(f"brightness_range must satisfy 0 < lo <= hi <= 1 (no clipping), got {brightness_range}")
+        lo, hi = brightness_range
+        top = hi if brightness_cap is None else min(hi, brightness_cap)
+        if not 0 < lo <= hi or (brightness_cap is not None and brightness_cap <= 0):
+            raise ValueError(f"brightness_range must satisfy 0 < lo <= hi and brightness_cap > 0, got "
+                             f"{brightness_range} and cap {brightness_cap}")
+        if top > 1.0 and not brightness_clip:
+            raise ValueError(f"brightness factors up to {top} > 1 would push sRGB values above 1; pass "
+                             "brightness_clip=True to clip them (the released recipe), or keep "
+                             "min(brightness_range[1], brightness_cap) <= 1")
+        for name, value, allowed in (("aif_composite", aif_composite, AIF_COMPOSITES),
+                                     ("coc_condition", coc_condition, COC_CONDITIONS),
+                                     ("aperture_samples", aperture_samples, APERTURE_SAMPLE_RULES)):
+            if value not in allowed:
+                raise ValueError(f"OnTheFlyDataset: {name} must be one of {list(allowed)}, got {value!r}")
+        if aperture_samples == "published" and n_samples is not None:
+            raise ValueError("OnTheFlyDataset: pass either n_samples or aperture_samples='published', not both")
         if seed < 0 or rank < 0:
             raise ValueError(f"seed and rank must be non-negative integers, got seed={seed}, rank={rank}")
         if size < 8:
@@ -592,6 +674,8 @@ class OnTheFlyDataset(Dataset):
         self.gamma, self.seed, self.rank, self.epoch = float(gamma), int(seed), int(rank), 0
         self.config = config or SceneConfig()
         self.flip_p, self.brightness_p, self.brightness_range = flip_p, brightness_p, brightness_range
+        self.brightness_cap, self.brightness_clip = brightness_cap, bool(brightness_clip)
+        self.aif_composite, self.coc_condition, self.aperture_samples = aif_composite, coc_condition, aperture_samples
         self.n_samples, self.max_samples, self.impl = n_samples, max_samples, impl
         self.synthesize_on_device = synthesize_on_device
         self.fixed_margin = margin_for(self.config.max_coc_px(self.scene_size)) if synthesize_on_device else None
@@ -722,8 +806,12 @@ class OnTheFlyDataset(Dataset):
         # draws (crop, renderer seed) unchanged: the same scene and crop with and without augmentation.
         flip = torch.from_numpy(rng.random(2) < self.flip_p)
         use_brightness, factor = rng.random() < self.brightness_p, float(rng.uniform(*self.brightness_range))
+        if self.brightness_cap is not None:
+            factor = min(factor, self.brightness_cap)
         brightness = factor if use_brightness else 1.0
         render_seed = int(rng.integers(0, 2**31 - 1))
+        # Drawn last (and always), so the draws above are the same whatever the conditioning rule.
+        condition_ratio = float(rng.uniform(2.0 / 3.0, 1.0))
 
         images, alphas, planes = scene.window(top - pad, left - pad, size + 2 * pad, size + 2 * pad)
         if self.synthesize_on_device:
@@ -737,7 +825,8 @@ class OnTheFlyDataset(Dataset):
         images_t, alphas_t = torch.from_numpy(images)[None], torch.from_numpy(alphas)[None]
         planes_t = torch.from_numpy(planes)[None]
         inner = (..., slice(pad, pad + size), slice(pad, pad + size))
-        aif, disparity, _ = composite_window(images_t, alphas_t, planes_t, gamma=self.gamma)
+        composite_gamma = 1.0 if self.aif_composite == "srgb" else self.gamma
+        aif, disparity, _ = composite_window(images_t, alphas_t, planes_t, gamma=composite_gamma)
         aif, disparity = aif[inner], disparity[inner]
         sample = {
             "aif": aif[0].float(),
@@ -749,14 +838,23 @@ class OnTheFlyDataset(Dataset):
             "flip": flip,
             "brightness": torch.tensor(brightness, dtype=torch.float32),
         }
-        sample["coc_px"] = sample["K"] * (sample["disparity"] - sample["disp_focus"])
+        K_condition = sample["K"]
+        if self.coc_condition == "published":
+            K_condition = K_condition * condition_ratio * max(scene.disp_focus, 1.0 - scene.disp_focus)
+        sample["coc_px"] = K_condition * (sample["disparity"] - sample["disp_focus"])
+        n_samples = self.n_samples
+        if self.aperture_samples == "published":
+            times = scene.max_coc_px() / (BASE_COC_PX * max(scene.height, scene.width) / BASE_RESOLUTION)
+            n_samples = published_aperture_count(times)
         if self.synthesize_on_device:
             sample.update(layers=images_t[0], alphas=alphas_t[0], planes=planes_t[0], pad=torch.tensor(pad),
                           render_pad=torch.tensor(scene.own_margin), render_seed=torch.tensor(render_seed))
+            if self.aperture_samples == "published":
+                sample["render_samples"] = torch.tensor(n_samples)
             return sample  # augmentation is applied after rendering, by synthesize_batch
         bokeh = render_window(
             images_t, alphas_t, planes_t, sample["K"].view(1), sample["disp_focus"].view(1),
-            pad=pad, gamma=self.gamma, n_samples=self.n_samples, max_samples=self.max_samples, seed=render_seed,
+            pad=pad, gamma=self.gamma, n_samples=n_samples, max_samples=self.max_samples, seed=render_seed,
             impl=self.impl,
         )
         sample["bokeh"] = bokeh[0].float()
@@ -797,7 +895,7 @@ def synthesize_batch(
         raise ValueError(f"synthesize_batch: items have different padding {pads.tolist()}; use one dataset per batch")
     pad = int(pads[0])
     render_pads = batch.get("render_pad", batch["pad"])
-    layer_keys = ("layers", "alphas", "planes", "pad", "render_pad", "render_seed")
+    layer_keys = ("layers", "alphas", "planes", "pad", "render_pad", "render_seed", "render_samples")
     out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k not in layer_keys}
     height, width = batch["layers"].shape[-2:]
     bokeh = []
@@ -810,8 +908,8 @@ def synthesize_batch(
         bokeh.append(render_window(
             batch["layers"][crop].to(device), batch["alphas"][crop].to(device),
             shift_planes(batch["planes"][i : i + 1], o).to(device), out["K"][i : i + 1], out["disp_focus"][i : i + 1],
-            pad=item_pad, gamma=gamma, n_samples=n_samples, max_samples=max_samples,
-            seed=int(batch["render_seed"][i]), impl=impl,
+            pad=item_pad, gamma=gamma, max_samples=max_samples, seed=int(batch["render_seed"][i]), impl=impl,
+            n_samples=int(batch["render_samples"][i]) if "render_samples" in batch else n_samples,
         ))
     out["bokeh"] = torch.cat(bokeh).float()
     return apply_augmentation(out, out["flip"], out["brightness"])

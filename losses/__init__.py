@@ -10,6 +10,13 @@ Generator objective, for a prediction ``pred``, ground truth ``target`` and all-
 
 and the discriminator ``D`` (losses.gan) is trained with ``L_D = BCE(D(target), 0.8) + BCE(D(pred), 0)``.
 
+Options that express the released training's definitions (``configs/train_published.yaml``; defaults keep
+ours): ``signed_range`` computes MSE and the edge loss on images mapped to [-1, 1] (``2x - 1``: 4x the MSE,
+2x the edge differences and doubled gradients inside the edge weights); ``edge_weight_mode="per_channel"``;
+``clamp_pred`` clamps the prediction to [0, 1] before the edge, LPIPS and GAN terms (the MSE sees it
+unclamped); ``gan_levels="last"``, ``gan_normalize=False``, ``gan_head="mlp"`` build the released
+discriminator; ``gan_generator_target=0.8`` and ``gan_batch_reduction="sum"`` its loss.
+
 Use from a training step::
 
     loss_fn = build_losses(args)                 # LossConfig, a dict of its fields, or an argparse.Namespace
@@ -38,9 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._checks import check_images
-from losses.edge import EdgeLoss, edge_loss
+from losses.edge import EDGE_WEIGHT_MODES, EdgeLoss, edge_loss
 from losses.gan import (
     CV_TYPES,
+    GAN_BATCH_REDUCTIONS,
+    GAN_HEADS,
+    GAN_LEVELS,
     GAN_LOSS_TYPES,
     MultiLevelDiscriminator,
     build_discriminator,
@@ -85,7 +95,15 @@ class LossConfig:
         gan_backbone_weights: local checkpoint of the backbone; None uses the Hugging Face hub cache.
         gan_pretrained: load pretrained backbone weights (must be True for real runs).
         gan_tiny: tiny random backbone (tests only; requires ``gan_pretrained=False``).
-        gan_head_channels: hidden channels of each discriminator patch head.
+        gan_head_channels: hidden channels of each discriminator head (the released MLP head: 256).
+        signed_range: MSE and edge loss on ``2x - 1`` images (the release's [-1, 1] convention).
+        edge_weight_mode: ``"channel_mean"`` (ours) or ``"per_channel"`` (the release) edge weights.
+        clamp_pred: clamp the prediction to [0, 1] before the edge, LPIPS and GAN terms (the release).
+        gan_levels: ``"all"`` backbone levels or only the ``"last"`` (the release: ConvNeXt's last stage).
+        gan_normalize: normalise the discriminator's input with the backbone's mean/std (the release: no).
+        gan_head: ``"patch"`` or ``"mlp"`` (the release) heads.
+        gan_generator_target: the generator's BCE target (1.0; the release: its real label 0.8).
+        gan_batch_reduction: ``"mean"`` or ``"sum"`` (the release) of the GAN losses over the batch.
     """
 
     lambda_mse: float = 1.0
@@ -104,8 +122,22 @@ class LossConfig:
     gan_pretrained: bool = True
     gan_tiny: bool = False
     gan_head_channels: int = 64
+    signed_range: bool = False
+    edge_weight_mode: str = "channel_mean"
+    clamp_pred: bool = False
+    gan_levels: str = "all"
+    gan_normalize: bool = True
+    gan_head: str = "patch"
+    gan_generator_target: float = 1.0
+    gan_batch_reduction: str = "mean"
 
     def __post_init__(self) -> None:
+        for name, allowed in (("edge_weight_mode", EDGE_WEIGHT_MODES), ("gan_levels", GAN_LEVELS),
+                              ("gan_head", GAN_HEADS), ("gan_batch_reduction", GAN_BATCH_REDUCTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`--{name}` must be one of {list(allowed)}; found {getattr(self, name)!r}.")
+        if not 0.0 <= self.gan_generator_target <= 1.0:
+            raise ValueError(f"`--gan_generator_target` must be in [0, 1]; found {self.gan_generator_target}.")
         if not self.gan_loss_type:
             self.gan_loss_type = None
         else:
@@ -157,7 +189,7 @@ class BokehLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.edge_loss = EdgeLoss() if config.edge else None
+        self.edge_loss = EdgeLoss(weight_mode=config.edge_weight_mode) if config.edge else None
         self.lpips = None
         if config.lpips:
             self.lpips = lpips_module or LPIPSLoss(config.lpips_pretrained, config.lpips_vgg_weights)
@@ -172,6 +204,9 @@ class BokehLoss(nn.Module):
                 backbone=config.gan_backbone,
                 tiny=config.gan_tiny,
                 head_channels=config.gan_head_channels,
+                levels=config.gan_levels,
+                normalize=config.gan_normalize,
+                head=config.gan_head,
             )
 
     def gan_active(self, step: int) -> bool:
@@ -190,7 +225,7 @@ class BokehLoss(nn.Module):
         """Generator objective.
 
         Args:
-            pred: prediction ``(B, 3, H, W)``, sRGB in [0, 1], differentiable.
+            pred: prediction ``(B, 3, H, W)``, sRGB in [0, 1] (may overshoot: decoder output), differentiable.
             target: ground-truth bokeh ``(B, 3, H, W)``, sRGB in [0, 1].
             aif: all-in-focus input ``(B, 3, H, W)``, sRGB in [0, 1] (edge weights only).
             step: current optimisation step (gates the adversarial term at ``gan_step``).
@@ -202,19 +237,24 @@ class BokehLoss(nn.Module):
         """
         config = self.config
         check_images("BokehLoss", pred=pred, target=target, aif=aif)
-        mse = F.mse_loss(pred, target)
+        # The release computes MSE and edge on [-1, 1] images; the map is affine, so only the scale changes.
+        pixel = (lambda x: x * 2.0 - 1.0) if config.signed_range else (lambda x: x)
+        mse = F.mse_loss(pixel(pred), pixel(target))
         total = config.lambda_mse * mse
         terms = {"mse": mse.detach()}
+        # The release clamps after the MSE: the other terms see a displayable image (no gradient outside it).
+        shown = pred.clamp(0.0, 1.0) if config.clamp_pred else pred
         if self.edge_loss is not None:
-            value = self.edge_loss(pred, target, aif)
+            value = self.edge_loss(pixel(shown), pixel(target), pixel(aif))
             total = total + config.lambda_edge * value
             terms["edge"] = value.detach()
         if self.lpips is not None:
-            value = self.lpips(pred, target)
+            value = self.lpips(shown, target)
             total = total + config.lambda_lpips * value
             terms["lpips"] = value.detach()
         if self.gan_active(step):
-            value = generator_loss(discriminator or self.discriminator, pred)
+            value = generator_loss(discriminator or self.discriminator, shown, config.gan_generator_target,
+                                   config.gan_batch_reduction)
             total = total + config.lambda_gan * value
             terms["gan_g"] = value.detach()
         terms["total"] = total.detach()
@@ -237,7 +277,8 @@ class BokehLoss(nn.Module):
                 "BokehLoss.discriminator_loss: no GAN is configured; set `--gan_loss_type "
                 f"{next(iter(GAN_LOSS_TYPES))}` to train a discriminator."
             )
-        loss = discriminator_loss(discriminator or self.discriminator, target, pred, self.real_label)
+        loss = discriminator_loss(discriminator or self.discriminator, target, pred, self.real_label,
+                                  self.config.gan_batch_reduction)
         return loss, {"gan_d": float(loss.detach())}
 
 

@@ -26,6 +26,11 @@ Design here (our own implementation):
   The smoothing is one-sided (only the real target is softened), as in Salimans et al. 2016: it stops the
   discriminator from becoming over-confident on real images without rewarding fakes.
 
+Options reproducing the released training's discriminator (``configs/train_published.yaml``): the backbone
+``convnext_base.fb_in22k`` with ``levels="last"`` (its ``forward_features``), ``normalize=False`` (the [0, 1]
+image fed as is), ``head="mlp"`` (:class:`MLPHead`, 256 hidden), and in the losses the generator target 0.8 and
+``batch_reduction="sum"``.
+
 Pretrained weights are loaded from the Hugging Face hub cache (timm's default source) or a local file
 (``weights_path``, CLI ``--gan_backbone_weights``). A real run never falls back to random weights.
 """
@@ -46,6 +51,12 @@ from losses._checks import check_images
 
 # Target of real images per loss type: `_s` = one-sided label smoothing at 0.8.
 GAN_LOSS_TYPES: dict[str, float] = {"multilevel_sigmoid_s": 0.8, "multilevel_sigmoid": 1.0}
+#: Feature levels the heads read: every level the backbone exposes, or only its last (deepest) one.
+GAN_LEVELS = ("all", "last")
+#: Head per level: ``patch`` (3x3 conv, LeakyReLU, 1x1 conv) or ``mlp`` (a per-position two-layer perceptron).
+GAN_HEADS = ("patch", "mlp")
+#: How per-sample losses are combined over the batch: ``mean`` or ``sum`` (the released training's loss sums).
+GAN_BATCH_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class FrozenBackbone(nn.Module):
         weights_path: local checkpoint file (``.safetensors``/``.pth``/``.bin``) for ``model_name``.
         out_indices: feature levels to return (timm's ``out_indices``); ``None`` returns all of them.
         model_kwargs: extra ``timm.create_model`` arguments (architecture overrides for tiny test models).
+        normalize: map [0, 1] inputs with the model's mean/std first (``False``: the [0, 1] image goes in as
+            is, as in the released training's ConvNeXt discriminator).
 
     Attributes:
         channels: feature channels per level; ``reductions``: stride of each level in input pixels.
@@ -108,6 +121,7 @@ class FrozenBackbone(nn.Module):
         weights_path: str | os.PathLike | None = None,
         out_indices: Sequence[int] | None = None,
         model_kwargs: dict | None = None,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         import timm
@@ -143,6 +157,7 @@ class FrozenBackbone(nn.Module):
         self.channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
         self.model_name = model_name
+        self.apply_normalization = bool(normalize)
         self.model.requires_grad_(False)
         self.train(False)
 
@@ -151,7 +166,10 @@ class FrozenBackbone(nn.Module):
         return super().train(False)
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """[0, 1] sRGB -> the backbone's normalised input space ``(image - mean) / std``."""
+        """[0, 1] sRGB -> the backbone's input space: ``(image - mean) / std``, or unchanged with
+        ``normalize=False``."""
+        if not self.apply_normalization:
+            return image
         return (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -172,8 +190,27 @@ class PatchHead(nn.Module):
         return self.out(self.act(self.conv(features)))
 
 
+class MLPHead(nn.Module):
+    """Per-position two-layer perceptron: ``(B, C, h, w)`` features -> ``(B, 1, h, w)`` logits.
+
+    ``logit = W2 LeakyReLU_0.2(W1 f + b1) + b2`` at every feature-map position, both layers spectrally
+    normalised; the head of the released training's ConvNeXt discriminator (hidden width 256). Written as 1x1
+    convolutions, which apply the same linear maps to each position.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int = 256) -> None:
+        super().__init__()
+        self.conv = spectral_norm(nn.Conv2d(in_channels, hidden_channels, kernel_size=1))
+        self.act = nn.LeakyReLU(0.2)
+        self.out = spectral_norm(nn.Conv2d(hidden_channels, 1, kernel_size=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.conv(features)))
+
+
 class MultiLevelDiscriminator(nn.Module):
-    """Frozen backbone + one trainable spectrally normalised :class:`PatchHead` per feature level.
+    """Frozen backbone + one trainable spectrally normalised head (:class:`PatchHead` or :class:`MLPHead`) per
+    feature level.
 
     ``forward(image)`` takes ``(B, 3, H, W)`` images in [0, 1] and returns one logit map
     ``(B, 1, h_l, w_l)`` per level. Only the heads train: use :meth:`trainable_parameters` for the optimiser
@@ -181,10 +218,13 @@ class MultiLevelDiscriminator(nn.Module):
     backbone is rebuilt from its pretrained weights, so it need not be saved).
     """
 
-    def __init__(self, backbone: FrozenBackbone, head_channels: int = 64) -> None:
+    def __init__(self, backbone: FrozenBackbone, head_channels: int = 64, head: str = "patch") -> None:
         super().__init__()
+        if head not in GAN_HEADS:
+            raise ValueError(f"GAN: unsupported head {head!r}; supported: {list(GAN_HEADS)}.")
         self.backbone = backbone
-        self.heads = nn.ModuleList(PatchHead(c, head_channels) for c in backbone.channels)
+        head_class = PatchHead if head == "patch" else MLPHead
+        self.heads = nn.ModuleList(head_class(c, head_channels) for c in backbone.channels)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         check_images("MultiLevelDiscriminator", image=image)
@@ -211,6 +251,9 @@ def build_discriminator(
     backbone: str | None = None,
     tiny: bool = False,
     head_channels: int = 64,
+    levels: str = "all",
+    normalize: bool = True,
+    head: str = "patch",
 ) -> MultiLevelDiscriminator:
     """Build the multilevel discriminator for ``cv_type`` (``"convnext"``, ``"dino"`` or ``"clip"``).
 
@@ -220,18 +263,32 @@ def build_discriminator(
         weights_path: local backbone checkpoint (CLI ``--gan_backbone_weights``) instead of the hub cache.
         backbone: override the timm model name of ``cv_type`` (same family, e.g. ``"convnext_small.fb_in1k"``).
         tiny: a few-thousand-parameter random backbone of the same family, for tests (forces no weights).
-        head_channels: hidden channels of each patch head.
+        head_channels: hidden channels of each head.
+        levels: ``"all"`` feature levels of the family, or only the ``"last"`` (deepest) one (the released
+            ConvNeXt discriminator reads only the last stage, ``forward_features``).
+        normalize: normalise inputs with the backbone's mean/std (``False``: the released discriminator).
+        head: ``"patch"`` (:class:`PatchHead`) or ``"mlp"`` (:class:`MLPHead`, the released head).
     """
     if cv_type not in CV_TYPES:
         raise ValueError(f"GAN: unsupported `cv_type` {cv_type!r}; supported: {sorted(CV_TYPES)}.")
+    if levels not in GAN_LEVELS:
+        raise ValueError(f"GAN: unsupported `gan_levels` {levels!r}; supported: {list(GAN_LEVELS)}.")
     spec = CV_TYPES[cv_type]
+
+    def pick(out_indices):
+        if levels == "all":
+            return out_indices
+        return (out_indices[-1],) if out_indices else (-1,)  # timm counts -1 as the last stage
+
     if tiny:
         if pretrained or weights_path is not None:
             raise ValueError("GAN: a `tiny` discriminator backbone is random; pass pretrained=False, no weights.")
-        net = FrozenBackbone(spec.tiny_model_name, False, None, spec.tiny_out_indices, spec.tiny_model_kwargs)
+        net = FrozenBackbone(spec.tiny_model_name, False, None, pick(spec.tiny_out_indices), spec.tiny_model_kwargs,
+                             normalize=normalize)
     else:
-        net = FrozenBackbone(backbone or spec.model_name, pretrained, weights_path, spec.out_indices, spec.model_kwargs)
-    return MultiLevelDiscriminator(net, head_channels)
+        net = FrozenBackbone(backbone or spec.model_name, pretrained, weights_path, pick(spec.out_indices),
+                             spec.model_kwargs, normalize=normalize)
+    return MultiLevelDiscriminator(net, head_channels, head)
 
 
 def real_label_for(gan_loss_type: str) -> float:
@@ -241,34 +298,50 @@ def real_label_for(gan_loss_type: str) -> float:
     return GAN_LOSS_TYPES[gan_loss_type]
 
 
-def multilevel_bce(logits: Sequence[torch.Tensor], target: float) -> torch.Tensor:
-    """Mean over levels of the mean BCE-with-logits of each level's map against a constant ``target``."""
+def _check_reduction(batch_reduction: str) -> None:
+    if batch_reduction not in GAN_BATCH_REDUCTIONS:
+        raise ValueError(f"GAN: unsupported batch reduction {batch_reduction!r}; supported: {list(GAN_BATCH_REDUCTIONS)}.")
+
+
+def multilevel_bce(logits: Sequence[torch.Tensor], target: float, batch_reduction: str = "mean") -> torch.Tensor:
+    """Mean over levels of each level's BCE-with-logits against a constant ``target``.
+
+    Per level, the BCE is averaged over the positions of each sample, then averaged (``"mean"``) or summed
+    (``"sum"``, the released training's loss, which grows with the batch size) over the batch.
+    """
+    _check_reduction(batch_reduction)
     if len(logits) == 0:
         raise ValueError("GAN: the discriminator returned no levels.")
-    losses = [
-        F.binary_cross_entropy_with_logits(level.float(), torch.full_like(level, target, dtype=torch.float32))
-        for level in logits
-    ]
+    losses = []
+    for level in logits:
+        bce = F.binary_cross_entropy_with_logits(level.float(), torch.full_like(level, target, dtype=torch.float32),
+                                                 reduction="none")
+        per_sample = bce.flatten(1).mean(dim=1)
+        losses.append(per_sample.sum() if batch_reduction == "sum" else per_sample.mean())
     return torch.stack(losses).mean()
 
 
 def discriminator_loss_from_logits(
-    real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor], real_label: float = 0.8
+    real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor], real_label: float = 0.8,
+    batch_reduction: str = "mean",
 ) -> torch.Tensor:
     """``L_D = BCE(real, real_label) + BCE(fake, 0)`` (one-sided smoothing); scalar float32."""
-    return multilevel_bce(real_logits, real_label) + multilevel_bce(fake_logits, 0.0)
+    return multilevel_bce(real_logits, real_label, batch_reduction) + multilevel_bce(fake_logits, 0.0, batch_reduction)
 
 
-def generator_loss_from_logits(fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Non-saturating ``L_G = BCE(fake, 1)``; the generator is pushed to full "real", no smoothing."""
-    return multilevel_bce(fake_logits, 1.0)
+def generator_loss_from_logits(fake_logits: Sequence[torch.Tensor], target: float = 1.0,
+                               batch_reduction: str = "mean") -> torch.Tensor:
+    """Non-saturating ``L_G = BCE(fake, target)``: by default the generator is pushed to full "real" (1, no
+    smoothing); the released training used the smoothed real label 0.8 here too."""
+    return multilevel_bce(fake_logits, target, batch_reduction)
 
 
 Discriminator = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 
 def discriminator_loss(
-    discriminator: Discriminator, real: torch.Tensor, fake: torch.Tensor, real_label: float = 0.8
+    discriminator: Discriminator, real: torch.Tensor, fake: torch.Tensor, real_label: float = 0.8,
+    batch_reduction: str = "mean",
 ) -> torch.Tensor:
     """Discriminator loss on image batches; ``fake`` is detached so no gradient reaches the generator.
 
@@ -276,16 +349,19 @@ def discriminator_loss(
         discriminator: a :class:`MultiLevelDiscriminator` (or its DDP wrapper).
         real: ground-truth bokeh images ``(B, 3, H, W)`` in [0, 1]. fake: generated, same shape.
         real_label: target for real images (``real_label_for(gan_loss_type)``).
+        batch_reduction: ``"mean"`` or ``"sum"`` over the batch (:func:`multilevel_bce`).
     """
     check_images("discriminator_loss", real=real, fake=fake)
-    return discriminator_loss_from_logits(discriminator(real), discriminator(fake.detach()), real_label)
+    return discriminator_loss_from_logits(discriminator(real), discriminator(fake.detach()), real_label,
+                                          batch_reduction)
 
 
-def generator_loss(discriminator: Discriminator, fake: torch.Tensor) -> torch.Tensor:
+def generator_loss(discriminator: Discriminator, fake: torch.Tensor, target: float = 1.0,
+                   batch_reduction: str = "mean") -> torch.Tensor:
     """Generator's adversarial loss on ``fake`` ``(B, 3, H, W)`` in [0, 1]; gradients flow to ``fake``.
 
     The heads also receive gradients from this loss; the training step must zero the discriminator's
     gradients before its own backward (``optimizer_d.zero_grad()``), as usual for alternating GAN updates.
     """
     check_images("generator_loss", fake=fake)
-    return generator_loss_from_logits(discriminator(fake))
+    return generator_loss_from_logits(discriminator(fake), target, batch_reduction)

@@ -352,7 +352,8 @@ def load_lora(
 
     Returns:
         ``{"file", "rank", "alpha", "modules", "tensors"}`` describing what was loaded, plus ``format``,
-        ``pisa`` and ``base_model`` when the file's metadata records them (adapters written by our training).
+        ``pisa``, ``base_model``, ``model_gamma``, ``synthesis_gamma`` and ``gamma`` when the file's metadata
+        records them (adapters written by our training).
 
     Raises:
         WeightLoadingError: a key matches no LoRA tensor of the UNet, an expected LoRA tensor is absent from
@@ -410,7 +411,8 @@ def load_lora(
     differ = [k for k, v in state.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype))]
     if differ:
         raise WeightLoadingError(f"LoRA tensors from '{source}' were not applied to the UNet: {_summarise(differ)}.")
-    described = {k: info[k] for k in ("format", "pisa", "base_model") if k in info}  # what the file says of itself
+    described = {k: info[k] for k in ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
+                 if k in info}  # what the file says of itself
     return dict(file=source, rank=rank, alpha=alpha, modules=len({k.rsplit(".lora_", 1)[0] for k in state}),
                 tensors=len(state), **described)
 

@@ -48,6 +48,7 @@ __all__ = [
     "blend_window",
     "resolve_dtype",
     "pisa_compat_for",
+    "model_gamma_for",
 ]
 
 DEFAULT_BASE_MODEL = "SG161222/RealVisXL_V5.0"
@@ -78,6 +79,21 @@ def pisa_compat_for(lora_info: Mapping) -> bool:
     if lora_info.get("format") == "bokehdiff-train":
         return bool(lora_info.get("pisa", {}).get("compat", False))
     return True
+
+
+def model_gamma_for(lora_info: Mapping) -> float | None:
+    """The model gamma an adapter was trained with (``models.onestep``: the VAE sees ``srgb ** gamma``).
+
+    Adapters written by this repository's training record it: ``model_gamma``, or in files written before the
+    model and synthesis gammas were separate, the one ``gamma`` used for both. Any other adapter (the
+    published ``zcx65535/bokehdiff``) records none: ``None``, and the caller's protocol decides.
+    """
+    if lora_info.get("format") != "bokehdiff-train":
+        return None
+    for key in ("model_gamma", "gamma"):
+        if lora_info.get(key) is not None:
+            return float(lora_info[key])
+    return None
 
 
 class WeightsUnavailableError(OSError):
@@ -365,6 +381,8 @@ class BokehDiffPipeline:
             require_vae_weights: an adapter without ``vae.ckpt`` is an error (the paper fine-tunes the VAE
                 encoder); set ``False`` to accept it with a warning.
             **kwargs: ``prompt``, ``timestep``, ``gamma`` (see :class:`OneStepBokeh`) and the constructor's.
+                ``gamma`` None or absent: the adapter's recorded model gamma (:func:`model_gamma_for`), else
+                :class:`OneStepBokeh`'s default. ``info["gamma"]`` is the gamma in use.
 
         Raises:
             WeightsUnavailableError: a hub id that is neither cached nor reachable (one message, with remedies).
@@ -398,9 +416,15 @@ class BokehDiffPipeline:
                 warnings.warn(f"adapter '{adapter}' has no {VAE_WEIGHT_NAME}: the VAE encoder keeps its base weights.")
         else:
             warnings.warn("no adapter given: rendering with the base UNet (no BokehDiff LoRA); outputs are not bokeh.")
+        if kwargs.get("gamma") is None:  # not given: the adapter's recorded model gamma, if it has one
+            kwargs.pop("gamma", None)
+            recorded = model_gamma_for(info.get("lora", {}))
+            if recorded is not None:
+                kwargs["gamma"] = recorded
         components["unet"].to(unet_dtype)
         ctor = {k: kwargs.pop(k) for k in ("prompt", "timestep", "gamma") if k in kwargs}
         pipe = cls.from_components(**components, **ctor, **kwargs)
+        info["gamma"] = pipe.model.gamma
         info["load_s"] = time.perf_counter() - t0
         pipe.info = info
         return pipe

@@ -452,7 +452,8 @@ def export_inference(unet: nn.Module, vae: nn.Module | None, folder: str | os.Pa
 
 
 # Settings that define the weights: resuming with others is an error.
-_MUST_MATCH = ("lora", "pisa", "timestep", "gamma", "vae_trainable")
+# model_gamma / synthesis_gamma: a checkpoint of format_version 1 without them recorded one `gamma` for both.
+_MUST_MATCH = ("lora", "pisa", "timestep", "gamma", "model_gamma", "synthesis_gamma", "vae_trainable")
 # Settings that change the sample stream or the update: resuming with others works but is not exact. The
 # worker count is among them because OnTheFlyDataset mixes the DataLoader worker id into each sample's seed.
 _SHOULD_MATCH = ("base_model", "resolution", "train_batch_size", "num_processes", "gradient_accumulation_steps",
@@ -469,7 +470,17 @@ def compare_run_settings(saved: Mapping[str, Any], current: Mapping[str, Any]
     def recorded(key):
         return saved[key] if key in saved else saved.get("config", {}).get(key)
 
-    errors = [(k, saved[k], current[k]) for k in _MUST_MATCH if k in saved and k in current and saved[k] != current[k]]
+    def must(key):
+        if key in ("model_gamma", "synthesis_gamma") and key not in saved:
+            return saved.get("gamma")
+        if key == "pisa" and isinstance(saved.get("pisa"), Mapping) and isinstance(current.get("pisa"), Mapping):
+            # Checkpoints from before the PISA sample counts were options trained with the processor's 7 x 5.
+            counts = {k: v for k, v in (("n_segments", 7), ("n_supersamples", 5)) if k in current["pisa"]}
+            return {**counts, **saved["pisa"]}
+        return saved.get(key)
+
+    errors = [(k, must(k), current[k]) for k in _MUST_MATCH
+              if (k in saved or must(k) is not None) and k in current and must(k) != current[k]]
     warnings = [(k, recorded(k), current.get(k)) for k in _SHOULD_MATCH if recorded(k) != current.get(k)]
     return errors, warnings
 

@@ -11,6 +11,14 @@ A YAML key that is not an option, or a value of the wrong type, raises ``ValueEr
 and the fix. The resolved configuration is written to ``<output_dir>/train_config.yaml`` by the training script
 (and into every checkpoint's metadata), so a run can be repeated with ``--config <output_dir>/train_config.yaml``.
 
+Gamma: ``--model_gamma`` is the model's input/output transfer (``models.onestep``: the VAE sees
+``srgb ** model_gamma``), ``--synthesis_gamma`` the gamma the training pairs are rendered in (linear light =
+``srgb ** synthesis_gamma``). The released model was trained at model gamma 1 on pairs rendered at 2.2.
+``--gamma G`` is kept as an alias that sets both. Rule when combined: sources apply in the order above and,
+within one source, the alias together with either specific key is an error (ambiguous); a later source's
+specific key overrides an earlier source's alias and vice versa (e.g. ``--config train_published.yaml
+--gamma 2.2`` trains with 2.2 for both). After resolution ``gamma`` is null in the written configuration.
+
 The published README command of BokehDiff is accepted unchanged (``--opt_vae 1`` or bare ``--opt_vae``; boolean
 flags such as ``--lpips`` also have ``--no-lpips`` forms so a preset can be overridden from the command line).
 """
@@ -21,7 +29,7 @@ import argparse
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -32,6 +40,7 @@ __all__ = [
     "dump_config",
     "load_yaml_config",
     "parse_args",
+    "resolve_gammas",
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_default.yaml"
@@ -65,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--opt_vae", type=int, nargs="?", const=1,
                    help="1: also train the VAE encoder's conv_in, mid_block and conv_out (at vae_lr_scale x LR); 0: not")
     g.add_argument("--timestep", type=int, help="the one-step model's fixed diffusion timestep")
-    g.add_argument("--gamma", type=float, help="gamma of the model's input/output transfer (1 disables)")
+    g.add_argument("--gamma", type=float,
+                   help="alias setting both --model_gamma and --synthesis_gamma (combining rule: see training.config)")
+    g.add_argument("--model_gamma", type=float,
+                   help="gamma of the model's input/output transfer: the VAE sees srgb ** model_gamma (1 disables; "
+                   "the released model: 1); recorded in the adapter so inference uses it")
+    g.add_argument("--synthesis_gamma", type=float,
+                   help="gamma of the training data's rendering: linear light = srgb ** synthesis_gamma (released: 2.2)")
     g.add_argument("--pisa", action=_BOOL, help="install PISA processors (--no-pisa is the paper's ablation)")
     g.add_argument("--pisa_hardness_start", type=float, help="PISA hardness at step 0 (soft CoC constraint)")
     g.add_argument("--pisa_hardness_per_step", type=float,
@@ -76,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
     g.add_argument("--pisa_dropout", type=float,
                    help="dropout on PISA's attention weights while training (published: 0.1; never at inference)")
+    g.add_argument("--pisa_segments", type=int, help="PISA occlusion: segment samples per ray while training")
+    g.add_argument("--pisa_supersamples", type=int, help="PISA occlusion: supersamples per pair while training")
+    g.add_argument("--pisa_compat", action=_BOOL,
+                   help="train PISA with the published discretisation (models.pisa compat); recorded in the adapter "
+                   "so inference uses the same one")
     g.add_argument("--gradient_checkpointing", action=_BOOL, help="UNet gradient checkpointing (memory for time)")
     g.add_argument("--enable_xformers_memory_efficient_attention", action=_BOOL,
                    help="accepted for the published command; attention already uses PyTorch SDPA / chunked PISA")
@@ -94,6 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "(fresh scenes, same source images)")
     g.add_argument("--num_validation_samples", type=int, help="size of the fixed held-out set")
     g.add_argument("--validation_seed", type=int, help="seed of the held-out set's scene synthesis")
+
+    g = p.add_argument_group("data synthesis (data.synthesis.SceneConfig / OnTheFlyDataset)")
+    g.add_argument("--min_foregrounds", type=int, help="fewest foreground cut-outs per scene")
+    g.add_argument("--max_foregrounds", type=int, help="most foreground cut-outs per scene")
+    g.add_argument("--fg_scale_min", type=float, help="foreground size: lowest sqrt(box area / scene area)")
+    g.add_argument("--fg_scale_max", type=float, help="foreground size: highest sqrt(box area / scene area)")
+    g.add_argument("--fg_tilt_p", type=float, help="probability that a foreground plane is tilted (0: fronto-parallel)")
+    g.add_argument("--fg_gap", type=float, help="least disparity between the background's nearest point and a foreground")
+    g.add_argument("--bg_far_min", type=float, help="background disparity at its farthest point: lowest value")
+    g.add_argument("--bg_far_max", type=float, help="background disparity at its farthest point: highest value")
+    g.add_argument("--bg_span_max", type=float, help="background disparity span (tilt) is U(0, bg_span_max)")
+    g.add_argument("--bg_tilt_direction", type=str, choices=("angle", "square"),
+                   help="background tilt direction: uniform angle, or uniform in [-1, 1]^2 (released)")
+    g.add_argument("--brightness_p", type=float, help="probability of the brightness augmentation")
+    g.add_argument("--brightness_min", type=float, help="brightness factor U(min, max), on sRGB values")
+    g.add_argument("--brightness_max", type=float, help="brightness factor U(min, max), on sRGB values")
+    g.add_argument("--brightness_cap", type=float, help="brightness factor capped at this value (null: no cap)")
+    g.add_argument("--brightness_clip", action=_BOOL,
+                   help="allow factors above 1, clipping the images to [0, 1] (released)")
+    g.add_argument("--aif_composite", type=str, choices=("linear", "srgb"),
+                   help="composite the all-in-focus input in linear light or on sRGB values (released)")
+    g.add_argument("--coc_condition", type=str, choices=("rendered", "published"),
+                   help="condition on the rendered CoC, or on the release's K * U(2/3, 1) * max(f, 1 - f)")
+    g.add_argument("--aperture_samples", type=str, choices=("auto", "published"),
+                   help="ground-truth aperture samples: the renderer's count, or the release's 21 t-per-side grid count")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--seed", type=int, help="seed of initialisation, data order and synthesis")
@@ -133,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gan_pretrained", action=_BOOL, help="pretrained discriminator backbone (must be on for real runs)")
     g.add_argument("--gan_backbone_weights", type=str, help="local checkpoint of the discriminator backbone")
     g.add_argument("--gan_tiny", action=_BOOL, help="tiny random discriminator backbone (tests only)")
+    g.add_argument("--gan_backbone", type=str,
+                   help="timm model name overriding the cv_type's backbone (released: convnext_base.fb_in22k)")
+    g.add_argument("--gan_levels", type=str, choices=("all", "last"),
+                   help="discriminator heads on every backbone level or only the last (released)")
+    g.add_argument("--gan_normalize", action=_BOOL,
+                   help="normalise the discriminator input with the backbone's mean/std (released: no)")
+    g.add_argument("--gan_head", type=str, choices=("patch", "mlp"), help="discriminator head (released: mlp)")
+    g.add_argument("--gan_head_channels", type=int, help="hidden channels of each discriminator head (released: 256)")
+    g.add_argument("--gan_generator_target", type=float,
+                   help="BCE target of the generator's GAN term (1; released: the real label 0.8)")
+    g.add_argument("--gan_batch_reduction", type=str, choices=("mean", "sum"),
+                   help="GAN losses averaged or summed (released) over the batch")
+    g.add_argument("--loss_signed_range", action=_BOOL,
+                   help="MSE and edge loss on images mapped to [-1, 1] (released; 4x the MSE of [0, 1])")
+    g.add_argument("--edge_weight_mode", type=str, choices=("channel_mean", "per_channel"),
+                   help="edge-loss weights per pixel (channel mean) or per channel (released)")
+    g.add_argument("--loss_clamp_pred", action=_BOOL,
+                   help="clamp the prediction to [0, 1] before the edge, LPIPS and GAN terms (released)")
 
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--output_dir", type=str, help="run folder: checkpoints, export, logs, resolved config")
@@ -215,14 +278,49 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(**defaults)
     # A first pass finds --config so its values become defaults that the command line then overrides.
     known, _ = parser.parse_known_args(input_args)
-    if known.config is not None:
-        parser.set_defaults(**load_yaml_config(known.config, parser))
+    preset = load_yaml_config(known.config, parser) if known.config is not None else {}
+    parser.set_defaults(**preset)
     args = parser.parse_args(input_args)
+    layers = [(str(DEFAULT_CONFIG), defaults), (str(known.config), preset),
+              ("the command line", _given_on_command_line(input_args))]
+    args.model_gamma, args.synthesis_gamma = resolve_gammas(layers)
+    args.gamma = None  # consumed: the written configuration holds the two resolved values
     env_rank = int(os.environ.get("LOCAL_RANK", -1))
     if env_rank != -1:
         args.local_rank = env_rank
     validate_args(args)
     return args
+
+
+def _given_on_command_line(input_args: Sequence[str] | None) -> dict[str, Any]:
+    """The options present on the command line (not defaults), as ``{dest: value}``."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_known_args(input_args)[0])
+
+
+def resolve_gammas(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[float, float]:
+    """``(model_gamma, synthesis_gamma)`` from configuration layers applied in order (later wins).
+
+    Each layer is ``(name, {key: value})``. ``gamma`` (the alias) sets both; a layer that holds the alias and
+    either specific key raises ``ValueError`` (ambiguous), naming the layer.
+    """
+    model = synthesis = None
+    for name, values in layers:
+        alias = values.get("gamma")
+        specific = [k for k in ("model_gamma", "synthesis_gamma") if values.get(k) is not None]
+        if alias is not None and specific:
+            raise ValueError(
+                f"{name}: gamma {alias} (sets both the model and the synthesis gamma) is combined with "
+                f"{', '.join(f'{k} {values[k]}' for k in specific)}; give either gamma or model_gamma/synthesis_gamma")
+        if alias is not None:
+            model = synthesis = alias
+        model = values.get("model_gamma") if values.get("model_gamma") is not None else model
+        synthesis = values.get("synthesis_gamma") if values.get("synthesis_gamma") is not None else synthesis
+    if model is None or synthesis is None:
+        raise ValueError("model_gamma and synthesis_gamma need values (configs/train_default.yaml sets them)")
+    return float(model), float(synthesis)
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -260,6 +358,30 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("--mixed_precision fp16 is not supported: its loss scaling is not wired for the separate "
                          "generator and discriminator optimisers. Use --mixed_precision bf16 (Ampere or newer GPUs; "
                          "no loss scaling needed) or --mixed_precision no (float32)")
+    for name in ("model_gamma", "synthesis_gamma"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name} must be > 0 (1 disables the transfer), found {getattr(args, name)}")
+    for name in ("pisa_segments", "pisa_supersamples", "min_foregrounds", "gan_head_channels"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, found {getattr(args, name)}")
+    pairs = (("min_foregrounds", "max_foregrounds"), ("fg_scale_min", "fg_scale_max"), ("bg_far_min", "bg_far_max"),
+             ("brightness_min", "brightness_max"))
+    for lo, hi in pairs:
+        if getattr(args, lo) > getattr(args, hi):
+            raise ValueError(f"--{lo} ({getattr(args, lo)}) must not exceed --{hi} ({getattr(args, hi)})")
+    for name in ("fg_tilt_p", "brightness_p"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f"--{name} is a probability in [0, 1], found {getattr(args, name)}")
+    if not (0 < args.bg_far_min and args.bg_far_max + args.bg_span_max < 1):
+        raise ValueError(f"the background's disparity must stay in (0, 1): need 0 < --bg_far_min and --bg_far_max + "
+                         f"--bg_span_max < 1, found {args.bg_far_min}, {args.bg_far_max} + {args.bg_span_max}")
+    top = args.brightness_max if args.brightness_cap is None else min(args.brightness_max, args.brightness_cap)
+    if args.brightness_min <= 0 or (top > 1 and not args.brightness_clip):
+        raise ValueError(f"brightness factors must be > 0 and, without --brightness_clip, at most 1; found "
+                         f"--brightness_min {args.brightness_min}, largest factor {top}. Add --brightness_clip to "
+                         "clip brightened images to [0, 1] (the released recipe) or lower --brightness_max/--brightness_cap")
+    if not 0 <= args.gan_generator_target <= 1:
+        raise ValueError(f"--gan_generator_target is a BCE target in [0, 1], found {args.gan_generator_target}")
     if args.pisa_hardness_start < 1 or args.pisa_hardness_max < args.pisa_hardness_start:
         raise ValueError("PISA hardness must satisfy 1 <= --pisa_hardness_start <= --pisa_hardness_max "
                          f"(log(hardness) is the CoC sigmoid's slope), found {args.pisa_hardness_start} and "

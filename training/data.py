@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SampleStream", "build_train_dataset", "build_validation_set", "make_train_iterator", "move_batch"]
+__all__ = ["SampleStream", "build_train_dataset", "dataset_options", "build_validation_set", "make_train_iterator", "move_batch"]
 
 
 class SampleStream(Sampler[int]):
@@ -57,6 +57,23 @@ class SampleStream(Sampler[int]):
         return (self.index(k) for k in itertools.count(self.start))
 
 
+def dataset_options(args) -> dict:
+    """``OnTheFlyDataset`` keyword arguments of the synthesis options (``--synthesis_gamma``, the scene model,
+    augmentation and conditioning); the training and the validation sets share them."""
+    from data.synthesis import SceneConfig
+
+    scene = SceneConfig(
+        n_foregrounds=(args.min_foregrounds, args.max_foregrounds),
+        fg_scale_range=(args.fg_scale_min, args.fg_scale_max), fg_tilt_p=args.fg_tilt_p, fg_gap=args.fg_gap,
+        bg_far_range=(args.bg_far_min, args.bg_far_max), bg_span_range=(0.0, args.bg_span_max),
+        bg_tilt_direction=args.bg_tilt_direction,
+    )
+    return dict(gamma=args.synthesis_gamma, config=scene, brightness_p=args.brightness_p,
+                brightness_range=(args.brightness_min, args.brightness_max), brightness_cap=args.brightness_cap,
+                brightness_clip=args.brightness_clip, aif_composite=args.aif_composite,
+                coc_condition=args.coc_condition, aperture_samples=args.aperture_samples)
+
+
 def build_train_dataset(args, *, rank: int, total_samples: int) -> Dataset:
     """The on-the-fly training dataset for process ``rank``, long enough for ``total_samples`` global samples.
 
@@ -64,11 +81,12 @@ def build_train_dataset(args, *, rank: int, total_samples: int) -> Dataset:
     """
     from data.synthesis import OnTheFlyDataset
 
-    probe = OnTheFlyDataset(args.train_data_dir, args.resolution, gamma=args.gamma, seed=args.seed, rank=rank)
+    options = dataset_options(args)
+    probe = OnTheFlyDataset(args.train_data_dir, args.resolution, seed=args.seed, rank=rank, **options)
     num_pairs = len(probe.fg_paths) * len(probe.bg_paths)
-    dataset = OnTheFlyDataset(args.train_data_dir, args.resolution, gamma=args.gamma, seed=args.seed, rank=rank,
+    dataset = OnTheFlyDataset(args.train_data_dir, args.resolution, seed=args.seed, rank=rank,
                               length=max(1, total_samples) * num_pairs,
-                              synthesize_on_device=args.synthesize_on_device)
+                              synthesize_on_device=args.synthesize_on_device, **options)
     dataset.num_pairs = num_pairs
     return dataset
 
@@ -97,7 +115,8 @@ def make_train_iterator(dataset: Dataset, *, batch_size: int, num_workers: int, 
 
 def move_batch(batch: dict, device: torch.device, *, gamma: float = 2.2) -> dict:
     """Tensors of a collated batch moved to ``device`` (other values unchanged). A batch of scene layers
-    (``synthesize_on_device``) gets its ground truth rendered there (``data.synthesis.synthesize_batch``; the
+    (``synthesize_on_device``) gets its ground truth rendered there at ``gamma``, the synthesis gamma
+    (``data.synthesis.synthesize_batch``; the
     render seed is part of each item, so this stays deterministic and resumable)."""
     if "layers" in batch:
         from data.synthesis import synthesize_batch
@@ -119,8 +138,11 @@ def build_validation_set(args, batch_size: int) -> list[dict]:
     from data.synthesis import OnTheFlyDataset
 
     root = args.validation_data_dir or args.train_data_dir
-    dataset = OnTheFlyDataset(root, args.resolution, gamma=args.gamma, seed=args.validation_seed, rank=0,
-                              length=args.num_validation_samples, flip_p=0.0, brightness_p=0.0)
+    # The renderer's own sample count: the release's grid count (thousands of samples) rendered on the CPU would
+    # take minutes per image, and the held-out targets are a metric, not part of the recipe.
+    options = dict(dataset_options(args), brightness_p=0.0, aperture_samples="auto")
+    dataset = OnTheFlyDataset(root, args.resolution, seed=args.validation_seed, rank=0,
+                              length=args.num_validation_samples, flip_p=0.0, **options)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                         generator=torch.Generator().manual_seed(args.validation_seed))
     return list(loader)

@@ -166,7 +166,11 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
         # The published recipe trains with random occlusion jitter and attention dropout; the processor's
         # defaults (fixed seed 0, no dropout) are the inference settings. seed=None draws from the global torch
         # RNG per call, which accelerate checkpoints, so resume stays exact.
-        pisa_layers = list(install_pisa_processors(unet, seed=args.pisa_seed, dropout_p=args.pisa_dropout))
+        # Segments, supersamples and the discretisation (compat) are options: the released recipe trains
+        # with 5 x 4 and the published discretisation (configs/train_published.yaml).
+        pisa_layers = list(install_pisa_processors(
+            unet, seed=args.pisa_seed, dropout_p=args.pisa_dropout, n_segments=args.pisa_segments,
+            n_supersamples=args.pisa_supersamples, compat=args.pisa_compat))
         if not pisa_layers:
             raise ValueError("no attention layer matched the PISA patterns; is the base model SDXL-shaped?")
     lora_modules = add_lora(unet, args.rank, PAPER_LORA_TARGETS, alpha=args.lora_alpha)
@@ -177,7 +181,7 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
         unet.enable_gradient_checkpointing()
 
     model = OneStepBokeh.from_components(unet, vae, scheduler, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
-                                         timestep=args.timestep, gamma=args.gamma)
+                                         timestep=args.timestep, gamma=args.model_gamma)
     del text_encoder, text_encoder_2  # the prompt embeddings are cached in the model
     # Frozen base weights in the compute dtype save memory; trainable tensors stay float32 so small Adam
     # updates are not rounded away. The VAE stays float32 (SDXL's VAE overflows in fp16).
@@ -202,7 +206,10 @@ def build_losses_from_args(args):
         lpips_vgg_weights=args.lpips_vgg_weights, gan_loss_type=args.gan_loss_type if gan else None,
         cv_type=args.cv_type, lambda_gan=args.lambda_gan, gan_step=args.gan_step,
         gan_backbone_weights=args.gan_backbone_weights, gan_pretrained=args.gan_pretrained,
-        gan_tiny=args.gan_tiny,
+        gan_tiny=args.gan_tiny, gan_backbone=args.gan_backbone, gan_levels=args.gan_levels,
+        gan_normalize=args.gan_normalize, gan_head=args.gan_head, gan_head_channels=args.gan_head_channels,
+        gan_generator_target=args.gan_generator_target, gan_batch_reduction=args.gan_batch_reduction,
+        signed_range=args.loss_signed_range, edge_weight_mode=args.edge_weight_mode, clamp_pred=args.loss_clamp_pred,
     ))
 
 
@@ -259,7 +266,10 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
     return {
         "format": "bokehdiff-train", "format_version": 1,
         "base_model": args.pretrained_model_name_or_path, "revision": args.revision, "variant": args.variant,
-        "resolution": args.resolution, "timestep": args.timestep, "gamma": args.gamma,
+        "resolution": args.resolution, "timestep": args.timestep,
+        # model_gamma is what inference needs (models.pipeline.model_gamma_for); `gamma` repeats it for readers
+        # of format_version 1 files, where it was the one gamma of both the model and the data.
+        "model_gamma": args.model_gamma, "synthesis_gamma": args.synthesis_gamma, "gamma": args.model_gamma,
         "lora": {"rank": args.rank, "alpha": args.lora_alpha if args.lora_alpha is not None else args.rank,
                  "targets": list(PAPER_LORA_TARGETS), "modules": len(c.lora_modules)},
         "vae_trainable": list(VAE_TRAINABLE_PREFIXES) if c.vae_params else [],
@@ -267,9 +277,10 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
                  "hardness_schedule": {"start": args.pisa_hardness_start, "per_step": args.pisa_hardness_per_step,
                                        "max": args.pisa_hardness_max},
                  "inference_hardness": args.pisa_hardness_max, "seed": args.pisa_seed,
-                 "dropout": args.pisa_dropout,
+                 "dropout": args.pisa_dropout, "n_segments": args.pisa_segments,
+                 "n_supersamples": args.pisa_supersamples,
                  # The discretisation trained with; the pipeline reads it (models.pipeline.pisa_compat_for).
-                 "compat": False},
+                 "compat": bool(args.pisa_compat)},
         "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "dataloader_num_workers": args.dataloader_num_workers,
         "num_processes": num_processes,
