@@ -45,7 +45,8 @@ import torch
 from tqdm import tqdm
 
 from data.io import IMAGE_EXTENSIONS, read_image, save_image, write_text_atomic
-from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, WeightsUnavailableError, load_depth_estimator
+from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, load_depth_estimator
+from models.hub import HubUnreachableError, WeightsUnavailableError, download_command
 from models.segment import BIREFNET_RESOLUTION, DEFAULT_MASK_MODEL, load_birefnet
 
 
@@ -259,24 +260,27 @@ def is_done(item: Item, layout: Layout, with_mask: bool) -> bool:
     return all(path.exists() for path in wanted)
 
 
+def _weights_error(error: WeightsUnavailableError, flag: str, repo: str, extra: str = "") -> UsageError:
+    """The loader's message plus the flag that takes a local copy (hub-unreachable messages already carry the
+    download command)."""
+    if isinstance(error, HubUnreachableError):
+        return UsageError(f"{str(error).rstrip('.')}: {flag} DIR{extra}.")
+    return UsageError(f"{error}. Download it where the hub is reachable (`{download_command(repo)}`) and pass "
+                      f"{flag} DIR{extra}.")
+
+
 def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """Load the depth estimator and (unless ``--no_mask``) the segmenter; errors name the flag to fix."""
     try:
         depth_model = load_depth_estimator(args.depth_model, device=device, dtype=dtype, input_size=args.depth_resolution)
     except WeightsUnavailableError as error:
-        raise UsageError(
-            f"{error}. Download the model where the hub is reachable (e.g. `huggingface-cli download "
-            f"{DEFAULT_DEPTH_MODEL} --local-dir DIR`) and pass --depth_model /path/to/local/folder."
-        ) from None
+        raise _weights_error(error, "--depth_model", args.depth_model) from None
     if args.no_mask:
         return depth_model, None
     try:
         segmenter = load_birefnet(args.mask_model, device=device, dtype=dtype, resolution=args.mask_resolution)
     except WeightsUnavailableError as error:
-        raise UsageError(
-            f"{error}. Download BiRefNet where the hub is reachable (`huggingface-cli download {DEFAULT_MASK_MODEL} "
-            "--local-dir DIR`) and pass --mask_model /path/to/local/folder, or pass --no_mask to skip masks."
-        ) from None
+        raise _weights_error(error, "--mask_model", args.mask_model, ", or --no_mask to skip masks") from None
     return depth_model, segmenter
 
 

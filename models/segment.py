@@ -18,7 +18,8 @@ import abc
 import torch
 import torch.nn.functional as F
 
-from models.depth import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailableError, resolve_source
+from models.depth import IMAGENET_MEAN, IMAGENET_STD, resolve_source
+from models.hub import WeightsUnavailableError, local_source
 
 __all__ = ["DEFAULT_MASK_MODEL", "BiRefNetSegmenter", "Segmenter", "load_birefnet"]
 
@@ -96,6 +97,8 @@ def load_birefnet(
     from transformers import AutoModelForImageSegmentation
 
     source = resolve_source(source, what="mask model")
+    # Hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py).
+    source = local_source(source, "mask model")
     try:
         module = AutoModelForImageSegmentation.from_pretrained(source, trust_remote_code=True)
     except (OSError, ValueError, ImportError) as error:

@@ -143,7 +143,12 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     from models.lora import PAPER_LORA_TARGETS, add_lora, set_vae_trainable
     from models.onestep import OneStepBokeh
 
-    src = dict(pretrained_model_name_or_path=args.pretrained_model_name_or_path, revision=args.revision)
+    from models.hub import local_source
+
+    # Hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py).
+    base = local_source(args.pretrained_model_name_or_path, "SDXL base model", revision=args.revision,
+                        hint="--pretrained_model_name_or_path DIR")
+    src = dict(pretrained_model_name_or_path=base, revision=args.revision)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(subfolder="tokenizer", **src)
         tokenizer_2 = CLIPTokenizer.from_pretrained(subfolder="tokenizer_2", **src)

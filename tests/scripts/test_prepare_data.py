@@ -200,8 +200,8 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(weights, photos)
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--depth_model", "bokehdiff-tests/no-such-depth-model"], "--depth_model /path/to/local/folder"),
-        (["--mask_model", "bokehdiff-tests/no-such-mask-model"], "--mask_model /path/to/local/folder, or pass --no_mask"),
+        (["--depth_model", "bokehdiff-tests/no-such-depth-model"], "`hf download bokehdiff-tests/no-such-depth-model --local-dir DIR`) and pass that folder instead of the hub id: --depth_model DIR."),
+        (["--mask_model", "bokehdiff-tests/no-such-mask-model"], ": --mask_model DIR, or --no_mask to skip masks."),
         (["--fp16"], "--fp16 needs a CUDA device"),
         (["--batch_size", "0"], "--batch_size must be >= 1"),
     ],
