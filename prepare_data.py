@@ -47,7 +47,7 @@ from tqdm import tqdm
 from data.io import IMAGE_EXTENSIONS, read_image, save_image, write_text_atomic
 from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, load_depth_estimator
 from models.hub import HubUnreachableError, WeightsUnavailableError, download_command
-from models.segment import BIREFNET_RESOLUTION, DEFAULT_MASK_MODEL, load_birefnet
+from models.segment import BIREFNET_RESOLUTION, BIREFNET_REVISION, DEFAULT_MASK_MODEL, load_birefnet, mask_model_revision
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="hub id (depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf) or a local folder with its files",
     )
     parser.add_argument("--mask_model", default=DEFAULT_MASK_MODEL, help="BiRefNet hub id or local folder (runs its remote code)")
+    parser.add_argument(
+        "--mask_revision", default=None,
+        help=f"hub commit (or branch) of --mask_model; its Python code runs here (trust_remote_code), so the default "
+        f"{DEFAULT_MASK_MODEL} is loaded at the reviewed commit {BIREFNET_REVISION}; another hub id needs this flag "
+        "(a commit you reviewed, or 'main' to run what it holds today)",
+    )
     parser.add_argument("--no_mask", action="store_true", help="write no subject masks (and load no mask model)")
     parser.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
     parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass (same-size images are batched)")
@@ -278,7 +284,8 @@ def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     if args.no_mask:
         return depth_model, None
     try:
-        segmenter = load_birefnet(args.mask_model, device=device, dtype=dtype, resolution=args.mask_resolution)
+        segmenter = load_birefnet(args.mask_model, revision=args.mask_revision, device=device, dtype=dtype,
+                                  resolution=args.mask_resolution)
     except WeightsUnavailableError as error:
         raise _weights_error(error, "--mask_model", args.mask_model, ", or --no_mask to skip masks") from None
     return depth_model, segmenter
@@ -291,6 +298,11 @@ def main(argv=None) -> int:
             raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
         layout = resolve_layout(args.input_dir, args.output_dir)
         device, dtype = resolve_device(args.device, args.fp16)
+        if not args.no_mask:
+            try:  # before any model loads: an unpinned hub id with remote code is refused (models/segment.py)
+                mask_model_revision(args.mask_model, args.mask_revision)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
         # An output folder inside the input folder must not be read back as input on the next run.
         inside = args.input_dir.resolve() in layout.root.parents
         items, others, clashes = find_images(args.input_dir, exclude=layout.root if inside else None)
