@@ -2,7 +2,7 @@
 """Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean,
 over the whole image and inside / outside the depth-discontinuity band.
 
-    python evaluate.py --pred_dir outputs/mine --gt_dir data/gt --disparity_dir data/depth --output_dir outputs/eval
+    python evaluate.py --pred_dir outputs/mine --gt_dir prepared/gt --disparity_dir prepared/mine/depth --output_dir outputs/eval
     python evaluate.py --pred_dir outputs/benchmark/classical --dataset benchmark_data/ebb --output_dir outputs/eval
 
 With ``--gt_dir``, predictions and ground truth are matched by relative path without extension and the

@@ -1,6 +1,6 @@
 """Train BokehDiff: LoRA on the SDXL UNet (+ the VAE encoder's ends) on on-the-fly synthesised bokeh pairs.
 
-    accelerate launch train_lora_otf.py --train_data_dir data/otf --output_dir runs/bokehdiff \\
+    accelerate launch train_lora_otf.py --train_data_dir prepared/otf --output_dir runs/bokehdiff \\
         --pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 [--config PRESET.yaml]
 
 Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the logic lives in ``training/``.

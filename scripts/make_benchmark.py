@@ -15,6 +15,11 @@ The same seed gives the same benchmark, bit for bit.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.make_benchmark [options]")
+
 import argparse
 import json
 from pathlib import Path

@@ -10,6 +10,11 @@ layout are documented in ``data.synthesis.write_sample_data``. The committed ``t
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.make_sample_data [options]")
+
 import argparse
 import json
 

@@ -16,10 +16,14 @@ Writes ``<out>/<method>/<gt name>.png``, ``<out>/<method>/eval/`` (see ``evaluat
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.run_benchmark [options]")
+
 import argparse
 import math
 import shlex
-import sys
 import time
 import warnings
 from pathlib import Path
