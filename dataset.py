@@ -36,18 +36,20 @@ __all__ = [
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    preview = commands.add_parser("preview", help="render a few OnTheFlyDataset samples into a contact sheet")
+    preview = commands.add_parser("preview", help="render a few OnTheFlyDataset samples into a contact sheet",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     preview.add_argument("--data_root", required=True, help="folder with fg/ (RGBA cut-outs) and bg/ (photos)")
     preview.add_argument("--out", required=True, help="output folder (created)")
     preview.add_argument("--n", type=int, default=6, help="number of samples")
     preview.add_argument("--size", type=int, default=None,
                          help=f"crop size in px (default {DEFAULT_PREVIEW_SIZE}, or the largest crop the backgrounds "
                               "allow when they are smaller)")
-    preview.add_argument("--seed", type=int, default=0)
-    preview.add_argument("--gamma", type=float, default=2.2)
-    inspect = commands.add_parser("inspect", help="list the items of a test set")
+    preview.add_argument("--seed", type=int, default=0, help="random seed of the synthesised scenes")
+    preview.add_argument("--gamma", type=float, default=2.2, help="linear light = srgb ** gamma while rendering")
+    inspect = commands.add_parser("inspect", help="list the items of a test set",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     inspect.add_argument("--data_root", required=True, help="test-set folder")
-    inspect.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS])
+    inspect.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS], help="test-set layout (auto: detected)")
     args = parser.parse_args(argv)
     if args.command == "preview":
         largest = largest_crop_size(args.data_root)

@@ -183,9 +183,15 @@ DEFAULT_RENDERER = "bokehdiff"
 # ----------------------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog keeps its line breaks; every option shows its default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Focus, outputs and exit codes: see the module docstring.")
+    # --help shows the module docstring's inputs, focus and outputs/exit-code paragraphs (the user's reference).
+    paragraphs = __doc__.replace("``", "").split("\n\n")
+    parser = argparse.ArgumentParser(description=paragraphs[0], formatter_class=_HelpFormatter,
+                                     epilog="\n\n".join(paragraphs[1:4]))
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=None,
                         help=f"default {DEFAULT_RENDERER}; classical for --demo (the offline demo needs no weights)")
     src = parser.add_argument_group("inputs (choose one)")
@@ -251,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="published flag, accepted: PyTorch's fused attention is used in any case")
     bd.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/inference")
+    run.add_argument("--output_dir", default="outputs/inference",
+                     help="folder for the renders, contact sheets and run_config.json (created)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     run.add_argument("--seed", type=int, default=0, help="global RNG seed; bokehdiff: PISA's occlusion-sampling seed")
     run.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
@@ -372,6 +379,17 @@ def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, 
     return renders
 
 
+def _above_progress_bars(show):
+    """``warnings.showwarning`` hook (the stdlib's documented extension point) that clears the progress bar
+    before ``show`` prints and redraws it after: printed directly, a warning lands at the end of the bar's line."""
+
+    def show_above(*args, **kwargs):
+        with tqdm.external_write_mode(file=sys.stderr):
+            show(*args, **kwargs)
+
+    return show_above
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -395,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     single_input = not args.test_data_dir
     with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer) as progress:
         warnings.simplefilter("always", InputWarning)  # every repaired input is announced, not just the first
+        warnings.showwarning = _above_progress_bars(warnings.showwarning)  # restored by catch_warnings
         for pending in inputs:
             n_inputs += 1
             try:

@@ -81,6 +81,14 @@ def pisa_compat_for(lora_info: Mapping) -> bool:
     return True
 
 
+def _cast_unet(unet: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the UNet only when some parameter has another dtype: diffusers' ``to(dtype)`` warns about "modules
+    that should be kept in float32" on every call, even when that list is empty, so a no-op cast (the float32
+    default) would print it at each load."""
+    if any(p.dtype != dtype for p in unet.parameters()):
+        unet.to(dtype)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """``"fp32"|"no"|"float32"`` -> float32, ``"bf16"|"bfloat16"`` -> bfloat16, ``"fp16"|"float16"`` -> float16."""
     if dtype is None or isinstance(dtype, torch.dtype):
@@ -403,7 +411,7 @@ class BokehDiffPipeline:
                 warnings.warn(f"adapter '{adapter}' has no {VAE_WEIGHT_NAME}: the VAE encoder keeps its base weights.")
         else:
             warnings.warn("no adapter given: rendering with the base UNet (no BokehDiff LoRA); outputs are not bokeh.")
-        components["unet"].to(unet_dtype)
+        _cast_unet(components["unet"], unet_dtype)
         ctor = {k: kwargs.pop(k) for k in ("prompt", "timestep", "gamma") if k in kwargs}
         pipe = cls.from_components(**components, **ctor, **kwargs)
         info["load_s"] = time.perf_counter() - t0
@@ -423,7 +431,7 @@ class BokehDiffPipeline:
         if device is not None:
             self.model.to(device)
         if dtype is not None:
-            self.model.unet.to(resolve_dtype(dtype))
+            _cast_unet(self.model.unet, resolve_dtype(dtype))
         return self
 
     @property

@@ -68,12 +68,14 @@ PARSE = {
     "python -m scripts.make_sample_data --out test_data --n_scenes 3 --height 160 --width 223 --max_coc_px 8 "
     "--otf_size 160 --disparity_dtype float16": "rewrites the committed test_data/ (the README's run covers the code)",
     "python -m scripts.make_benchmark --out benchmark_data": "minutes of CPU (48 ray-traced ground truths)",
+    "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark":
+        "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
     "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks":
         "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
 }
 
-MAKE = ["make demo", "make test", "make evaluate", "make bench"]
+MAKE = ["make demo", "make test", "make evaluate", "make evaluate-record", "make bench"]
 
 FILES = {
     "python3.11 -m venv .venv && .venv/bin/pip install -r requirements.txt -r requirements-gpu.txt":
