@@ -282,3 +282,18 @@ def test_baseline_renderers_run_end_to_end(tmp_path, renderer):
 
         item = limit_size(conform_item("motorcycle", *load_motorcycle()), 96)
         np.testing.assert_allclose(rendered, np.asarray(item.image), atol=1 / 255 + 1e-6)
+
+
+def test_transposed_disparity_fails_its_input_with_the_cause(tmp_path, capsys):
+    image_path, disparity_path = _scene(tmp_path, disparity=np.full((W, H), 0.5, np.float32))
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "3")
+    assert code == 1 and "looks transposed" in capsys.readouterr().err
+    assert not list(out.glob("scene_K*.png"))
+
+
+def test_depth_like_values_without_depth_flag_point_to_it(tmp_path):
+    depth = np.linspace(2.7, 30.0, H * W, dtype=np.float32).reshape(H, W)
+    image_path, disparity_path = _scene(tmp_path, disparity=depth)
+    with pytest.warns(InputWarning, match="pass --depth"):
+        code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
+    assert code == 0
