@@ -297,3 +297,12 @@ def test_depth_like_values_without_depth_flag_point_to_it(tmp_path):
     with pytest.warns(InputWarning, match="pass --depth"):
         code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
     assert code == 0
+
+
+def test_a_long_render_shows_its_progress_in_rows(tmp_path, monkeypatch, capsys):
+    """Renders longer than ROW_PROGRESS_DELAY_S show a row bar (here the delay is 0, so every render does)."""
+    monkeypatch.setattr(inference_hf, "ROW_PROGRESS_DELAY_S", 0.0)
+    image_path, disparity_path = _scene(tmp_path)
+    code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
+    err = capsys.readouterr().err
+    assert code == 0 and "K=3 f=0.50" in err and f"/{H} [" in err and "row/s" in err, err
