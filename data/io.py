@@ -60,7 +60,7 @@ def _require_file(path: str | os.PathLike, what: str) -> Path:
 
 def _imread_any(path: Path) -> np.ndarray:
     """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A). EXR goes through
-    :mod:`data.exr` (the pinned OpenCV wheel has no OpenEXR)."""
+    :mod:`data.exr` (the OpenEXR bindings; the pinned OpenCV wheel has no OpenEXR)."""
     if path.suffix.lower() == ".exr":
         from data.exr import read_exr_array
 

@@ -192,7 +192,7 @@ def test_load_motorcycle_is_clean_and_quiet():
     assert disparity[0, -20:].mean() > disparity[0, :20].mean() + 0.3
 
 
-def test_exr_image_and_depth_read_without_opencv_openexr(tmp_path):
+def test_exr_image_and_depth_are_read(tmp_path):
     from data.exr import write_exr
 
     rgb = np.random.default_rng(0).uniform(0, 0.9, size=(6, 9, 3)).astype(np.float32)
