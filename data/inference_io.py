@@ -3,7 +3,7 @@
 The script stays a table of contents (parse, build the renderer, loop, save); everything that decides *what*
 is rendered and *where it goes* lives here, so it is testable without running a renderer.
 
-Conventions (DESIGN.md): images ``(3, H, W)`` float32 sRGB in [0, 1]; disparity ``(1, H, W)`` float32 in
+Conventions (docs/conventions.md): images ``(3, H, W)`` float32 sRGB in [0, 1]; disparity ``(1, H, W)`` float32 in
 [0, 1] with 1 = nearest; ``disp_focus`` is one disparity value; ``K`` is the circle-of-confusion radius in
 pixels **at the working resolution** per unit disparity (``coc_px = K * (disparity - disp_focus)``), so
 shrinking an input with ``--max_side`` keeps ``K`` meaning "pixels of blur in the output".

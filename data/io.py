@@ -1,6 +1,6 @@
 """Reading and writing images and disparity maps, with the repository's conventions enforced at the boundary.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/conventions.md):
 - images are float32 arrays/tensors in [0, 1], channel-first ``(3, H, W)``, sRGB-encoded unless a name says
   ``linear``; linear light is ``srgb ** gamma`` (gamma 2.2 by default, 1 disables);
 - disparity is float32 ``(1, H, W)`` in [0, 1] with **1 = nearest**; depth inputs become ``1 / depth``;

@@ -210,7 +210,7 @@ class Scene:
         Returns:
             images ``(L, 3, height, width)`` sRGB [0, 1], alphas ``(L, 1, height, width)`` [0, 1] and planes
             ``(L, 3)`` float64 ``(A, B, C)`` with ``disparity = (1 - A*x - B*y) / C`` in *window* pixel
-            coordinates (the renderer's convention, DESIGN.md).
+            coordinates (the renderer's convention, docs/conventions.md).
         """
         n = len(self.layers)
         images = np.zeros((n, 3, height, width), np.float32)

@@ -1,6 +1,6 @@
 """Monocular disparity from Depth Anything (V1/V2) through transformers, in the repository's convention.
 
-Output convention (DESIGN.md): disparity ``(B, 1, H, W)`` float32 in [0, 1], **1 = nearest**, at the input
+Output convention (docs/conventions.md): disparity ``(B, 1, H, W)`` float32 in [0, 1], **1 = nearest**, at the input
 image's size.
 
 Orientation, decided from the model's documented output rather than guessed:

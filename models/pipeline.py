@@ -17,7 +17,7 @@ Wraps :class:`models.onestep.OneStepBokeh` (the one-step forward shared with tra
 - **Padding**: images are reflect-padded to a multiple of 32 px (8 for the VAE x 4 for the UNet's two
   downsamplers) and cropped back, so any size works.
 
-Shapes and units (DESIGN.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
+Shapes and units (docs/conventions.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
 1 = near; ``K`` in pixels of blur radius per unit disparity; ``coc_px = K * (disparity - disp_focus)``.
 """
 

@@ -14,8 +14,7 @@ below, so a new or changed command fails here until it is checked:
 
 from __future__ import annotations
 
-import contextlib
-import runpy
+import re
 import shlex
 import shutil
 import subprocess
@@ -215,3 +214,32 @@ def test_user_data_in_the_readme_stays_out_of_packages_and_out_of_git():
             top = Path(value).parts[0]
             assert top not in _PACKAGES, f"{command}: {flag} {value} is inside the '{top}' package"
             assert top in ignored, f"{command}: {flag} {value}: '{top}/' is not in .gitignore"
+
+
+def _repository_texts():
+    skip = {".venv", ".git", "outputs", "prepared", "runs", "benchmark_data", "__pycache__"}
+    for path in REPO.rglob("*"):
+        if path.is_file() and not skip & set(path.relative_to(REPO).parts) and path.suffix in (
+                ".py", ".md", ".txt", ".yaml", ".yml", ".ini", ".sh", ".cfg", ".toml", "") and path.stat().st_size < 1e6:
+            yield path
+
+
+def test_the_repository_stands_alone():
+    """No file points outside the repository (a clone has no ../shared, DESIGN.md or STYLE.md); the
+    conventions live in docs/conventions.md, and every relative link of the markdown files resolves."""
+    this_file = Path(__file__).resolve()
+    outside = []
+    for path in _repository_texts():
+        if path.resolve() == this_file:
+            continue
+        text = path.read_text(errors="replace")
+        outside += [f"{path.relative_to(REPO)}: {word}" for word in ("../shared", "DESIGN.md", "STYLE.md")
+                    if word in text]
+    assert outside == []
+    conventions = (REPO / "docs" / "conventions.md").read_text()
+    for section in ("## Units and tensor layouts", "## PISA", "## The one-step model", "## Public contracts",
+                    "## Style"):
+        assert section in conventions
+    for markdown in REPO.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)\)", markdown.read_text()):
+            assert (markdown.parent / target).exists(), f"{markdown.name} links to missing {target}"
