@@ -300,7 +300,7 @@ def main(argv=None) -> int:
         device, dtype = resolve_device(args.device, args.fp16)
         if not args.no_mask:
             try:  # before any model loads: an unpinned hub id with remote code is refused (models/segment.py)
-                mask_model_revision(args.mask_model, args.mask_revision)
+                args.mask_revision = mask_model_revision(args.mask_model, args.mask_revision)  # recorded in the JSON
             except ValueError as error:
                 raise UsageError(str(error)) from None
         # An output folder inside the input folder must not be read back as input on the next run.
