@@ -6,8 +6,9 @@ The logic lives in ``data/``: the on-the-fly paired synthesis (``data.synthesis`
 
 CLI:
 
-    python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 256
-        # writes a contact sheet (AIF | bokeh | disparity per sample) and prints each sample's K and focus
+    python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128
+        # writes a contact sheet (AIF | bokeh | disparity per sample) and prints each sample's K and focus;
+        # --size defaults to 256 px, or less when the backgrounds are smaller (test_data/otf's are 160 px)
     python dataset.py inspect --data_root test_data/ebb
         # lists a test set's items (layout auto-detected) with their sizes and metadata
 """
@@ -22,7 +23,9 @@ from pathlib import Path
 
 from data.focus import focus_from_gt, focus_from_mask, focus_from_pixel, focus_from_value
 from data.loaders import LAYOUTS, detect_layout, load_test_set
-from data.synthesis import OnTheFlyDataset, SceneConfig, synthesize_batch
+from data.synthesis import OnTheFlyDataset, SceneConfig, largest_crop_size, synthesize_batch
+
+DEFAULT_PREVIEW_SIZE = 256  # px
 
 __all__ = [
     "OnTheFlyDataset", "SceneConfig", "synthesize_batch", "load_test_set", "detect_layout", "LAYOUTS",
@@ -33,19 +36,31 @@ __all__ = [
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    preview = commands.add_parser("preview", help="render a few OnTheFlyDataset samples into a contact sheet")
+    preview = commands.add_parser("preview", help="render a few OnTheFlyDataset samples into a contact sheet",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     preview.add_argument("--data_root", required=True, help="folder with fg/ (RGBA cut-outs) and bg/ (photos)")
     preview.add_argument("--out", required=True, help="output folder (created)")
     preview.add_argument("--n", type=int, default=6, help="number of samples")
-    preview.add_argument("--size", type=int, default=256, help="crop size in px")
-    preview.add_argument("--seed", type=int, default=0)
-    preview.add_argument("--gamma", type=float, default=2.2)
-    inspect = commands.add_parser("inspect", help="list the items of a test set")
+    preview.add_argument("--size", type=int, default=None,
+                         help=f"crop size in px (default {DEFAULT_PREVIEW_SIZE}, or the largest crop the backgrounds "
+                              "allow when they are smaller)")
+    preview.add_argument("--seed", type=int, default=0, help="random seed of the synthesised scenes")
+    preview.add_argument("--gamma", type=float, default=2.2, help="linear light = srgb ** gamma while rendering")
+    inspect = commands.add_parser("inspect", help="list the items of a test set",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     inspect.add_argument("--data_root", required=True, help="test-set folder")
-    inspect.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS])
+    inspect.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS], help="test-set layout (auto: detected)")
     args = parser.parse_args(argv)
-    if args.command == "preview" and (args.n < 1 or args.size < 8):
-        parser.error("--n must be >= 1 and --size >= 8 px")
+    if args.command == "preview":
+        largest = largest_crop_size(args.data_root)
+        if args.size is None:
+            args.size = min(DEFAULT_PREVIEW_SIZE, largest) if largest >= 8 else DEFAULT_PREVIEW_SIZE
+        if args.n < 1 or args.size < 8:
+            parser.error("--n must be >= 1 and --size >= 8 px")
+        if 8 <= largest < args.size:
+            parser.error(f"--size {args.size}: every background in '{Path(args.data_root) / 'bg'}' is smaller than "
+                         f"the crop (the largest allows {largest} px); pass --size {largest} or less, or add "
+                         f"backgrounds of at least {args.size} px")
     return args
 
 

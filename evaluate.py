@@ -2,7 +2,7 @@
 """Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean,
 over the whole image and inside / outside the depth-discontinuity band.
 
-    python evaluate.py --pred_dir outputs/mine --gt_dir data/gt --disparity_dir data/depth --output_dir outputs/eval
+    python evaluate.py --pred_dir outputs/mine --gt_dir prepared/gt --disparity_dir prepared/mine/depth --output_dir outputs/eval
     python evaluate.py --pred_dir outputs/benchmark/classical --dataset benchmark_data/ebb --output_dir outputs/eval
 
 With ``--gt_dir``, predictions and ground truth are matched by relative path without extension and the
@@ -32,7 +32,8 @@ from metrics.report import evaluate_pairs, find_dataset_pairs, find_pairs, write
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--pred_dir", type=Path, required=True, help="rendered images")
     truth = parser.add_mutually_exclusive_group(required=True)
     truth.add_argument("--gt_dir", type=Path, help="ground-truth bokeh images (same names as the predictions)")
@@ -41,18 +42,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--disparity_dir", type=Path, default=None,
         help="disparity maps <name>.npy or <name>_pred.npy (EBB layout); needed for the band metrics",
     )
-    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--output_dir", type=Path, required=True,
+                        help="folder for metrics.csv, metrics.json, metrics.md and worst_cases.png (created)")
     parser.add_argument("--band_width", type=int, default=8, help="discontinuity band half-width in pixels")
     parser.add_argument(
         "--band_threshold", type=float, default=0.05, help="disparity jump between neighbours that counts as an edge"
     )
     parser.add_argument(
-        "--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=sorted(LEARNED_METRICS),
-        help="learned metrics to compute (default: all); pass none for only PSNR/SSIM",
+        "--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=[*sorted(LEARNED_METRICS), "none"],
+        help="learned metrics to compute; --learned none (or a bare --learned) computes only PSNR/SSIM",
     )
     parser.add_argument("--worst_k", type=int, default=6, help="images in the worst-case contact sheet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     args = parser.parse_args(argv)
+    if "none" in args.learned:
+        if len(args.learned) > 1:
+            parser.error(f"--learned none excludes the other metrics, got {' '.join(args.learned)}")
+        args.learned = []
     if args.band_width < 0:
         parser.error(f"--band_width must be >= 0, got {args.band_width}")
     if args.band_threshold <= 0:

@@ -90,16 +90,23 @@ def classical_gamma(args: argparse.Namespace) -> float:
     return CLASSICAL_GAMMA if args.gamma is None else float(args.gamma)
 
 
+# A render taking longer than this shows a second bar with its progress in image rows (a 4000 x 3000 render
+# takes minutes on a CPU; the per-render bar alone would sit at 0 % meanwhile).
+ROW_PROGRESS_DELAY_S = 2.0
+
+
 def build_classical(args: argparse.Namespace, device: torch.device) -> RenderFn:
     """The classical scatter renderer (``kernels.render_classical``), configured from the CLI."""
     import kernels
 
     def render(image, disparity, K, disp_focus):
-        return kernels.render_classical(
-            image, disparity, K, disp_focus, gamma=classical_gamma(args), impl=args.impl, blades=args.blades,
-            rotation_deg=args.rotation_deg, highlight_threshold=args.highlight_threshold,
-            highlight_gain=args.highlight_gain,
-        )
+        with tqdm(total=image.shape[-2], unit="row", desc=f"  K={K:g} f={disp_focus:.2f}", leave=False,
+                  delay=ROW_PROGRESS_DELAY_S) as rows:
+            return kernels.render_classical(
+                image, disparity, K, disp_focus, gamma=classical_gamma(args), impl=args.impl, blades=args.blades,
+                rotation_deg=args.rotation_deg, highlight_threshold=args.highlight_threshold,
+                highlight_gain=args.highlight_gain, progress=lambda done, total: rows.update(done - rows.n),
+            )
 
     return render
 
@@ -200,9 +207,15 @@ DEFAULT_RENDERER = "bokehdiff"
 # ----------------------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog keeps its line breaks; every option shows its default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Focus, outputs and exit codes: see the module docstring.")
+    # --help shows the module docstring's inputs, focus and outputs/exit-code paragraphs (the user's reference).
+    paragraphs = __doc__.replace("``", "").split("\n\n")
+    parser = argparse.ArgumentParser(description=paragraphs[0], formatter_class=_HelpFormatter,
+                                     epilog="\n\n".join(paragraphs[1:4]))
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=None,
                         help=f"default {DEFAULT_RENDERER}; classical for --demo (the offline demo needs no weights)")
     src = parser.add_argument_group("inputs (choose one)")
@@ -269,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="published flag, accepted: PyTorch's fused attention is used in any case")
     bd.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/inference")
+    run.add_argument("--output_dir", default="outputs/inference",
+                     help="folder for the renders, contact sheets and run_config.json (created)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     run.add_argument("--seed", type=int, default=0, help="global RNG seed; bokehdiff: PISA's occlusion-sampling seed")
     run.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
@@ -408,6 +422,17 @@ def _render_item(item: InputItem, focus, args, render: RenderFn, device, timer, 
     return renders
 
 
+def _above_progress_bars(show):
+    """``warnings.showwarning`` hook (the stdlib's documented extension point) that clears the progress bar
+    before ``show`` prints and redraws it after: printed directly, a warning lands at the end of the bar's line."""
+
+    def show_above(*args, **kwargs):
+        with tqdm.external_write_mode(file=sys.stderr):
+            show(*args, **kwargs)
+
+    return show_above
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -435,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     single_input = not args.test_data_dir
     with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer) as progress:
         warnings.simplefilter("always", InputWarning)  # every repaired input is announced, not just the first
+        warnings.showwarning = _above_progress_bars(warnings.showwarning)  # restored by catch_warnings
         for pending in inputs:
             n_inputs += 1
             try:

@@ -45,8 +45,9 @@ import torch
 from tqdm import tqdm
 
 from data.io import IMAGE_EXTENSIONS, atomic_write, read_image, save_image, write_text_atomic
-from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, WeightsUnavailableError, load_depth_estimator
-from models.segment import BIREFNET_RESOLUTION, DEFAULT_MASK_MODEL, load_birefnet
+from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, load_depth_estimator
+from models.hub import HubUnreachableError, WeightsUnavailableError, download_command
+from models.segment import BIREFNET_RESOLUTION, BIREFNET_REVISION, DEFAULT_MASK_MODEL, load_birefnet, mask_model_revision
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="hub id (depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf) or a local folder with its files",
     )
     parser.add_argument("--mask_model", default=DEFAULT_MASK_MODEL, help="BiRefNet hub id or local folder (runs its remote code)")
+    parser.add_argument(
+        "--mask_revision", default=None,
+        help=f"hub commit (or branch) of --mask_model; its Python code runs here (trust_remote_code), so the default "
+        f"{DEFAULT_MASK_MODEL} is loaded at the reviewed commit {BIREFNET_REVISION}; another hub id needs this flag "
+        "(a commit you reviewed, or 'main' to run what it holds today)",
+    )
     parser.add_argument("--no_mask", action="store_true", help="write no subject masks (and load no mask model)")
     parser.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
     parser.add_argument("--batch_size", type=int, default=4, help="images per forward pass (same-size images are batched)")
@@ -270,24 +277,28 @@ def is_done(item: Item, layout: Layout, with_mask: bool) -> bool:
     return all(path.exists() for path in wanted)
 
 
+def _weights_error(error: WeightsUnavailableError, flag: str, repo: str, extra: str = "") -> UsageError:
+    """The loader's message plus the flag that takes a local copy (hub-unreachable messages already carry the
+    download command)."""
+    if isinstance(error, HubUnreachableError):
+        return UsageError(f"{str(error).rstrip('.')}: {flag} DIR{extra}.")
+    return UsageError(f"{error}. Download it where the hub is reachable (`{download_command(repo)}`) and pass "
+                      f"{flag} DIR{extra}.")
+
+
 def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """Load the depth estimator and (unless ``--no_mask``) the segmenter; errors name the flag to fix."""
     try:
         depth_model = load_depth_estimator(args.depth_model, device=device, dtype=dtype, input_size=args.depth_resolution)
     except WeightsUnavailableError as error:
-        raise UsageError(
-            f"{error}. Download the model where the hub is reachable (e.g. `huggingface-cli download "
-            f"{DEFAULT_DEPTH_MODEL} --local-dir DIR`) and pass --depth_model /path/to/local/folder."
-        ) from None
+        raise _weights_error(error, "--depth_model", args.depth_model) from None
     if args.no_mask:
         return depth_model, None
     try:
-        segmenter = load_birefnet(args.mask_model, device=device, dtype=dtype, resolution=args.mask_resolution)
+        segmenter = load_birefnet(args.mask_model, revision=args.mask_revision, device=device, dtype=dtype,
+                                  resolution=args.mask_resolution)
     except WeightsUnavailableError as error:
-        raise UsageError(
-            f"{error}. Download BiRefNet where the hub is reachable (`huggingface-cli download {DEFAULT_MASK_MODEL} "
-            "--local-dir DIR`) and pass --mask_model /path/to/local/folder, or pass --no_mask to skip masks."
-        ) from None
+        raise _weights_error(error, "--mask_model", args.mask_model, ", or --no_mask to skip masks") from None
     return depth_model, segmenter
 
 
@@ -298,6 +309,11 @@ def main(argv=None) -> int:
             raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
         layout = resolve_layout(args.input_dir, args.output_dir)
         device, dtype = resolve_device(args.device, args.fp16)
+        if not args.no_mask:
+            try:  # before any model loads: an unpinned hub id with remote code is refused (models/segment.py)
+                args.mask_revision = mask_model_revision(args.mask_model, args.mask_revision)  # recorded in the JSON
+            except ValueError as error:
+                raise UsageError(str(error)) from None
         # An output folder inside the input folder must not be read back as input on the next run.
         inside = args.input_dir.resolve() in layout.root.parents
         items, others, clashes = find_images(args.input_dir, exclude=layout.root if inside else None)

@@ -1,13 +1,14 @@
 """Train BokehDiff: LoRA on the SDXL UNet (+ the VAE encoder's ends) on on-the-fly synthesised bokeh pairs.
 
-    accelerate launch train_lora_otf.py --train_data_dir data/otf --output_dir runs/bokehdiff \\
+    accelerate launch train_lora_otf.py --train_data_dir prepared/otf --output_dir runs/bokehdiff \\
         --pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 [--config PRESET.yaml]
 
 Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the logic lives in ``training/``.
 Rerunning the same command with ``--resume_from_checkpoint latest`` continues exactly where the last
 checkpoint left off (a checkpoint whose RNG state cannot be read is an error unless ``--allow_inexact_resume``).
-Exit status: 0 done, 1 a checkpoint could not be saved (no space left; the previous one is kept), 2 stopped
-after too many non-finite steps.
+Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept); 2 for invalid
+options, a missing data folder or weights that are neither local, cached nor downloadable (one ``error:`` line),
+or a run stopped after too many non-finite steps.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def prepare_output_dir(args, accelerator) -> Path:
 
 
 def main(input_args=None) -> int:
-    args = parse_args(input_args)
+    try:
+        args = parse_args(input_args)
+    except ValueError as error:  # invalid or missing options: one argparse-style line, no traceback
+        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(yaml.safe_dump(vars(args), sort_keys=True))
         return 0
@@ -81,9 +86,14 @@ def main(input_args=None) -> int:
     out = prepare_output_dir(args, accelerator)
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
     # The data first: a wrong --train_data_dir fails before minutes of model loading.
-    dataset = build_train_dataset(args, rank=accelerator.process_index,
-                                  total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
-    c = build_components(args, accelerator)
+    try:
+        dataset = build_train_dataset(args, rank=accelerator.process_index,
+                                      total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
+        c = build_components(args, accelerator)
+    except OSError as error:  # missing data folder, weights not local/cached/reachable: the message names the fix
+        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
+        accelerator.end_training()
+        return 2
     description = describe_run(args, c, accelerator.num_processes)
     progress = TrainProgress()
     hooks = CheckpointHooks(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, c.discriminator_raw,

@@ -1,7 +1,7 @@
 """Choosing the focal disparity ``disp_focus`` for an image.
 
 Every function returns one float in [0, 1] on the repository's disparity scale (1 = nearest), the value
-that makes ``coc_px = K * (disparity - disp_focus)`` zero on the focused surface (DESIGN.md). The CLI flags
+that makes ``coc_px = K * (disparity - disp_focus)`` zero on the focused surface (docs/conventions.md). The CLI flags
 that feed these functions (``--focus_disparity``, ``--focus_xy``) are named in the errors so a user knows
 what to change.
 

@@ -3,7 +3,7 @@
 The script stays a table of contents (parse, build the renderer, loop, save); everything that decides *what*
 is rendered and *where it goes* lives here, so it is testable without running a renderer.
 
-Conventions (DESIGN.md): images ``(3, H, W)`` float32 sRGB in [0, 1]; disparity ``(1, H, W)`` float32 in
+Conventions (docs/conventions.md): images ``(3, H, W)`` float32 sRGB in [0, 1]; disparity ``(1, H, W)`` float32 in
 [0, 1] with 1 = nearest; ``disp_focus`` is one disparity value; ``K`` is the circle-of-confusion radius in
 pixels **at the working resolution** per unit disparity (``coc_px = K * (disparity - disp_focus)``), so
 shrinking an input with ``--max_side`` keeps ``K`` meaning "pixels of blur in the output".
@@ -35,7 +35,8 @@ import cv2
 import numpy as np
 
 from data.focus import focus_from_mask, focus_from_pixel, focus_from_value
-from data.io import InputWarning, clean_disparity, contact_sheet, read_disparity, read_image, resize_map
+from data.io import (InputWarning, clean_disparity, contact_sheet, fit_map_to_image, read_disparity, read_image,
+                     resize_map)
 
 # Demo focus planes as disparity percentiles of the motorcycle's map (1 = near): the 90th lies on the
 # motorcycle's front (fairing and wheel), the 50th on its rear and the seat, the 10th on the back wall.
@@ -152,14 +153,7 @@ def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read a subject mask as ``(1, H, W)`` float32 in [0, 1] at ``size = (H, W)`` (nearest-neighbour resize,
     with a warning, if it differs). Colour masks are averaged over channels."""
     mask = read_image(path).mean(axis=0, keepdims=True)
-    if mask.shape[1:] != tuple(size):
-        warnings.warn(
-            f"mask '{path}' is {mask.shape[2]}x{mask.shape[1]} but the image is {size[1]}x{size[0]}; "
-            "resized (nearest) to the image size.",
-            InputWarning,
-        )
-        mask = resize_map(mask, size, interpolation=cv2.INTER_NEAREST)
-    return mask
+    return fit_map_to_image(mask, size, source=f"mask '{path}'", interpolation=cv2.INTER_NEAREST, how="nearest")
 
 
 def conform_item(name: str, image, disparity, mask=None) -> InputItem:
@@ -176,13 +170,7 @@ def conform_item(name: str, image, disparity, mask=None) -> InputItem:
     image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
     disparity = clean_disparity(_numpy(disparity), source=f"disparity of '{name}'")
     size = tuple(image.shape[1:])
-    if disparity.shape[1:] != size:
-        warnings.warn(
-            f"disparity of '{name}' is {disparity.shape[2]}x{disparity.shape[1]} but the image is "
-            f"{size[1]}x{size[0]}; resized (bilinear) to the image size.",
-            InputWarning,
-        )
-        disparity = resize_map(disparity, size)
+    disparity = fit_map_to_image(disparity, size, source=f"disparity of '{name}'")
     if mask is not None:
         mask = _numpy(mask).astype(np.float32)
         mask = mask[None] if mask.ndim == 2 else mask[:1]
@@ -213,15 +201,16 @@ def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth
                 normalise: str = "auto") -> list[PendingInput]:
     """One user image + disparity (``.npy``, ``.npz``, 8/16-bit PNG, EXR) and optional subject mask.
 
-    A disparity (or mask) of another size is resized to the image with a warning; depth maps
-    (``is_depth``) become disparity; see :func:`data.io.read_disparity`.
+    A disparity (or mask) of another size but the same aspect ratio is resized to the image with a warning,
+    one of another aspect ratio (e.g. transposed) is refused; depth maps (``is_depth``) become disparity; see
+    :func:`data.io.read_disparity`.
     """
     name = safe_name(Path(image).stem)
 
     def load() -> InputItem:
         rgb = read_image(image)
         size = tuple(rgb.shape[1:])
-        disp = read_disparity(disparity, is_depth=is_depth, size=size, normalise=normalise)
+        disp = read_disparity(disparity, is_depth=is_depth, size=size, normalise=normalise, depth_hint="--depth")
         return InputItem(name, rgb, disp, read_mask(mask, size) if mask else None)
 
     sources = tuple(Path(p) for p in (image, disparity, mask) if p)

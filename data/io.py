@@ -1,6 +1,6 @@
 """Reading and writing images and disparity maps, with the repository's conventions enforced at the boundary.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/conventions.md):
 - images are float32 arrays/tensors in [0, 1], channel-first ``(3, H, W)``, sRGB-encoded unless a name says
   ``linear``; linear light is ``srgb ** gamma`` (gamma 2.2 by default, 1 disables);
 - disparity is float32 ``(1, H, W)`` in [0, 1] with **1 = nearest**; depth inputs become ``1 / depth``;
@@ -61,7 +61,7 @@ def _require_file(path: str | os.PathLike, what: str) -> Path:
 
 def _imread_any(path: Path) -> np.ndarray:
     """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A). EXR goes through
-    :mod:`data.exr` (the pinned OpenCV wheel has no OpenEXR)."""
+    :mod:`data.exr` (the OpenEXR bindings; the pinned OpenCV wheel has no OpenEXR)."""
     if path.suffix.lower() == ".exr":
         from data.exr import read_exr_array
 
@@ -207,7 +207,8 @@ def fill_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def clean_disparity(
-    values: np.ndarray, *, source: str = "disparity", is_depth: bool = False, normalise: str = "auto"
+    values: np.ndarray, *, source: str = "disparity", is_depth: bool = False, normalise: str = "auto",
+    depth_hint: str | None = None,
 ) -> np.ndarray:
     """Turn raw disparity (or depth) ``(H, W)`` into the convention: float32 in [0, 1], 1 = nearest, no holes.
 
@@ -216,6 +217,9 @@ def clean_disparity(
     - ``normalise="auto"`` min-max normalises only when values leave [0, 1] or are converted depth (with a
       warning), so already-normalised disparity keeps its absolute scale (and with it the meaning of ``K``);
       ``"always"`` always min-max normalises (relative disparity, e.g. from a monocular estimator).
+    - ``depth_hint``: how the caller marks a map as depth (e.g. ``"--depth"``). When a map read as disparity
+      is normalised because its values exceed 1 and none is negative, the warning adds that such values may be
+      depth and names this remedy. It is a hint, not a guess: a disparity in pixels looks the same.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 3 and values.shape[0] == 1:
@@ -242,7 +246,12 @@ def clean_disparity(
     # Depth has arbitrary units (metres, millimetres...), so 1 / depth has no absolute scale: always normalised.
     if normalise == "always" or (normalise == "auto" and (is_depth or lo < 0 or hi > 1)):
         if normalise == "auto" or is_depth:
-            warnings.warn(f"{source}: values span [{lo:.4g}, {hi:.4g}]; min-max normalised to [0, 1].", InputWarning)
+            hint = ""
+            if depth_hint and not is_depth and lo >= 0 and hi > 1:
+                hint = (f" If these are depth values (larger = farther) rather than disparity (larger = nearer), "
+                        f"pass {depth_hint}: read as disparity, near and far are swapped.")
+            warnings.warn(f"{source}: values span [{lo:.4g}, {hi:.4g}]; min-max normalised to [0, 1].{hint}",
+                          InputWarning)
         values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     elif normalise not in ("auto", "always", "never"):
         raise ValueError(f"normalise must be 'auto', 'always' or 'never', got {normalise!r}")
@@ -255,12 +264,14 @@ def read_disparity(
     is_depth: bool = False,
     size: tuple[int, int] | None = None,
     normalise: str = "auto",
+    depth_hint: str | None = None,
 ) -> np.ndarray:
     """Read a disparity (or, with ``is_depth``, depth) map as float32 ``(1, H, W)`` in [0, 1], 1 = nearest.
 
     Accepted: ``.npy``; ``.npz`` (key ``disparity``, ``disp``, ``depth`` or the only array); 8- or 16-bit
     PNG/TIFF (scaled by the dtype's maximum, i.e. already in [0, 1]); float EXR/TIFF. ``size=(H, W)``
-    resizes (bilinear) to the image size, with a warning saying so. See :func:`clean_disparity`.
+    resizes (bilinear) to the image size, with a warning saying so, and refuses a map of another aspect ratio
+    (:func:`fit_map_to_image`). See :func:`clean_disparity` (``depth_hint``).
     """
     path = _require_file(path, "disparity map")
     suffix = path.suffix.lower()
@@ -284,15 +295,44 @@ def read_disparity(
         raise ValueError(
             f"cannot read disparity map '{path}': {error}. Expected .npy/.npz arrays or 8/16-bit PNG."
         ) from error
-    disparity = clean_disparity(values, source=f"disparity '{path}'", is_depth=is_depth, normalise=normalise)
-    if size is not None and tuple(disparity.shape[1:]) != tuple(size):
-        warnings.warn(
-            f"disparity '{path}' is {disparity.shape[2]}x{disparity.shape[1]} but the image is "
-            f"{size[1]}x{size[0]}; resized (bilinear) to the image size.",
-            InputWarning,
-        )
-        disparity = resize_map(disparity, size)
+    disparity = clean_disparity(values, source=f"disparity '{path}'", is_depth=is_depth, normalise=normalise,
+                                depth_hint=depth_hint)
+    if size is not None:
+        disparity = fit_map_to_image(disparity, size, source=f"disparity '{path}'")
     return disparity
+
+
+#: Largest relative difference between a map's aspect ratio and its image's that is resized without complaint
+#: (plus one pixel of rounding, see :func:`fit_map_to_image`): maps saved at a reduced or network-rounded size.
+ASPECT_TOLERANCE = 0.02
+
+
+def fit_map_to_image(values: np.ndarray, size: tuple[int, int], *, source: str,
+                     interpolation: int = cv2.INTER_LINEAR, how: str = "bilinear") -> np.ndarray:
+    """A channel-first map ``(C, h, w)`` at the image size ``size = (H, W)``.
+
+    Same size: returned as is. Same aspect ratio (within :data:`ASPECT_TOLERANCE` plus one pixel of rounding):
+    resized, with an :class:`InputWarning`. Another aspect ratio: ``ValueError`` naming the likely cause (a
+    transposed or rotated map, or the map of another image), because stretching it would put every depth edge
+    in the wrong place silently."""
+    height, width = int(values.shape[1]), int(values.shape[2])
+    if (height, width) == tuple(size):
+        return values
+    image_aspect, aspect = size[1] / size[0], width / height
+    allowed = ASPECT_TOLERANCE + 1.0 / min(height, width)
+    if abs(aspect / image_aspect - 1) > allowed:
+        transposed = abs((height / width) / image_aspect - 1) <= allowed
+        cause = ("it looks transposed (rows and columns swapped, e.g. saved as (W, H), or the photo carries an "
+                 "EXIF rotation the map does not)" if transposed else "it is probably the map of another image, "
+                 "or a crop of it")
+        raise ValueError(
+            f"{source} is {width}x{height} (aspect {aspect:.3f}) but the image is {size[1]}x{size[0]} (aspect "
+            f"{image_aspect:.3f}): {cause}. Pass the map of this image at its size or a scaled copy; a map "
+            f"predicted at a fixed size (e.g. square) must be resized to the image by you."
+        )
+    warnings.warn(f"{source} is {width}x{height} but the image is {size[1]}x{size[0]}; resized ({how}) to the "
+                  f"image size.", InputWarning)
+    return resize_map(values, size, interpolation=interpolation)
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int], *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:

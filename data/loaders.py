@@ -60,7 +60,7 @@ import torch
 
 from data.exr import read_exr_array
 from data.focus import focus_from_gt
-from data.io import InputWarning, clean_disparity, linear_to_srgb, read_disparity, read_image, resize_map
+from data.io import InputWarning, clean_disparity, fit_map_to_image, linear_to_srgb, read_disparity, read_image, resize_map
 
 LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -319,13 +319,7 @@ def _read_disparity_affine(path: Path, size, normalise: str) -> tuple[np.ndarray
     # The same decision clean_disparity takes (and reports) for this mode.
     normalised = normalise == "always" or (normalise == "auto" and (lo < 0 or hi > 1))
     disparity = clean_disparity(stored, source=f"disparity '{path}'", normalise=normalise)
-    if disparity.shape[1:] != tuple(size):
-        warnings.warn(
-            f"disparity '{path}' is {disparity.shape[2]}x{disparity.shape[1]} but the image is {size[1]}x{size[0]}; "
-            "resized (bilinear) to the image size.",
-            InputWarning,
-        )
-        disparity = resize_map(disparity, size)
+    disparity = fit_map_to_image(disparity, tuple(size), source=f"disparity '{path}'")
     if not normalised:
         return disparity, (0.0, 1.0)
     # A constant map becomes all zeros: any scale describes that; 1 keeps K as it is.

@@ -219,7 +219,7 @@ class Scene:
         Returns:
             images ``(L, 3, height, width)`` sRGB [0, 1], alphas ``(L, 1, height, width)`` [0, 1] and planes
             ``(L, 3)`` float64 ``(A, B, C)`` with ``disparity = (1 - A*x - B*y) / C`` in *window* pixel
-            coordinates (the renderer's convention, DESIGN.md).
+            coordinates (the renderer's convention, docs/conventions.md).
         """
         n = len(self.layers)
         images = np.zeros((n, 3, height, width), np.float32)
@@ -552,6 +552,23 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def largest_crop_size(data_root: str | Path) -> int:
+    """The largest square crop (px) that at least one background of ``<data_root>/bg/`` can supply: the
+    longest short side among them (read from the file headers; unreadable files count as 0). ``0`` when there
+    is no usable background. Samples need a background at least as large as the crop (``bg_smaller_than_crop``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sides = [0]
+    folder = Path(data_root) / "bg"
+    for path in _list_images(folder) if folder.is_dir() else []:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, UnidentifiedImageError):  # reported as "unreadable" when a sample draws it
+            continue
+    return max(sides)
+
+
 class OnTheFlyDataset(Dataset):
     """Paired all-in-focus / bokeh samples synthesised on the fly from ``<data_root>/fg/*`` (RGBA cut-outs)
     and ``<data_root>/bg/*`` (any photos), BokehDiff's training data (paper Sec. 3.3).
@@ -637,11 +654,12 @@ class OnTheFlyDataset(Dataset):
     ):
         self.data_root = Path(data_root)
         fg_dir, bg_dir = self.data_root / "fg", self.data_root / "bg"
-        for folder, what in ((fg_dir, "RGBA foreground cut-outs (PNG with alpha)"), (bg_dir, "background photos")):
+        for folder in (fg_dir, bg_dir):
             if not folder.is_dir():
                 raise FileNotFoundError(
-                    f"OnTheFlyDataset: folder '{folder}' not found; --train_data_dir must contain fg/ ({what} "
-                    "in fg/, photos in bg/). Build a sample with `python scripts/make_sample_data.py`."
+                    f"OnTheFlyDataset: folder '{folder}' not found; --train_data_dir must contain fg/ (RGBA "
+                    "foreground cut-outs, PNG with alpha) and bg/ (background photos). Build a sample with "
+                    "`python -m scripts.make_sample_data --out DIR` and pass DIR/otf."
                 )
         self.fg_paths, self.bg_paths = _list_images(fg_dir), _list_images(bg_dir)
         for paths, folder in ((self.fg_paths, fg_dir), (self.bg_paths, bg_dir)):

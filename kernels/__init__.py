@@ -1,6 +1,6 @@
 """Physical bokeh renderers (linear light, pixel units): classical scatter and layered ray tracing.
 
-Public API (DESIGN.md): ``render_scatter``, ``render_classical``, ``render_layers``, ``cuda_available``.
+Public API (docs/conventions.md): ``render_scatter``, ``render_classical``, ``render_layers``, ``cuda_available``.
 Each renderer has ``impl="auto" | "cuda" | "torch"``: a pure-PyTorch reference that runs anywhere and a
 lazily compiled CuPy RawKernel (sources in ``kernels/cuda/``) used for CUDA tensors when CuPy works.
 Aperture shapes and samples shared by both live in ``kernels.aperture``. ``render_gaussian`` is the naive

@@ -1,6 +1,6 @@
 """Backend selection for the renderers: pure-PyTorch reference or a lazily compiled CuPy RawKernel.
 
-Follows the `impl="auto" | "cuda" | "torch"` contract of DESIGN.md: "auto" uses CUDA when the inputs live
+Follows the `impl="auto" | "cuda" | "torch"` contract of docs/conventions.md: "auto" uses CUDA when the inputs live
 on a CUDA device and CuPy works, otherwise torch; "cuda" raises a RuntimeError with the install hint when
 it cannot run.
 """

@@ -1,6 +1,6 @@
 """Layered thin-lens ray tracer: ground-truth bokeh for RGBA layers on (tilted) planes.
 
-Scene (DESIGN.md): layers ordered near to far, straight (not premultiplied) linear colour + alpha, each on a
+Scene (docs/conventions.md): layers ordered near to far, straight (not premultiplied) linear colour + alpha, each on a
 plane ``disparity(x, y) = (1 - A*x - B*y) / C`` in pixel coordinates of the layer grid (x = column,
 y = row, origin at the top-left pixel centre). Signed CoC ``coc(x) = K * (disparity(x) - disp_focus)``.
 

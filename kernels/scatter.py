@@ -33,6 +33,7 @@ for the tests. See BENCHMARKS.md.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -168,7 +169,7 @@ def _inv_normaliser(radius: torch.Tensor, offsets, apothem: float, max_radius: f
     return n.reciprocal_().to(radius.dtype)
 
 
-def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
+def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18, progress=None):
     """Fast gather: the model and results of ``_scatter_torch_reference`` up to float rounding.
 
     The reference makes ~12 elementwise passes over full-image tensors per offset (~830 offsets at radius
@@ -189,6 +190,7 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
     * colour and weight accumulate together (4 channels); N(r) comes from ``_inv_normaliser``.
 
     colour (B,3,H,W), coc (B,1,H,W), float32/64; returns (acc_c, acc_w, self_w) like the reference.
+    ``progress(done_rows, H)``, if given, is called after each strip of target rows.
     """
     b, _, h, w = colour.shape
     radius = coc.abs()
@@ -197,6 +199,8 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
     self_w = aperture.membership(radius.clone(), 0.0, 0.0, apothem) * inv_norm
     acc = torch.zeros(b, 4, h, w, dtype=colour.dtype, device=colour.device)
     if not offsets:
+        if progress is not None:
+            progress(h, h)
         return acc[:, :3], acc[:, 3:4], self_w
     pad = max(max(abs(dy), abs(dx)) for dy, dx, *_ in offsets)
     reach = radius + 0.5  # membership = clamp(reach - dist, 0, 1) for the disc
@@ -270,6 +274,8 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18):
                 m.clamp_(0.0, 1.0)
                 prod = torch.mul(m, window(0, 4, ys, x0, k, n), out=prod_buf[:k, :, :, :n])
                 acc_s.add_(prod.sum(0))
+        if progress is not None:
+            progress(y1, h)
     return acc[:, :3], acc[:, 3:4], self_w
 
 
@@ -313,6 +319,7 @@ def render_scatter(
     highlight_gain: float = 0.0,
     impl: str = "auto",
     max_coc_px: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Render classical scatter bokeh in linear light.
 
@@ -327,6 +334,9 @@ def render_scatter(
         impl: "auto" | "cuda" | "torch" (see ``kernels.cuda_available``).
         max_coc_px: optional clamp of |coc_px| (px); bounds the cost, which grows with the square of the
             largest radius.
+        progress: optional ``progress(done_rows, H)``, called as strips of target rows are finished (the
+            torch path; the CUDA kernel renders the image at once and reports ``(H, H)`` at the end), so a
+            long render can show where it is.
 
     Returns:
         (B, 3, H, W) linear-light bokeh image, same dtype and device as ``image_linear``.
@@ -357,8 +367,10 @@ def render_scatter(
     if backend == "cuda":
         acc_c, acc_w, self_w = _scatter_cuda(colour, coc, offsets, apothem, blades, rotation_deg, max_radius)
         acc_c, acc_w, self_w = acc_c.to(work), acc_w.to(work), self_w.to(work)
+        if progress is not None:
+            progress(h, h)
     else:
-        acc_c, acc_w, self_w = _scatter_torch(colour, coc, offsets, apothem)
+        acc_c, acc_w, self_w = _scatter_torch(colour, coc, offsets, apothem, progress=progress)
     out = (acc_c + self_w * colour) / (acc_w + self_w)
     # No light from any other pixel: return the source colour itself, bit-exact (not c*w/w).
     out = torch.where(acc_w == 0, colour, out)

@@ -32,7 +32,8 @@ image fed as is), ``head="mlp"`` (:class:`MLPHead`, 256 hidden), and in the loss
 ``batch_reduction="sum"``.
 
 Pretrained weights are loaded from the Hugging Face hub cache (timm's default source) or a local file
-(``weights_path``, CLI ``--gan_backbone_weights``). A real run never falls back to random weights.
+(``weights_path``, CLI ``--gan_backbone_weights``). A real run never falls back to random weights. With the
+hub unreachable, a cached checkpoint is read from the cache and an uncached one fails at once (``models/hub.py``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,25 @@ CV_TYPES: dict[str, BackboneSpec] = {
 }
 
 
+def _cached_backbone_file(model_name: str) -> str | None:
+    """When the hub is unreachable, the cached checkpoint of timm model ``model_name`` (so timm reads a local file
+    instead of retrying the hub), or :class:`models.hub.HubUnreachableError` at once if it is not cached.
+    ``None`` when the hub is reachable or the weights do not come from the hub (timm then loads as usual)."""
+    import timm
+
+    from models.hub import cache_only, local_source
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(model_name), "hf_hub_id", None)
+    if not hub_id or not cache_only(hub_id):
+        return None
+    folder = Path(local_source(hub_id, f"GAN backbone of timm model {model_name!r}",
+                               hint="--gan_backbone_weights PATH (its model.safetensors)"))
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return None  # an unusual cached layout: timm decides (and fails with its own message)
+
+
 class FrozenBackbone(nn.Module):
     """A frozen timm feature pyramid that takes ``(B, 3, H, W)`` images in [0, 1].
 
@@ -139,6 +159,10 @@ class FrozenBackbone(nn.Module):
             if not pretrained:
                 raise ValueError("GAN: `gan_backbone_weights` was given but `pretrained` is False; drop one.")
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        elif pretrained:
+            cached = _cached_backbone_file(model_name)
+            if cached is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": cached}
         try:
             self.model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
         except Exception as error:  # hub offline, missing cache, bad file: all need the same remedy

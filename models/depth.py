@@ -1,6 +1,6 @@
 """Monocular disparity from Depth Anything (V1/V2) through transformers, in the repository's convention.
 
-Output convention (DESIGN.md): disparity ``(B, 1, H, W)`` float32 in [0, 1], **1 = nearest**, at the input
+Output convention (docs/conventions.md): disparity ``(B, 1, H, W)`` float32 in [0, 1], **1 = nearest**, at the input
 image's size.
 
 Orientation, decided from the model's documented output rather than guessed:
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from data.io import clean_disparity
+from models.hub import WeightsUnavailableError, local_source
 
 __all__ = [
     "DEFAULT_DEPTH_MODEL",
@@ -48,10 +49,6 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
 DEPTH_ANYTHING_INPUT_SIZE = 518
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailableError(OSError):
-    """Model weights could not be loaded (hub unreachable, unknown id, missing folder or package)."""
 
 
 def prediction_to_disparity(prediction: np.ndarray, *, estimation_type: str, source: str = "depth") -> np.ndarray:
@@ -168,7 +165,7 @@ def load_depth_estimator(
     input_size: int = DEPTH_ANYTHING_INPUT_SIZE,
 ) -> DepthEstimator:
     """Load Depth Anything from a hub id (e.g. ``depth-anything/Depth-Anything-V2-Small-hf``) or a local
-    folder holding ``config.json`` + weights (what ``save_pretrained`` or ``huggingface-cli download`` writes).
+    folder holding ``config.json`` + weights (what ``save_pretrained`` or ``hf download REPO --local-dir DIR`` writes).
 
     ``device``: where the model runs (the caller decides, e.g. ``prepare_data.py --device``); ``None`` leaves it
     where ``from_pretrained`` put it. ``__call__`` follows the model's device whatever it is.
@@ -179,6 +176,8 @@ def load_depth_estimator(
     from transformers import AutoModelForDepthEstimation
 
     source = resolve_source(source, what="depth model")
+    # Hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py).
+    source = local_source(source, "depth model")
     try:
         model = AutoModelForDepthEstimation.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:

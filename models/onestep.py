@@ -20,7 +20,7 @@ crop top-left, target size, all in image pixels as ``(h, w)`` pairs; Podell et a
 the same way here for training crops and inference tiles: ``original_size`` is the size of the full image the
 crop/tile comes from, ``crop_top_left`` the crop's offset in it, and ``target_size`` the crop's own size.
 
-Units and shapes (see DESIGN.md):
+Units and shapes (see docs/conventions.md):
 - ``aif_srgb``: ``(B, 3, H, W)`` sRGB in [0, 1]; ``H`` and ``W`` multiples of the VAE factor (8 for SDXL).
 - ``disparity``: ``(B, 1, H, W)`` in [0, 1], 1 = nearest.
 - ``coc_px``: ``(B, 1, H, W)`` signed circle-of-confusion radius in pixels of this image,

@@ -17,7 +17,7 @@ Wraps :class:`models.onestep.OneStepBokeh` (the one-step forward shared with tra
 - **Padding**: images are reflect-padded to a multiple of 32 px (8 for the VAE x 4 for the UNet's two
   downsamplers) and cropped back, so any size works.
 
-Shapes and units (DESIGN.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
+Shapes and units (docs/conventions.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
 1 = near; ``K`` in pixels of blur radius per unit disparity; ``coc_px = K * (disparity - disp_focus)``.
 """
 
@@ -35,6 +35,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from .hub import WeightsUnavailableError, cache_only, download_command, local_source, offline_error
 from .lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAME, load_lora, load_vae_partial
 from .onestep import DEFAULT_GAMMA, DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh
 
@@ -96,8 +97,12 @@ def model_gamma_for(lora_info: Mapping) -> float | None:
     return None
 
 
-class WeightsUnavailableError(OSError):
-    """The base model or adapter could not be found locally nor downloaded (offline, or a wrong id)."""
+def _cast_unet(unet: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the UNet only when some parameter has another dtype: diffusers' ``to(dtype)`` warns about "modules
+    that should be kept in float32" on every call, even when that list is empty, so a no-op cast (the float32
+    default) would print it at each load."""
+    if any(p.dtype != dtype for p in unet.parameters()):
+        unet.to(dtype)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -186,9 +191,17 @@ class RenderPlan:
 # ----------------------------------------------------------------------------------------------------------
 _OFFLINE_HINT = (
     "Pass a local diffusers-format SDXL folder (--pretrained_model_name_or_path /path/to/model) and a local "
-    "adapter folder (--adapter /path/to/adapter), download them while online (e.g. `huggingface-cli download "
-    "{repo}`), or render without the neural model: --renderer classical."
+    "adapter folder (--adapter /path/to/adapter), download them while online (e.g. `{download}`), or render "
+    "without the neural model: --renderer classical."
 )
+
+
+_OFFLINE_FIX = ("--pretrained_model_name_or_path DIR for the SDXL base, --adapter DIR for the adapter; or render "
+                "without the neural model: --renderer classical")
+
+
+def _hint(repo: str) -> str:
+    return _OFFLINE_HINT.format(download=download_command(repo))
 
 
 def _is_local(path: str | os.PathLike) -> bool:
@@ -200,10 +213,11 @@ def _hub_file(repo: str, candidates: list[str], what: str, revision: str | None)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    offline = cache_only(repo)  # hub unreachable: cache only, no retries (models/hub.py)
     last_offline: Exception | None = None
     for name in candidates:
         try:
-            return Path(hf_hub_download(repo, name, revision=revision))
+            return Path(hf_hub_download(repo, name, revision=revision, local_files_only=offline))
         except LocalEntryNotFoundError as exc:  # offline and not cached (a subclass: test it first)
             last_offline = exc
             continue  # another candidate name may be cached
@@ -211,13 +225,10 @@ def _hub_file(repo: str, candidates: list[str], what: str, revision: str | None)
             continue  # the repo is reachable and lacks this file: try the next name
         except Exception as exc:  # network errors, unknown repo, auth
             raise WeightsUnavailableError(
-                f"cannot fetch {what} from '{repo}' ({type(exc).__name__}). " + _OFFLINE_HINT.format(repo=repo)
+                f"cannot fetch {what} from '{repo}' ({type(exc).__name__}). " + _hint(repo)
             ) from exc
     if last_offline is not None:
-        raise WeightsUnavailableError(
-            f"{what} '{repo}' is not in the local cache and the hub is unreachable (offline). "
-            + _OFFLINE_HINT.format(repo=repo)
-        ) from last_offline
+        raise offline_error(repo, what, _OFFLINE_FIX) from last_offline
     return None
 
 
@@ -259,6 +270,8 @@ def _load_base(base: str | os.PathLike, dtype: torch.dtype, revision: str | None
             f"StableDiffusionXLPipeline.save_pretrained: unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
             f"tokenizer_2/, scheduler/."
         )
+    if not local:  # hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py)
+        base = local_source(str(base), "base model", revision=revision, hint=_OFFLINE_FIX)
     common = dict(revision=revision)
     try:
         return dict(
@@ -276,7 +289,7 @@ def _load_base(base: str | os.PathLike, dtype: torch.dtype, revision: str | None
             raise FileNotFoundError(f"cannot load the base model from folder '{base}': {exc}") from exc
         raise WeightsUnavailableError(
             f"cannot load base model '{base}': it is not a local folder and could not be loaded from the Hugging "
-            f"Face hub or its cache (offline, or a wrong id). " + _OFFLINE_HINT.format(repo=base)
+            f"Face hub or its cache (offline, or a wrong id). " + _hint(str(base))
         ) from exc
 
 
@@ -421,7 +434,7 @@ class BokehDiffPipeline:
             recorded = model_gamma_for(info.get("lora", {}))
             if recorded is not None:
                 kwargs["gamma"] = recorded
-        components["unet"].to(unet_dtype)
+        _cast_unet(components["unet"], unet_dtype)
         ctor = {k: kwargs.pop(k) for k in ("prompt", "timestep", "gamma") if k in kwargs}
         pipe = cls.from_components(**components, **ctor, **kwargs)
         info["gamma"] = pipe.model.gamma
@@ -442,7 +455,7 @@ class BokehDiffPipeline:
         if device is not None:
             self.model.to(device)
         if dtype is not None:
-            self.model.unet.to(resolve_dtype(dtype))
+            _cast_unet(self.model.unet, resolve_dtype(dtype))
         return self
 
     @property

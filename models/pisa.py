@@ -1,7 +1,7 @@
 """PISA: physics-inspired self-attention (BokehDiff, ICCV 2025, Sec. 3.2 "Physics-Inspired Self-Attention").
 
 For self-attention over tokens ``i`` (queries) and ``j`` (keys) at token centres ``p`` (pixels), the paper's
-weights are (see ``../shared/DESIGN.md``)
+weights are (see ``docs/conventions.md``)
 
     s_ij = q_i . k_j / sqrt(d)                                          (scaled dot product)
     M_ij = sigmoid(log(hardness) * (r_j - |p_i - p_j|) / 10)            (CoC term; r_j = |coc_px| of key j)

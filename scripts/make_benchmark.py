@@ -15,6 +15,11 @@ The same seed gives the same benchmark, bit for bit.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.make_benchmark [options]")
+
 import argparse
 import json
 from pathlib import Path
@@ -28,15 +33,19 @@ from data.synthesis import write_sample_data
 DEFAULT_MAX_COC_PX = (6.0, 16.0, 32.0)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description keeps its line breaks; every option shows its default."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--n_scenes", type=int, default=8)
+    parser.add_argument("--n_scenes", type=int, default=8, help="number of layered scenes")
     parser.add_argument("--height", type=int, default=256, help="scene height in px")
     parser.add_argument("--width", type=int, default=352, help="scene width in px")
     parser.add_argument("--max_coc_px", type=float, nargs="+", default=list(DEFAULT_MAX_COC_PX),
                         help="largest CoC radius of each ground truth (px)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same benchmark)")
     args = parser.parse_args(argv)
     if args.n_scenes < 1 or min(args.height, args.width) < 32:
         parser.error("--n_scenes must be >= 1 and --height/--width >= 32 px")

@@ -10,14 +10,23 @@ layout are documented in ``data.synthesis.write_sample_data``. The committed ``t
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.make_sample_data [options]")
+
 import argparse
 import json
 
 from data.synthesis import write_sample_data
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description keeps its line breaks; every option shows its default."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (ebb/ and otf/ are created inside)")
     parser.add_argument("--n_scenes", type=int, default=3, help="number of EBB scenes")
     parser.add_argument("--height", type=int, default=192, help="scene height in px (odd allowed)")
@@ -28,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gamma", type=float, default=2.2, help="linear = srgb ** gamma for rendering")
     parser.add_argument("--disparity_dtype", choices=["float32", "float16"], default="float32",
                         help="dtype of depth/<name>_pred.npy (float16 halves the files)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same files)")
     args = parser.parse_args(argv)
     if args.n_scenes < 1 or args.height < 16 or args.width < 16:
         parser.error("--n_scenes must be >= 1 and --height/--width >= 16 px")

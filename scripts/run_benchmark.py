@@ -1,5 +1,6 @@
 """Render the evaluation benchmark with every method, score it against ground truth, write the table.
 
+    python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark
     python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks
 
 Methods: ``identity`` (the all-in-focus input), ``gaussian`` (depth-dependent Gaussian blur), ``classical``
@@ -16,10 +17,14 @@ Writes ``<out>/<method>/<gt name>.png``, ``<out>/<method>/eval/`` (see ``evaluat
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.run_benchmark [options]")
+
 import argparse
 import math
 import shlex
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,17 +45,25 @@ METHODS = ("identity", "gaussian", "classical", "bokehdiff")
 SUMMARY_METRICS = ("psnr", "ssim", "lpips_vgg", "dists")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description keeps its line breaks; every option shows its default."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("benchmark_data"), help="from scripts.make_benchmark")
-    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("benchmark_data"),
+                        help="benchmark folder (scripts.make_benchmark; built with its defaults when missing)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"),
+                        help="folder for the renders, per-method reports and summary.md")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="renderers to score")
     parser.add_argument("--bokehdiff_args", default="", help="extra inference_hf.py flags for bokehdiff (quoted)")
-    parser.add_argument("--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=sorted(LEARNED_METRICS))
+    parser.add_argument("--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=sorted(LEARNED_METRICS),
+                        help="learned metrics to compute (a bare --learned: only PSNR/SSIM)")
     parser.add_argument("--band_width", type=int, default=8, help="discontinuity band half-width (px)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--write_benchmarks", nargs="?", type=Path, const=BENCHMARKS_MD, default=None, metavar="PATH",
-                        help="update the Evaluation section of BENCHMARKS.md (or of PATH)")
+                        help="also update the Evaluation section of BENCHMARKS.md (or of PATH); without it only "
+                        "--out is written, so the tracked BENCHMARKS.md changes only when asked")
     return parser.parse_args(argv)
 
 

@@ -1,6 +1,6 @@
 """The pieces of BokehDiff training: models, optimisers, the step, the non-finite guard, validation, logging.
 
-Recipe (Zhu et al., ICCV 2025, Sec. 4; conventions in ``../shared/DESIGN.md``): the one-step model
+Recipe (Zhu et al., ICCV 2025, Sec. 4; conventions in ``docs/conventions.md``): the one-step model
 (``models.onestep.OneStepBokeh``: VAE encode -> UNet at t = 499 with PISA -> x0 -> VAE decode) is trained with
 rank-8 LoRA on the UNet (``models.lora.PAPER_LORA_TARGETS``) and direct fine-tuning of the VAE encoder's
 ``conv_in`` / ``mid_block`` / ``conv_out`` at 0.1x the learning rate; the objective is ``losses.BokehLoss``
@@ -63,7 +63,7 @@ __all__ = [
 def pisa_hardness(step: int, start: float, per_step: float, maximum: float) -> float:
     """PISA hardness at optimisation step ``step`` (0-based): ``min(start + per_step * step, maximum)``.
 
-    ``log(hardness)`` is the slope of the CoC sigmoid ``M_ij`` (DESIGN.md), so training moves from a soft
+    ``log(hardness)`` is the slope of the CoC sigmoid ``M_ij`` (docs/conventions.md), so training moves from a soft
     constraint (keys leak light beyond their CoC; gradients reach every pair) to a hard one. The published code
     started at 3 and added 1 per PISA call (two self-attention layers per UNet pass: +2 per step), capped at 1e6.
     """
@@ -143,7 +143,12 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     from models.lora import PAPER_LORA_TARGETS, add_lora, set_vae_trainable
     from models.onestep import OneStepBokeh
 
-    src = dict(pretrained_model_name_or_path=args.pretrained_model_name_or_path, revision=args.revision)
+    from models.hub import local_source
+
+    # Hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py).
+    base = local_source(args.pretrained_model_name_or_path, "SDXL base model", revision=args.revision,
+                        hint="--pretrained_model_name_or_path DIR")
+    src = dict(pretrained_model_name_or_path=base, revision=args.revision)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(subfolder="tokenizer", **src)
         tokenizer_2 = CLIPTokenizer.from_pretrained(subfolder="tokenizer_2", **src)

@@ -192,7 +192,7 @@ def test_load_motorcycle_is_clean_and_quiet():
     assert disparity[0, -20:].mean() > disparity[0, :20].mean() + 0.3
 
 
-def test_exr_image_and_depth_read_without_opencv_openexr(tmp_path):
+def test_exr_image_and_depth_are_read(tmp_path):
     from data.exr import write_exr
 
     rgb = np.random.default_rng(0).uniform(0, 0.9, size=(6, 9, 3)).astype(np.float32)
@@ -239,3 +239,39 @@ def test_atomic_write_removes_its_temporary_on_failure(tmp_path):
             tmp.write_text("partial")
             raise OSError("disk full")
     assert [p.name for p in tmp_path.iterdir()] == ["c.bin"] and (tmp_path / "c.bin").read_text() == "old"
+
+
+# ------------------------------------------------------------------------ map size vs image size (issue 12)
+def test_a_transposed_disparity_is_refused_naming_the_cause(tmp_path):
+    """A 500x741 map for a 741x500 image is not stretched into place: the error says it looks transposed."""
+    from data.io import read_disparity
+
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).random((741, 500)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"is 500x741 .* image is 741x500 .* looks transposed"):
+        read_disparity(tmp_path / "d.npy", size=(500, 741))
+
+
+def test_a_map_of_another_aspect_is_refused_and_a_scaled_one_resized(tmp_path):
+    from data.io import InputWarning, fit_map_to_image
+
+    with pytest.raises(ValueError, match="map of another image"):
+        fit_map_to_image(np.zeros((1, 100, 100), np.float32), (500, 741), source="disparity 'x'")
+    # Half size with odd rounding (370x250 for 741x500) and a network-rounded size (770x518): resized.
+    for h, w in ((250, 370), (518, 770)):
+        with pytest.warns(InputWarning, match="resized"):
+            assert fit_map_to_image(np.zeros((1, h, w), np.float32), (500, 741), source="d").shape == (1, 500, 741)
+
+
+def test_large_disparity_values_hint_at_depth_without_guessing():
+    """Values 2.7-30 read as disparity are normalised as disparity (a disparity in pixels is legitimate), and
+    the warning names the remedy in case they are depth."""
+    from data.io import InputWarning, clean_disparity
+
+    depth_like = np.linspace(2.7, 30.0, 64, dtype=np.float32).reshape(8, 8)
+    with pytest.warns(InputWarning, match=r"If these are depth values .* pass --depth") as record:
+        out = clean_disparity(depth_like, depth_hint="--depth")
+    assert out[0, -1, -1] == 1.0 and out[0, 0, 0] == 0.0  # not inverted: no guess
+    assert len(record) == 1
+    with pytest.warns(InputWarning) as record:  # no hint when the caller has no such flag
+        clean_disparity(depth_like)
+    assert "depth" not in str(record[0].message)

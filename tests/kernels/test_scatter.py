@@ -196,3 +196,18 @@ def test_aperture_orientation_follows_the_sign_of_coc(blades):
     for sign in (1.0, -1.0):
         (fast, _), (ref, _) = _fast_and_reference(img, sign * coc, blades, 20.0)
         assert (fast - ref).abs().max().item() < 1e-12
+
+
+def test_progress_reports_rows_of_long_renders():
+    """Long renders report their progress in target rows: increasing, ending at H, with intermediate steps
+    when the image takes several strips (here 72 rows of 256 px at radius 8: strips of 60 rows)."""
+    from kernels.scatter import render_scatter
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 72, 256, generator=g)
+    coc = torch.rand(1, 1, 72, 256, generator=g) * 16 - 8
+    calls = []
+    out = render_scatter(image, coc, impl="torch", progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(60, 72), (72, 72)]
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert torch.equal(out, render_scatter(image, coc, impl="torch"))  # reporting changes nothing

@@ -139,7 +139,22 @@ def test_unsupported_choices_list_the_supported_ones():
 def test_missing_pretrained_weights_raise_naming_the_flag():
     with pytest.raises(FileNotFoundError, match="gan_backbone_weights"):
         build_discriminator("convnext", weights_path="/nonexistent/convnext.safetensors")
-    # Offline (tests/conftest.py): without a cached checkpoint the hub lookup fails; with one, the tiny
-    # architecture does not match it. Either way the error names the flag, never a silent random backbone.
-    with pytest.raises(RuntimeError, match="--gan_backbone_weights"):
+    # Offline (tests/conftest.py): without a cached checkpoint the hub lookup fails at once (HubUnreachableError);
+    # with one, the tiny architecture does not match it (RuntimeError). Either way the error names the flag,
+    # never a silent random backbone.
+    from models.hub import HubUnreachableError
+
+    with pytest.raises((RuntimeError, HubUnreachableError), match="--gan_backbone_weights"):
+        FrozenBackbone("convnext_atto.d2_in1k", pretrained=True, model_kwargs=CV_TYPES["convnext"].tiny_model_kwargs)
+
+
+def test_uncached_backbone_fails_at_once_when_the_hub_is_unreachable(tmp_path, monkeypatch):
+    """Offline (tests/conftest.py) with an empty cache: one error naming the hub id, the download command and
+    the flag, before timm would retry the hub."""
+    from huggingface_hub import constants
+
+    from models.hub import HubUnreachableError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(HubUnreachableError, match=r"hf download timm/convnext_atto\.d2_in1k .*--gan_backbone_weights"):
         FrozenBackbone("convnext_atto.d2_in1k", pretrained=True, model_kwargs=CV_TYPES["convnext"].tiny_model_kwargs)

@@ -57,7 +57,7 @@ def build_tiny_depth_anything(seed: int = 0) -> torch.nn.Module:
 
 
 def save_tiny_depth_anything(folder: Path) -> Path:
-    """Save the tiny model as a local folder (config.json + safetensors), as ``huggingface-cli download`` would."""
+    """Save the tiny model as a local folder (config.json + safetensors), as ``hf download REPO --local-dir DIR`` would."""
     build_tiny_depth_anything().save_pretrained(folder)
     return folder
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageSegmentation, PreTrainedConfig, PreTrainedModel
 
 from models.depth import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailableError
-from models.segment import BiRefNetSegmenter, Segmenter, load_birefnet
+from models.segment import BIREFNET_REVISION, DEFAULT_MASK_MODEL, BiRefNetSegmenter, Segmenter, load_birefnet
 
 
 class TinySubjectSegmenterConfig(PreTrainedConfig):
@@ -130,6 +130,35 @@ def test_loader_takes_the_device_from_the_caller(tmp_path):
 
 def test_unavailable_mask_weights_raise_one_clear_error(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="bokehdiff-tests/no-such-segmenter"):
-        load_birefnet("bokehdiff-tests/no-such-segmenter")
+        load_birefnet("bokehdiff-tests/no-such-segmenter", revision="main")
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         load_birefnet(str(tmp_path / "missing" / "folder"))
+
+
+def _cache_snapshot(cache: Path, repo: str, commit: str, gain: float) -> None:
+    """A tiny segmenter as huggingface_hub caches a repo at ``commit`` (snapshots/<commit>/)."""
+    folder = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+    TinySubjectSegmenter(TinySubjectSegmenterConfig(gain=gain)).save_pretrained(folder)
+
+
+def test_the_default_hub_id_loads_at_the_pinned_commit(tmp_path, monkeypatch):
+    """BiRefNet runs its repository's code: the hub id is loaded at the reviewed commit, not at the newest
+    (here ``main`` points at another snapshot, which must not be used). Offline (tests/conftest.py), so the
+    cached snapshots are all there is."""
+    from huggingface_hub import constants
+
+    newer = "f" * 40
+    _cache_snapshot(tmp_path, DEFAULT_MASK_MODEL, BIREFNET_REVISION, gain=8.0)
+    _cache_snapshot(tmp_path, DEFAULT_MASK_MODEL, newer, gain=-8.0)
+    (tmp_path / "models--ZhengPeng7--BiRefNet" / "refs").mkdir()
+    (tmp_path / "models--ZhengPeng7--BiRefNet" / "refs" / "main").write_text(newer)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert load_birefnet(DEFAULT_MASK_MODEL, resolution=64).module.config.gain == 8.0
+    assert load_birefnet(DEFAULT_MASK_MODEL, revision="main", resolution=64).module.config.gain == -8.0
+
+
+def test_a_hub_id_without_a_pinned_revision_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"no pinned revision.*--mask_revision COMMIT.*--mask_revision main"):
+        load_birefnet("someone/OtherSegmenter")
+    with pytest.raises(ValueError, match="local folder; a revision"):
+        load_birefnet(str(save_tiny_segmenter(tmp_path / "tiny")), revision="abc")

@@ -366,3 +366,27 @@ def test_rendering_into_the_input_folder_and_again(tmp_path):
     assert _run_folder(root, root / "input", "--renderer", "identity") == 0
     assert len(list((root / "input").glob("*_K5_*.png"))) == 3 and len(list((root / "input").glob("*_K3_*.png"))) == 3
     assert sorted(p.name for p in (root / "input").glob("scene0?.png")) == ["scene00.png", "scene01.png", "scene02.png"]
+
+
+def test_transposed_disparity_fails_its_input_with_the_cause(tmp_path, capsys):
+    image_path, disparity_path = _scene(tmp_path, disparity=np.full((W, H), 0.5, np.float32))
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "3")
+    assert code == 1 and "looks transposed" in capsys.readouterr().err
+    assert not list(out.glob("scene_K*.png"))
+
+
+def test_depth_like_values_without_depth_flag_point_to_it(tmp_path):
+    depth = np.linspace(2.7, 30.0, H * W, dtype=np.float32).reshape(H, W)
+    image_path, disparity_path = _scene(tmp_path, disparity=depth)
+    with pytest.warns(InputWarning, match="pass --depth"):
+        code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
+    assert code == 0
+
+
+def test_a_long_render_shows_its_progress_in_rows(tmp_path, monkeypatch, capsys):
+    """Renders longer than ROW_PROGRESS_DELAY_S show a row bar (here the delay is 0, so every render does)."""
+    monkeypatch.setattr(inference_hf, "ROW_PROGRESS_DELAY_S", 0.0)
+    image_path, disparity_path = _scene(tmp_path)
+    code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
+    err = capsys.readouterr().err
+    assert code == 0 and "K=3 f=0.50" in err and f"/{H} [" in err and "row/s" in err, err

@@ -201,8 +201,11 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(weights, photos)
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--depth_model", "bokehdiff-tests/no-such-depth-model"], "--depth_model /path/to/local/folder"),
-        (["--mask_model", "bokehdiff-tests/no-such-mask-model"], "--mask_model /path/to/local/folder, or pass --no_mask"),
+        (["--depth_model", "bokehdiff-tests/no-such-depth-model"], "`hf download bokehdiff-tests/no-such-depth-model --local-dir DIR`) and pass that folder instead of the hub id: --depth_model DIR."),
+        (["--mask_model", "bokehdiff-tests/no-such-mask-model", "--mask_revision", "main"],
+         ": --mask_model DIR, or --no_mask to skip masks."),
+        # BiRefNet-style models run their repository's code: an unpinned hub id needs an explicit revision.
+        (["--mask_model", "bokehdiff-tests/no-such-mask-model"], "no pinned revision, and loading it runs the Python"),
         (["--fp16"], "--fp16 needs a CUDA device"),
         (["--batch_size", "0"], "--batch_size must be >= 1"),
     ],
@@ -222,7 +225,11 @@ def test_output_dir_required_unless_input_is_an_ebb_input_folder(weights, photos
 def test_help_exits_cleanly(capsys):
     with pytest.raises(SystemExit) as exit_info:
         prepare_data.parse_args(["--help"])
-    assert exit_info.value.code == 0 and "--no_mask" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--no_mask" in out
+    from models.segment import BIREFNET_REVISION
+    assert BIREFNET_REVISION in " ".join(out.split()) and BIREFNET_REVISION in (Path(prepare_data.__file__).parent
+                                                                               / "README.md").read_text()
 
 
 def test_prepared_test_data_is_rendered_by_inference_hf(weights, tmp_path):

@@ -1,0 +1,245 @@
+"""Every command the README or a script's --help/docstring shows runs as written (issue 12, item 14).
+
+The commands are extracted from the documents (tests/scripts/documented_commands.py) and each must be listed
+below, so a new or changed command fails here until it is checked:
+
+- ``RUN``: run as written, in-process, in a scratch copy of the repository (outputs land there; ``photo.jpg``
+  and ``photo_disp.npy`` are made for the one-image example). These are the offline, toy-scale commands.
+- ``PARSE``: commands that need hub weights, a GPU, the placeholder folders of the text (``DIR``, ``photos``),
+  or minutes of CPU: their arguments go through the script's own parser and validation, so a renamed or
+  removed flag, or a combination the script refuses, fails here. The reason is given for each.
+- ``MAKE``: the make target exists (``make -n``); its recipe's command is checked through ``PARSE``/``RUN``.
+- ``FILES``: install lines; the files they name exist.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.scripts.documented_commands import REPO, all_commands
+
+RUN = [
+    "python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128",
+    "python dataset.py inspect --data_root test_data/ebb",
+    "python -m scripts.make_sample_data --out prepared",
+    "python inference_hf.py --renderer classical --image photo.jpg --disparity photo_disp.npy --focus_xy 320 240 "
+    "--K 12 20 --output_dir outputs/one",
+    "python inference_hf.py --help",
+    # The tiny smoke run, in its README order (each command uses the previous one's outputs).
+    "python -c \"from models.tiny import save_tiny_sdxl; save_tiny_sdxl('outputs/tiny_sdxl')\"",
+    "python train_lora_otf.py --config configs/train_tiny.yaml --pretrained_model_name_or_path outputs/tiny_sdxl "
+    "--train_data_dir test_data/otf --output_dir outputs/tiny_run",
+    "python inference_hf.py --pretrained_model_name_or_path outputs/tiny_sdxl --adapter outputs/tiny_run "
+    "--test_data_dir test_data/ebb --output_dir outputs/tiny_render",
+]
+
+_HUB = "hub weights (SDXL base, adapter, Depth Anything or BiRefNet), not available offline"
+PARSE = {
+    "python prepare_data.py --input_dir my_photos/ --output_dir prepared/mine": _HUB,
+    "python prepare_data.py --input_dir photos --output_dir prepared --batch_size 4 --fp16": _HUB + "; CUDA",
+    "python prepare_data.py --input_dir photos --output_dir prepared --depth_model "
+    "/models/Depth-Anything-V2-Large-hf --mask_model /models/BiRefNet": "local copies of the hub weights",
+    "python inference_hf.py --test_data_dir prepared/mine --output_dir outputs/mine --K 20 "
+    "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --adapter zcx65535/bokehdiff": _HUB,
+    "python inference_hf.py --test_data_dir DIR --output_dir OUT --data_id RUN --K 20 "
+    "--enable_xformers_memory_efficient_attention": "placeholder folders; " + _HUB,
+    "python inference_hf.py --renderer classical --demo --output_dir outputs/demo":
+        "1-2 min of CPU; the same path at 128 px: test_inference_classical.py::test_demo_fast_mode_writes_named_renders_and_sheet",
+    "accelerate launch train_lora_otf.py --train_data_dir prepared/otf --output_dir runs/bokehdiff "
+    "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 --resolution 512 --edge --lpips "
+    "--gan_loss_type multilevel_sigmoid_s --cv_type convnext": _HUB + "; a GPU",
+    "accelerate launch train_lora_otf.py --train_data_dir prepared/otf --output_dir runs/bokehdiff "
+    "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 [--config PRESET.yaml]":
+        _HUB + "; a GPU",
+    "python evaluate.py --pred_dir outputs/mine --gt_dir prepared/gt --disparity_dir prepared/mine/depth "
+    "--output_dir outputs/eval": "the user's renders and ground truth",
+    "python evaluate.py --pred_dir outputs/benchmark/classical --dataset benchmark_data/ebb --output_dir outputs/eval":
+        "the benchmark (minutes to build); the same path: tests/scripts/test_run_benchmark.py",
+    "python -m scripts.make_sample_data --out test_data --n_scenes 3 --height 160 --width 223 --max_coc_px 8 "
+    "--otf_size 160 --disparity_dtype float16": "rewrites the committed test_data/ (the README's run covers the code)",
+    "python -m scripts.make_benchmark --out benchmark_data": "minutes of CPU (48 ray-traced ground truths)",
+    "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark":
+        "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
+    "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks":
+        "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
+    "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
+}
+
+MAKE = ["make demo", "make test", "make evaluate", "make evaluate-record", "make bench"]
+
+FILES = {
+    "python3.11 -m venv .venv && .venv/bin/pip install -r requirements.txt -r requirements-gpu.txt":
+        ["requirements.txt", "requirements-gpu.txt"],
+    "pip install -r requirements-gpu.txt && pytest -m gpu": ["requirements-gpu.txt", "pytest.ini"],
+}
+
+
+def test_every_documented_command_is_checked():
+    documented = set(all_commands())
+    listed = set(RUN) | set(PARSE) | set(MAKE) | set(FILES)
+    assert documented - listed == set(), "documented commands that no test checks (add them to this file)"
+    assert listed - documented == set(), "checked commands no document shows any more (remove them here)"
+
+
+def _parsers():
+    import evaluate
+    import inference_hf
+    import prepare_data
+    from scripts import make_benchmark, make_sample_data, run_benchmark
+    from training.config import parse_args as train_args
+
+    return {"inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
+            "evaluate.py": evaluate.parse_args, "train_lora_otf.py": train_args,
+            "scripts.make_sample_data": make_sample_data.parse_args,
+            "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args}
+
+
+def _split(command: str) -> tuple[str, list[str]]:
+    """``(script, argv)``: ``python x.py A``, ``python -m pkg.mod A`` and ``accelerate launch x.py A``."""
+    words = shlex.split(command)
+    if words[:2] == ["accelerate", "launch"]:
+        words = ["python", *words[2:]]
+    assert words[0] == "python", command
+    if words[1] == "-m":
+        return words[2], words[3:]
+    return words[1], words[2:]
+
+
+@pytest.mark.parametrize("command", sorted(PARSE))
+def test_commands_that_need_weights_or_minutes_parse_and_validate(command):
+    script, argv = _split(command)
+    argv = [word for word in argv if not (word.startswith("[") or word.endswith("]"))]  # [optional] parts
+    args = _parsers()[script](argv)
+    assert args is not None
+
+
+@pytest.mark.parametrize("command", MAKE)
+def test_make_targets_exist(command):
+    result = subprocess.run(["make", "-n", *command.split()[1:]], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", sorted(FILES))
+def test_install_lines_name_existing_files(command):
+    for name in FILES[command]:
+        assert (REPO / name).is_file(), f"{command}: {name} is missing"
+    assert "gpu:" in (REPO / "pytest.ini").read_text()  # `pytest -m gpu` selects a registered marker
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch copy of the repository: code linked, test_data copied, a photo for the one-image example."""
+    root = tmp_path_factory.mktemp("documented")
+    for entry in REPO.iterdir():
+        if entry.name in ("outputs", "prepared", "runs", ".git", "test_data") or entry.name.startswith("."):
+            continue
+        (root / entry.name).symlink_to(entry)
+    shutil.copytree(REPO / "test_data", root / "test_data")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (250, 330, 3), dtype=np.uint8)).save(root / "photo.jpg")
+    np.save(root / "photo_disp.npy", np.tile(np.linspace(0, 1, 330, dtype=np.float32), (250, 1)))
+    return root
+
+
+def _run_in_process(command: str) -> int:
+    import dataset
+    import inference_hf
+    import train_lora_otf
+    from scripts import make_sample_data
+
+    words = shlex.split(command)
+    if words[:2] == ["python", "-c"]:
+        exec(compile(words[2], "<README>", "exec"), {})  # noqa: S102 - the README's own one-liner
+        return 0
+    script, argv = _split(command)
+    main = {"dataset.py": dataset.main, "inference_hf.py": inference_hf.main, "train_lora_otf.py": train_lora_otf.main,
+            "scripts.make_sample_data": make_sample_data.main}[script]
+    try:
+        return main(argv) or 0
+    except SystemExit as exit_:  # --help
+        return exit_.code or 0
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_offline_commands_run_as_written(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    for command in RUN:
+        assert _run_in_process(command) == 0, command
+    capsys.readouterr()
+    assert (workdir / "outputs" / "preview" / "preview.png").is_file()
+    assert (workdir / "prepared" / "otf" / "fg").is_dir() and (workdir / "prepared" / "ebb" / "meta.json").is_file()
+    assert len(list((workdir / "outputs" / "one").glob("photo_K*_f*.png"))) == 2
+    assert (workdir / "outputs" / "tiny_run" / "pytorch_lora_weights.safetensors").is_file()
+    assert len(list((workdir / "outputs" / "tiny_render").glob("scene0*_K*.png"))) == 3
+
+
+def test_hints_spell_scripts_as_modules_and_a_file_path_run_says_how():
+    """Scripts under scripts/ import the repository's packages, so they run as ``python -m scripts.NAME`` from
+    the root; every hint says so, and a run by file path exits with that spelling instead of a traceback."""
+    texts = [p for p in REPO.rglob("*") if p.suffix in (".py", ".md", ".yaml") and ".venv" not in p.parts
+             and "tests" not in p.parts]
+    offenders = [str(p.relative_to(REPO)) for p in texts if "python scripts/" in p.read_text(errors="replace")]
+    assert offenders == []
+    result = subprocess.run([sys.executable, "scripts/make_sample_data.py", "--out", "x"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "run it as a module from the repository root: python -m scripts.make_sample_data [options]"
+
+
+_PACKAGES = ("data", "models", "kernels", "losses", "metrics", "training", "configs", "scripts", "benchmarks", "tests")
+_PATH_FLAGS = ("--input_dir", "--output_dir", "--test_data_dir", "--train_data_dir", "--gt_dir", "--disparity_dir",
+               "--pred_dir", "--out", "--data_root")
+
+
+def test_user_data_in_the_readme_stays_out_of_packages_and_out_of_git():
+    """Folders the README tells users to fill are outside the code packages and ignored by git."""
+    ignored = [line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for command, where in all_commands().items():
+        if "README.md" not in where:
+            continue
+        words = shlex.split(command)
+        for flag, value in zip(words, words[1:]):
+            if flag not in _PATH_FLAGS or value.isupper() or value.startswith(("test_data", "/")):
+                continue  # placeholders (DIR), the committed test data, absolute paths
+            top = Path(value).parts[0]
+            assert top not in _PACKAGES, f"{command}: {flag} {value} is inside the '{top}' package"
+            assert top in ignored, f"{command}: {flag} {value}: '{top}/' is not in .gitignore"
+
+
+def _repository_texts():
+    skip = {".venv", ".git", "outputs", "prepared", "runs", "benchmark_data", "__pycache__"}
+    for path in REPO.rglob("*"):
+        if path.is_file() and not skip & set(path.relative_to(REPO).parts) and path.suffix in (
+                ".py", ".md", ".txt", ".yaml", ".yml", ".ini", ".sh", ".cfg", ".toml", "") and path.stat().st_size < 1e6:
+            yield path
+
+
+def test_the_repository_stands_alone():
+    """No file points outside the repository (a clone has no ../shared, DESIGN.md or STYLE.md); the
+    conventions live in docs/conventions.md, and every relative link of the markdown files resolves."""
+    this_file = Path(__file__).resolve()
+    outside = []
+    for path in _repository_texts():
+        if path.resolve() == this_file:
+            continue
+        text = path.read_text(errors="replace")
+        outside += [f"{path.relative_to(REPO)}: {word}" for word in ("../shared", "DESIGN.md", "STYLE.md")
+                    if word in text]
+    assert outside == []
+    conventions = (REPO / "docs" / "conventions.md").read_text()
+    for section in ("## Units and tensor layouts", "## PISA", "## The one-step model", "## Public contracts",
+                    "## Style"):
+        assert section in conventions
+    for markdown in REPO.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)\)", markdown.read_text()):
+            assert (markdown.parent / target).exists(), f"{markdown.name} links to missing {target}"
