@@ -51,12 +51,16 @@ class InputItem:
         image: ``(3, H, W)`` float32, sRGB in [0, 1].
         disparity: ``(1, H, W)`` float32 in [0, 1], 1 = nearest, same H, W as ``image``.
         mask: optional subject mask ``(1, H, W)`` float32 in [0, 1] (focus target when no focus is given).
+        focus: optional focal disparity decided by the input protocol (``--protocol published`` test sets:
+            the released code's mask median / central box, :mod:`data.published`); used when no focus flag
+            is given.
     """
 
     name: str
     image: np.ndarray
     disparity: np.ndarray
     mask: np.ndarray | None = None
+    focus: float | None = None
 
 
 @dataclass
@@ -191,13 +195,17 @@ def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth
     return [PendingInput(name, load)]
 
 
-def folder_inputs(test_data_dir: str, data_id: str | None = None) -> list[PendingInput]:
+def folder_inputs(test_data_dir: str, data_id: str | None = None, *, protocol: str = "corrected") -> list[PendingInput]:
     """Inputs of one or more test-set folders (a glob may match several), indexed by
     :func:`data.loaders.load_test_set` (layout detected; one item per input image, GTs ignored).
 
     ``data_id`` (optional) keeps only inputs whose name equals it or matches it as a glob pattern (``"scene0*"``).
     With several folders, names get the folder's name as a prefix so outputs cannot collide. Folder-level
     problems (missing folder, unknown layout, no items) raise at once; a bad file fails only its own item.
+
+    ``protocol="published"``: EBB folders are read as the released code reads them (:mod:`data.published`:
+    resized to multiples of 8 instead of padded, its disparity normalisation, its focus in ``item.focus``);
+    other layouts are read as usual (a warning says so).
     """
     from data.loaders import load_test_set
 
@@ -211,12 +219,27 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None) -> list[Pendin
     for root in roots:
         test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
         prefix = f"{safe_name(Path(root).name)}_" if len(roots) > 1 else ""
+        published = protocol == "published" and test_set.layout == "EBB"
+        if protocol == "published" and not published:
+            warnings.warn(f"'{root}': layout {test_set.layout}: the published input protocol is implemented for EBB "
+                          "folders only; reading it with this repository's loader.", InputWarning)
         for index, entry in enumerate(test_set.entries):
             name = str(entry["name"])
             if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
                 continue
-            pending.append(PendingInput(prefix + safe_name(name), _set_item_loader(test_set, index, prefix + name)))
+            loader = _published_loader(entry, prefix + name) if published else _set_item_loader(test_set, index, prefix + name)
+            pending.append(PendingInput(prefix + safe_name(name), loader))
     return pending
+
+
+def _published_loader(entry: dict, name: str) -> Callable[[], InputItem]:
+    def load() -> InputItem:
+        from data.published import load_published_ebb
+
+        image, disparity, focus = load_published_ebb(entry["image"], entry["disparity"], entry.get("mask"))
+        return InputItem(safe_name(name), image, disparity, None, focus)
+
+    return load
 
 
 def _set_item_loader(test_set, index: int, name: str) -> Callable[[], InputItem]:
@@ -252,14 +275,30 @@ def choose_focus(
     focus_disparity: list[float] | None = None,
     focus_xy: tuple[int, int] | None = None,
     focus_percentile: list[float] | None = None,
+    focus_protocol: str = "default",
 ) -> list[tuple[float, str]]:
     """The focal disparities to render for ``item``, each with a short label for the contact sheet.
 
     Precedence: ``--focus_disparity`` values; else the window median at ``--focus_xy`` (pixels of the input
     as read, before ``--max_side``); else ``--focus_percentile`` values (disparity percentiles, 90 = near);
     else the subject mask's median disparity; else the **image centre** (a 5 x 5 median, like a camera's
-    centre autofocus point). Values are in [0, 1] on the disparity scale (1 = nearest).
+    centre autofocus point). ``item.focus`` (set by the published input protocol) comes before the mask.
+    Values are in [0, 1] on the disparity scale (1 = nearest).
+
+    ``focus_protocol="published"``: the focus found without flags becomes the released script's three planes
+    (:func:`data.published.published_focus_planes`), labelled ``far``, ``subject``, ``near``.
     """
+    if focus_protocol not in ("default", "published"):
+        raise ValueError(f"--focus_protocol must be 'default' or 'published', got {focus_protocol!r}")
+    if focus_protocol == "published" and (focus_disparity or focus_xy is not None or focus_percentile):
+        raise ValueError("--focus_protocol published derives three planes from the automatic focus; drop "
+                         "--focus_disparity / --focus_xy / --focus_percentile, or use --focus_protocol default")
+    if focus_protocol == "published":
+        from data.published import published_focus_planes
+
+        (value, _), = choose_focus(item)
+        planes = published_focus_planes(item.disparity, value)
+        return list(zip(planes, ("far", "subject", "near")))
     if focus_disparity:
         return [(focus_from_value(v), "given") for v in focus_disparity]
     if focus_xy is not None:
@@ -267,6 +306,8 @@ def choose_focus(
         return [(focus_from_pixel(item.disparity, x, y), f"at ({x}, {y})")]
     if focus_percentile:
         return [(float(np.percentile(item.disparity, p)), f"p{p:g}") for p in focus_percentile]
+    if item.focus is not None:
+        return [(float(item.focus), "published")]
     if item.mask is not None:
         return [(focus_from_mask(item.disparity, item.mask), "mask")]
     height, width = item.disparity.shape[1:]

@@ -118,10 +118,12 @@ def default_gamma(protocol: str, lora_info: Mapping | None = None) -> float:
 def published_tile_starts(length: int, tile: int = PUBLISHED_TILE_LATENT) -> list[int]:
     """Tile offsets (latent px) of the published tiled denoiser along one axis of ``length`` latent px:
     ``n = 1 + (length - tile // 4) // (3 * tile // 4)`` offsets evenly spaced from 0 to ``length - tile`` and
-    truncated to integers (``floor`` of ``linspace(0, length - tile, n)``). For ``length < tile`` the only
-    offset is 0 and the tile is the whole axis."""
+    truncated to integers (``floor`` of ``linspace(0, length - tile, n)``); for ``tile <= length < 7 tile / 4``
+    that is ``[0, length - tile]``, i.e. ``[0, 0]`` at ``length = tile`` (a tile visited twice, as released:
+    the normalised blend is unchanged). For ``length < tile`` the only offset is 0 and the tile is the whole
+    axis."""
     n = int(1 + (length - tile // 4) // (tile * 3 // 4))
-    if length <= tile or n <= 1:
+    if length < tile or n <= 1:
         return [0]
     import numpy as np
 
@@ -385,6 +387,8 @@ class BokehDiffPipeline:
         if pisa is not False:  # True or a (possibly empty) mapping of overrides
             published = dict(compat=True, published_geometry=True) if protocol == "published" else {}
             self.pisa_settings = {**DEFAULT_PISA, **published, **(dict(pisa) if isinstance(pisa, Mapping) else {})}
+            if not self.pisa_settings.get("compat", False):  # an explicit compat=False drops the published geometry
+                self.pisa_settings.pop("published_geometry", None)
             self._install_pisa(self.seed)
         self.info: dict = {}
         self.last_plan: RenderPlan | None = None
