@@ -10,9 +10,9 @@ released adapter sees its inputs exactly as its authors fed them:
       o = dilate_3x3(erode_3x3(d))
       d = clip((d - min o) / (max o - min o), 0, 1)
 
-  so isolated extreme pixels (a few px of sky or of a noisy near estimate) do not set the range. Computed in
-  the file's float precision (float16 files are read as float32: the released code's OpenCV erosion fails
-  on them).
+  so isolated near (bright) pixels, e.g. a noisy near estimate, do not set the top of the range (an opening
+  keeps isolated minima). Computed in the file's float precision (float16 files are read as float32: the
+  released code's OpenCV erosion fails on them).
 - **Focus** (:func:`published_focus`): the median normalised disparity over the subject mask (the mask resized
   to the disparity's size with LANCZOS, > 0.5); an empty mask is replaced by the central box
   ``[0.4 H, 0.6 H) x [0.4 W, 0.6 W)``.
