@@ -119,6 +119,8 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
         tile_overlap=args.tile_overlap, protocol=args.protocol,
     ).to(device, dtype=args.mixed_precision)
     args.protocol_resolved = pipe.protocol
+    if pipe.protocol == "published" and (args.tile_size, args.tile_overlap) != (1024, 256):
+        print("note: --tile_size / --tile_overlap are not used by the published protocol (512-px tiles, its offsets)")
     print(f"bokehdiff: --protocol {args.protocol} -> {pipe.protocol} (gamma {pipe.model.gamma:g}, x0 clamp "
           f"{pipe.model.x0_clip}, PISA {pipe.pisa_settings})")
     if not args.no_pisa and "pisa_compat" in pipe.info:
