@@ -8,6 +8,7 @@ DDPM relation (Ho et al. 2020, Eq. 4 solved for x0)::
     z    = scaling_factor * VAE.encode(2 * gamma_in(aif) - 1).mode()              (deterministic: the mode)
     eps  = UNet(z, t, prompt="an excellent photo with a large aperture", disp_coc)  (PISA in the UNet)
     x0   = (z - sqrt(1 - a_t) * eps) / sqrt(a_t)                                   (a_t = alphas_cumprod[t])
+           [clamped to +-clip_sample_range when x0_clip is set: DDPMScheduler.step's clip_sample]
     pred = gamma_out((VAE.decode(x0 / scaling_factor) + 1) / 2)
 
 ``gamma_in(x) = x ** gamma`` and ``gamma_out(x) = x ** (1 / gamma)`` (gamma = 1 disables). v-prediction

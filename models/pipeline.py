@@ -17,6 +17,14 @@ Wraps :class:`models.onestep.OneStepBokeh` (the one-step forward shared with tra
 - **Padding**: images are reflect-padded to a multiple of 32 px (8 for the VAE x 4 for the UNet's two
   downsamplers) and cropped back, so any size works.
 
+**Protocols** (``protocol=``, README "Protocols"): ``"corrected"`` is what the points above describe;
+``"published"`` reproduces the released code's inference path instead: gamma 1, PISA with the published
+discretisation and geometry (``models.pisa``'s ``compat`` + ``published_geometry``), ``|CoC|`` resized as
+published, padding to the VAE factor only, 512-px tiles above ``2 * 512^2`` px (:func:`published_tile_starts`,
+:func:`published_tile_window`, :func:`published_time_ids`; the noise prediction is blended), VAE tiling always
+enabled, and the DDPM x0 clamp from the scheduler config (:func:`models.onestep.ddpm_x0_clip`).
+``from_pretrained(protocol="auto")`` picks it for adapters without our training metadata (:func:`protocol_for`).
+
 Shapes and units (DESIGN.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
 1 = near; ``K`` in pixels of blur radius per unit disparity; ``coc_px = K * (disparity - disp_focus)``.
 """
