@@ -125,16 +125,23 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
     pisa = {} if args.pisa_hardness is None else {"hardness": args.pisa_hardness}
     if args.pisa_compat != "auto":
         pisa["compat"] = args.pisa_compat == "on"
+    if args.pisa_segments is not None:
+        pisa["n_segments"] = args.pisa_segments
+    if args.pisa_supersamples is not None:
+        pisa["n_supersamples"] = args.pisa_supersamples
     start = time.perf_counter()
     pipe = BokehDiffPipeline.from_pretrained(
         args.pretrained_model_name_or_path, adapter=adapter, adapter_variant=args.variant,
         vae_weights=args.vae_weights, revision=args.revision, timestep=args.train_T, gamma=args.gamma,
         pisa=pisa if not args.no_pisa else False, seed=args.seed, tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
+        tile_overlap=args.tile_overlap, protocol=args.protocol,
     ).to(device, dtype=args.mixed_precision)
-    if args.gamma is None:
-        print(f"bokehdiff: model gamma {pipe.info['gamma']:g} (the adapter's recorded one, else the default; "
-              "--gamma overrides)")
+    args.protocol_resolved = pipe.protocol
+    if pipe.protocol == "published" and (args.tile_size, args.tile_overlap) != (1024, 256):
+        print("note: --tile_size / --tile_overlap are not used by the published protocol (512-px tiles, its offsets)")
+    print(f"bokehdiff: --protocol {args.protocol} -> {pipe.protocol} (gamma {pipe.model.gamma:g}"
+          f"{' from --gamma' if args.gamma is not None else ''}, x0 clamp "
+          f"{pipe.model.x0_clip}, PISA {pipe.pisa_settings})")
     if not args.no_pisa and "pisa_compat" in pipe.info:
         print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
               f"discretisation (--pisa_compat {args.pisa_compat})")
@@ -241,14 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     foc.add_argument("--focus_xy", type=int, nargs=2, metavar=("X", "Y"), help="focus on this input pixel (column, row)")
     foc.add_argument("--focus_percentile", type=percentile, nargs="+",
                      help=f"focus at disparity percentile(s) (demo: {' '.join(f'{p:g}' for p in DEMO_FOCUS_PERCENTILES)})")
+    foc.add_argument("--focus_protocol", choices=("default", "published"), default="default",
+                     help="published: the released script's three focus planes per image (far, subject, near: "
+                          "focus + 0.6 x the map's extremes around the automatic focus)")
     foc.add_argument("--K", type=strength_K, nargs="+", default=None,
                      help=f"blur strength(s), CoC px per unit disparity (default {DEFAULT_K[0]:g}; demo "
                           f"{' '.join(f'{k:g}' for k in DEMO_K)})")
     cls = parser.add_argument_group("classical renderer")
     cls.add_argument("--gamma", type=float, default=None,
                      help=f"linear light = srgb ** gamma (1 disables); classical blurs in it (default "
-                          f"{CLASSICAL_GAMMA:g}), bokehdiff feeds it to the VAE (default: the model gamma the "
-                          f"adapter records, else {CLASSICAL_GAMMA:g})")
+                          f"{CLASSICAL_GAMMA:g}), bokehdiff feeds it to the VAE (default: the model gamma an adapter "
+                          f"trained here records; else from --protocol: published 1, corrected {CLASSICAL_GAMMA:g})")
     cls.add_argument("--blades", type=int, default=0, help="aperture polygon blades (0 = disc, else >= 3)")
     cls.add_argument("--rotation_deg", type=float, default=0.0, help="aperture polygon rotation (degrees)")
     cls.add_argument("--highlight_threshold", type=float, default=None, help="boost linear values above this")
@@ -277,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--pisa_compat", choices=("auto", "on", "off"), default="auto",
                     help="PISA occlusion discretisation: on = the published code's (what the published adapter was "
                          "trained with), off = corrected; auto = from the adapter's metadata (default)")
+    bd.add_argument("--pisa_segments", type=int, default=None,
+                    help="PISA occlusion samples per ray (default 7, as published; 0 = no occlusion test)")
+    bd.add_argument("--pisa_supersamples", type=int, default=None,
+                    help="PISA occlusion supersamples per token pair (default 5, as published; 1 = no jitter, "
+                         "faster and deterministic in the geometry)")
+    bd.add_argument("--protocol", choices=("auto", "published", "corrected"), default="auto",
+                    help="published: reproduce the released code's inference path (gamma 1, its PISA geometry, "
+                         "512-px Gaussian-blended tiles, VAE tiling, x0 clamp from the scheduler config, its test-set "
+                         "input handling); corrected: this repository's; auto: published for adapters without our "
+                         "training metadata (the released one), corrected for ours (default)")
     bd.add_argument("--no_pisa", action="store_true", help="ablation: stock attention instead of PISA")
     bd.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
                     help="published flag, accepted: PyTorch's fused attention is used in any case")
@@ -323,8 +343,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--tile_size must be a multiple of 32 and >= 64 px, got {args.tile_size}")
     if not 0 <= args.tile_overlap < args.tile_size or args.tile_overlap % 8:
         parser.error(f"--tile_overlap must be a multiple of 8 in [0, --tile_size), got {args.tile_overlap}")
-    if args.no_pisa and (args.pisa_hardness is not None or args.pisa_compat != "auto"):
-        parser.error("--no_pisa turns PISA off; drop --pisa_hardness / --pisa_compat, or drop --no_pisa")
+    if args.no_pisa and (args.pisa_hardness is not None or args.pisa_compat != "auto"
+                         or args.pisa_segments is not None or args.pisa_supersamples is not None):
+        parser.error("--no_pisa turns PISA off; drop --pisa_hardness / --pisa_compat / --pisa_segments / "
+                     "--pisa_supersamples, or drop --no_pisa")
+    if args.pisa_segments is not None and args.pisa_segments < 0:
+        parser.error(f"--pisa_segments must be >= 0 (0 = no occlusion test), got {args.pisa_segments}")
+    if args.pisa_supersamples is not None and args.pisa_supersamples < 1:
+        parser.error(f"--pisa_supersamples must be >= 1 (1 = no jitter), got {args.pisa_supersamples}")
+    if args.focus_protocol == "published" and (args.focus_disparity is not None or args.focus_xy is not None
+                                                or args.focus_percentile is not None):
+        parser.error("--focus_protocol published derives its three planes from the automatic focus; drop "
+                     "--focus_disparity / --focus_xy / --focus_percentile")
     if args.pisa_hardness is not None and not args.pisa_hardness > 1:
         parser.error(f"--pisa_hardness must be > 1, got {args.pisa_hardness}")
     if args.resume_from_checkpoint is not None and not Path(args.resume_from_checkpoint).exists():
@@ -350,15 +380,17 @@ def _inputs(args):
     if args.image is not None:
         return pair_inputs(args.image, args.disparity, mask=args.mask, is_depth=args.depth,
                            normalise=args.disparity_normalise)
+    protocol = getattr(args, "protocol_resolved", None) or ("published" if args.protocol == "published" else "corrected")
     # Renders an earlier run wrote among the inputs are outputs, not inputs (run_config.json lists them).
-    inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=previous_outputs(args.output_dir))
+    inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=previous_outputs(args.output_dir),
+                           protocol=protocol)
     if not inputs and args.data_id is not None and not glob.has_magic(args.data_id):
         # The published script's --data_id named the run (outputs in OUTPUT_DIR/DATA_ID); keep that meaning when
         # the plain name selects nothing, so the published README command runs unchanged.
         print(f"note: no input is named '{args.data_id}': reading --data_id as the run name (published meaning); "
               f"rendering every input into {Path(args.output_dir) / args.data_id}")
         args.output_dir = str(Path(args.output_dir) / args.data_id)
-        inputs = folder_inputs(args.test_data_dir, None, exclude=previous_outputs(args.output_dir))
+        inputs = folder_inputs(args.test_data_dir, None, exclude=previous_outputs(args.output_dir), protocol=protocol)
     return inputs
 
 
@@ -382,7 +414,7 @@ def _write_manifest(files: OutputFiles, config: dict) -> None:
 _CLASSICAL_FLAGS = ("blades", "rotation_deg", "highlight_threshold", "highlight_gain", "impl")
 _BOKEHDIFF_FLAGS = ("pretrained_model_name_or_path", "adapter", "resume_from_checkpoint", "variant", "vae_weights",
                     "revision", "train_T", "mixed_precision", "allow_tf32", "tile_mode", "tile_size", "tile_overlap",
-                    "vae_tiling", "pisa_hardness", "pisa_compat", "no_pisa")
+                    "vae_tiling", "pisa_hardness", "pisa_compat", "no_pisa", "pisa_segments", "pisa_supersamples")
 
 
 def _compatibility_notes(args) -> None:
@@ -440,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     _compatibility_notes(args)
     try:
+        # The renderer is built first: --protocol auto is resolved from the adapter, and the test-set input
+        # handling follows the resolved protocol.
+        render = with_upsample(RENDERERS[args.renderer](args, device), args.upsample)
         inputs = _inputs(args)  # may redirect --output_dir (published --data_id meaning)
         output_dir = Path(args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -449,13 +484,12 @@ def main(argv: list[str] | None = None) -> int:
             raise FileExistsError(f"--output_dir '{output_dir}' holds an input file named {MANIFEST_NAME}, which "
                                   f"this run would replace by its own; choose another --output_dir")
         _write_manifest(files, config)
-        render = with_upsample(RENDERERS[args.renderer](args, device), args.upsample)
     except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
         print(f"error: {error}", file=sys.stderr)
         return 2
 
     timer, failures, n_inputs, n_renders, megapixels = StageTimer(), [], 0, 0, 0.0
-    n_focus = len(args.focus_disparity or args.focus_percentile or [None])
+    n_focus = 3 if args.focus_protocol == "published" else len(args.focus_disparity or args.focus_percentile or [None])
     total = len(inputs) * len(args.K) * n_focus if isinstance(inputs, list) else None
     single_input = not args.test_data_dir
     with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer) as progress:
@@ -467,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                 with timer.stage("load"):
                     item = pending.load()
                     focus = unique_focus(choose_focus(item, focus_disparity=args.focus_disparity,
-                                                      focus_xy=args.focus_xy, focus_percentile=args.focus_percentile),
+                                                      focus_xy=args.focus_xy, focus_percentile=args.focus_percentile,
+                                                      focus_protocol=args.focus_protocol),
                                          item.name)
                     item = limit_size(item, args.max_side)
                 renders = _render_item(item, focus, args, render, device, timer, progress, files)

@@ -56,12 +56,16 @@ class InputItem:
         image: ``(3, H, W)`` float32, sRGB in [0, 1].
         disparity: ``(1, H, W)`` float32 in [0, 1], 1 = nearest, same H, W as ``image``.
         mask: optional subject mask ``(1, H, W)`` float32 in [0, 1] (focus target when no focus is given).
+        focus: optional focal disparity decided by the input protocol (``--protocol published`` test sets:
+            the released code's mask median / central box, :mod:`data.published`); used when no focus flag
+            is given.
     """
 
     name: str
     image: np.ndarray
     disparity: np.ndarray
     mask: np.ndarray | None = None
+    focus: float | None = None
 
 
 @dataclass
@@ -229,7 +233,7 @@ def input_roots(test_data_dir: str) -> list[Path]:
 
 
 def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
-                  exclude: Iterable[str | os.PathLike] = ()) -> list[PendingInput]:
+                  exclude: Iterable[str | os.PathLike] = (), protocol: str = "corrected") -> list[PendingInput]:
     """Inputs of one or more test-set folders (a glob may match several), indexed by
     :func:`data.loaders.load_test_set` (layout detected; one item per input image, GTs ignored).
 
@@ -238,6 +242,10 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     (:func:`unique_names`), so outputs cannot collide. Images in ``exclude`` (outputs of an earlier run written
     into the input folder, :func:`previous_outputs`) are not inputs. Folder-level problems (missing folder,
     unknown layout, no items) raise at once; a bad or missing file fails only its own item.
+
+    ``protocol="published"``: EBB folders are read as the released code reads them (:mod:`data.published`:
+    resized to multiples of 8 instead of padded, its disparity normalisation, its focus in ``item.focus``);
+    other layouts are read as usual (a warning says so).
     """
     from data.loaders import load_test_set
 
@@ -247,6 +255,10 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     for root in roots:
         test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
         prefix = f"{Path(root).name}_" if len(roots) > 1 else ""
+        published = protocol == "published" and test_set.layout == "EBB"
+        if protocol == "published" and not published:
+            warnings.warn(f"'{root}': layout {test_set.layout}: the published input protocol is implemented for EBB "
+                          "folders only; reading it with this repository's loader.", InputWarning)
         for index, entry in enumerate(test_set.entries):
             name = str(entry["name"])
             if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
@@ -254,10 +266,21 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
             if _path_key(entry["image"]) in excluded:
                 continue
             sources = tuple(Path(entry[key]) for key in ("image", "disparity", "mask") if entry.get(key) is not None)
-            found.append((prefix + name, test_set, index, sources))
+            found.append((prefix + name, test_set, index, sources, published))
     names = unique_names([name for name, *_ in found])
-    return [PendingInput(name, _set_item_loader(test_set, index, name), sources)
-            for name, (_, test_set, index, sources) in zip(names, found)]
+    return [PendingInput(name, _published_loader(test_set.entries[index], name) if published
+                         else _set_item_loader(test_set, index, name), sources)
+            for name, (_, test_set, index, sources, published) in zip(names, found)]
+
+
+def _published_loader(entry: dict, name: str) -> Callable[[], InputItem]:
+    def load() -> InputItem:
+        from data.published import load_published_ebb
+
+        image, disparity, focus = load_published_ebb(entry["image"], entry["disparity"], entry.get("mask"))
+        return InputItem(name, image, disparity, None, focus)
+
+    return load
 
 
 def _set_item_loader(test_set, index: int, name: str) -> Callable[[], InputItem]:
@@ -293,14 +316,30 @@ def choose_focus(
     focus_disparity: list[float] | None = None,
     focus_xy: tuple[int, int] | None = None,
     focus_percentile: list[float] | None = None,
+    focus_protocol: str = "default",
 ) -> list[tuple[float, str]]:
     """The focal disparities to render for ``item``, each with a short label for the contact sheet.
 
     Precedence: ``--focus_disparity`` values; else the window median at ``--focus_xy`` (pixels of the input
     as read, before ``--max_side``); else ``--focus_percentile`` values (disparity percentiles, 90 = near);
     else the subject mask's median disparity; else the **image centre** (a 5 x 5 median, like a camera's
-    centre autofocus point). Values are in [0, 1] on the disparity scale (1 = nearest).
+    centre autofocus point). ``item.focus`` (set by the published input protocol) comes before the mask.
+    Values are in [0, 1] on the disparity scale (1 = nearest).
+
+    ``focus_protocol="published"``: the focus found without flags becomes the released script's three planes
+    (:func:`data.published.published_focus_planes`), labelled ``far``, ``subject``, ``near``.
     """
+    if focus_protocol not in ("default", "published"):
+        raise ValueError(f"--focus_protocol must be 'default' or 'published', got {focus_protocol!r}")
+    if focus_protocol == "published" and (focus_disparity or focus_xy is not None or focus_percentile):
+        raise ValueError("--focus_protocol published derives three planes from the automatic focus; drop "
+                         "--focus_disparity / --focus_xy / --focus_percentile, or use --focus_protocol default")
+    if focus_protocol == "published":
+        from data.published import published_focus_planes
+
+        (value, _), = choose_focus(item)
+        planes = published_focus_planes(item.disparity, value)
+        return list(zip(planes, ("far", "subject", "near")))
     if focus_disparity:
         return [(focus_from_value(v), "given") for v in focus_disparity]
     if focus_xy is not None:
@@ -308,6 +347,8 @@ def choose_focus(
         return [(focus_from_pixel(item.disparity, x, y), f"at ({x}, {y})")]
     if focus_percentile:
         return [(float(np.percentile(item.disparity, p)), f"p{p:g}") for p in focus_percentile]
+    if item.focus is not None:
+        return [(float(item.focus), "published")]
     if item.mask is not None:
         return [(focus_from_mask(item.disparity, item.mask), "mask")]
     height, width = item.disparity.shape[1:]

@@ -8,6 +8,7 @@ DDPM relation (Ho et al. 2020, Eq. 4 solved for x0)::
     z    = scaling_factor * VAE.encode(2 * gamma_in(aif) - 1).mode()              (deterministic: the mode)
     eps  = UNet(z, t, prompt="an excellent photo with a large aperture", disp_coc)  (PISA in the UNet)
     x0   = (z - sqrt(1 - a_t) * eps) / sqrt(a_t)                                   (a_t = alphas_cumprod[t])
+           [clamped to +-clip_sample_range when x0_clip is set: DDPMScheduler.step's clip_sample]
     pred = gamma_out((VAE.decode(x0 / scaling_factor) + 1) / 2)
 
 ``gamma_in(x) = x ** gamma`` and ``gamma_out(x) = x ** (1 / gamma)`` (gamma = 1 disables). v-prediction
@@ -47,6 +48,7 @@ __all__ = [
     "gamma_in",
     "gamma_out",
     "pisa_kwarg_names",
+    "ddpm_x0_clip",
 ]
 
 DEFAULT_PROMPT = "an excellent photo with a large aperture"
@@ -136,6 +138,26 @@ def sdxl_time_ids(original_size, crop_top_left, target_size, batch: int) -> torc
     )
 
 
+def ddpm_x0_clip(scheduler) -> float | None:
+    """The x0 clamp ``DDPMScheduler.step`` applies for this base model's scheduler config: its
+    ``clip_sample_range`` when ``clip_sample`` is true *or absent* (diffusers' DDPM default is true), else
+    ``None``. The published inference builds ``DDPMScheduler.from_pretrained(base, subfolder="scheduler")``
+    whatever class the config names, so the config decides (SDXL's own config says ``clip_sample: false``).
+
+    Raises:
+        ValueError: the config asks for dynamic thresholding, which the one-step path does not implement.
+    """
+    from diffusers import DDPMScheduler
+
+    config = DDPMScheduler.from_config(scheduler.config).config
+    if config.thresholding:
+        raise ValueError(
+            "the base model's scheduler config sets thresholding=true (dynamic thresholding), which the published "
+            "protocol's one-step path does not implement; use --protocol corrected or a config without it."
+        )
+    return float(config.clip_sample_range) if config.clip_sample else None
+
+
 def pisa_kwarg_names(unet: nn.Module) -> set[str]:
     """The ``cross_attention_kwargs`` names that at least one attention processor of ``unet`` accepts by name.
 
@@ -165,6 +187,9 @@ class OneStepBokeh(nn.Module):
         timestep: the fixed timestep t (paper: 499).
         gamma: display gamma; inputs are linearised with it and outputs re-encoded (1 disables).
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (from the scheduler).
+        x0_clip: if set, ``x0`` is clamped to ``[-x0_clip, x0_clip]`` (scaled-latent units), as
+            ``DDPMScheduler.step`` does when its config has ``clip_sample`` true (or lacks the key: diffusers'
+            default is true); see :func:`ddpm_x0_clip`.
     """
 
     def __init__(
@@ -178,8 +203,11 @@ class OneStepBokeh(nn.Module):
         timestep: int = DEFAULT_TIMESTEP,
         gamma: float = DEFAULT_GAMMA,
         prediction_type: str = "epsilon",
+        x0_clip: float | None = None,
     ):
         super().__init__()
+        if x0_clip is not None and not x0_clip > 0:
+            raise ValueError(f"x0_clip must be > 0 (the DDPM clip_sample_range) or None, got {x0_clip}.")
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(
                 f"unsupported scheduler prediction_type '{prediction_type}': the one-step x0 formula is defined "
@@ -214,6 +242,8 @@ class OneStepBokeh(nn.Module):
         self.timestep = int(timestep)
         self.gamma = float(gamma)
         self.prediction_type = prediction_type
+        # DDPMScheduler.step's x0 clamp (clip_sample): None = off (our default; SDXL configs say false).
+        self.x0_clip = None if x0_clip is None else float(x0_clip)
         # a_t in float64 on the host: exact, and independent of the module's dtype (bf16 would round it).
         self.alpha_t = float(alphas_cumprod[self.timestep].double())
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -293,6 +323,22 @@ class OneStepBokeh(nn.Module):
                     kwargs[name] = generator
         return kwargs
 
+    def noise_to_x0(self, z: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The DDPM relation at t: UNet output ``pred`` (float32) and latent ``z`` -> ``x0``, then the optional
+        :attr:`x0_clip` clamp (DDPM's clip_sample). Shapes ``(B, 4, h, w)``."""
+        # DDPM forward process z = sqrt(a) x0 + sqrt(1 - a) eps, solved for x0 (computed in float32).
+        sqrt_a, sqrt_1ma = self.alpha_t**0.5, (1.0 - self.alpha_t) ** 0.5
+        z = z.float()
+        if self.prediction_type == "epsilon":
+            x0 = (z - sqrt_1ma * pred) / sqrt_a
+        elif self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022)
+            x0 = sqrt_a * z - sqrt_1ma * pred
+        else:
+            x0 = pred
+        if self.x0_clip is not None:
+            x0 = x0.clamp(-self.x0_clip, self.x0_clip)
+        return x0
+
     def predict_x0(
         self,
         z: torch.Tensor,
@@ -317,6 +363,29 @@ class OneStepBokeh(nn.Module):
             generator: seeds PISA's occlusion sampling (passed if the processor accepts one).
             cross_attention_kwargs: overrides the PISA kwargs entirely (advanced use).
         """
+        pred = self.predict_noise(
+            z, disparity, coc_px, original_size=original_size, crop_top_left=crop_top_left,
+            target_size=target_size, pisa_hardness=pisa_hardness, generator=generator,
+            cross_attention_kwargs=cross_attention_kwargs,
+        )
+        return self.noise_to_x0(z, pred)
+
+    def predict_noise(
+        self,
+        z: torch.Tensor,
+        disparity: torch.Tensor | None = None,
+        coc_px: torch.Tensor | None = None,
+        *,
+        original_size=None,
+        crop_top_left=(0, 0),
+        target_size=None,
+        pisa_hardness: float | None = None,
+        generator: torch.Generator | None = None,
+        cross_attention_kwargs: dict | None = None,
+    ) -> torch.Tensor:
+        """The raw UNet output at t (``eps``, ``v`` or ``x0`` per :attr:`prediction_type`), float32
+        ``(B, 4, h, w)``; arguments as in :meth:`predict_x0`. Tiled rendering under the published protocol
+        blends this, then converts with :meth:`noise_to_x0`."""
         if z.ndim != 4:
             raise ValueError(f"latent must be (B, C, h, w), got {tuple(z.shape)}.")
         batch, image_hw = z.shape[0], (z.shape[-2] * self.vae_scale_factor, z.shape[-1] * self.vae_scale_factor)
@@ -342,13 +411,6 @@ class OneStepBokeh(nn.Module):
             },
             cross_attention_kwargs=cross_attention_kwargs,
         ).sample.float()
-        # DDPM forward process z = sqrt(a) x0 + sqrt(1 - a) eps, solved for x0 (computed in float32).
-        sqrt_a, sqrt_1ma = self.alpha_t**0.5, (1.0 - self.alpha_t) ** 0.5
-        z = z.float()
-        if self.prediction_type == "epsilon":
-            return (z - sqrt_1ma * pred) / sqrt_a
-        if self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022)
-            return sqrt_a * z - sqrt_1ma * pred
         return pred
 
     def decode(self, x0: torch.Tensor, *, to_srgb: bool = True) -> torch.Tensor:

@@ -17,6 +17,14 @@ Wraps :class:`models.onestep.OneStepBokeh` (the one-step forward shared with tra
 - **Padding**: images are reflect-padded to a multiple of 32 px (8 for the VAE x 4 for the UNet's two
   downsamplers) and cropped back, so any size works.
 
+**Protocols** (``protocol=``, README "Protocols"): ``"corrected"`` is what the points above describe;
+``"published"`` reproduces the released code's inference path instead: gamma 1, PISA with the published
+discretisation and geometry (``models.pisa``'s ``compat`` + ``published_geometry``), ``|CoC|`` resized as
+published, padding to the VAE factor only, 512-px tiles above ``2 * 512^2`` px (:func:`published_tile_starts`,
+:func:`published_tile_window`, :func:`published_time_ids`; the noise prediction is blended), VAE tiling always
+enabled, and the DDPM x0 clamp from the scheduler config (:func:`models.onestep.ddpm_x0_clip`).
+``from_pretrained(protocol="auto")`` picks it for adapters without our training metadata (:func:`protocol_for`).
+
 Shapes and units (docs/conventions.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
 1 = near; ``K`` in pixels of blur radius per unit disparity; ``coc_px = K * (disparity - disp_focus)``.
 """
@@ -37,7 +45,7 @@ import torch.nn.functional as F
 
 from .hub import WeightsUnavailableError, cache_only, download_command, local_source, offline_error
 from .lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAME, load_lora, load_vae_partial
-from .onestep import DEFAULT_GAMMA, DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh
+from .onestep import DEFAULT_GAMMA, DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh, ddpm_x0_clip
 
 __all__ = [
     "BokehDiffPipeline",
@@ -50,6 +58,13 @@ __all__ = [
     "resolve_dtype",
     "pisa_compat_for",
     "model_gamma_for",
+    "PROTOCOLS",
+    "protocol_for",
+    "default_gamma",
+    "published_tile_starts",
+    "published_tile_window",
+    "published_time_ids",
+    "PUBLISHED_TILE_LATENT",
 ]
 
 DEFAULT_BASE_MODEL = "SG161222/RealVisXL_V5.0"
@@ -103,6 +118,64 @@ def _cast_unet(unet: torch.nn.Module, dtype: torch.dtype) -> None:
     default) would print it at each load."""
     if any(p.dtype != dtype for p in unet.parameters()):
         unet.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Protocols
+# ----------------------------------------------------------------------------------------------------------
+PROTOCOLS = ("published", "corrected", "auto")
+# Published tiling: 64-latent (512 px) tiles, used when the latent has more than 2 * 64^2 pixels.
+PUBLISHED_TILE_LATENT = 64
+
+
+def protocol_for(lora_info: Mapping | None) -> str:
+    """``protocol="auto"`` resolved for an adapter: ``"corrected"`` for adapters our training wrote (metadata
+    ``format: bokehdiff-train``: they record how they were trained), ``"published"`` for any other adapter
+    (the released ``zcx65535/bokehdiff`` has no such metadata). Without an adapter: ``"corrected"``."""
+    if lora_info is None:
+        return "corrected"
+    return "corrected" if lora_info.get("format") == "bokehdiff-train" else "published"
+
+
+def default_gamma(protocol: str, lora_info: Mapping | None = None) -> float:
+    """The model gamma used when none is given: 1 under the published protocol (sRGB straight to the VAE as
+    ``2 x - 1``, as the released code does); under the corrected one, the model gamma the adapter records
+    (:func:`model_gamma_for`: adapters our training wrote), else :data:`DEFAULT_GAMMA`.
+    """
+    if protocol == "published":
+        return 1.0
+    recorded = model_gamma_for(lora_info) if lora_info is not None else None
+    return DEFAULT_GAMMA if recorded is None else recorded
+
+
+def published_tile_starts(length: int, tile: int = PUBLISHED_TILE_LATENT) -> list[int]:
+    """Tile offsets (latent px) of the published tiled denoiser along one axis of ``length`` latent px:
+    ``n = 1 + (length - tile // 4) // (3 * tile // 4)`` offsets evenly spaced from 0 to ``length - tile`` and
+    truncated to integers (``floor`` of ``linspace(0, length - tile, n)``); for ``tile <= length < 7 tile / 4``
+    that is ``[0, length - tile]``, i.e. ``[0, 0]`` at ``length = tile`` (a tile visited twice, as released:
+    the normalised blend is unchanged). For ``length < tile`` the only offset is 0 and the tile is the whole
+    axis."""
+    n = int(1 + (length - tile // 4) // (tile * 3 // 4))
+    if length < tile or n <= 1:
+        return [0]
+    import numpy as np
+
+    return [int(v) for v in np.floor(np.linspace(0, length - tile, n))]
+
+
+def published_tile_window(tile: int = PUBLISHED_TILE_LATENT, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Published blend weight of a tile, ``(tile, tile)``: ``exp(-(u_y^2 + u_x^2))`` with ``u = linspace(-2, 2,
+    tile)``: a Gaussian, never exactly zero, normalised later by the summed weights of all tiles."""
+    u = torch.linspace(-2, 2, tile, dtype=dtype, device=device)
+    return torch.exp(-(u[:, None] ** 2 + u[None] ** 2))
+
+
+def published_time_ids(height: int, width: int, tile_y: int, tile_x: int) -> tuple[tuple, tuple, tuple]:
+    """SDXL micro-conditioning of one published tile: ``(original_size, crop_top_left, target_size)`` =
+    ``((H, W), (tile_y, tile_x), (H, W))``: full-image sizes in image px, the crop offset in **latent** px
+    (as the released code passes it). Our corrected tiling uses image px and the tile's size instead."""
+    return (height, width), (tile_y, tile_x), (height, width)
+
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -315,6 +388,13 @@ class BokehDiffPipeline:
         tile_size: tile side in image pixels for tiled mode (multiple of 32; SDXL's native 1024 by default).
         tile_overlap: overlap between tiles in image pixels (should exceed the largest CoC radius).
         full_frame_max_px: optional cap on H * W for full-frame rendering in ``mode="auto"`` (else memory).
+        protocol: ``"corrected"`` (default: this repository's rendering) or ``"published"``: reproduce the
+            released code's inference path (README, "Protocols"): gamma 1 (set on ``model`` by the
+            constructors), PISA with the published discretisation and geometry, the ``|CoC|`` resized as
+            published, images padded only to the VAE factor, 512-px tiles above ``2 * 512^2`` px blended with
+            Gaussian weights on the noise prediction, each with the published micro-conditioning, VAE tiling
+            always enabled (diffusers' threshold from the VAE config), and the DDPM x0 clamp from the base
+            model's scheduler config (``model.x0_clip``).
     """
 
     def __init__(
@@ -326,7 +406,14 @@ class BokehDiffPipeline:
         tile_size: int = 1024,
         tile_overlap: int = 256,
         full_frame_max_px: int | None = None,
+        protocol: str = "corrected",
     ):
+        if protocol not in ("published", "corrected"):
+            raise ValueError(
+                f"protocol must be 'published' or 'corrected' here, got {protocol!r} ('auto' is resolved from the "
+                "adapter's metadata by from_pretrained)."
+            )
+        self.protocol = protocol
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.tile_size = int(tile_size)
@@ -336,7 +423,10 @@ class BokehDiffPipeline:
         self._installed_seed: int | None = None
         self.seed = int(seed)
         if pisa is not False:  # True or a (possibly empty) mapping of overrides
-            self.pisa_settings = {**DEFAULT_PISA, **(dict(pisa) if isinstance(pisa, Mapping) else {})}
+            published = dict(compat=True, published_geometry=True) if protocol == "published" else {}
+            self.pisa_settings = {**DEFAULT_PISA, **published, **(dict(pisa) if isinstance(pisa, Mapping) else {})}
+            if not self.pisa_settings.get("compat", False):  # an explicit compat=False drops the published geometry
+                self.pisa_settings.pop("published_geometry", None)
             self._install_pisa(self.seed)
         self.info: dict = {}
         self.last_plan: RenderPlan | None = None
@@ -357,15 +447,22 @@ class BokehDiffPipeline:
         *,
         prompt: str = DEFAULT_PROMPT,
         timestep: int = DEFAULT_TIMESTEP,
-        gamma: float = DEFAULT_GAMMA,
+        gamma: float | None = None,
+        protocol: str = "corrected",
         **kwargs,
     ) -> "BokehDiffPipeline":
-        """From SDXL components; the text encoders are used once for the prompt embeddings and not kept."""
+        """From SDXL components; the text encoders are used once for the prompt embeddings and not kept.
+
+        ``gamma=None`` takes the protocol's default (:func:`default_gamma`); ``protocol="published"`` also
+        takes the x0 clamp from ``scheduler``'s config (:func:`models.onestep.ddpm_x0_clip`)."""
+        if protocol not in ("published", "corrected"):
+            raise ValueError(f"protocol must be 'published' or 'corrected' for from_components, got {protocol!r}.")
         model = OneStepBokeh.from_components(
             unet, vae, scheduler, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
-            prompt=prompt, timestep=timestep, gamma=gamma,
+            prompt=prompt, timestep=timestep, gamma=default_gamma(protocol) if gamma is None else gamma,
+            x0_clip=ddpm_x0_clip(scheduler) if protocol == "published" else None,
         )
-        return cls(model, **kwargs)
+        return cls(model, protocol=protocol, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -379,6 +476,7 @@ class BokehDiffPipeline:
         revision: str | None = None,
         base_variant: str | None = None,
         require_vae_weights: bool = True,
+        protocol: str = "auto",
         **kwargs,
     ) -> "BokehDiffPipeline":
         """Load the base SDXL model and the BokehDiff adapter, verify every tensor, build the pipeline.
@@ -393,9 +491,11 @@ class BokehDiffPipeline:
                 overflows in fp16). Use :meth:`to` to move to a device.
             require_vae_weights: an adapter without ``vae.ckpt`` is an error (the paper fine-tunes the VAE
                 encoder); set ``False`` to accept it with a warning.
+            protocol: ``"published"``, ``"corrected"`` or ``"auto"`` (:func:`protocol_for` the adapter's
+                metadata); recorded in ``info["protocol"]``. ``gamma`` (in ``kwargs``) defaults per protocol.
             **kwargs: ``prompt``, ``timestep``, ``gamma`` (see :class:`OneStepBokeh`) and the constructor's.
-                ``gamma`` None or absent: the adapter's recorded model gamma (:func:`model_gamma_for`), else
-                :class:`OneStepBokeh`'s default. ``info["gamma"]`` is the gamma in use.
+                ``gamma`` None or absent: :func:`default_gamma` (published: 1; corrected: the adapter's recorded
+                model gamma, else 2.2). ``info["gamma"]`` is the gamma in use.
 
         Raises:
             WeightsUnavailableError: a hub id that is neither cached nor reachable (one message, with remedies).
@@ -410,11 +510,21 @@ class BokehDiffPipeline:
             vae_file = Path(vae_weights)
         components = _load_base(base, torch.float32, revision, base_variant)
         info: dict = {"base": str(base), "adapter": None if adapter is None else str(adapter)}
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
         if lora_file is not None:
             info["lora"] = load_lora(components["unet"], lora_file)
+        if protocol == "auto":
+            protocol = protocol_for(info.get("lora"))
+        info["protocol"] = protocol
+        if kwargs.get("gamma") is None:
+            kwargs["gamma"] = default_gamma(protocol, info.get("lora"))
+        if lora_file is not None:
             pisa = kwargs.get("pisa", True)
             if pisa is not False:
                 settings = dict(pisa) if isinstance(pisa, Mapping) else {}
+                if protocol == "published":
+                    settings.setdefault("compat", True)
                 settings.setdefault("compat", pisa_compat_for(info["lora"]))
                 kwargs["pisa"] = settings
                 info["pisa_compat"] = settings["compat"]
@@ -429,14 +539,9 @@ class BokehDiffPipeline:
                 warnings.warn(f"adapter '{adapter}' has no {VAE_WEIGHT_NAME}: the VAE encoder keeps its base weights.")
         else:
             warnings.warn("no adapter given: rendering with the base UNet (no BokehDiff LoRA); outputs are not bokeh.")
-        if kwargs.get("gamma") is None:  # not given: the adapter's recorded model gamma, if it has one
-            kwargs.pop("gamma", None)
-            recorded = model_gamma_for(info.get("lora", {}))
-            if recorded is not None:
-                kwargs["gamma"] = recorded
         _cast_unet(components["unet"], unet_dtype)
         ctor = {k: kwargs.pop(k) for k in ("prompt", "timestep", "gamma") if k in kwargs}
-        pipe = cls.from_components(**components, **ctor, **kwargs)
+        pipe = cls.from_components(**components, **ctor, protocol=protocol, **kwargs)
         info["gamma"] = pipe.model.gamma
         info["load_s"] = time.perf_counter() - t0
         pipe.info = info
@@ -503,6 +608,8 @@ class BokehDiffPipeline:
         """
         if mode not in ("auto", "full", "tiled"):
             raise ValueError(f"mode must be 'auto', 'full' or 'tiled', got {mode!r}.")
+        if self.protocol == "published":
+            return self._plan_published(height, width, mode, vae_tiling)
         m = self.pad_multiple
         ph, pw = -(-height // m) * m, -(-width // m) * m
         unet_b, vae_b = self.estimate_bytes(ph, pw)
@@ -533,6 +640,21 @@ class BokehDiffPipeline:
             n = len(tile_starts(ph // f, tile, overlap, align)) * len(tile_starts(pw // f, tile, overlap, align))
             return RenderPlan("tiled", bool(vae_tiling), (ph, pw), tile, overlap, n, reason)
         return RenderPlan("full", bool(vae_tiling), (ph, pw), reason=reason)
+
+    def _plan_published(self, height: int, width: int, mode: str, vae_tiling: bool | str) -> RenderPlan:
+        """Published protocol: pad to the VAE factor only; tiled (512-px tiles) when the latent has more than
+        ``2 * 64^2`` pixels; the VAE's own tiling always enabled (it applies above the VAE config's size)."""
+        f = self.model.vae_scale_factor
+        ph, pw = -(-height // f) * f, -(-width // f) * f
+        T = PUBLISHED_TILE_LATENT
+        if mode == "auto":
+            mode = "tiled" if (ph // f) * (pw // f) > 2 * T * T else "full"
+            reason = f"published protocol: {mode} (tiles above {2 * T * T} latent px)"
+        else:
+            reason = f"published protocol: {mode} (requested)"
+        vae_tiling = True if vae_tiling == "auto" else bool(vae_tiling)
+        n = len(published_tile_starts(ph // f, T)) * len(published_tile_starts(pw // f, T)) if mode == "tiled" else 1
+        return RenderPlan(mode, vae_tiling, (ph, pw), T if mode == "tiled" else 0, 0, n, reason)
 
     # ------------------------------------------------------------------------------------------------------
     # Rendering
@@ -630,6 +752,10 @@ class BokehDiffPipeline:
             coc_px = self._as_batch(coc_px, 1, "coc_px").to(device, torch.float32)
             if coc_px.shape != disparity.shape:
                 raise ValueError(f"coc_px {tuple(coc_px.shape)} must match disparity {tuple(disparity.shape)}.")
+        if self.protocol == "published":
+            # The released code passes |CoC| at image resolution and PISA resizes it (bilinear): the absolute
+            # value is taken before the resize, not after as for a signed map.
+            coc_px = coc_px.abs()
 
         # A per-call seed applies to this call only; later calls without one use the pipeline's seed again.
         wanted = self.seed if seed is None else int(seed)
@@ -647,6 +773,8 @@ class BokehDiffPipeline:
             t1 = time.perf_counter()
             if plan.mode == "full":
                 x0 = self.model.predict_x0(z, disp_p, coc_p, pisa_hardness=pisa_hardness)
+            elif self.protocol == "published":
+                x0 = self._predict_tiled_published(z, disp_p, coc_p, pisa_hardness)
             else:
                 x0 = self._predict_tiled(z, disp_p, coc_p, plan, pisa_hardness, tile_batch_size)
             sync()
@@ -702,3 +830,30 @@ class BokehDiffPipeline:
                     if b == 0:
                         norm[:, :, y:y + t_h, x:x + t_w] += weight
         return acc / norm
+
+    def _predict_tiled_published(self, z, disp, coc, pisa_hardness) -> torch.Tensor:
+        """The released code's tiled denoiser: 64-latent tiles at :func:`published_tile_starts` offsets, visited
+        column-major (all row offsets for the first column offset, then the next), each conditioned with
+        :func:`published_time_ids` and the tile's ``disp_coc`` crop; the UNet *outputs* are blended with
+        :func:`published_tile_window` weights normalised by their sum, then turned into ``x0`` (and clamped)
+        once for the whole latent. A side shorter than a tile (where the released code fails) uses the
+        whole side and the matching crop of the window."""
+        f = self.model.vae_scale_factor
+        T = PUBLISHED_TILE_LATENT
+        _, _, h, w = z.shape
+        t_h, t_w = min(T, h), min(T, w)
+        window = published_tile_window(T, device=z.device)[:t_h, :t_w]
+        acc = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
+        norm = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
+        for x in published_tile_starts(w, T):
+            for y in published_tile_starts(h, T):
+                original, crop, target = published_time_ids(h * f, w * f, y, x)
+                eps = self.model.predict_noise(
+                    z[..., y:y + t_h, x:x + t_w],
+                    disp[..., y * f:(y + t_h) * f, x * f:(x + t_w) * f],
+                    coc[..., y * f:(y + t_h) * f, x * f:(x + t_w) * f],
+                    original_size=original, crop_top_left=crop, target_size=target, pisa_hardness=pisa_hardness,
+                )
+                acc[..., y:y + t_h, x:x + t_w] += eps * window
+                norm[..., y:y + t_h, x:x + t_w] += window
+        return self.model.noise_to_x0(z, acc / norm)

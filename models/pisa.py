@@ -47,7 +47,8 @@ deliberate deviations of the default (``compat=False``) from it:
 2. Token distances: the published code uses ``linspace(0, 1, n) * 51.2`` in units of 10 px, i.e. a token
    step of ``px_per_token * n / (n - 1)`` on its 512-px tiles; ``compat`` uses that per-axis step, the default
    uses exact token centres ``(index + 0.5) * px_per_token``. (The published code also swapped the two axes
-   for non-square grids; both modes here use each axis' own size.)
+   for non-square grids; both modes here use each axis' own size, unless ``published_geometry=True``, which
+   reproduces the published units -- every frame 512 px per axis -- and its occlusion grid exactly.)
 3. Disparity outside the image: ``compat`` reads 0 (grid_sample zero padding, as published; this also
    darkens bilinear lookups next to the border); default clamps to the border value. Default also requires
    a margin of 1e-5 before a sample counts as blocked, so flat scenes at ``d = 1`` are never self-occluded by
@@ -82,6 +83,7 @@ _OCC_MARGIN = 1e-5  # default mode: a sample must exceed the ray's disparity by 
 _COMPAT_ONE_MINUS_D_MIN = 1e-6
 _TRAIN_OCC_MAX = 0.99  # published: occlusion clamped while training so blocked keys keep a gradient path
 _MASK32 = 0xFFFFFFFF
+_PUBLISHED_FRAME_PX = 512.0  # published protocol: every frame PISA sees spans 512 px per axis (51.2 x 10 px)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -137,10 +139,17 @@ class _Spec:
     dropout_seed: int
 
 
-def _token_positions_px(h: int, w: int, px_per_token: float, compat: bool, device) -> torch.Tensor:
+def _token_positions_px(
+    h: int, w: int, px_per_token: float, compat: bool, device, frame_px: float | None = None
+) -> torch.Tensor:
     rows = torch.arange(h, device=device, dtype=torch.float32)
     cols = torch.arange(w, device=device, dtype=torch.float32)
-    if compat:
+    if frame_px is not None:
+        # Published protocol: each axis of the frame PISA sees spans ``frame_px`` pixels whatever its size
+        # (the published ``linspace(0, 1, n) * 51.2`` in 10-px units, i.e. every frame treated as 512 px).
+        y = torch.linspace(0.0, 1.0, h, device=device, dtype=torch.float32) * frame_px
+        x = torch.linspace(0.0, 1.0, w, device=device, dtype=torch.float32) * frame_px
+    elif compat:
         # Published: linspace(0, 1, n) * 51.2 (10-px units) on n = 32 tokens per 512 px -> step ppt * n/(n-1).
         y = rows * (px_per_token * h / max(h - 1, 1))
         x = cols * (px_per_token * w / max(w - 1, 1))
@@ -157,6 +166,20 @@ def _token_uv(h: int, w: int, device) -> torch.Tensor:
     y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
     yy, xx = torch.meshgrid(y, x, indexing="ij")
     return torch.stack([xx.flatten(), yy.flatten()], dim=-1)
+
+
+def _token_uv_published(h: int, w: int, device) -> torch.Tensor:
+    """The published occlusion sample grid: token ``k`` (row-major, ``k = r * w + c``) sits at
+    ``x = u_h[k % h]``, ``y = u_w[k // h]`` with ``u_n = linspace(-1 + 1/n, 1 - 1/n, n)``.
+
+    For square grids this is every token's own centre; for ``h != w`` the published code pairs the x axis
+    with the *row* count and enumerates tokens column-count-major, so tokens look up shifted positions. Kept
+    as is under the published protocol (the released weights were trained with it).
+    """
+    k = torch.arange(h * w, device=device)
+    u_h = torch.linspace(-1.0 + 1.0 / h, 1.0 - 1.0 / h, h, device=device, dtype=torch.float32)
+    u_w = torch.linspace(-1.0 + 1.0 / w, 1.0 - 1.0 / w, w, device=device, dtype=torch.float32)
+    return torch.stack([u_h[k % h], u_w[k // h]], dim=-1)
 
 
 def _log_coc_term(spec: _Spec, j0: int, j1: int) -> torch.Tensor | None:
@@ -432,6 +455,7 @@ def pisa_attention(
     dropout_p: float = 0.0,
     training: bool = False,
     occlusion_disparity: torch.Tensor | None = None,
+    published_geometry: bool = False,
 ) -> torch.Tensor:
     """Physics-inspired self-attention (paper Sec. 3.2; the equations are in this module's docstring).
 
@@ -456,6 +480,9 @@ def pisa_attention(
         occlusion_disparity: optional ``(B, Ho, Wo)`` disparity in [0, 1] covering the same image extent,
             looked up (bilinear) for occlusion samples; defaults to ``disparity``. A finer map (e.g. 3x the
             token grid, as published) resolves thin occluders.
+        published_geometry: the published release's geometry (needs ``compat``): token distances on a frame
+            of 512 px per axis whatever the frame's size (``linspace(0, 1, n) * 512`` px), and its occlusion
+            sample grid including its axis order for non-square grids (:func:`_token_uv_published`).
 
     Returns:
         ``(B, heads, N, d)`` in ``q``'s dtype: ``out_i = sum_j A_ij v_j``. Gradients flow to q, k, v only;
@@ -481,6 +508,8 @@ def pisa_attention(
         raise ValueError(f"px_per_token must be > 0; got {px_per_token}.")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}.")
+    if published_geometry and not compat:
+        raise ValueError("published_geometry=True reproduces the published code and needs compat=True as well.")
     h, w = disparity.shape[1:]
     disp = disparity.detach().to(torch.float32)
     lookup = disp if occlusion_disparity is None else occlusion_disparity.detach().to(torch.float32)
@@ -495,8 +524,10 @@ def pisa_attention(
         disparity=disp.reshape(B, N),
         radius_px=coc_px.detach().to(torch.float32).abs().reshape(B, N),
         lookup=lookup[:, None],
-        pos_px=_token_positions_px(h, w, float(px_per_token), compat, q.device),
-        uv=_token_uv(h, w, q.device),
+        pos_px=_token_positions_px(
+            h, w, float(px_per_token), compat, q.device, _PUBLISHED_FRAME_PX if published_geometry else None
+        ),
+        uv=_token_uv_published(h, w, q.device) if published_geometry else _token_uv(h, w, q.device),
         log_hardness=None if hardness is None else math.log(hardness),
         occlusion=occlusion,
         n_segments=int(n_segments),
@@ -587,6 +618,8 @@ class PISAAttnProcessor:
         dropout_p: attention-weight dropout, applied only while the attention module is in training mode.
         occlusion_upsample: occlusion lookups read a disparity map this many times finer than the token
             grid (published: 3).
+        published_geometry: the published release's token distances and occlusion grid (with ``compat``;
+            see :func:`pisa_attention`). Set by the pipeline's ``protocol="published"``.
 
     Call contract: ``cross_attention_kwargs={"disp_coc": t, "pisa_hardness": optional float}``, with ``t``
     of shape ``(B, 2, H, W)`` at the full image resolution: channel 0 disparity in [0, 1] (1 = near),
@@ -608,6 +641,7 @@ class PISAAttnProcessor:
         dropout_p: float = 0.0,
         block_size: int = 256,
         occlusion_upsample: int = 3,
+        published_geometry: bool = False,
     ):
         if impl not in _IMPLS:
             raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
@@ -624,12 +658,15 @@ class PISAAttnProcessor:
         self.dropout_p = float(dropout_p)
         self.block_size = int(block_size)
         self.occlusion_upsample = int(occlusion_upsample)
+        self.published_geometry = bool(published_geometry)
+        if self.published_geometry and not self.compat:
+            raise ValueError("published_geometry=True reproduces the published code and needs compat=True as well.")
         self._stock = PassthroughAttnProcessor()
 
     def config(self) -> dict:
         """The settings, for checkpoint metadata."""
         keys = ("hardness", "occlusion", "n_segments", "n_supersamples", "impl", "seed", "compat", "physics",
-                "dropout_p", "block_size", "occlusion_upsample")
+                "dropout_p", "block_size", "occlusion_upsample", "published_geometry")
         return {key: getattr(self, key) for key in keys}
 
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -720,6 +757,7 @@ class PISAAttnProcessor:
             dropout_p=self.dropout_p,
             training=attn.training,
             occlusion_disparity=occ_map,
+            published_geometry=self.published_geometry,
         )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)

@@ -6,6 +6,10 @@ layout are documented in ``data.synthesis.write_sample_data``. The committed ``t
 
     python -m scripts.make_sample_data --out test_data --n_scenes 3 --height 160 --width 223 \
         --max_coc_px 8 --otf_size 160 --disparity_dtype float16
+
+It also writes ``<out>/ebb_published/``: the same inputs in the exact format the released BokehDiff code
+reads (float32 depth, masks, no ``bokeh/``; ``data.published.export_published_ebb``), so both codebases can
+run on one sample set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ if __name__ == "__main__" and not __package__:  # run as a file path: the reposi
 import argparse
 import json
 
+from pathlib import Path
+
+from data.published import export_published_ebb
 from data.synthesis import write_sample_data
 
 
@@ -51,6 +58,7 @@ def main(argv=None) -> None:
     meta = write_sample_data(args.out, n_scenes=args.n_scenes, size=(args.height, args.width),
                              max_coc_px=args.max_coc_px, seed=args.seed, gamma=args.gamma, otf_size=args.otf_size,
                              disparity_dtype=args.disparity_dtype)
+    export_published_ebb(Path(args.out) / "ebb", Path(args.out) / "ebb_published")
     n_gt = sum(len(v) for k, v in meta.items() if not k.startswith("_"))
     print(json.dumps({"out": args.out, "scenes": args.n_scenes, "ground_truths": n_gt}))
 

@@ -41,8 +41,9 @@ def test_published_adapter_loads_fully_and_matches_in_memory(tiny_dir, published
     pipe = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=root, pisa=_FAST_PISA)
     assert pipe.info["lora"]["tensors"] == len(load_file(str(root / "pytorch_lora_weights.safetensors")))
     assert pipe.info["vae"]["file"].endswith("small/vae.ckpt")
-    # A published adapter runs with the published PISA discretisation (compat); the in-memory twin likewise.
-    reference = BokehDiffPipeline.from_components(**stack, pisa={**_FAST_PISA, "compat": True})
+    # A published adapter runs under the published protocol (protocol="auto"); the in-memory twin likewise.
+    assert pipe.info["protocol"] == "published"
+    reference = BokehDiffPipeline.from_components(**stack, pisa=_FAST_PISA, protocol="published")
     image, disp = _inputs()
     out = pipe(image, disp, K=20, disp_focus=0.5)
     assert torch.equal(out, reference(image, disp, K=20, disp_focus=0.5))

@@ -50,6 +50,8 @@ PARSE = {
     "/models/Depth-Anything-V2-Large-hf --mask_model /models/BiRefNet": "local copies of the hub weights",
     "python inference_hf.py --test_data_dir prepared/mine --output_dir outputs/mine --K 20 "
     "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --adapter zcx65535/bokehdiff": _HUB,
+    "python inference_hf.py --test_data_dir test_data/ebb_published --output_dir outputs/published --protocol published "
+    "--focus_protocol published --K 20": _HUB + " (the published path on the tiny stack: tests/models/test_protocol.py)",
     "python inference_hf.py --test_data_dir DIR --output_dir OUT --data_id RUN --K 20 "
     "--enable_xformers_memory_efficient_attention": "placeholder folders; " + _HUB,
     "python inference_hf.py --renderer classical --demo --output_dir outputs/demo":

@@ -43,10 +43,16 @@ def test_published_readme_command_with_run_name(weights, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "run name" in printed and "xformers" in printed and "all verified" in printed
-    # PISA is on by default, with the discretisation the published adapter was trained with.
+    # The published adapter (no training metadata) runs under the published protocol, PISA discretisation
+    # included, and its inputs are read as the released code reads them.
+    assert "--protocol auto -> published (gamma 1, x0 clamp 1.0" in printed
     assert "PISA with the published occlusion discretisation (--pisa_compat auto)" in printed
-    # Focus from each subject mask (meta.json focus planes 0.168 / 0.949 / 0.274), K 20, in OUT/myrun.
-    expected = ["scene00_K20_f0.17.png", "scene01_K20_f0.95.png", "scene02_K20_f0.27.png"]
+    # Focus: the released protocol's subject-mask median on its normalised disparity; K 20, in OUT/myrun.
+    from data.published import load_published_ebb
+
+    focus = {n: load_published_ebb(EBB / "input" / f"{n}.png", EBB / "depth" / f"{n}_pred.npy",
+                                   EBB / "mask" / f"{n}.png")[2] for n in NAMES}
+    expected = [f"{n}_K20_f{focus[n]:.2f}.png" for n in NAMES]
     assert sorted(p.name for p in (out / "myrun").glob("*_K20_*.png")) == expected
     render = read_image(out / "myrun" / expected[0])
     assert render.shape == (3, 46, 64) and np.isfinite(render).all()
@@ -121,7 +127,33 @@ def test_focus_changes_the_neural_render_and_foreign_flags_are_reported(weights,
         out = tmp_path / focus
         assert inference_hf.main(["--test_data_dir", str(EBB), "--output_dir", str(out), "--data_id", "scene00",
                                   "--K", "30", "--focus_disparity", focus, "--blades", "6",
-                                  *_fast(base, adapter)]) == 0
+                                  "--protocol", "corrected", *_fast(base, adapter)]) == 0
         renders.append(read_image(next(out.glob("scene00_K30_*.png"))))
-    assert np.abs(renders[0] - renders[1]).max() > 1 / 255  # PISA sees disparity and CoC
+    # PISA sees disparity and CoC (corrected protocol: CoC radii in pixels of this 64-px frame; the published
+    # units treat every frame as 512 px, where these radii stay below one token)
+    assert np.abs(renders[0] - renders[1]).max() > 1 / 255
     assert "note: --blades is ignored by --renderer bokehdiff" in capsys.readouterr().out
+
+
+def test_protocol_flags_published_focus_planes_and_pisa_sampling(weights, tmp_path, capsys):
+    base, adapter = weights
+    published = Path(__file__).resolve().parents[2] / "test_data" / "ebb_published"
+    out = tmp_path / "pub"
+    assert inference_hf.main(["--test_data_dir", str(published), "--output_dir", str(out), "--data_id", "scene00",
+                              "--K", "20", "--protocol", "published", "--focus_protocol", "published",
+                              "--pisa_segments", "3", "--pisa_supersamples", "1", *_fast(base, adapter)]) == 0
+    printed = capsys.readouterr().out
+    assert "-> published (gamma 1" in printed and "'n_segments': 3, 'n_supersamples': 1" in printed
+    from data.published import load_published_ebb, published_focus_planes
+
+    _, disp, focus = load_published_ebb(published / "input" / "scene00.png", published / "depth" / "scene00_pred.npy",
+                                        published / "mask" / "scene00.png")
+    names = sorted(p.name for p in out.glob("scene00_K20_*.png"))
+    assert names == sorted(f"scene00_K20_f{f:.2f}.png" for f in published_focus_planes(disp, focus))
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["protocol"] == "published" and config["protocol_resolved"] == "published"
+    for bad in (["--pisa_supersamples", "0"], ["--pisa_segments", "-1"], ["--protocol", "paper"],
+                ["--focus_protocol", "published", "--focus_disparity", "0.5"]):
+        with pytest.raises(SystemExit) as exit_info:
+            inference_hf.main(["--test_data_dir", str(published), *bad, *_fast(base, adapter)])
+        assert exit_info.value.code == 2

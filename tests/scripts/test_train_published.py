@@ -171,5 +171,5 @@ def test_published_preset_trains_resumes_exactly_and_inference_uses_its_gamma_an
                               str(tmp_path / "render"), "--max_side", "64", "--no_contact_sheet"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "model gamma 1 (the adapter's recorded one" in printed
+    assert "--protocol auto -> corrected (gamma 1," in printed
     assert "PISA with the published occlusion discretisation (--pisa_compat auto)" in printed
