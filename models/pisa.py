@@ -76,7 +76,7 @@ import torch.nn.functional as F
 
 __all__ = ["pisa_attention", "PISAAttnProcessor", "PassthroughAttnProcessor", "install_pisa_processors"]
 
-_IMPLS = ("reference", "chunked", "flex", "auto")
+_IMPLS = ("reference", "chunked", "sparse", "flex", "auto")
 _COC_UNIT_PX = 10.0  # the published slope: coordinates in units of 10 px (51.2 per 512-px tile)
 _OCC_MARGIN = 1e-5  # default mode: a sample must exceed the ray's disparity by this much to block it
 _COMPAT_ONE_MINUS_D_MIN = 1e-6
@@ -548,6 +548,14 @@ def pisa_attention(
         raise ValueError(f"block_size must be >= 1; got {block_size}.")
     # (autograd.Function.forward runs with grad disabled, so whether a backward will follow is decided here.)
     needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if impl in ("sparse", "auto"):
+        from .pisa_sparse import DENSE_FRACTION, plan_for_call, sparse_pisa
+
+        plan = plan_for_call(spec, q, k, scale)
+        # auto: the sparse path only where the bound skips enough pairs to pay for its gathers; otherwise
+        # (soft hardness, huge CoC everywhere) the chunked path, i.e. never slower than the dense evaluation.
+        if impl == "sparse" or plan.fraction <= DENSE_FRACTION:
+            return sparse_pisa(q, k, v, spec, scale, plan, needs_backward)
     return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size), needs_backward)
 
 
