@@ -21,7 +21,36 @@ Implementations (same numbers; tests compare them):
 - ``impl="flex"``: FlexAttention (forward-only on CPU, eager); the CoC term, normaliser and occlusion
   enter as a score modification. Occlusion is passed to it as a dense (B, N, N) table (head-shared), so its
   memory is O(N^2) when occlusion is on.
-- ``impl="auto"``: ``chunked``.
+- ``impl="sparse"``: only the (query, key) pairs that the bound below cannot rule out, in 2-D token tiles
+  (:mod:`models.pisa_sparse`); forward and backward, occlusion sampled only for those pairs. Exact to
+  ``SPARSE_TOL`` (1e-6) of ``max |v|``; O(N * neighbourhood) time instead of O(N^2).
+- ``impl="auto"``: ``sparse`` when its plan evaluates at most half of the N^2 pairs (near-hard CoC, radii
+  small against the frame: inference), else ``chunked`` (soft hardness early in training, huge CoC).
+
+Sparse evaluation: the bound. Write ``z_ij = s_ij + log M_ij`` and ``L_j = logsumexp_i z_ij`` (normalisation
+over the queries i of each key j), ``a_ij = exp(z_ij - L_j)``, ``kappa = log(hardness) / 10`` per unit of the
+token positions ``p`` (pixels by default; ``compat`` positions use the published per-axis step, and the reach
+below is in those same units, because it is measured with the same positions).
+1. ``L_j >= z_jj``: the query at the key's own position is one term of the log-sum-exp.
+2. ``log M_jj = logsigmoid(kappa r_j) >= log(1/2)`` since ``r_j >= 0``; ``log M_ij <= kappa (r_j - |p_i - p_j|)``
+   since ``logsigmoid(x) <= x``.
+3. ``s_ij - s_jj = (q_i - q_j) . k_j / sqrt(d) <= (max_i |q_i| + |q_j|) |k_j| / sqrt(d) =: R_j`` (per call,
+   from the actual norms, maximised over heads and batch).
+   So ``a_ij <= exp(z_ij - z_jj) <= exp(R_j + log 2 - kappa (|p_i - p_j| - r_j))``, and the queries farther
+   than the reach ``rho_j = r_j + (R_j + log 2 + log N + T) / kappa`` (at most N of them) together hold
+   ``delta_j < e^-T`` of key j's unit of light.
+4. The sparse path evaluates exactly the pairs with ``|p_i - p_j| <= rho_j`` (tiles decide what is computed,
+   a per-pair mask what counts) and normalises over them: ``L'_j = L_j + log(1 - delta_j)``, so each kept
+   weight becomes ``a_ij / (1 - delta_j)``. The column's total change is ``sum_i |a'_ij - a_ij| = 2 delta_j``.
+5. Output: ``|out'_i - out_i| <= sum_j |a'_ij - a_ij| g max|v_j| <= 2 g N e^-T max|v|`` with ``g`` the largest
+   gate (1; ``1/(1-p)`` with dropout). ``T = log(2 g N / tol)`` makes this ``<= tol * max |v|`` per (batch,
+   head); ``tol = SPARSE_TOL = 1e-6``. (Example, N = 4096, hardness 1e7, unit-variance q, k with d = 64:
+   ``R ~ 18``, ``rho_j ~ r_j + 31 px``, i.e. 2 tokens beyond the CoC.) A hard step (hardness inf) has
+   ``M_ij = 0`` beyond ``r_j``: ``rho_j = r_j``, exact. No CoC term: no bound (every pair is kept).
+6. Gradients: the sparse backward is the exact gradient of the sparse forward; every term of the dense
+   gradient it drops or rescales is a weight difference from step 4 times ``|g_out|``, ``|v|``, ``|q|`` or
+   ``|k|``, so the gradient error is of the same relative order (tests check 1e-4 absolute).
+Rounding: the score range carries a relative slack (1e-5 fp32, 1e-2 for half-precision matmuls).
 
 Occlusion (``O_ij``): the segment between query ``i`` and key ``j`` is sampled at ``S`` fractions
 ``p_s = linspace(0.1, 0.9, S)`` (the published discretisation), each with ``P`` supersamples (sample 0 at the
@@ -477,8 +506,10 @@ def pisa_attention(
         occlusion: multiply by ``1 - O_ij``; with ``n_segments`` S fractions and ``n_supersamples`` P samples.
         seed: seeds the occlusion jitter (hashed per pair; independent of ``impl`` and ``block_size``).
         compat: reproduce the published discretisation (deviations listed in the module docstring).
-        impl: ``"reference"`` (dense), ``"chunked"`` (O(N*block) memory, forward and backward), ``"flex"``
-            (FlexAttention; forward-only on CPU) or ``"auto"`` (chunked).
+        impl: ``"reference"`` (dense), ``"chunked"`` (O(N*block) memory, forward and backward), ``"sparse"``
+            (pairs within the proven reach only, forward and backward; see the module docstring), ``"flex"``
+            (FlexAttention; forward-only on CPU) or ``"auto"`` (sparse when it skips at least half the pairs,
+            else chunked).
         block_size: keys per block for ``"chunked"``.
         dropout_p: dropout on the attention weights, applied only when ``training`` (hashed masks drawn
             from the global torch RNG per call, so a seeded run is reproducible).
