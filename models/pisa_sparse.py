@@ -270,13 +270,15 @@ def _chunk_terms(q_t, k_t, spec, scale, reach, ch: _Chunk, n_tiles: int, N: int)
     kc = k_t.index_select(2, ch.kt)  # (B, H, n, Kt, d)
     qi = ch.qidx.clamp(max=N - 1)
     kj = ch.kidx.clamp(max=N - 1)
-    z = (qc @ kc.transpose(-1, -2)).to(torch.float32) * scale
-    log_m = _pisa._log_coc_pairs(spec, qi[:, :, None], kj[:, None, :])  # (B, n|1, Qn, Kt)
-    if log_m is not None:
-        z = z + log_m[:, None]
-    dist = (spec.pos_px[qi][:, :, None] - spec.pos_px[kj][:, None, :]).square().sum(-1).sqrt()
+    # Same distance formula as models.pisa._log_coc_pairs (exact, no matmul form); computed once for both
+    # the CoC term and the reach mask, which is applied to the head-shared bias before the heads broadcast.
+    dist = (spec.pos_px[qi][:, :, None] - spec.pos_px[kj][:, None, :]).square().sum(-1).sqrt()  # (n|1,Qn,Kt)
     keep = (dist <= reach[kj][:, None, :]) & (ch.qidx < N)[:, :, None] & (ch.kidx < N)[:, None, :]
-    z = z.masked_fill(~keep, -math.inf)
+    if spec.log_hardness is None:
+        bias = torch.zeros(keep.shape, device=dist.device).masked_fill(~keep, -math.inf)[None]
+    else:
+        bias = _pisa._log_m(spec, spec.radius_px[:, kj][:, :, None, :] - dist[None]).masked_fill(~keep, -math.inf)
+    z = (qc @ kc.transpose(-1, -2)).to(torch.float32) * scale + bias[:, None]  # (B, H, n, Qn, Kt)
     return qc, kc, qi, kj, z, keep
 
 
