@@ -368,6 +368,21 @@ class _SparsePISA(torch.autograd.Function):
                 _from_tiles(dv_t, plan).to(v.dtype), None, None, None, None)
 
 
+def working_set_bytes(n_tokens: int, batch: int, heads: int, head_dim: int, n_segments: int = 7,
+                      max_tile: int = max(_TILE_SIDES)) -> int:
+    """Peak extra bytes of one sparse PISA forward (float32 compute), for memory planning.
+
+    Per chunk at most ``max(PAIR_BUDGET, batch * n_tokens * slots)`` pairs (a chunk holds at least one key tile,
+    which may take every query); per pair: about 4 float32 (B, H) temporaries (scores, weights, gate,
+    product) and the occlusion points (S segments x 2 coordinates, ~3 live copies). Per token: tile-major
+    copies of q, k, v and the output accumulator. Independent of N^2: the sparse path needs no N x N table.
+    """
+    pairs = max(PAIR_BUDGET, batch * n_tokens * max_tile * max_tile)
+    per_pair = 4 * (4 * heads + 3 * 2 * n_segments + 4)
+    per_token = 4 * batch * heads * head_dim * 5
+    return int(pairs * per_pair + n_tokens * per_token)
+
+
 def sparse_pisa(q, k, v, spec, scale: float, plan: SparsePlan, needs_backward: bool) -> torch.Tensor:
     """Evaluate PISA over ``plan``'s tile pairs (see :func:`models.pisa.pisa_attention`)."""
     return _SparsePISA.apply(q, k, v, spec, scale, plan, needs_backward)
