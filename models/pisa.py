@@ -105,7 +105,7 @@ import torch.nn.functional as F
 
 __all__ = ["pisa_attention", "PISAAttnProcessor", "PassthroughAttnProcessor", "install_pisa_processors"]
 
-_IMPLS = ("reference", "chunked", "sparse", "flex", "auto")
+_IMPLS = ("reference", "chunked", "sparse", "flex", "flex_sparse", "auto")
 _COC_UNIT_PX = 10.0  # the published slope: coordinates in units of 10 px (51.2 per 512-px tile)
 _OCC_MARGIN = 1e-5  # default mode: a sample must exceed the ray's disparity by this much to block it
 _COMPAT_ONE_MINUS_D_MIN = 1e-6
@@ -575,6 +575,12 @@ def pisa_attention(
         if not _flex_available():
             raise ValueError("impl='flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'chunked'.")
         return _pisa_flex(q, k, v, spec, scale)
+    if impl == "flex_sparse":
+        if not _flex_available():
+            raise ValueError("impl='flex_sparse' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'sparse'.")
+        from .pisa_sparse import flex_sparse_pisa
+
+        return flex_sparse_pisa(q, k, v, spec, scale)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}.")
     # (autograd.Function.forward runs with grad disabled, so whether a backward will follow is decided here.)

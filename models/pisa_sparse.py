@@ -36,7 +36,7 @@ PAIR_BUDGET = 1 << 20  # token pairs (times the batch) evaluated per chunk: boun
 _TILE_SIDES = (2, 4, 8)
 # Per-pair cost model used to pick the tile side: gathers and the small matmuls cost about H*d/Kt element
 # moves per pair, occlusion ~S*P bilinear samples per pair; measured on CPU (benchmarks/bench_pisa.py).
-_GATHER_WEIGHT = 0.25
+_GATHER_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -320,11 +320,16 @@ class _SparsePISA(torch.autograd.Function):
         cache = [] if occlusion and needs_backward and B * plan.evaluated_pairs <= _pisa.OCCLUSION_CACHE_BYTES else None
         for ch in _chunks(plan, B):
             _, _, qi, kj, z, keep = _chunk_terms(q_t, k_t, spec, scale, plan.reach, ch, n_tiles, N)
-            lse_blk = torch.logsumexp(z, dim=-2, keepdim=True)  # (B, H, n, 1, Kt) over the evaluated queries
-            # Padding keys (gathered as token N-1, whose column may be all -inf here): L = +inf, weight 0.
-            lse_blk = lse_blk.masked_fill((ch.kidx >= N)[:, None, :], math.inf)
-            lse_t[:, :, ch.kt] = lse_blk[:, :, :, 0]
-            a = torch.exp(z - lse_blk)
+            # Softmax over the evaluated queries with one exp pass: a = e^(z - m) / sum, L = m + log(sum). Every
+            # real key's column holds its own query (z_jj finite), so m is finite and sum >= 1 there.
+            m = z.amax(dim=-2, keepdim=True)  # (B, H, n, 1, Kt)
+            pad_key = (ch.kidx >= N)[:, None, :]
+            m = m.masked_fill(pad_key, 0.0)  # padding keys: z = -inf on their whole column (``keep``)
+            a = torch.exp(z - m)
+            total = a.sum(dim=-2, keepdim=True)
+            a = a / total.masked_fill(pad_key, 1.0)  # padding keys: 0 / 1
+            # L = +inf for padding keys: exp(z - inf) = 0 in the backward, never inf * 0.
+            lse_t[:, :, ch.kt] = (m + torch.log(total)).masked_fill(pad_key, math.inf)[:, :, :, 0]
             counts = _chunk_counts(spec, qi, kj, keep) if occlusion else None
             if cache is not None:
                 cache.append(counts)
@@ -386,3 +391,128 @@ def working_set_bytes(n_tokens: int, batch: int, heads: int, head_dim: int, n_se
 def sparse_pisa(q, k, v, spec, scale: float, plan: SparsePlan, needs_backward: bool) -> torch.Tensor:
     """Evaluate PISA over ``plan``'s tile pairs (see :func:`models.pisa.pisa_attention`)."""
     return _SparsePISA.apply(q, k, v, spec, scale, plan, needs_backward)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fused path: FlexAttention with a block mask from the same bound
+# --------------------------------------------------------------------------------------------------------
+FLEX_TILE_CUDA = (8, 16)  # 128 tokens per flex block: the block size of the compiled GPU kernels
+
+
+def flex_sparse_pisa(q, k, v, spec, scale: float, tile: tuple[int, int] | None = None,
+                     tol: float = SPARSE_TOL) -> torch.Tensor:
+    """PISA as two FlexAttention calls restricted to the bound's pairs (forward only).
+
+    Tokens are reordered tile-major (tiles of ``tile`` tokens = one flex block; default 8 x 16 = 128 on
+    CUDA, 4 x 4 elsewhere), so a flex block is a compact 2-D tile and the block mask is the tile plan of
+    :func:`plan_tiles` (key tile -> query tiles within its reach). Inside kept blocks a ``mask_mod`` applies
+    the per-pair reach ``|p_i - p_j| <= rho_j``: the evaluated set is exactly the sparse path's.
+    (1) The per-key normaliser ``L_j`` over the kept queries: flex with queries and keys swapped, returning its
+    log-sum-exp. (2) ``out_i = sum_j exp(z_ij - L_j) (1 - O_ij) v_j``: flex's key-normalised output times
+    ``exp`` of its own log-sum-exp. The CoC term is computed inside ``score_mod`` from the token positions;
+    occlusion is sampled for the kept pairs only (same seeded samples as every other path) into a table of
+    the kept block pairs that ``score_mod`` reads.
+    """
+    from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention
+
+    if spec.training and spec.dropout_p > 0:
+        raise ValueError("impl='flex_sparse' does not support dropout; use impl='sparse' or dropout_p=0.")
+    if q.is_cuda:
+        flex_attention = _pisa._compiled_flex()
+    B, H, N, _ = q.shape
+    device = q.device
+    th, tw = tile or (FLEX_TILE_CUDA if q.is_cuda else (4, 4))
+    plan = plan_tiles(spec, key_reach(spec, q, k, scale, tol), (th, tw))
+    th, tw = plan.tile
+    nty, ntx = plan.tiles
+    n_tiles, slots = nty * ntx, th * tw
+    n_pad = n_tiles * slots
+
+    # Tile-pair matrix in (key tile, query tile) orientation, from the plan's groups.
+    pair = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=device)
+    for group in plan.groups:
+        if group.offsets is None:
+            pair[group.key_tiles] = True
+            continue
+        ty = group.key_tiles[:, None] // ntx + group.offsets[None, :, 0]
+        tx = group.key_tiles[:, None] % ntx + group.offsets[None, :, 1]
+        inside = (ty >= 0) & (ty < nty) & (tx >= 0) & (tx < ntx)
+        rows = group.key_tiles[:, None].expand_as(ty)[inside]
+        pair[rows, (ty * ntx + tx)[inside]] = True
+
+    perm = plan.tile_tokens.reshape(-1)  # (n_pad,) token per flex position; N = padding
+    valid = perm < N
+    tok = perm.clamp(max=N - 1)
+    pos = spec.pos_px[tok]  # (n_pad, 2)
+    radius = spec.radius_px[:, tok]  # (B, n_pad)
+    reach = plan.reach[tok]
+    kappa = None if spec.log_hardness is None else spec.log_hardness / _pisa._COC_UNIT_PX
+    hard_step = kappa is not None and math.isinf(kappa)  # decided here: score_mod is traced
+
+    def permute(x):
+        return x[:, :, tok] * valid[:, None].to(x.dtype)
+
+    qp, kp, vp = permute(q), permute(k), permute(v)
+
+    def pair_dist(i, j):
+        return torch.sqrt((pos[i, 0] - pos[j, 0]) ** 2 + (pos[i, 1] - pos[j, 1]) ** 2)
+
+    def log_m(b, i, j):  # query position i, key position j (flex positions)
+        if kappa is None:
+            return torch.zeros_like(pair_dist(i, j))
+        margin = radius[b, j] - pair_dist(i, j)
+        if hard_step:
+            return torch.where(margin >= 0, torch.zeros_like(margin), torch.full_like(margin, -math.inf))
+        return torch.nn.functional.logsigmoid(margin * kappa)
+
+    def keep(i, j):
+        return valid[i] & valid[j] & (pair_dist(i, j) <= reach[j])
+
+    # Occlusion for the kept block pairs (query tile I, key tile J): one table slot per pair.
+    kt_idx, qt_idx = torch.nonzero(pair, as_tuple=True)
+    slot_of = torch.full((n_tiles, n_tiles), 0, dtype=torch.int64, device=device)  # (query tile, key tile)
+    slot_of[qt_idx, kt_idx] = torch.arange(kt_idx.numel(), device=device)
+    log_gate = None
+    if _pisa._has_occlusion(spec):
+        qpos = qt_idx[:, None] * slots + torch.arange(slots, device=device)  # (n_slots, slots) flex positions
+        kpos = kt_idx[:, None] * slots + torch.arange(slots, device=device)
+        kept = keep(qpos[:, :, None], kpos[:, None, :])  # (n_slots, slots, slots)
+        counts = _chunk_counts(spec, tok[qpos], tok[kpos], kept)
+        log_gate = torch.log1p(-_pisa._occlusion_fraction(counts, spec))  # (B, n_slots, slots, slots)
+
+    def mask_key_major(b, h, q_idx, kv_idx):  # pass 1: "query" = our key j, "key" = our query i
+        return keep(kv_idx, q_idx)
+
+    def mask_query_major(b, h, q_idx, kv_idx):
+        return keep(q_idx, kv_idx)
+
+    def blocks(matrix, mask_mod):
+        counts = matrix.sum(-1).to(torch.int32)
+        order = torch.argsort((~matrix).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return BlockMask.from_kv_blocks(counts[None, None], order[None, None], BLOCK_SIZE=slots, mask_mod=mask_mod,
+                                        seq_lengths=(n_pad, n_pad))
+
+    def coc_swapped(score, b, h, q_idx, kv_idx):
+        return score + log_m(b, kv_idx, q_idx)
+
+    def scatter(score, b, h, q_idx, kv_idx):
+        score = score - lse_key[b, h, kv_idx] + log_m(b, q_idx, kv_idx)
+        if log_gate is not None:
+            slot = slot_of[q_idx // slots, kv_idx // slots]
+            score = score + log_gate[b, slot, q_idx % slots, kv_idx % slots]
+        return score
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        _, aux = flex_attention(kp, qp, vp, score_mod=coc_swapped, block_mask=blocks(pair, mask_key_major),
+                                scale=scale, return_aux=AuxRequest(lse=True))
+        lse_key = aux.lse.to(torch.float32)  # (B, H, n_pad): L_j over the kept queries, read by `scatter`
+        out, aux = flex_attention(qp, kp, vp, score_mod=scatter, block_mask=blocks(pair.T.contiguous(), mask_query_major),
+                                  scale=scale, return_aux=AuxRequest(lse=True))
+    weight = torch.exp(aux.lse.to(torch.float32))[..., None]
+    out = torch.nan_to_num(out.to(torch.float32) * weight)
+    where = torch.empty(N, dtype=torch.int64, device=device)
+    where[perm[valid]] = torch.nonzero(valid).flatten()
+    return out[:, :, where].to(q.dtype)
