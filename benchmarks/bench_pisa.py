@@ -208,6 +208,8 @@ def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) 
             return out.detach()
 
         expensive = N >= 4096 and dev.type == "cpu"
+        if dev.type == "cuda" and not backward:
+            impls = impls + ("flex_sparse",)  # the fused path (forward only), measured where it compiles
         for impl in impls:
             if impl == "chunked" and N >= 16384 and dev.type == "cpu" and not dense_16k:
                 continue
@@ -222,9 +224,10 @@ def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) 
             times[impl] = _timed(lambda: call(impl), 3, sync)
         row = dict(name=name, device=device, N=N, batch=B, hardness=hardness, backward=backward, impls=impls,
                    times=times, tile=plan.tile, fraction=plan.fraction, load=load_average())
-        base, fast = impls
+        base = impls[0]
         if base in outputs:
-            row["max_abs_diff"] = float((outputs[fast].float() - outputs[base].float()).abs().max())
+            row["max_abs_diff"] = {f: float((outputs[f].float() - outputs[base].float()).abs().max())
+                                   for f in impls[1:]}
         if N == 4096 and "chunked" in times:
             dense_4096 = times["chunked"]
         if base not in times and dense_4096 is not None:
@@ -250,20 +253,21 @@ def render_sparse(rows: list[dict], args) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        base, fast = r["impls"]
-        t_fast = r["times"][fast]
-        if base in r["times"]:
-            t_base, note = r["times"][base], ""
-        else:
-            t_base, note = r.get("extrapolated"), " (extrapolated)"
-        speed = "-" if t_base is None else f"{t_base / t_fast:.1f}x{note}"
-        base_s = "-" if t_base is None else f"{t_base:.2f}{note}"
-        diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
-        lines.append(
-            f"| {r['name']} | {r['device']} | {r['N']} | {'fwd+bwd' if r['backward'] else 'fwd'} | {base} | "
-            f"{base_s} | {fast} | {t_fast:.3f} | {speed} | {r['tile'][0]}x{r['tile'][1]} | {r['fraction']:.3f} | "
-            f"{diff} | {r['load']} |"
-        )
+        base = r["impls"][0]
+        for fast in r["impls"][1:]:
+            t_fast = r["times"][fast]
+            if base in r["times"]:
+                t_base, note = r["times"][base], ""
+            else:
+                t_base, note = r.get("extrapolated"), " (extrapolated)"
+            speed = "-" if t_base is None else f"{t_base / t_fast:.1f}x{note}"
+            base_s = "-" if t_base is None else f"{t_base:.2f}{note}"
+            diff = f"{r['max_abs_diff'][fast]:.1e}" if "max_abs_diff" in r else "-"
+            lines.append(
+                f"| {r['name']} | {r['device']} | {r['N']} | {'fwd+bwd' if r['backward'] else 'fwd'} | {base} | "
+                f"{base_s} | {fast} | {t_fast:.3f} | {speed} | {r['tile'][0]}x{r['tile'][1]} | "
+                f"{r['fraction']:.3f} | {diff} | {r['load']} |"
+            )
     if not args.dense_16k:
         lines += ["", f"The chunked N = 16384 baseline was not run here: extrapolated as the measured N = 4096 "
                   f"chunked time x {args.dense_growth} (the chunked path's measured growth from 4096 to 16384 tokens, "
