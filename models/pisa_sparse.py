@@ -257,8 +257,9 @@ def _scatter_tiles(dst_t: torch.Tensor, ch: _Chunk, values: torch.Tensor) -> Non
         dst_t.index_add_(2, ch.qt[:, o], vals[:, :, :, o])
 
 
-def _chunk_terms(q_t, k_t, spec, scale, reach, ch: _Chunk, n_tiles: int, N: int):
-    """For one chunk: gathered queries (B, H, n|1, Qn, d) and keys (B, H, n, Kt, d), clamped query / key
+def _chunk_terms(q_t, k_t, spec, reach, ch: _Chunk, n_tiles: int, N: int):
+    """For one chunk (``q_t``: tile-major queries already multiplied by the score scale 1/sqrt(d)): gathered
+    scaled queries (B, H, n|1, Qn, d) and keys (B, H, n, Kt, d), clamped query / key
     token indices, z = s + log M (B, H, n, Qn, Kt) float32 with -inf outside the evaluated set, that set
     ``keep`` (n, Qn, Kt) bool (real query and key, distance within the key's reach).
 
@@ -278,7 +279,7 @@ def _chunk_terms(q_t, k_t, spec, scale, reach, ch: _Chunk, n_tiles: int, N: int)
         bias = torch.zeros(keep.shape, device=dist.device).masked_fill(~keep, -math.inf)[None]
     else:
         bias = _pisa._log_m(spec, spec.radius_px[:, kj][:, :, None, :] - dist[None]).masked_fill(~keep, -math.inf)
-    z = (qc @ kc.transpose(-1, -2)).to(torch.float32) * scale + bias[:, None]  # (B, H, n, Qn, Kt)
+    z = (qc @ kc.transpose(-1, -2)).to(torch.float32) + bias[:, None]  # (B, H, n, Qn, Kt)
     return qc, kc, qi, kj, z, keep
 
 
@@ -313,31 +314,32 @@ class _SparsePISA(torch.autograd.Function):
     def forward(ctx, q, k, v, spec, scale: float, plan: SparsePlan, needs_backward: bool):
         B, H, N, _ = q.shape
         n_tiles = plan.tiles[0] * plan.tiles[1]
-        q_t, k_t, v_t = _to_tiles(q, plan), _to_tiles(k, plan), _to_tiles(v, plan)
+        q_t, k_t, v_t = _to_tiles(q * scale, plan), _to_tiles(k, plan), _to_tiles(v, plan)
         out_t = torch.zeros(*v_t.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
         lse_t = torch.full(v_t.shape[:-1], math.inf, dtype=torch.float32, device=q.device)  # inf: padding keys
         occlusion = _pisa._has_occlusion(spec)
         cache = [] if occlusion and needs_backward and B * plan.evaluated_pairs <= _pisa.OCCLUSION_CACHE_BYTES else None
         for ch in _chunks(plan, B):
-            _, _, qi, kj, z, keep = _chunk_terms(q_t, k_t, spec, scale, plan.reach, ch, n_tiles, N)
+            _, _, qi, kj, z, keep = _chunk_terms(q_t, k_t, spec, plan.reach, ch, n_tiles, N)
             # Softmax over the evaluated queries with one exp pass: a = e^(z - m) / sum, L = m + log(sum). Every
             # real key's column holds its own query (z_jj finite), so m is finite and sum >= 1 there.
             m = z.amax(dim=-2, keepdim=True)  # (B, H, n, 1, Kt)
             pad_key = (ch.kidx >= N)[:, None, :]
             m = m.masked_fill(pad_key, 0.0)  # padding keys: z = -inf on their whole column (``keep``)
-            a = torch.exp(z - m)
-            total = a.sum(dim=-2, keepdim=True)
-            a = a / total.masked_fill(pad_key, 1.0)  # padding keys: 0 / 1
+            e = torch.exp(z - m)  # unnormalised weights
+            total = e.sum(dim=-2, keepdim=True)  # (B, H, n, 1, Kt)
             # L = +inf for padding keys: exp(z - inf) = 0 in the backward, never inf * 0.
             lse_t[:, :, ch.kt] = (m + torch.log(total)).masked_fill(pad_key, math.inf)[:, :, :, 0]
             counts = _chunk_counts(spec, qi, kj, keep) if occlusion else None
             if cache is not None:
                 cache.append(counts)
-            gate = _chunk_gate(spec, a.shape, qi, kj, counts)
+            gate = _chunk_gate(spec, e.shape, qi, kj, counts)
             if gate is not None:
-                a = a * gate
-            vc = v_t.index_select(2, ch.kt)  # (B, H, n, Kt, dv)
-            _scatter_tiles(out_t, ch, (a.to(v.dtype) @ vc).to(torch.float32))
+                e = e * gate
+            # sum_j (e_ij / total_j) g_ij v_j: the per-key normalisation is applied to v_j (n*Kt rows), not to
+            # every pair. Padding keys: e = 0, total 0 -> divide by 1.
+            vc = v_t.index_select(2, ch.kt) / total.masked_fill(pad_key, 1.0).transpose(-1, -2)  # (B,H,n,Kt,dv)
+            _scatter_tiles(out_t, ch, (e.to(v.dtype) @ vc.to(v.dtype)).to(torch.float32))
         ctx.save_for_backward(q, k, v, lse_t)
         ctx.spec, ctx.scale, ctx.plan, ctx.occ_cache = spec, scale, plan, cache
         return _from_tiles(out_t, plan).to(q.dtype)
@@ -348,12 +350,15 @@ class _SparsePISA(torch.autograd.Function):
         spec, scale, plan = ctx.spec, ctx.scale, ctx.plan
         B, H, N, d = q.shape
         n_tiles = plan.tiles[0] * plan.tiles[1]
-        q_t, k_t = _to_tiles(q.to(torch.float32), plan), _to_tiles(k.to(torch.float32), plan)
+        # Scores recomputed in the inputs' dtype exactly as in the forward (consistent with the saved L);
+        # gradient products in float32.
+        q_t, k_t = _to_tiles(q * scale, plan), _to_tiles(k, plan)
         v_t, g_t = _to_tiles(v.to(torch.float32), plan), _to_tiles(grad_out.to(torch.float32), plan)
-        dq_t, dk_t, dv_t = torch.zeros_like(q_t), torch.zeros_like(k_t), torch.zeros_like(v_t)
+        dq_t = torch.zeros(q_t.shape, dtype=torch.float32, device=q.device)
+        dk_t, dv_t = torch.zeros_like(dq_t), torch.zeros_like(v_t)
         occlusion = _pisa._has_occlusion(spec)
         for n_chunk, ch in enumerate(_chunks(plan, B)):
-            qc, kc, qi, kj, z, keep = _chunk_terms(q_t, k_t, spec, scale, plan.reach, ch, n_tiles, N)
+            qc, kc, qi, kj, z, keep = _chunk_terms(q_t, k_t, spec, plan.reach, ch, n_tiles, N)
             a = torch.exp(z - lse_t[:, :, ch.kt].unsqueeze(3))  # recomputed softmax over queries
             counts = None
             if occlusion:
@@ -367,8 +372,8 @@ class _SparsePISA(torch.autograd.Function):
                 da = da * gate
             # Softmax over the (evaluated) queries: dz_ij = a_ij (da_ij - sum_i' a_i'j da_i'j).
             dz = a * (da - (a * da).sum(dim=-2, keepdim=True))
-            dk_t[:, :, ch.kt] = (dz.transpose(-1, -2) @ qc) * scale
-            _scatter_tiles(dq_t, ch, (dz @ kc) * scale)
+            dk_t[:, :, ch.kt] = dz.transpose(-1, -2) @ qc.to(torch.float32)  # qc already carries the scale
+            _scatter_tiles(dq_t, ch, (dz @ kc.to(torch.float32)) * scale)
         return (_from_tiles(dq_t, plan).to(q.dtype), _from_tiles(dk_t, plan).to(k.dtype),
                 _from_tiles(dv_t, plan).to(v.dtype), None, None, None, None)
 

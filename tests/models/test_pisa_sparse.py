@@ -173,3 +173,21 @@ def test_sparse_paths_on_cuda_equal_reference(impl):
         grad = torch.randn_like(ref)
         for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
             assert (a - b).abs().max() <= 1e-4
+
+
+def test_sparse_bf16_close_to_chunked():
+    """bfloat16 inputs (the GPU inference dtype): scores in bf16, softmax and sums in fp32, as the chunked
+    path; stated tolerance 2e-2 of the largest output / gradient magnitude."""
+    g = torch.Generator().manual_seed(10)
+    h, w = 20, 18
+    q, k, v = (torch.randn(1, 2, h * w, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    disparity, coc = torch.rand(1, h, w, generator=g), (torch.rand(1, h, w, generator=g) - 0.5) * 30
+    kw = dict(hardness=1e7, px_per_token=16.0)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="chunked", **kw)
+    out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref.float()).abs().max() <= 2e-2 * ref.float().abs().max()
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert a.dtype == torch.bfloat16
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
