@@ -24,6 +24,9 @@ Implementations (same numbers; tests compare them):
 - ``impl="sparse"``: only the (query, key) pairs that the bound below cannot rule out, in 2-D token tiles
   (:mod:`models.pisa_sparse`); forward and backward, occlusion sampled only for those pairs. Exact to
   ``SPARSE_TOL`` (1e-6) of ``max |v|``; O(N * neighbourhood) time instead of O(N^2).
+- ``impl="flex_sparse"``: the fused form of ``sparse`` for GPUs (forward only): FlexAttention with a block
+  mask from the same bound, tokens reordered so that a flex block is a 2-D tile, CoC term computed inside the
+  kernel's score modification, occlusion sampled for the kept pairs only (:func:`models.pisa_sparse.flex_sparse_pisa`).
 - ``impl="auto"``: ``sparse`` when its plan evaluates at most half of the N^2 pairs (near-hard CoC, radii
   small against the frame: inference), else ``chunked`` (soft hardness early in training, huge CoC).
 
@@ -508,7 +511,8 @@ def pisa_attention(
         compat: reproduce the published discretisation (deviations listed in the module docstring).
         impl: ``"reference"`` (dense), ``"chunked"`` (O(N*block) memory, forward and backward), ``"sparse"``
             (pairs within the proven reach only, forward and backward; see the module docstring), ``"flex"``
-            (FlexAttention; forward-only on CPU) or ``"auto"`` (sparse when it skips at least half the pairs,
+            (FlexAttention; forward-only on CPU), ``"flex_sparse"`` (FlexAttention with the sparse block mask;
+            forward only) or ``"auto"`` (sparse when it skips at least half the pairs,
             else chunked).
         block_size: keys per block for ``"chunked"``.
         dropout_p: dropout on the attention weights, applied only when ``training`` (hashed masks drawn
