@@ -100,7 +100,8 @@ def key_reach(spec, q: torch.Tensor, k: torch.Tensor, scale: float, tol: float =
         score_range = score_range * (1.0 + (1e-2 if q.dtype in (torch.float16, torch.bfloat16) else 1e-5))
         t = math.log(2.0 * gate_max(spec) * N / tol)
         threshold = score_range + math.log(2.0) + math.log(N) + t
-        return (spec.radius_px + threshold / kappa).amax(0)
+        reach = (spec.radius_px + threshold / kappa).amax(0)
+        return torch.nan_to_num(reach, nan=math.inf)  # non-finite inputs: keep every pair (dense semantics)
 
 
 # --------------------------------------------------------------------------------------------------------
