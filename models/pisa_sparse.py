@@ -485,6 +485,10 @@ def flex_sparse_pisa(q, k, v, spec, scale: float, tile: tuple[int, int] | None =
         kept = keep(qpos[:, :, None], kpos[:, None, :])  # (n_slots, slots, slots)
         counts = _chunk_counts(spec, tok[qpos], tok[kpos], kept)
         log_gate = torch.log1p(-_pisa._occlusion_fraction(counts, spec))  # (B, n_slots, slots, slots)
+        # The compiled kernel is specialised to the shapes of the tensors it reads: round the slot count up
+        # to a power of two so that frames of one size with different CoC maps reuse a few compilations.
+        bucket = 1 << max(0, (log_gate.shape[1] - 1).bit_length())
+        log_gate = torch.nn.functional.pad(log_gate, (0, 0, 0, 0, 0, bucket - log_gate.shape[1]))
 
     def mask_key_major(b, h, q_idx, kv_idx):  # pass 1: "query" = our key j, "key" = our query i
         return keep(kv_idx, q_idx)
