@@ -30,13 +30,15 @@ TILE_PX, OVERLAP_PX = 256, 64  # tiny stack: tiles of 256 px so that 512 px alre
 READING = (
     'Reading: PISA runs with `impl="auto"`, which at the inference hardness takes the sparse path '
     '(`models/pisa_sparse.py`: only the token pairs within the proven reach of each key, occlusion sampled for '
-    'those alone), so full-frame UNet+PISA cost grows like the pixels: 4x the pixels cost {unet_growth}. '
+    'those alone; PISA alone now grows about linearly with the tokens, see "Sparse PISA"). 4x the pixels cost '
+    '{unet_growth} in UNet+PISA (the tiny UNet\'s other self-attention layers are ordinary dense attention; the VAE '
+    'has one too, at its lowest resolution). '
     'Full frame / tiled, total time: {full_vs_tiled}. Before the sparse path (dense chunked PISA, '
     'quadratic in the tokens of `down_blocks.1.attentions.0`) the 1024-px full frame cost 7.8x the tiled render '
     '(24.6 s vs 3.2 s; UNet+PISA 23 s vs 1.7 s). `mode="auto"` picks full frame whenever the memory estimate '
     '(sparse PISA working set included) fits: full frame is the default because it is now cheap, and it is the '
     "paper's setting (PISA sees the whole scene, no tile seams); `--tile_mode tiled` remains for memory-bound "
-    'cases. Rows with `tiled` = "-" ran full frame only.'
+    'cases. Sizes without a tiled row ran full frame only (`--full-only`).'
 )
 
 
