@@ -24,6 +24,7 @@ so no index is hit twice in one call and results are bit-reproducible on GPUs to
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,10 @@ SPARSE_TOL = 1e-6  # max |sparse - dense| output, as a fraction of max |v| (see 
 DENSE_FRACTION = 0.5  # impl="auto": sparse when it evaluates at most this fraction of the N^2 pairs
 PAIR_BUDGET = 1 << 20  # token pairs (times the batch) evaluated per chunk: bounds the working set
 _TILE_SIDES = (2, 4, 8)
-# Per-pair cost model used to pick the tile side: gathers and the small matmuls cost about H*d/Kt element
-# moves per pair, occlusion ~S*P bilinear samples per pair; measured on CPU (benchmarks/bench_pisa.py).
+# Cost model used to pick the tile side: per evaluated pair, gathers and small matmuls move about H*d/Kt
+# elements (Kt = keys per tile), against ~S*P = 35 bilinear samples of occlusion per pair within reach.
+# Weight 1.0 ranks 4x4 tiles first at N = 4096 (CoC <= 32 px, hardness 1e7), as timed on CPU: 2x2 was 1.4x and
+# 8x8 about 3x slower there.
 _GATHER_WEIGHT = 1.0
 
 
@@ -511,8 +514,6 @@ def flex_sparse_pisa(q, k, v, spec, scale: float, tile: tuple[int, int] | None =
             slot = slot_of[q_idx // slots, kv_idx // slots]
             score = score + log_gate[b, slot, q_idx % slots, kv_idx % slots]
         return score
-
-    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
