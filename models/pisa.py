@@ -27,8 +27,9 @@ Implementations (same numbers; tests compare them):
 - ``impl="flex_sparse"``: the fused form of ``sparse`` for GPUs (forward only): FlexAttention with a block
   mask from the same bound, tokens reordered so that a flex block is a 2-D tile, CoC term computed inside the
   kernel's score modification, occlusion sampled for the kept pairs only (:func:`models.pisa_sparse.flex_sparse_pisa`).
-- ``impl="auto"``: ``sparse`` when its plan evaluates at most half of the N^2 pairs (near-hard CoC, radii
-  small against the frame: inference), else ``chunked`` (soft hardness early in training, huge CoC).
+- ``impl="auto"``: ``sparse`` when its plan evaluates at most half of the N^2 pairs, or when at most half of
+  them lie within reach (occlusion, the dominant cost, is sampled only there): near-hard CoC, radii small
+  against the frame (inference, late training); else ``chunked`` (soft hardness early in training, huge CoC).
 
 Sparse evaluation: the bound. Write ``z_ij = s_ij + log M_ij`` and ``L_j = logsumexp_i z_ij`` (normalisation
 over the queries i of each key j), ``a_ij = exp(z_ij - L_j)``, ``kappa = log(hardness) / 10`` per unit of the
@@ -512,8 +513,8 @@ def pisa_attention(
         impl: ``"reference"`` (dense), ``"chunked"`` (O(N*block) memory, forward and backward), ``"sparse"``
             (pairs within the proven reach only, forward and backward; see the module docstring), ``"flex"``
             (FlexAttention; forward-only on CPU), ``"flex_sparse"`` (FlexAttention with the sparse block mask;
-            forward only) or ``"auto"`` (sparse when it skips at least half the pairs,
-            else chunked).
+            forward only) or ``"auto"`` (sparse when it skips at least half the pairs or at least half the
+            occlusion work, else chunked).
         block_size: keys per block for ``"chunked"``.
         dropout_p: dropout on the attention weights, applied only when ``training`` (hashed masks drawn
             from the global torch RNG per call, so a seeded run is reproducible).
@@ -595,7 +596,7 @@ def pisa_attention(
         plan = plan_for_call(spec, q, k, scale)
         # auto: the sparse path only where the bound skips enough pairs to pay for its gathers; otherwise
         # (soft hardness, huge CoC everywhere) the chunked path, i.e. never slower than the dense evaluation.
-        if impl == "sparse" or plan.fraction <= DENSE_FRACTION:
+        if impl == "sparse" or min(plan.fraction, plan.reach_fraction) <= DENSE_FRACTION:
             return sparse_pisa(q, k, v, spec, scale, plan, needs_backward)
     return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size), needs_backward)
 
