@@ -49,7 +49,7 @@ below is in those same units, because it is measured with the same positions).
 5. Output: ``|out'_i - out_i| <= sum_j |a'_ij - a_ij| g max|v_j| <= 2 g N e^-T max|v|`` with ``g`` the largest
    gate (1; ``1/(1-p)`` with dropout). ``T = log(2 g N / tol)`` makes this ``<= tol * max |v|`` per (batch,
    head); ``tol = SPARSE_TOL = 1e-6``. (Example, N = 4096, hardness 1e7, unit-variance q, k with d = 64:
-   ``R ~ 18``, ``rho_j ~ r_j + 31 px``, i.e. 2 tokens beyond the CoC.) A hard step (hardness inf) has
+   ``R ~ 21`` (max over 10 heads), ``rho_j - r_j`` = 31..36 px, about 2 tokens beyond the CoC.) A hard step (hardness inf) has
    ``M_ij = 0`` beyond ``r_j``: ``rho_j = r_j``, exact. No CoC term: no bound (every pair is kept).
 6. Gradients: the sparse backward is the exact gradient of the sparse forward; every term of the dense
    gradient it drops or rescales is a weight difference from step 4 times ``|g_out|``, ``|v|``, ``|q|`` or
