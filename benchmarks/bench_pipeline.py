@@ -1,7 +1,8 @@
 """Benchmark the one-step pipeline end to end on the tiny SDXL stack (CPU): latency at 512, 1024 and 2048 px,
 full frame vs tiled (2048 px full frame only by default). Writes the "Pipeline" section of BENCHMARKS.md.
 
-    python -m benchmarks.bench_pipeline [--sizes 512 1024 2048] [--full-only 2048] [--repeats 2] [--threads 1] [--no-write]
+    python -m benchmarks.bench_pipeline [--sizes 512 1024 2048] [--full-only 2048] [--repeats 2] [--threads 1]
+        [--no-write]
 
 The tiny stack has SDXL's structure with tiny widths, so absolute times say little about SDXL; what carries
 over is the *ratio* of tiled to full frame (tiling overhead: overlap recomputation, per-tile PISA) and the

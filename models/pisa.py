@@ -49,8 +49,9 @@ below is in those same units, because it is measured with the same positions).
 5. Output: ``|out'_i - out_i| <= sum_j |a'_ij - a_ij| g max|v_j| <= 2 g N e^-T max|v|`` with ``g`` the largest
    gate (1; ``1/(1-p)`` with dropout). ``T = log(2 g N / tol)`` makes this ``<= tol * max |v|`` per (batch,
    head); ``tol = SPARSE_TOL = 1e-6``. (Example, N = 4096, hardness 1e7, unit-variance q, k with d = 64:
-   ``R ~ 21`` (max over 10 heads), ``rho_j - r_j`` = 31..36 px, about 2 tokens beyond the CoC.) A hard step (hardness inf) has
-   ``M_ij = 0`` beyond ``r_j``: ``rho_j = r_j``, exact. No CoC term: no bound (every pair is kept).
+   ``R ~ 21`` (max over 10 heads), ``rho_j - r_j`` = 31..36 px, about 2 tokens beyond the CoC.) A hard step
+   (hardness inf) has ``M_ij = 0`` beyond ``r_j``: ``rho_j = r_j``, exact. No CoC term: no bound (every pair
+   is kept).
 6. Gradients: the sparse backward is the exact gradient of the sparse forward; every term of the dense
    gradient it drops or rescales is a weight difference from step 4 times ``|g_out|``, ``|v|``, ``|q|`` or
    ``|k|``, so the gradient error is of the same relative order (tests check 1e-4 absolute).
@@ -582,7 +583,9 @@ def pisa_attention(
         return _pisa_flex(q, k, v, spec, scale)
     if impl == "flex_sparse":
         if not _flex_available():
-            raise ValueError("impl='flex_sparse' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'sparse'.")
+            raise ValueError(
+                "impl='flex_sparse' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'sparse'."
+            )
         from .pisa_sparse import flex_sparse_pisa
 
         return flex_sparse_pisa(q, k, v, spec, scale)

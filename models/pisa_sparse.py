@@ -538,8 +538,9 @@ def flex_sparse_pisa(q, k, v, spec, scale: float, tile: tuple[int, int] | None =
         _, aux = flex_attention(kp, qp, vp, score_mod=coc_swapped, block_mask=blocks(pair, mask_key_major),
                                 scale=scale, return_aux=AuxRequest(lse=True))
         lse_key = aux.lse.to(torch.float32)  # (B, H, n_pad): L_j over the kept queries, read by `scatter`
-        out, aux = flex_attention(qp, kp, vp, score_mod=scatter, block_mask=blocks(pair.T.contiguous(), mask_query_major),
-                                  scale=scale, return_aux=AuxRequest(lse=True))
+        out, aux = flex_attention(qp, kp, vp, score_mod=scatter,
+                                  block_mask=blocks(pair.T.contiguous(), mask_query_major), scale=scale,
+                                  return_aux=AuxRequest(lse=True))
     weight = torch.exp(aux.lse.to(torch.float32))[..., None]
     out = torch.nan_to_num(out.to(torch.float32) * weight)
     where = torch.empty(N, dtype=torch.int64, device=device)
