@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_renderers
 	$(PY) -m benchmarks.bench_dataset
 	$(PY) -m benchmarks.bench_pisa
+	$(PY) -m benchmarks.bench_pisa --plan sparse
 	$(PY) -m benchmarks.bench_pipeline
 	$(PY) -m benchmarks.bench_train
 

@@ -11,6 +11,12 @@ before it (inputs already built), i.e. the extra memory the call needed. On CUDA
 Usage (from the repository root, so `models` is importable; measurements run in spawned processes):
     python -m benchmarks.bench_pisa                  # the default plan below; writes BENCHMARKS.md
     python -m benchmarks.bench_pisa --plan quick --no-write
+
+Sparse PISA (issue 13): ``--plan sparse`` times ``impl="sparse"`` / ``"auto"`` against today's ``"chunked"``
+path *in one process*, interleaved, so the ratios hold on a loaded machine (the load average is recorded per
+row); it writes the "Sparse PISA" section. The dense N = 16384 baseline takes minutes on CPU: it runs only
+with ``--dense-16k``; otherwise its time is extrapolated from the measured N = 4096 time by the measured
+growth of the chunked path (``--dense-growth``, default 17.2 = 329 s / 19.2 s from the section above).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import machine_description, replace_section
+from benchmarks.report import load_average, machine_description, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,9 +155,129 @@ def render(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+# Sparse plan rows: (name, tokens per side, batch, hardness, backward?, impls compared; first = baseline)
+SPARSE_ROWS = [
+    ("inference fwd, 1024 px", 64, 1, 1e7, False, ("chunked", "sparse")),
+    ("inference fwd, 2048 px", 128, 1, 1e7, False, ("chunked", "sparse")),
+    ("fwd+bwd at hardness 1e7, 512 px", 32, 1, 1e7, True, ("chunked", "sparse")),
+    ("training step start (hardness 3), 512 px, batch 2", 32, 2, 3.0, True, ("chunked", "auto")),
+    ("training mid-schedule (hardness 1e4), 512 px, batch 2", 32, 2, 1e4, True, ("chunked", "auto")),
+]
+SPARSE_MAX_COC_PX = 32.0
+
+
+def _timed(fn, repeats: int, sync) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) -> list[dict]:
+    """Interleaved, in-process timings of the sparse rows (see the module docstring)."""
+    from models.pisa import _Spec, _token_positions_px, _token_uv, pisa_attention  # noqa: PLC0415
+    from models.pisa_sparse import plan_for_call  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rows, dense_4096 = [], None
+    for name, side, B, hardness, backward, impls in SPARSE_ROWS:
+        g = torch.Generator().manual_seed(0)
+        H, d, N = 10, 64, side * side
+        q, k, v = (torch.randn(B, H, N, d, generator=g).to(dev).requires_grad_(backward) for _ in range(3))
+        disparity = torch.rand(B, side, side, generator=g).to(dev)
+        coc = ((torch.rand(B, side, side, generator=g) * 2 - 1) * SPARSE_MAX_COC_PX).to(dev)
+        kw = dict(hardness=hardness, px_per_token=16.0, occlusion=True, n_segments=7, n_supersamples=5)
+        spec = _Spec(h=side, w=side, disparity=disparity.reshape(B, N), radius_px=coc.abs().reshape(B, N),
+                     lookup=disparity[:, None], pos_px=_token_positions_px(side, side, 16.0, False, dev),
+                     uv=_token_uv(side, side, dev), log_hardness=math.log(hardness), occlusion=True, n_segments=7,
+                     n_supersamples=5, seed=0, compat=False, training=False, dropout_p=0.0, dropout_seed=0)
+        plan = plan_for_call(spec, q, k, 1.0 / math.sqrt(d))
+        outputs, times = {}, {}
+
+        def call(impl):
+            out = pisa_attention(q, k, v, disparity, coc, impl=impl, **kw)
+            if backward:
+                out.square().mean().backward()
+                q.grad = k.grad = v.grad = None
+            return out.detach()
+
+        expensive = N >= 4096 and dev.type == "cpu"
+        if dev.type == "cuda" and not backward:
+            impls = impls + ("flex_sparse",)  # the fused path (forward only), measured where it compiles
+        for impl in impls:
+            if impl == "chunked" and N >= 16384 and dev.type == "cpu" and not dense_16k:
+                continue
+            if expensive and impl == "chunked":  # tens of seconds: one cold call (set-up is negligible)
+                sync()
+                start = time.perf_counter()
+                outputs[impl] = call(impl)
+                sync()
+                times[impl] = time.perf_counter() - start
+                continue
+            outputs[impl] = call(impl)  # warm-up, and the output for the comparison
+            times[impl] = _timed(lambda: call(impl), 3, sync)
+        row = dict(name=name, device=device, N=N, batch=B, hardness=hardness, backward=backward, impls=impls,
+                   times=times, tile=plan.tile, fraction=plan.fraction, load=load_average())
+        base = impls[0]
+        if base in outputs:
+            row["max_abs_diff"] = {f: float((outputs[f].float() - outputs[base].float()).abs().max())
+                                   for f in impls[1:]}
+        if N == 4096 and "chunked" in times:
+            dense_4096 = times["chunked"]
+        if base not in times and dense_4096 is not None:
+            row["extrapolated"] = dense_4096 * dense_growth
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def render_sparse(rows: list[dict], args) -> str:
+    lines = [
+        "## Sparse PISA (`benchmarks/bench_pisa.py --plan sparse`)",
+        "",
+        f"Run {datetime.date.today().isoformat()}: `python -m benchmarks.bench_pisa --plan sparse` on "
+        f"{machine_description()}; 10 heads, d = 64, S = 7, P = 5, occlusion on, fp32, random q, k, v, "
+        f"disparity, CoC radii uniform in [0, {SPARSE_MAX_COC_PX:.0f}] px at 16 px per token. Each row times its "
+        "implementations in one process, interleaved (best of 3 after a warm-up; the CPU chunked baseline at "
+        "N >= 4096 once, cold), so the ratio is the number to read on this shared machine; the load "
+        "average is the one when the row finished. `fraction` = pairs the sparse plan evaluates / N^2 (padding "
+        "of partial tiles included); `max diff` = max |fast - baseline| of the outputs.",
+        "",
+        "| case | device | N | pass | baseline | s | fast path | s | speed-up | tile | fraction | max diff | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = r["impls"][0]
+        for fast in r["impls"][1:]:
+            t_fast = r["times"][fast]
+            if base in r["times"]:
+                t_base, note = r["times"][base], ""
+            else:
+                t_base, note = r.get("extrapolated"), " (extrapolated)"
+            speed = "-" if t_base is None else f"{t_base / t_fast:.1f}x{note}"
+            base_s = "-" if t_base is None else f"{t_base:.2f}{note}"
+            diff = f"{r['max_abs_diff'][fast]:.1e}" if "max_abs_diff" in r else "-"
+            lines.append(
+                f"| {r['name']} | {r['device']} | {r['N']} | {'fwd+bwd' if r['backward'] else 'fwd'} | {base} | "
+                f"{base_s} | {fast} | {t_fast:.3f} | {speed} | {r['tile'][0]}x{r['tile'][1]} | "
+                f"{r['fraction']:.3f} | {diff} | {r['load']} |"
+            )
+    if not args.dense_16k:
+        lines += ["", f"The chunked N = 16384 baseline was not run here: extrapolated as the measured N = 4096 "
+                  f"chunked time x {args.dense_growth} (the chunked path's measured growth from 4096 to 16384 tokens, "
+                  "329 s / 19.2 s in the PISA section above; quadratic in N). Run with `--dense-16k` to measure it."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plan", choices=sorted(PLANS), default="default")
+    parser.add_argument("--plan", choices=sorted(PLANS) + ["sparse"], default="default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
@@ -158,9 +285,22 @@ def main(argv=None):
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=None,
                         help="devices to measure (default: cpu, and cuda when available)")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="file whose PISA section is updated")
+    parser.add_argument("--dense-16k", action="store_true",
+                        help="--plan sparse: also run the chunked baseline at N = 16384 (minutes on CPU)")
+    parser.add_argument("--dense-growth", type=float, default=17.2,
+                        help="--plan sparse: chunked time ratio N=16384 / N=4096 used to extrapolate")
     args = parser.parse_args(argv)
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.plan == "sparse":
+        rows = [r for device in devices for r in run_sparse(device, args.threads, args.dense_16k, args.dense_growth)]
+        text = render_sparse(rows, args)
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        if not args.no_write:
+            replace_section(text, args.output)
+        return
     results = []
     for device in devices:
         for side, impl, backward, occlusion in PLANS[args.plan]:

@@ -29,5 +29,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 step pytest_gpu 120 python3 -m pytest -q -m gpu tests/kernels
 step renderers 90 python3 -m benchmarks.bench_renderers --output "$OUT/BENCHMARKS.md"
 step pisa 120 python3 -m benchmarks.bench_pisa --devices cuda --output "$OUT/BENCHMARKS.md" --json "$OUT/pisa.json"
+step pytest_gpu_pisa 90 python3 -m pytest -q -m gpu tests/models/test_pisa_sparse.py
+step pisa_sparse 120 python3 -m benchmarks.bench_pisa --plan sparse --devices cuda --dense-16k --output "$OUT/BENCHMARKS.md" --json "$OUT/pisa_sparse.json"
 step pipeline 150 python3 -m benchmarks.gpu_pipeline --json "$OUT/pipeline.json"
 step train 120 python3 -m benchmarks.gpu_train --json "$OUT/train.json"

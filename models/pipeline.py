@@ -589,12 +589,27 @@ class BokehDiffPipeline:
         return None
 
     def estimate_bytes(self, height: int, width: int) -> tuple[int, int]:
-        """Rough peak activation bytes of a full-frame ``(unet, vae)`` pass at ``height x width`` image px."""
+        """Rough peak activation bytes of a full-frame ``(unet, vae)`` pass at ``height x width`` image px.
+
+        The UNet figure includes PISA's working set as the sparse path needs it (``models.pisa_sparse``:
+        linear in the tokens, no N x N table), so full frame is planned whenever the activations fit.
+        """
         f = self.model.vae_scale_factor
-        widths = sum(self.model.unet.config.block_out_channels) / _SDXL_WIDTH_SUM
+        config = self.model.unet.config
+        widths = sum(config.block_out_channels) / _SDXL_WIDTH_SUM
         unet_elem = torch.finfo(self.model.unet.dtype).bits // 8
         vae_elem = torch.finfo(self.model.vae.dtype).bits // 8
         unet = _UNET_BYTES_PER_LATENT_PX_PER_ELEM * unet_elem * widths * (height // f) * (width // f)
+        if self.pisa_settings is not None:
+            from .pisa_sparse import working_set_bytes
+
+            # PISA runs in down_blocks.1 (half the latent resolution); diffusers' SDXL config names the
+            # number of heads "attention_head_dim".
+            heads_cfg = config.attention_head_dim
+            heads = heads_cfg[1] if isinstance(heads_cfg, (list, tuple)) else heads_cfg
+            tokens = (height // f // 2) * (width // f // 2)
+            unet += working_set_bytes(tokens, 1, int(heads), config.block_out_channels[1] // int(heads),
+                                      int(self.pisa_settings.get("n_segments", 7)))
         vae_widths = max(self.model.vae.config.block_out_channels) / 512
         vae = _VAE_BYTES_PER_PX_PER_ELEM * vae_elem * vae_widths * height * width
         return int(unet), int(vae)

@@ -21,7 +21,41 @@ Implementations (same numbers; tests compare them):
 - ``impl="flex"``: FlexAttention (forward-only on CPU, eager); the CoC term, normaliser and occlusion
   enter as a score modification. Occlusion is passed to it as a dense (B, N, N) table (head-shared), so its
   memory is O(N^2) when occlusion is on.
-- ``impl="auto"``: ``chunked``.
+- ``impl="sparse"``: only the (query, key) pairs that the bound below cannot rule out, in 2-D token tiles
+  (:mod:`models.pisa_sparse`); forward and backward, occlusion sampled only for those pairs. Exact to
+  ``SPARSE_TOL`` (1e-6) of ``max |v|``; O(N * neighbourhood) time instead of O(N^2).
+- ``impl="flex_sparse"``: the fused form of ``sparse`` for GPUs (forward only): FlexAttention with a block
+  mask from the same bound, tokens reordered so that a flex block is a 2-D tile, CoC term computed inside the
+  kernel's score modification, occlusion sampled for the kept pairs only (:func:`models.pisa_sparse.flex_sparse_pisa`).
+- ``impl="auto"``: ``sparse`` when its plan evaluates at most half of the N^2 pairs, or when at most half of
+  them lie within reach (occlusion, the dominant cost, is sampled only there): near-hard CoC, radii small
+  against the frame (inference, late training); else ``chunked`` (soft hardness early in training, huge CoC).
+
+Sparse evaluation: the bound. Write ``z_ij = s_ij + log M_ij`` and ``L_j = logsumexp_i z_ij`` (normalisation
+over the queries i of each key j), ``a_ij = exp(z_ij - L_j)``, ``kappa = log(hardness) / 10`` per unit of the
+token positions ``p`` (pixels by default; ``compat`` positions use the published per-axis step, and the reach
+below is in those same units, because it is measured with the same positions).
+1. ``L_j >= z_jj``: the query at the key's own position is one term of the log-sum-exp.
+2. ``log M_jj = logsigmoid(kappa r_j) >= log(1/2)`` since ``r_j >= 0``; ``log M_ij <= kappa (r_j - |p_i - p_j|)``
+   since ``logsigmoid(x) <= x``.
+3. ``s_ij - s_jj = (q_i - q_j) . k_j / sqrt(d) <= (max_i |q_i| + |q_j|) |k_j| / sqrt(d) =: R_j`` (per call,
+   from the actual norms, maximised over heads and batch).
+   So ``a_ij <= exp(z_ij - z_jj) <= exp(R_j + log 2 - kappa (|p_i - p_j| - r_j))``, and the queries farther
+   than the reach ``rho_j = r_j + (R_j + log 2 + log N + T) / kappa`` (at most N of them) together hold
+   ``delta_j < e^-T`` of key j's unit of light.
+4. The sparse path evaluates exactly the pairs with ``|p_i - p_j| <= rho_j`` (tiles decide what is computed,
+   a per-pair mask what counts) and normalises over them: ``L'_j = L_j + log(1 - delta_j)``, so each kept
+   weight becomes ``a_ij / (1 - delta_j)``. The column's total change is ``sum_i |a'_ij - a_ij| = 2 delta_j``.
+5. Output: ``|out'_i - out_i| <= sum_j |a'_ij - a_ij| g max|v_j| <= 2 g N e^-T max|v|`` with ``g`` the largest
+   gate (1; ``1/(1-p)`` with dropout). ``T = log(2 g N / tol)`` makes this ``<= tol * max |v|`` per (batch,
+   head); ``tol = SPARSE_TOL = 1e-6``. (Example, N = 4096, hardness 1e7, unit-variance q, k with d = 64:
+   ``R ~ 21`` (max over 10 heads), ``rho_j - r_j`` = 31..36 px, about 2 tokens beyond the CoC.) A hard step
+   (hardness inf) has ``M_ij = 0`` beyond ``r_j``: ``rho_j = r_j``, exact. No CoC term: no bound (every pair
+   is kept).
+6. Gradients: the sparse backward is the exact gradient of the sparse forward; every term of the dense
+   gradient it drops or rescales is a weight difference from step 4 times ``|g_out|``, ``|v|``, ``|q|`` or
+   ``|k|``, so the gradient error is of the same relative order (tests check 1e-4 absolute).
+Rounding: the score range carries a relative slack (1e-5 fp32, 1e-2 for half-precision matmuls).
 
 Occlusion (``O_ij``): the segment between query ``i`` and key ``j`` is sampled at ``S`` fractions
 ``p_s = linspace(0.1, 0.9, S)`` (the published discretisation), each with ``P`` supersamples (sample 0 at the
@@ -77,7 +111,7 @@ import torch.nn.functional as F
 
 __all__ = ["pisa_attention", "PISAAttnProcessor", "PassthroughAttnProcessor", "install_pisa_processors"]
 
-_IMPLS = ("reference", "chunked", "flex", "auto")
+_IMPLS = ("reference", "chunked", "sparse", "flex", "flex_sparse", "auto")
 _COC_UNIT_PX = 10.0  # the published slope: coordinates in units of 10 px (51.2 per 512-px tile)
 _OCC_MARGIN = 1e-5  # default mode: a sample must exceed the ray's disparity by this much to block it
 _COMPAT_ONE_MINUS_D_MIN = 1e-6
@@ -193,12 +227,24 @@ def _log_coc_term(spec: _Spec, j0: int, j1: int) -> torch.Tensor | None:
     # loses tens of pixels at 1024 px, which a near-hard CoC step (hardness 1e7) turns into wrong masks.
     dist = torch.cdist(spec.pos_px, spec.pos_px[j0:j1], compute_mode="donot_use_mm_for_euclid_dist")  # (N, Bk) px
     margin = spec.radius_px[:, None, j0:j1] - dist[None]  # (B, N, Bk) pixels; > 0 inside the key's CoC
+    return _log_m(spec, margin)[:, None]
+
+
+def _log_m(spec: _Spec, margin: torch.Tensor) -> torch.Tensor:
+    """log M from the margin ``r_j - |p_i - p_j|`` (pixels, any shape): logsigmoid, or a hard 0 / -inf step."""
     if math.isinf(spec.log_hardness):
         zero = torch.zeros((), dtype=margin.dtype, device=margin.device)
-        log_m = torch.where(margin >= 0, zero, torch.full_like(zero, -math.inf))
-    else:
-        log_m = F.logsigmoid(margin * (spec.log_hardness / _COC_UNIT_PX))
-    return log_m[:, None]
+        return torch.where(margin >= 0, zero, torch.full_like(zero, -math.inf))
+    return F.logsigmoid(margin * (spec.log_hardness / _COC_UNIT_PX))
+
+
+def _log_coc_pairs(spec: _Spec, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor | None:
+    """log M_ij for index tensors ``qi`` (queries) and ``kj`` (keys) broadcastable to a pair shape P:
+    (B, *P) float32, or None without CoC term. Same formula as :func:`_log_coc_term` (sparse PISA)."""
+    if spec.log_hardness is None:
+        return None
+    dist = (spec.pos_px[qi] - spec.pos_px[kj]).square().sum(-1).sqrt()  # (*P) pixels, exact (no matmul form)
+    return _log_m(spec, spec.radius_px[:, kj] - dist[None])
 
 
 def _occlusion_block(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
@@ -214,52 +260,63 @@ def _occlusion_fraction(counts: torch.Tensor, spec: _Spec) -> torch.Tensor:
 
 
 def _occlusion_counts(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
-    """Number of blocked supersamples (0..P) per query i and key j in [j0, j1): (B, N, Bk) uint8.
+    """Number of blocked supersamples (0..P) per query i and key j in [j0, j1): (B, N, Bk) uint8."""
+    device = spec.disparity.device
+    qi = torch.arange(spec.disparity.shape[1], device=device, dtype=torch.int64)[:, None]
+    kj = torch.arange(j0, j1, device=device, dtype=torch.int64)[None, :]
+    return _occlusion_counts_pairs(spec, qi, kj)
 
-    Loops over supersamples so the working set is (B, S, N, Bk) points, never P * S * N^2.
+
+def _occlusion_counts_pairs(spec: _Spec, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor:
+    """Number of blocked supersamples (0..P) per pair of query ``qi`` and key ``kj`` (int64 token indices,
+    broadcastable to a pair shape P whose last axis runs over keys): (B, *P) uint8.
+
+    Every pair's samples depend only on (seed, i, j), so any set of pairs (all queries x a key block for the
+    chunked path, spatial tile pairs for the sparse path) sees identical samples. Loops over supersamples so
+    the working set is (B, S, *P) points, never P * S * |P|.
     """
-    B, N = spec.disparity.shape
+    B = spec.disparity.shape[0]
     device = spec.disparity.device
     S, P = spec.n_segments, spec.n_supersamples
-    ps = torch.linspace(0.1, 0.9, S, device=device, dtype=torch.float32)[None, :, None, None]  # (1,S,1,1)
-    d_q = spec.disparity[:, None, :, None]  # (B, 1, N, 1)
-    d_k = spec.disparity[:, None, None, j0:j1]  # (B, 1, 1, Bk)
-    thr = ps * d_k + (1.0 - ps)  # (B, S, 1, Bk): disparity of the ray key -> camera at fraction p_s
+    shape = torch.broadcast_shapes(qi.shape, kj.shape)
+    ones = [1] * len(shape)
+    ps = torch.linspace(0.1, 0.9, S, device=device, dtype=torch.float32).view(1, S, *ones)  # (1, S, 1...)
+    d_q = spec.disparity[:, qi][:, None]  # (B, 1, *qi.shape)
+    d_k = spec.disparity[:, kj][:, None]  # (B, 1, *kj.shape)
+    thr = ps * d_k + (1.0 - ps)  # (B, S, ...): disparity of the ray key -> camera at fraction p_s
     if spec.compat:
         t_q = ps * d_q + (1.0 - ps)  # published index mix-up: the query's ray disparity in the step factor
         frac = (1.0 - t_q) * d_k / (t_q * (1.0 - d_k).clamp_min(_COMPAT_ONE_MINUS_D_MIN))
         margin, padding = 0.0, "zeros"
     else:
         frac = ps * d_k / thr  # = g(d_j) / g(t_s) with (1 - d_j) cancelled: finite for d_j = 1
-        frac = frac.expand(B, S, N, frac.shape[-1])
         margin, padding = _OCC_MARGIN, "border"
-    uv_q = spec.uv[None, None, :, None, :]  # (1, 1, N, 1, 2)
-    uv_k = spec.uv[None, None, None, j0:j1, :]  # (1, 1, 1, Bk, 2)
-    base = uv_q + frac[..., None] * (uv_k - uv_q)  # (B, S, N, Bk, 2)
-    Bk = j1 - j0
+    frac = frac.expand(B, S, *shape)
+    uv_q = spec.uv[qi][None, None]  # (1, 1, *qi.shape, 2)
+    uv_k = spec.uv[kj][None, None]  # (1, 1, *kj.shape, 2)
+    base = uv_q + frac[..., None] * (uv_k - uv_q)  # (B, S, *P, 2)
 
     pair_shift = offsets = None
     if P > 1:
         # Jitter = per-pair random shift (2 hashes of (seed, i, j)) of a seeded table of per-(sample,
         # segment, axis) offsets, modulo 1 (a Cranley-Patterson rotation): every jitter value is uniform,
         # pairs are independent, and it costs O(1) hashes per pair instead of one per sample.
-        qi = torch.arange(N, device=device, dtype=torch.int64)[:, None]
-        kj = torch.arange(j0, j1, device=device, dtype=torch.int64)[None, :]
-        pair = _hash32(_hash32(qi ^ _hash_scalar(spec.seed, 1)) ^ kj)  # (N, Bk)
+        pair = _hash32(_hash32(qi ^ _hash_scalar(spec.seed, 1)) ^ kj)  # (*P)
         pair_shift = torch.stack([_unit_uniform(pair), _unit_uniform(_hash32(pair ^ 0x68E31DA4))], dim=-1)
         counters = torch.arange((P - 1) * S * 2, device=device, dtype=torch.int64)
-        offsets = _unit_uniform(_hash32(counters ^ _hash_scalar(spec.seed, 3))).view(P - 1, S, 1, 1, 2)
+        offsets = _unit_uniform(_hash32(counters ^ _hash_scalar(spec.seed, 3))).view(P - 1, S, *ones, 2)
     half_token = torch.tensor([1.0 / spec.w, 1.0 / spec.h], device=device)  # half a token in uv units
 
-    blocked_count = torch.zeros(B, N, Bk, device=device, dtype=torch.uint8)
+    blocked_count = torch.zeros(B, *shape, device=device, dtype=torch.uint8)
     for p in range(P):
         pts = base
         if p > 0:
-            u = torch.remainder(pair_shift + offsets[p - 1], 1.0)  # (S, N, Bk, 2) in [0, 1)
+            u = torch.remainder(pair_shift + offsets[p - 1], 1.0)  # (S, *P, 2) in [0, 1)
             pts = base + (u * 2.0 - 1.0) * half_token  # +- half a token per axis
         sampled = F.grid_sample(
-            spec.lookup, pts.reshape(B, S * N, Bk, 2), mode="bilinear", padding_mode=padding, align_corners=False
-        ).reshape(B, S, N, Bk)
+            spec.lookup, pts.reshape(B, -1, shape[-1], 2), mode="bilinear", padding_mode=padding,
+            align_corners=False,
+        ).reshape(B, S, *shape)
         blocked_count += (sampled > thr + margin).any(dim=1).to(torch.uint8)
     return blocked_count
 
@@ -267,9 +324,16 @@ def _occlusion_counts(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
 def _dropout_keep(spec: _Spec, shape: tuple[int, int, int, int], j0: int, j1: int, device) -> torch.Tensor:
     """Dropout keep-mask scaled by 1/(1-p) for keys [j0, j1): (B, H, N, Bk) float32, hashed per element."""
     B, H, N, Bk = shape
-    bh = torch.arange(B * H, device=device, dtype=torch.int64).view(B, H, 1, 1)
-    qi = torch.arange(N, device=device, dtype=torch.int64).view(1, 1, N, 1)
-    kj = torch.arange(j0, j1, device=device, dtype=torch.int64).view(1, 1, 1, Bk)
+    qi = torch.arange(N, device=device, dtype=torch.int64).view(N, 1)
+    kj = torch.arange(j0, j1, device=device, dtype=torch.int64).view(1, Bk)
+    return _dropout_keep_pairs(spec, B, H, qi, kj)
+
+
+def _dropout_keep_pairs(spec: _Spec, B: int, H: int, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor:
+    """Dropout keep-mask scaled by 1/(1-p) for query/key index tensors broadcastable to a pair shape P:
+    (B, H, *P) float32; the hash of (seed, b, h, i, j) makes it independent of how pairs are grouped."""
+    ones = [1] * max(qi.ndim, kj.ndim)
+    bh = torch.arange(B * H, device=qi.device, dtype=torch.int64).view(B, H, *ones)
     h = _hash32(_hash32(_hash32(bh ^ _hash_scalar(spec.dropout_seed, 2)) ^ qi) ^ kj)
     keep = _unit_uniform(h) >= spec.dropout_p
     return keep.to(torch.float32) / (1.0 - spec.dropout_p)
@@ -471,8 +535,11 @@ def pisa_attention(
         occlusion: multiply by ``1 - O_ij``; with ``n_segments`` S fractions and ``n_supersamples`` P samples.
         seed: seeds the occlusion jitter (hashed per pair; independent of ``impl`` and ``block_size``).
         compat: reproduce the published discretisation (deviations listed in the module docstring).
-        impl: ``"reference"`` (dense), ``"chunked"`` (O(N*block) memory, forward and backward), ``"flex"``
-            (FlexAttention; forward-only on CPU) or ``"auto"`` (chunked).
+        impl: ``"reference"`` (dense), ``"chunked"`` (O(N*block) memory, forward and backward), ``"sparse"``
+            (pairs within the proven reach only, forward and backward; see the module docstring), ``"flex"``
+            (FlexAttention; forward-only on CPU), ``"flex_sparse"`` (FlexAttention with the sparse block mask;
+            forward only) or ``"auto"`` (sparse when it skips at least half the pairs or at least half the
+            occlusion work, else chunked).
         block_size: keys per block for ``"chunked"``.
         dropout_p: dropout on the attention weights, applied only when ``training`` (hashed masks drawn
             from the global torch RNG per call, so a seeded run is reproducible).
@@ -545,10 +612,26 @@ def pisa_attention(
         if not _flex_available():
             raise ValueError("impl='flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'chunked'.")
         return _pisa_flex(q, k, v, spec, scale)
+    if impl == "flex_sparse":
+        if not _flex_available():
+            raise ValueError(
+                "impl='flex_sparse' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'sparse'."
+            )
+        from .pisa_sparse import flex_sparse_pisa
+
+        return flex_sparse_pisa(q, k, v, spec, scale)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}.")
     # (autograd.Function.forward runs with grad disabled, so whether a backward will follow is decided here.)
     needs_backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if impl in ("sparse", "auto"):
+        from .pisa_sparse import DENSE_FRACTION, plan_for_call, sparse_pisa
+
+        plan = plan_for_call(spec, q, k, scale)
+        # auto: the sparse path only where the bound skips enough pairs to pay for its gathers; otherwise
+        # (soft hardness, huge CoC everywhere) the chunked path, i.e. never slower than the dense evaluation.
+        if impl == "sparse" or min(plan.fraction, plan.reach_fraction) <= DENSE_FRACTION:
+            return sparse_pisa(q, k, v, spec, scale, plan, needs_backward)
     return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size), needs_backward)
 
 

@@ -271,3 +271,14 @@ def test_loading_in_float32_prints_no_cast_warning(tiny_dir, published_adapter):
         assert pipe.model.unet.dtype == torch.bfloat16
     finally:
         diffusers_logging.remove_handler(handler)
+
+
+def test_memory_estimate_counts_sparse_pisa_linearly():
+    """The UNet estimate includes PISA's sparse working set, which grows with the tokens, not their square:
+    4x the pixels cost about 4x, so mode="auto" keeps full frame wherever activations fit."""
+    stack = build_tiny_sdxl(seed=0)
+    with_pisa = BokehDiffPipeline.from_components(**stack)
+    without = BokehDiffPipeline.from_components(**stack, pisa=False)
+    small, big = with_pisa.estimate_bytes(1024, 1024)[0], with_pisa.estimate_bytes(4096, 4096)[0]
+    assert small > without.estimate_bytes(1024, 1024)[0]
+    assert big < 20 * small  # 16x the pixels; a dense N x N term would be 256x

@@ -1,0 +1,195 @@
+"""Sparse PISA (models/pisa_sparse.py) against the dense paths: outputs, gradients, the bound, the plan."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models.pisa as pisa
+import models.pisa_sparse as sparse
+from models.pisa import pisa_attention
+
+
+def _inputs(B=2, H=2, h=13, w=15, d=16, seed=0, coc_px=30.0):
+    g = torch.Generator().manual_seed(seed)
+    N = h * w
+    q, k, v = (torch.randn(B, H, N, d, generator=g).requires_grad_() for _ in range(3))
+    disparity = torch.rand(B, h, w, generator=g)
+    coc = (torch.rand(B, h, w, generator=g) * 2 - 1) * coc_px  # signed, |coc| <= coc_px
+    lookup = F.interpolate(disparity[:, None], scale_factor=3, mode="bilinear")[:, 0]
+    return q, k, v, disparity, coc, lookup
+
+
+def _spec_and_plan(q, k, disparity, coc, hardness, compat=False, tile=None):
+    """The plan pisa_attention builds for this call (same _Spec construction as the public function)."""
+    B, H, N, d = q.shape
+    h, w = disparity.shape[1:]
+    spec = pisa._Spec(h=h, w=w, disparity=disparity.reshape(B, N), radius_px=coc.abs().reshape(B, N),
+                      lookup=disparity[:, None], pos_px=pisa._token_positions_px(h, w, 16.0, compat, q.device),
+                      uv=pisa._token_uv(h, w, q.device), log_hardness=math.log(hardness), occlusion=True,
+                      n_segments=7, n_supersamples=5, seed=3, compat=compat, training=False, dropout_p=0.0,
+                      dropout_seed=0)
+    return spec, sparse.plan_for_call(spec, q, k, 1.0 / math.sqrt(d), tile=tile)
+
+
+def _compare(inputs, hardness, compat=False, **kw):
+    q, k, v, disparity, coc, lookup = inputs
+    args = dict(hardness=hardness, px_per_token=16.0, compat=compat, occlusion_disparity=lookup, seed=3, **kw)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **args)
+    out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **args)
+    assert (out - ref).abs().max() <= 1e-5
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert (a - b).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("hardness,compat,tile,h,w", [
+    (1e7, False, None, 13, 15), (1e7, True, None, 15, 13), (1e6, False, (2, 2), 13, 15),
+    (float("inf"), False, (2, 2), 13, 15), (1e7, False, (4, 4), 21, 23),
+])
+def test_sparse_equals_reference_and_really_skips(hardness, compat, tile, h, w, monkeypatch):
+    """Inference and late-training hardness on odd grids, batch 2, occlusion on: the plan evaluates a
+    fraction of the pairs, and output / gradients match the dense reference."""
+    inputs = _inputs(h=h, w=w, coc_px=30.0 if h * w < 300 else 12.0)
+    q, k, _, disparity, coc, _ = inputs
+    _, plan = _spec_and_plan(q, k, disparity, coc, hardness, compat, tile)
+    assert plan.fraction < 0.5
+    if tile is not None:
+        monkeypatch.setattr(sparse, "_TILE_SIDES", (tile[0],))
+    _compare(inputs, hardness, compat)
+
+
+@pytest.mark.parametrize("hardness", [3.0, 30.0])
+def test_sparse_equals_reference_at_training_hardness(hardness):
+    """Soft hardness (start of the training schedule): the reach covers most of the frame; still exact."""
+    _compare(_inputs(h=9, w=11, seed=1), hardness)
+
+
+def test_sparse_one_huge_radius_makes_only_its_tile_dense():
+    inputs = _inputs(h=21, w=19, seed=2, coc_px=8.0)
+    q, k, v, disparity, coc, lookup = inputs
+    coc = coc.detach().clone()
+    coc[1, 7, 6] = -5000.0  # one key's light covers the whole frame
+    inputs = (q, k, v, disparity, coc, lookup)
+    _, plan = _spec_and_plan(q, k, disparity, coc, 1e7)
+    kinds = {g.offsets is None for g in plan.groups}
+    assert kinds == {True, False}  # one "all queries" group (the huge key's tile), windows elsewhere
+    assert plan.fraction < 0.2
+    _compare(inputs, 1e7)
+
+
+def test_sparse_training_mode_with_dropout_and_without_occlusion_cache(monkeypatch):
+    inputs = _inputs(h=12, w=9, seed=4, coc_px=10.0)
+    q, k, v, disparity, coc, lookup = inputs
+    monkeypatch.setattr(pisa, "OCCLUSION_CACHE_BYTES", 0)  # the backward resamples occlusion per chunk
+    monkeypatch.setattr(sparse, "PAIR_BUDGET", 3000)  # many chunks per group
+    kw = dict(hardness=1e7, px_per_token=16.0, occlusion_disparity=lookup, training=True, dropout_p=0.2)
+    torch.manual_seed(5)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+    torch.manual_seed(5)  # same global RNG state -> same hashed dropout mask
+    out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+    assert (out - ref).abs().max() <= 1e-5
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert (a - b).abs().max() <= 1e-4
+
+
+def test_bound_holds_on_dense_weights():
+    """The documented bound itself: per key, the dense weights of all queries beyond rho_j sum to < e^-T, and
+    the reach is finite (the bound really rules pairs out)."""
+    h, w = 12, 14
+    q, k, _, disparity, coc, _ = _inputs(B=1, H=2, h=h, w=w, seed=6, coc_px=20.0)
+    q, k = q.detach() * 2.0, k.detach() * 2.0  # large scores: the score range matters
+    N = h * w
+    v = torch.eye(N).expand(1, 2, N, N)  # one-hot values: out[..., i, j] = a_ij
+    hardness = 1e7
+    weights = pisa_attention(q, k, v, disparity, coc, hardness=hardness, px_per_token=16.0, occlusion=False,
+                             impl="reference")[0]  # (H, N_query, N_key)
+    spec, plan = _spec_and_plan(q, k, disparity, coc, hardness)
+    pos = spec.pos_px
+    beyond = torch.cdist(pos, pos) > plan.reach[None, :]  # (query, key)
+    assert beyond.any()
+    t = math.log(2.0 * N / sparse.SPARSE_TOL)
+    leaked = (weights * beyond).sum(dim=1)  # (H, N_key)
+    assert leaked.max() < math.exp(-t)
+    assert (plan.reach - spec.radius_px[0]).max() < 4 * 16.0  # within a few tokens of the CoC
+    # impl="auto" estimates the occlusion work from above (borders ignored), so it never under-rates dense.
+    assert plan.reach_pairs >= (~beyond).sum()
+
+
+def test_occlusion_pairs_identical_to_block_samples():
+    """Seeded occlusion is a function of (seed, i, j) only: any set of pairs reproduces the dense table bit
+    for bit, in both discretisations."""
+    for compat in (False, True):
+        q, k, _, disparity, coc, lookup = _inputs(B=2, h=7, w=9, seed=7)
+        spec, _ = _spec_and_plan(q, k, disparity, coc, 1e7, compat=compat)
+        dense = pisa._occlusion_counts(spec, 0, 63)  # (B, N, 63)
+        g = torch.Generator().manual_seed(0)
+        qi = torch.randint(0, 63, (5, 11), generator=g)
+        kj = torch.randint(0, 63, (5, 11), generator=g)
+        assert torch.equal(pisa._occlusion_counts_pairs(spec, qi, kj), dense[:, qi, kj])
+
+
+def test_auto_dispatch_and_determinism():
+    """auto = sparse at inference hardness on a frame larger than the reach (bit-identical to impl='sparse'),
+    chunked at soft hardness (bit-identical to impl='chunked'); repeated calls are bit-identical."""
+    q, k, v, disparity, coc, lookup = (t.detach() if t.requires_grad else t for t in _inputs(B=1, h=16, w=16))
+    kw = dict(px_per_token=16.0, occlusion_disparity=lookup)
+    hard = [pisa_attention(q, k, v, disparity, coc, hardness=1e7, impl=impl, **kw)
+            for impl in ("auto", "sparse", "sparse", "chunked")]
+    assert torch.equal(hard[0], hard[1]) and torch.equal(hard[1], hard[2])
+    assert not torch.equal(hard[0], hard[3])  # a different path (equal only to rounding)
+    soft = [pisa_attention(q, k, v, disparity, coc, hardness=2.0, impl=impl, **kw) for impl in ("auto", "chunked")]
+    assert torch.equal(soft[0], soft[1])
+
+
+@pytest.mark.skipif(not pisa._flex_available(), reason="torch.nn.attention.flex_attention is not available")
+@pytest.mark.parametrize("hardness,compat,h,w", [(1e7, False, 13, 15), (30.0, True, 9, 11)])
+def test_flex_sparse_forward_equals_reference(hardness, compat, h, w):
+    """The fused path (FlexAttention, block mask from the same bound; eager on CPU) against the reference."""
+    q, k, v, disparity, coc, lookup = (t.detach() for t in _inputs(h=h, w=w, seed=8))
+    kw = dict(hardness=hardness, px_per_token=16.0, compat=compat, occlusion_disparity=lookup, seed=3)
+    with torch.no_grad():
+        ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+        out = pisa_attention(q, k, v, disparity, coc, impl="flex_sparse", **kw)
+    assert (out - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["sparse", "flex_sparse"])
+def test_sparse_paths_on_cuda_equal_reference(impl):
+    """CUDA: sparse (forward + backward) and the compiled flex block-mask path (forward) against the dense
+    reference on the same device; bit-reproducible across calls."""
+    inputs = [t.detach().cuda() for t in _inputs(h=24, w=20, seed=9, coc_px=20.0)]
+    q, k, v = (t.requires_grad_(impl == "sparse") for t in inputs[:3])
+    disparity, coc, lookup = inputs[3:]
+    kw = dict(hardness=1e7, px_per_token=16.0, occlusion_disparity=lookup, seed=3)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+    out = pisa_attention(q, k, v, disparity, coc, impl=impl, **kw)
+    again = pisa_attention(q, k, v, disparity, coc, impl=impl, **kw)
+    # flex's compiled kernels may run fp32 dots in TF32 on Hopper: 1e-3 there, 1e-5 for the sparse path.
+    assert (out - ref).abs().max() <= (1e-5 if impl == "sparse" else 1e-3)
+    assert torch.equal(out, again)
+    if impl == "sparse":
+        grad = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+            assert (a - b).abs().max() <= 1e-4
+
+
+def test_sparse_bf16_close_to_chunked():
+    """bfloat16 inputs (the GPU inference dtype): scores in bf16, softmax and sums in fp32, as the chunked
+    path; stated tolerance 2e-2 of the largest output / gradient magnitude."""
+    g = torch.Generator().manual_seed(10)
+    h, w = 20, 18
+    q, k, v = (torch.randn(1, 2, h * w, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    disparity, coc = torch.rand(1, h, w, generator=g), (torch.rand(1, h, w, generator=g) - 0.5) * 30
+    kw = dict(hardness=1e7, px_per_token=16.0)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="chunked", **kw)
+    out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref.float()).abs().max() <= 2e-2 * ref.float().abs().max()
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert a.dtype == torch.bfloat16
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
