@@ -25,8 +25,8 @@ from data.demo import load_motorcycle
 from data.focus import focus_from_pixel
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 120  # generous: two cores shared with other jobs; a click itself takes well under a second
 
 
