@@ -38,6 +38,11 @@ HIGHLIGHT_GAIN_RANGE = (0.0, 10.0)
 # Relative aspect-ratio difference above which a disparity map is taken to belong to another photo (a map of
 # the same aspect but another size is resized with a notice, as inference_hf.py does).
 ASPECT_TOLERANCE = 0.02
+# Preview cost cap, in source pixels x (largest CoC radius in px)^2 at the preview scale: the scatter renderer's
+# cost model. 3e6 is the demo photo at 0.52x with a 10-px radius (K = 20 focused mid-depth), which renders in
+# about 0.3 s on two idle cores (BENCHMARKS.md, "App"); previews never go below PREVIEW_MIN_SIDE px.
+PREVIEW_BUDGET = 3.0e6
+PREVIEW_MIN_SIDE = 128
 
 
 class UploadError(ValueError):
@@ -118,9 +123,23 @@ class Scene:
         """``(H, W)`` in pixels."""
         return tuple(self.image.shape[1:])
 
-    def preview_scale(self, max_side: int) -> float:
-        """The factor that brings the longer side down to ``max_side`` px (1 when it already fits)."""
-        return min(1.0, max_side / max(self.size))
+    def preview_scale(self, max_side: int, K: float = 0.0, focus: float | None = None, *,
+                      budget: float = PREVIEW_BUDGET, min_side: int = PREVIEW_MIN_SIDE) -> float:
+        """The render scale of a preview: the longer side at most ``max_side`` px and, with ``K`` and ``focus``,
+        at most ``budget`` for pixels x (largest CoC radius in px)^2 at that scale, the scatter renderer's cost
+        (so strong blur previews at a smaller size, where it hides the detail anyway); never below ``min_side``
+        px on the longer side. 1 when the photo already fits."""
+        longest = max(self.size)
+        scale = min(1.0, max_side / longest)
+        radius = 0.0 if focus is None else K * self.max_coc(focus)
+        if radius > 0:  # cost(scale) = scale^2 H W (scale radius)^2
+            limit = (budget / (self.size[0] * self.size[1] * radius**2)) ** 0.25
+            scale = min(scale, max(limit, min_side / longest))
+        return scale
+
+    def max_coc(self, focus: float) -> float:
+        """The largest ``|disparity - focus|``: times ``K``, the largest CoC radius in px of a render."""
+        return float(max(self.disparity.max() - focus, focus - self.disparity.min()))
 
     def as_item(self) -> InputItem:
         return InputItem(self.name, self.image, self.disparity)

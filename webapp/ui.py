@@ -6,7 +6,8 @@ so the tests call them without a browser. Every callback turns a failure into a 
 line (``#status``) and leaves the other outputs as they were, so one bad upload or render never stops the
 server or another user's session. :func:`build_app` lays out the page and wires the events.
 
-Page: the photo (click to focus) | the render (preview at ``preview_side`` px, shown at full size) | the
+Page: the photo (click to focus) | the render (a preview at most ``preview_side`` px, smaller for strong blur:
+:meth:`webapp.core.Scene.preview_scale`; shown at full size) | the
 disparity with the focal plane (green: CoC radius <= 1 px) and the clicked pixel (red cross) | the focus value.
 Controls: renderer, K, aperture blades and rotation, highlight gain and threshold; "Render full resolution"
 (PNG download), "Focus pull" (animated GIF of a near-to-far sweep, at preview resolution); uploads.
@@ -88,11 +89,11 @@ class Callbacks:
     def _view(self, session: Session, options: RenderOptions, status: str = ""):
         """(render, disparity view, focus, focus text, status) for the session, the render at preview size."""
         scene = session.scene
-        image = render(scene, options, session.focus, self.factories[options.renderer],
-                       scene.preview_scale(self.preview_side))
+        scale = scene.preview_scale(self.preview_side, options.K, session.focus)
+        image = render(scene, options, session.focus, self.factories[options.renderer], scale)
         where = f" at pixel ({session.xy[0]}, {session.xy[1]})" if session.xy is not None else ""
         info = (f"focus disparity **{session.focus:.4f}**{where} of {scene.name} ({scene.size[1]}x{scene.size[0]}); "
-                f"preview rendered at {scene.preview_scale(self.preview_side):.2f}x")
+                f"preview rendered at {scale:.2f}x")
         return (to_uint8(image), disparity_view(scene, session.focus, options.K, session.xy),
                 round(session.focus, 4), info, status)
 
@@ -171,9 +172,10 @@ class Callbacks:
             options = self.options(renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
             frames = self.focus_pull_frames
             scene, factory = session.scene, self.factories[options.renderer]
-            scale = scene.preview_scale(self.preview_side)
+            sweep = focus_sweep(scene, frames)
+            scale = min(scene.preview_scale(self.preview_side, options.K, focus) for focus in sweep)
             images = []
-            for index, focus in enumerate(focus_sweep(scene, frames)):
+            for index, focus in enumerate(sweep):
                 progress(index / frames, desc=f"focus pull: frame {index + 1} of {frames} (focus {focus:.2f})")
                 images.append(render(scene, options, focus, factory, scale))
             name = f"{options.file_stem(scene.name, session.focus)}_focuspull_{uuid.uuid4().hex[:8]}.gif"

@@ -13,7 +13,7 @@ from data.io import InputWarning, read_disparity, read_image, save_image
 from tests.models.test_depth import build_tiny_depth_anything
 from models.depth import DepthEstimator
 from webapp.core import (
-    FOCUS_COLOUR, MARKER_COLOUR, RenderOptions, Scene, UploadError, demo_scene, disparity_view, focus_at, focus_sweep,
+    FOCUS_COLOUR, MARKER_COLOUR, PREVIEW_BUDGET, PREVIEW_MIN_SIDE, RenderOptions, Scene, UploadError, demo_scene, disparity_view, focus_at, focus_sweep,
     in_focus_mask, initial_focus, render, save_render, to_uint8, upload_scene, write_animation,
 )
 
@@ -51,6 +51,20 @@ def test_demo_scene_is_the_motorcycle():
     assert 0 <= scene.disparity.min() < 0.05 and 0.95 < scene.disparity.max() <= 1
     assert scene.notes == []  # the expected hole filling is quiet, as in inference_hf.py --demo
     assert scene.preview_scale(384) == pytest.approx(384 / 741) and scene.preview_scale(1000) == 1.0
+
+
+def test_preview_scale_caps_the_scatter_cost():
+    scene = demo_scene()
+    height, width = scene.size
+    assert scene.max_coc(0.0) == pytest.approx(float(scene.disparity.max()))
+    mild = scene.preview_scale(384, 10.0, 0.5)
+    assert mild == pytest.approx(384 / 741)  # within the budget: only the side limit
+    strong = scene.preview_scale(384, 40.0, 0.0)
+    radius = 40.0 * scene.max_coc(0.0)
+    assert strong < mild
+    assert (strong**2 * height * width) * (strong * radius) ** 2 == pytest.approx(PREVIEW_BUDGET, rel=1e-6)
+    assert scene.preview_scale(384, 40.0, 0.0, budget=1.0) == pytest.approx(PREVIEW_MIN_SIDE / 741)
+    assert scene.preview_scale(100, 40.0, 0.0, budget=1.0) == pytest.approx(100 / 741)  # max_side wins
 
 
 @pytest.fixture
