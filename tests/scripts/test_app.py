@@ -1,6 +1,7 @@
 """app.py's wiring: inference_hf.py's flags and checks, the renderers offered, the classical renderer's per-request
 options, offline failures as exit code 2 (the page itself: tests/webapp)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,25 @@ def test_unavailable_weights_exit_2_with_the_reason(tmp_path, capsys, monkeypatc
     assert code == 2 and str(missing) in capsys.readouterr().err
     code = app.main(["--depth_model", str(missing), "--output_dir", str(tmp_path / "out")])
     assert code == 2 and "depth model folder" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bokehdiff_is_offered_when_started_with_weights(tmp_path):
+    """`--pretrained_model_name_or_path DIR --adapter none` (the tiny SDXL stack) adds BokehDiff to the page."""
+    from models.tiny import save_tiny_sdxl
+    from tests.webapp.conftest import layered_scene
+    from webapp.ui import Callbacks
+
+    base = save_tiny_sdxl(tmp_path / "base", seed=0)
+    _, render_args, names = app.parse_args(["--pretrained_model_name_or_path", str(base), "--adapter", "none",
+                                            "--device", "cpu"])
+    with pytest.warns(UserWarning, match="no adapter given"):
+        factories = app.renderer_factories(render_args, names, torch.device("cpu"))
+    assert list(factories) == ["classical", "bokehdiff"]
+    callbacks = Callbacks(factories, tmp_path / "out", initial_scene=layered_scene(32, 48), preview_side=48)
+    session, *_ = callbacks.start("classical", 10.0, 0, 0.0, 0.0, 0.8)
+    classical = callbacks.rerender(session, "classical", 10.0, 0, 0.0, 0.0, 0.8)[1]
+    neural, again = (callbacks.rerender(session, "bokehdiff", 10.0, 0, 0.0, 0.0, 0.8) for _ in range(2))
+    assert neural[-1] == "" and neural[1].shape == classical.shape == (32, 48, 3)
+    assert not np.array_equal(neural[1], classical)
+    np.testing.assert_array_equal(neural[1], again[1])  # bit-reproducible for the seed
