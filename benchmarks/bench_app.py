@@ -40,7 +40,7 @@ def _png(array) -> int:
 
 def click_seconds(callbacks: Callbacks, session, controls, x: int, y: int) -> tuple[float, float]:
     """(wall-clock, CPU) seconds of one click: the callback, then PNG encoding of the render and the disparity
-    view. CPU time (all threads of this process) hardly depends on other jobs sharing the cores; on two idle
+    view. CPU time (all threads of this process) depends less on other jobs sharing the cores; on two idle
     cores the wall time lies between CPU / 2 (both threads busy throughout) and CPU."""
     start, cpu = time.perf_counter(), time.process_time()
     out = callbacks.click(session, *controls, evt=SimpleNamespace(index=[x, y]))
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         f"plane after a warm-up. Baseline: the full-resolution render (what \"Render full resolution\" does), same "
         "process. Browser-side time (transfer over loopback, decoding, drawing) is not included.", "",
         "Wall-clock times on a shared machine grow with its load; the CPU seconds (all threads of the process) "
-        "hardly do, and on two idle cores a click's wall time lies between CPU / 2 and CPU.", "",
+        "grow less (waiting threads may still spin), and on two idle cores a click's wall time lies between CPU / 2 and CPU.", "",
         "| K (px) | preview scale | click wall median / max (s) | click CPU median / max (s) | full resolution wall "
         "/ CPU (s) | full / click (CPU) |",
         "|---|---|---|---|---|---|",
