@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--port", type=int, default=7860, help="port to serve on")
     group.add_argument("--output_dir", default="outputs/app", help="the only folder the app writes")
     group.add_argument("--preview_side", type=int, default=384,
-                       help="longest side (px) of the preview a click renders (smaller for strong blur: webapp.core.Scene.preview_scale)")
+                       help="longest side (px) of the preview a click renders (smaller for strong blur: "
+                            "webapp.core.Scene.preview_scale)")
     group.add_argument("--depth_model", default=None,
                        help="Depth Anything hub id or local folder (as prepare_data.py --depth_model): estimates "
                             "disparity for uploaded photos without a map")
