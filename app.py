@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
         parser.error(f"--port must be in [1, 65535], got {args.port}")
     loose = inference_hf.build_parser().parse_args(rest + ["--demo"] if "--demo" not in rest else rest)
     if loose.test_data_dir is not None:
-        parser.error("--test_data_dir: the app shows one photo; give --image PATH --disparity PATH (or nothing: the demo)")
+        parser.error("--test_data_dir: the app shows one photo; give --image PATH --disparity PATH "
+                     "(or nothing: the demo)")
     if loose.image is None and "--demo" not in rest:
         rest = rest + ["--demo"]
     render_args = inference_hf.parse_args(rest)

@@ -90,17 +90,20 @@ def main(argv=None) -> None:
         f"plane after a warm-up. Baseline: the full-resolution render (what \"Render full resolution\" does), same "
         "process. Browser-side time (transfer over loopback, decoding, drawing) is not included.", "",
         "Wall-clock times on a shared machine grow with its load; the CPU seconds (all threads of the process) "
-        "grow less (waiting threads may still spin), and on two idle cores a click's wall time lies between CPU / 2 and CPU.", "",
+        "grow less (waiting threads may still spin), and on two idle cores a click's wall time lies between "
+        "CPU / 2 and CPU.", "",
         "| K (px) | preview scale | click wall median / max (s) | click CPU median / max (s) | full resolution wall "
         "/ CPU (s) | full / click (CPU) |",
         "|---|---|---|---|---|---|",
     ]
     lines += [f"| {K:g} | {lo:.2f}-{hi:.2f} | {med:.3f} / {worst:.3f} | {cmed:.3f} / {cworst:.3f} | {full:.2f} / "
-              f"{full_cpu:.2f} | {full_cpu / cmed:.1f} |" for K, lo, hi, med, worst, cmed, cworst, full, full_cpu in rows]
+              f"{full_cpu:.2f} | {full_cpu / cmed:.1f} |"
+              for K, lo, hi, med, worst, cmed, cworst, full, full_cpu in rows]
     lines += ["", "Reading: the scatter renderer's cost grows with the pixels times the largest CoC radius squared, so "
               "a half-size preview (K scaled with it) is about 16x cheaper than the full render, and the cost cap "
               "keeps strong blur (large K, focus at one end of the depth range) near the same cost. The app "
-              "starts at the demo's K = 10. The full-resolution time is one render at the starting focus (the demo's 90th percentile)."]
+              "starts at the demo's K = 10. The full-resolution time is one render at the starting focus "
+              "(the demo's 90th percentile)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

@@ -254,7 +254,8 @@ def focus_sweep(scene: Scene, frames: int, *, near: float = 95.0, far: float = 5
 # ----------------------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------------------
-def render(scene: Scene, options: RenderOptions, focus: float, factory: RendererFactory, scale: float = 1.0) -> np.ndarray:
+def render(scene: Scene, options: RenderOptions, focus: float, factory: RendererFactory,
+           scale: float = 1.0) -> np.ndarray:
     """One render of ``scene`` focused at disparity ``focus``: ``(3, H, W)`` float32 sRGB in [0, 1] at the
     photo's full size, computed at ``scale`` times it (``scale < 1``: preview)."""
     if not 0 < scale <= 1:

@@ -113,7 +113,8 @@ class Callbacks:
         except Exception as error:  # noqa: BLE001 - shown on the page; the server keeps serving
             return (None, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error_text(error))
 
-    def click(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold, evt: gr.SelectData):
+    def click(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold,
+              evt: gr.SelectData):
         """A click on the photo at ``evt.index = [x, y]`` (full-resolution pixels): focus there (``--focus_xy``)."""
         try:
             session = session or self._new_session(self.initial_scene, self.focus_choice)
@@ -152,7 +153,8 @@ class Callbacks:
         except Exception as error:  # noqa: BLE001
             return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error_text(error))
 
-    def full_resolution(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold, progress=gr.Progress()):
+    def full_resolution(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain,
+                        highlight_threshold, progress=gr.Progress()):
         """Render at full resolution and write the PNG into the output folder; returns (path, status)."""
         try:
             session = session or self._new_session(self.initial_scene, self.focus_choice)
@@ -165,7 +167,8 @@ class Callbacks:
         except Exception as error:  # noqa: BLE001
             return gr.skip(), _error_text(error)
 
-    def focus_pull(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold, progress=gr.Progress()):
+    def focus_pull(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain,
+                   highlight_threshold, progress=gr.Progress()):
         """Render a near-to-far focus sweep at preview resolution as an animated GIF; returns (path, status)."""
         try:
             session = session or self._new_session(self.initial_scene, self.focus_choice)
@@ -242,7 +245,8 @@ def build_app(callbacks: Callbacks) -> "gr.Blocks":
         for slider in (K, blades, rotation, gain, threshold):
             slider.release(callbacks.rerender, [session, *controls], [session, *view])
         renderer.change(callbacks.rerender, [session, *controls], [session, *view])
-        upload_button.click(callbacks.load_upload, [session, photo_file, disparity_file, is_depth, normalise, *controls],
+        upload_button.click(callbacks.load_upload,
+                            [session, photo_file, disparity_file, is_depth, normalise, *controls],
                             [session, photo, *view])
         demo_button.click(callbacks.load_demo, [session, *controls], [session, photo, *view])
         full_button.click(callbacks.full_resolution, [session, *controls], [full_file, status])

@@ -13,7 +13,8 @@ from data.io import InputWarning, read_disparity, read_image, save_image
 from tests.models.test_depth import build_tiny_depth_anything
 from models.depth import DepthEstimator
 from webapp.core import (
-    FOCUS_COLOUR, MARKER_COLOUR, PREVIEW_BUDGET, PREVIEW_MIN_SIDE, RenderOptions, Scene, UploadError, demo_scene, disparity_view, focus_at, focus_sweep,
+    FOCUS_COLOUR, MARKER_COLOUR, PREVIEW_BUDGET, PREVIEW_MIN_SIDE, RenderOptions, Scene, UploadError, demo_scene,
+    disparity_view, focus_at, focus_sweep,
     in_focus_mask, initial_focus, render, save_render, to_uint8, upload_scene, write_animation,
 )
 
