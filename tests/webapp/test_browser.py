@@ -1,7 +1,9 @@
 """The app in a real browser: ``app.py`` served on 127.0.0.1 and driven by Debian's headless Chromium (Selenium +
 chromedriver). A click on the photo must show the focus of ``--focus_xy`` at that pixel and change the render;
-a corrupt upload must show its error and leave the app serving. ``make test`` installs chromium when missing;
-in CI (``CI=true``) a missing browser fails the test, elsewhere it skips with the reason.
+"Render full resolution" must offer a PNG of the photo's size and "Focus pull" an animated GIF; a corrupt
+upload must show its error and leave the app serving; nothing may be written outside the output folder.
+``make test`` installs chromium when missing; in CI (``CI=true``) a missing browser fails the test, elsewhere
+it skips with the reason.
 
 The screenshot of the page is written to ``outputs/app_browser_test.png``.
 """
@@ -165,6 +167,20 @@ def test_click_to_focus_and_bad_upload(server, driver, tmp_path):
     assert second_render.shape == first_render.shape
     assert np.abs(second_render - first_render).mean() > 1.0, "the render did not change with the focus"
 
+    # Full resolution (a PNG link of the photo's size) and the focus pull (an animated GIF).
+    driver.find_element("css selector", "#full_button").click()
+    link = _wait(lambda: driver.execute_script(
+        "const a = document.querySelector('#full_file a[href]'); return a ? a.href : '';"), "the full-resolution PNG")
+    assert _fetch_image(link).shape == (500, 741, 3)
+    driver.find_element("css selector", "#pull_button").click()
+    gif = _wait(lambda: driver.execute_script(
+        "const e = document.querySelector('#pull_image img'); return e && e.src.endsWith('.gif') ? e.src : '';"),
+        "the focus-pull GIF")
+    from PIL import Image
+
+    with urllib.request.urlopen(gif, timeout=30) as response, Image.open(io.BytesIO(response.read())) as animation:
+        assert animation.n_frames > 2
+
     # A corrupt photo: a clear message on the page, nothing else replaced.
     corrupt, good_map = tmp_path / "corrupt.png", tmp_path / "map.npy"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
@@ -191,3 +207,13 @@ def test_click_to_focus_and_bad_upload(server, driver, tmp_path):
     # Nothing written outside the output folder (the app's own temp folder stays empty).
     assert not any(server["tmp"].iterdir()), list(server["tmp"].iterdir())
     assert (server["out"] / "gradio").is_dir()
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", str(tmp_path / "no_chromium"))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no_chromium missing.*apt-get install -y chromium chromium-driver"):
+        _require_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no_chromium missing"):
+        _require_browser()
