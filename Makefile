@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench evaluate app browser
+.PHONY: setup demo test bench evaluate
+.PHONY: app browser
 
 setup: $(STAMP)
 
