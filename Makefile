@@ -7,7 +7,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench evaluate
-.PHONY: app browser
 
 setup: $(STAMP)
 
@@ -23,6 +22,7 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(PY) -m pytest -q
 
+.PHONY: app browser
 app: $(STAMP)
 	$(PY) app.py
 
