@@ -27,7 +27,9 @@ import torch
 
 from data.focus import focus_from_pixel
 from data.inference_io import InputItem, choose_focus, conform_item, demo_inputs, format_value, output_name, safe_name
-from data.io import DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, read_disparity, read_image, save_image
+from data.io import (
+    DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, read_disparity, read_image, resize_map, save_image,
+)
 
 RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
@@ -286,16 +288,34 @@ def in_focus_mask(disparity: np.ndarray, focus: float, K: float, *, sharp_px: fl
     return np.abs(K * (np.asarray(disparity)[0] - focus)) <= sharp_px
 
 
-def disparity_view(scene: Scene, focus: float, K: float, xy: tuple[int, int] | None = None) -> np.ndarray:
+def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image resized (area) so its longer side is at most ``max_side`` px (display size:
+    the browser scales images to the page anyway, so large photos need not travel at full size)."""
+    if not max_side or max(image.shape[:2]) <= max_side:
+        return image
+    scale = max_side / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def disparity_view(scene: Scene, focus: float, K: float, xy: tuple[int, int] | None = None, *,
+                   max_side: int | None = None) -> np.ndarray:
     """The disparity map as ``(H, W, 3)`` uint8 (grey, white = near) with the focal plane marked: pixels within
-    1 px of CoC (:func:`in_focus_mask`) tinted green, and the clicked pixel ``(x, y)`` marked with a red cross."""
-    view = to_uint8(scene.disparity).astype(np.float32)
-    sharp = in_focus_mask(scene.disparity, focus, K)
+    1 px of CoC (:func:`in_focus_mask`, ``K`` in full-resolution px) tinted green, and the clicked pixel
+    ``(x, y)`` (full-resolution pixels) marked with a red cross; at most ``max_side`` px on the longer side."""
+    disparity, scale = scene.disparity, 1.0
+    if max_side and max(scene.size) > max_side:
+        scale = max_side / max(scene.size)
+        size = (max(1, round(scene.size[0] * scale)), max(1, round(scene.size[1] * scale)))
+        disparity = resize_map(disparity, size, interpolation=cv2.INTER_AREA)
+    view = to_uint8(disparity).astype(np.float32)
+    sharp = in_focus_mask(disparity, focus, K)
     view[sharp] = 0.45 * view[sharp] + 0.55 * np.array(FOCUS_COLOUR, np.float32)
     view = np.round(view).astype(np.uint8)
     if xy is not None:
-        size = max(9, max(scene.size) // 30)
-        cv2.drawMarker(view, (int(xy[0]), int(xy[1])), MARKER_COLOUR, cv2.MARKER_CROSS, size, 2)
+        size = max(9, max(view.shape[:2]) // 30)
+        centre = (int(round((xy[0] + 0.5) * scale - 0.5)), int(round((xy[1] + 0.5) * scale - 0.5)))
+        cv2.drawMarker(view, centre, MARKER_COLOUR, cv2.MARKER_CROSS, size, 2)
     return view
 
 

@@ -24,10 +24,13 @@ import gradio as gr
 
 from webapp.core import (
     BLADES_MAX, HIGHLIGHT_GAIN_RANGE, K_RANGE, RendererFactory, RenderOptions, Scene, UploadError, demo_scene,
-    disparity_view, focus_at, focus_sweep, initial_focus, render, save_render, to_uint8, upload_scene,
+    disparity_view, focus_at, focus_sweep, initial_focus, render, save_render, shrink, to_uint8, upload_scene,
     write_animation,
 )
 
+# Longer side (px) of the render and disparity images sent to the page: large uploads are shown reduced (the
+# page scales them to its layout anyway); the photo itself is sent at full size, so clicks land on its pixels.
+DISPLAY_SIDE = 768
 # Frames of the focus pull (each a preview render; the GIF plays them forward and back).
 FOCUS_PULL_FRAMES = 8
 
@@ -87,14 +90,16 @@ class Callbacks:
                              float(highlight_gain), float(highlight_threshold)).validated(list(self.factories))
 
     def _view(self, session: Session, options: RenderOptions, status: str = ""):
-        """(render, disparity view, focus, focus text, status) for the session, the render at preview size."""
+        """(render, disparity view, focus, focus text, status) for the session: the render computed at preview
+        scale, both images sent at most DISPLAY_SIDE px on the longer side."""
         scene = session.scene
         scale = scene.preview_scale(self.preview_side, options.K, session.focus)
         image = render(scene, options, session.focus, self.factories[options.renderer], scale)
         where = f" at pixel ({session.xy[0]}, {session.xy[1]})" if session.xy is not None else ""
         info = (f"focus disparity **{session.focus:.4f}**{where} of {scene.name} ({scene.size[1]}x{scene.size[0]}); "
                 f"preview rendered at {scale:.2f}x")
-        return (to_uint8(image), disparity_view(scene, session.focus, options.K, session.xy),
+        return (shrink(to_uint8(image), DISPLAY_SIDE),
+                disparity_view(scene, session.focus, options.K, session.xy, max_side=DISPLAY_SIDE),
                 round(session.focus, 4), info, status)
 
     def _new_session(self, scene: Scene, choice: dict | None = None) -> Session:

@@ -15,7 +15,7 @@ from models.depth import DepthEstimator
 from webapp.core import (
     FOCUS_COLOUR, MARKER_COLOUR, PREVIEW_BUDGET, PREVIEW_MIN_SIDE, RenderOptions, Scene, UploadError, demo_scene,
     disparity_view, focus_at, focus_sweep,
-    in_focus_mask, initial_focus, render, save_render, to_uint8, upload_scene, write_animation,
+    in_focus_mask, initial_focus, render, save_render, shrink, to_uint8, upload_scene, write_animation,
 )
 
 
@@ -206,6 +206,17 @@ def test_disparity_view_marks_the_focal_plane_and_the_click(scene):
     assert tuple(view[30, 10]) == MARKER_COLOUR
     assert in_focus_mask(scene.disparity, 0.5, 0.0).all()  # K = 0: everything is sharp
     assert FOCUS_COLOUR[1] > FOCUS_COLOUR[0]
+    small = disparity_view(scene, 0.5, 10.0, (10, 30), max_side=30)  # display size: half, the cross follows
+    assert small.shape == (20, 30, 3) and tuple(small[15, 5]) == MARKER_COLOUR
+    assert small[10, 10, 1] > small[10, 10, 0] + 50 and small[0, 0, 1] == small[0, 0, 0]
+
+
+def test_shrink_to_display_size():
+    image = np.zeros((400, 1000, 3), np.uint8)
+    image[:, 500:] = 200
+    small = shrink(image, 250)
+    assert small.shape == (100, 250, 3) and small[:, :124].max() == 0 and small[:, 126:].min() == 200
+    assert shrink(image, 1000) is image and shrink(image, None) is image
 
 
 def test_saved_render_and_focus_pull(tmp_path, scene):
