@@ -1,4 +1,5 @@
-# Two commands (see README): `make demo` sets up and renders the offline demo; `make test` sets up and tests.
+# Three commands (see README): `make demo` sets up and renders the offline demo; `make test` sets up and tests;
+# `make app` serves the interactive refocusing app on http://127.0.0.1:7860.
 # Setup is idempotent: the virtualenv is rebuilt only when requirements.txt changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -18,8 +19,25 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) inference_hf.py --renderer classical --demo --output_dir outputs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+.PHONY: app browser
+app: $(STAMP)
+	$(PY) app.py
+
+# The browser test (tests/webapp/test_browser.py) drives Debian's headless Chromium through chromedriver.
+# Installed once when missing (CI runs as root with apt); without root it says so and the test skips (fails in CI).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: chromium/chromedriver are missing and cannot be installed here (needs root and apt-get);" \
+	         "the browser test skips (and fails in CI)"; \
+	  fi; \
+	fi
 
 # Benchmarks write their sections of BENCHMARKS.md; run them on an otherwise idle machine.
 bench: $(STAMP)
@@ -29,6 +47,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_pisa --plan sparse
 	$(PY) -m benchmarks.bench_pipeline
 	$(PY) -m benchmarks.bench_train
+	$(PY) -m benchmarks.bench_app
 
 # Renders the seeded evaluation benchmark with every available method; results in outputs/benchmark/
 # (summary.md, per-method reports). The tracked BENCHMARKS.md is left alone.
