@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import load_average, machine_description, replace_section
+from benchmarks.report import best_of, load_average, machine_description, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,17 +166,6 @@ SPARSE_ROWS = [
 SPARSE_MAX_COC_PX = 32.0
 
 
-def _timed(fn, repeats: int, sync) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) -> list[dict]:
     """Interleaved, in-process timings of the sparse rows (see the module docstring)."""
     from models.pisa import _Spec, _token_positions_px, _token_uv, pisa_attention  # noqa: PLC0415
@@ -221,7 +210,7 @@ def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) 
                 times[impl] = time.perf_counter() - start
                 continue
             outputs[impl] = call(impl)  # warm-up, and the output for the comparison
-            times[impl] = _timed(lambda: call(impl), 3, sync)
+            times[impl] = best_of(lambda: call(impl), 3, sync, warmup=False)
         row = dict(name=name, device=device, N=N, batch=B, hardness=hardness, backward=backward, impls=impls,
                    times=times, tile=plan.tile, fraction=plan.fraction, load=load_average())
         base = impls[0]

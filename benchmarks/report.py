@@ -50,12 +50,13 @@ def load_average() -> str:
         return "unknown"
 
 
-def best_of(fn, repeats: int, sync=None) -> float:
+def best_of(fn, repeats: int, sync=None, *, warmup: bool = True) -> float:
     """Best of ``repeats`` wall-clock seconds of ``fn()`` after one untimed warm-up call (allocator, lazy
-    inits, CUDA kernel compilation). ``sync`` (e.g. ``torch.cuda.synchronize``) runs before and after each
-    timed call so asynchronous GPU work is counted."""
+    inits, CUDA kernel compilation; ``warmup=False`` when the caller has just made that call). ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs before and after each timed call so asynchronous GPU work is counted."""
     sync = sync or (lambda: None)
-    fn()
+    if warmup:
+        fn()
     best = float("inf")
     for _ in range(repeats):
         sync()

@@ -50,6 +50,9 @@ PARSE = {
     "/models/Depth-Anything-V2-Large-hf --mask_model /models/BiRefNet": "local copies of the hub weights",
     "python inference_hf.py --test_data_dir prepared/mine --output_dir outputs/mine --K 20 "
     "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --adapter zcx65535/bokehdiff": _HUB,
+    "python app.py": "serves until stopped; tests/webapp/test_browser.py starts it on a free port and drives it",
+    "python app.py --pretrained_model_name_or_path DIR --adapter DIR":
+        "placeholder folders; tests/scripts/test_app.py starts it with the tiny SDXL stack",
     "python inference_hf.py --test_data_dir test_data/ebb_published --output_dir outputs/published --protocol published "
     "--focus_protocol published --K 20": _HUB + " (the published path on the tiny stack: tests/models/test_protocol.py)",
     "python inference_hf.py --test_data_dir DIR --output_dir OUT --data_id RUN --K 20 "
@@ -76,7 +79,7 @@ PARSE = {
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
 }
 
-MAKE = ["make demo", "make test", "make evaluate", "make evaluate-record", "make bench"]
+MAKE = ["make demo", "make test", "make app", "make evaluate", "make evaluate-record", "make bench"]
 
 FILES = {
     "python3.11 -m venv .venv && .venv/bin/pip install -r requirements.txt -r requirements-gpu.txt":
@@ -93,13 +96,14 @@ def test_every_documented_command_is_checked():
 
 
 def _parsers():
+    import app
     import evaluate
     import inference_hf
     import prepare_data
     from scripts import make_benchmark, make_sample_data, run_benchmark
     from training.config import parse_args as train_args
 
-    return {"inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
+    return {"app.py": app.parse_args, "inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
             "evaluate.py": evaluate.parse_args, "train_lora_otf.py": train_args,
             "scripts.make_sample_data": make_sample_data.parse_args,
             "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args}
