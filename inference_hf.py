@@ -432,7 +432,8 @@ def _compatibility_notes(args) -> None:
         print("note: --local_rank is accepted for launcher compatibility; inference runs in one process")
     if args.enable_xformers_memory_efficient_attention:
         print("note: --enable_xformers_memory_efficient_attention: PyTorch's fused scaled-dot-product attention is "
-              "used (PISA layers use their own chunked kernel); xformers is not needed")
+              "used (PISA layers pick their own kernel: sparse where the CoC bound skips enough pairs, else chunked); "
+              "xformers is not needed")
     if args.organization is not None:
         print(f"note: --organization {args.organization}: the test-set layout is detected from the folder's contents")
 

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "so inference uses the same one")
     g.add_argument("--gradient_checkpointing", action=_BOOL, help="UNet gradient checkpointing (memory for time)")
     g.add_argument("--enable_xformers_memory_efficient_attention", action=_BOOL,
-                   help="accepted for the published command; attention already uses PyTorch SDPA / chunked PISA")
+                   help="accepted for the published command; attention already uses PyTorch SDPA, PISA its own "
+                   "kernel (sparse or chunked, picked per call)")
     g.add_argument("--allow_tf32", action=_BOOL, help="allow TF32 matmuls on Ampere+ GPUs")
 
     g = p.add_argument_group("data")
