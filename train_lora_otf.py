@@ -22,6 +22,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from metrics.image import psnr_from_mse
 from training.checkpoint import (CheckpointHooks, CheckpointSaveError, TrainProgress, check_fresh_output_dir,
                                  check_rng_state, export_inference, remove_stale_temporaries, resolve_resume_path,
                                  save_checkpoint)
@@ -51,7 +52,8 @@ def setup_accelerator(args):
         torch.backends.cuda.matmul.allow_tf32 = True
     if args.enable_xformers_memory_efficient_attention:
         logger.info("--enable_xformers_memory_efficient_attention: accepted for the published command; "
-                    "stock layers already use PyTorch SDPA and PISA layers the chunked kernel, so nothing changes")
+                    "stock layers already use PyTorch SDPA and PISA layers their own kernel (impl auto: sparse "
+                    "where the CoC bound skips enough pairs, else chunked), so nothing changes")
     set_seed(args.seed)
     return accelerator
 
@@ -155,7 +157,7 @@ def main(input_args=None) -> int:
             # PSNR of [0, 1] images: --loss_signed_range reports the MSE of [-1, 1] images, 4x as large.
             mse = result.terms["mse"] / (4.0 if args.loss_signed_range else 1.0)
             record = {"step": progress.step, **result.terms, "skipped": result.skipped,
-                      "psnr": -10 * math.log10(mse) if mse > 0 else float("inf"),
+                      "psnr": float(psnr_from_mse(torch.tensor(mse, dtype=torch.float64))),  # capped, as evaluate.py
                       "lr": c.scheduler.get_last_lr()[0], "grad_norm": result.grad_norm}
             train_log.write(record)
             for key, value in record.items():

@@ -412,10 +412,13 @@ def validate(model: nn.Module, batches: list[dict], *, hardness: float | None, d
     every validation: metrics of different steps differ by the weights only.
 
     Returns:
-        ``(metrics, grid)``: ``{"psnr" (dB), "ssim" in [0, 1], "l1" in [0, 1]}`` averaged over images, and a
-        ``(3, rows * H, 4 * W)`` grid in [0, 1] whose rows are AIF | prediction | target | disparity.
+        ``(metrics, grid)``: ``{"psnr" (dB, capped at metrics.image.PSNR_MAX_DB), "ssim" in [0, 1], "l1" in
+        [0, 1]}`` averaged over images, and a ``(3, rows * H, 4 * W)`` grid in [0, 1] whose rows are
+        AIF | prediction | target | disparity.
     """
     import piq
+
+    from metrics.image import mse_map, psnr_from_mse
 
     was_training = model.training
     model.eval()
@@ -429,7 +432,7 @@ def validate(model: nn.Module, batches: list[dict], *, hardness: float | None, d
                              crop_top_left=b["crop_top_left"], pisa_hardness=hardness).float().clamp(0, 1)
                 target = b["bokeh"].float().clamp(0, 1)
                 n = pred.shape[0]
-                psnr += float(piq.psnr(pred, target, data_range=1.0, reduction="sum"))
+                psnr += float(psnr_from_mse(mse_map(pred, target).flatten(1).mean(1)).sum())  # capped, as evaluate.py
                 ssim += float(piq.ssim(pred, target, data_range=1.0, reduction="sum"))
                 l1 += float((pred - target).abs().flatten(1).mean(1).sum())
                 count += n
@@ -463,6 +466,10 @@ def rank_checksums(accelerator, params: list) -> list[int]:
 class StepLog:
     """Per-step JSON lines (``train_log.jsonl`` / ``validation.jsonl``) on the main process.
 
+    Lines are strict JSON (the same convention as ``evaluate.py``'s ``metrics.json``): PSNR is capped at
+    :data:`metrics.image.PSNR_MAX_DB` by whoever computes it, and any value that is still not finite (the loss
+    or gradient norm of a skipped non-finite step, whose ``skipped`` field says so) is written as ``null``.
+
     On resume, records after the resumed step (written by the interrupted run after its last checkpoint)
     are dropped, so the file always describes one consistent history. A line that is not a complete record
     (a kill or a full disk while appending) is dropped with a warning.
@@ -488,7 +495,18 @@ class StepLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
+
+
+def _finite_or_none(value):
+    """NaN / +-inf -> None (``null``), recursively through dicts and lists; everything else unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 class StatusMeter:

@@ -8,6 +8,7 @@ here: on a shared 2-core machine OpenMP spin-waiting makes multi-threaded tiny k
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -66,8 +67,16 @@ def _argv(stack, out, *extra):
             "--output_dir", str(out), *map(str, extra)]
 
 
-def _log(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+def _strict(line: str) -> dict:
+    """json.loads that refuses NaN / Infinity: the logs are strict JSON (non-finite values are null)."""
+    def refuse(constant):
+        raise AssertionError(f"non-strict JSON constant {constant} in log line {line!r}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def _log(out, name: str = "train_log.jsonl") -> list[dict]:
+    return [_strict(line) for line in (Path(out) / name).read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -365,7 +374,7 @@ def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monk
     assert "gan_g" not in ref_log[1] and "gan_g" in ref_log[2] and all("gan_d" in r for r in ref_log)
     assert [s for s, _ in list_checkpoints(ref)] == [4, 6]
     assert list((ref / "logs").rglob("events.out.tfevents.*")), "tensorboard event file missing"
-    assert [r["step"] for r in map(json.loads, (ref / "validation.jsonl").read_text().splitlines())] == [0, 3, 6]
+    assert [r["step"] for r in _log(ref, "validation.jsonl")] == [0, 3, 6]
 
     crashed = tmp_path / "crashed"
     real_step = train_lora_otf.train_step
@@ -434,7 +443,9 @@ def test_nonfinite_losses_skip_updates_and_stop_with_nonzero_exit(stack, tmp_pat
     out = tmp_path / "nan"
     assert train_lora_otf.main(_argv(stack, out, "--validation_steps", 0, "--lambda_gan", 0)) == 2
     assert "3 consecutive steps had a non-finite loss" in caplog.text
-    assert [r["skipped"] for r in _log(out)] == [True, True]
+    log = _log(out)  # strict JSON: the NaN loss is written as null, the step's "skipped" says why
+    assert [r["skipped"] for r in log] == [True, True]
+    assert [r["total"] for r in log] == [None, None] and all(math.isfinite(r["mse"]) for r in log)
     from safetensors.torch import load_file
 
     lora = load_file(str(out / f"{CHECKPOINT_PREFIX}2" / "pytorch_lora_weights.safetensors"))
@@ -471,7 +482,7 @@ def test_learning_lowers_heldout_l1(stack, tmp_path):
                  "--checkpointing_steps", LEARN_STEPS, "--lambda_gan", 0, "--no-edge", "--learning_rate", 5e-3,
                  "--train_batch_size", 4, "--num_validation_samples", 8, "--log_steps", 50)
     assert train_lora_otf.main(argv) == 0
-    val = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    val = _log(out, "validation.jsonl")
     assert [v["step"] for v in val] == [0, LEARN_STEPS]
     assert val[-1]["l1"] <= 0.9 * val[0]["l1"], val
 
@@ -622,6 +633,23 @@ def test_a_partial_last_log_line_is_dropped_with_a_warning(tmp_path, caplog):
     assert "train_log.jsonl" in caplog.text and "line 3" in caplog.text
     log.write({"step": 3, "total": 0.3})
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_logs_are_strict_json_and_resume_reads_older_non_strict_lines(tmp_path):
+    from metrics.image import PSNR_MAX_DB, psnr_from_mse
+    from training.loop import StepLog
+
+    path = tmp_path / "train_log.jsonl"
+    # Logs written before the logs were strict JSON hold Infinity / NaN; resume still reads them.
+    path.write_text('{"step": 1, "psnr": Infinity, "grad_norm": NaN}\n{"step": 2, "psnr": 30.0}\n{"step": 3}\n')
+    log = StepLog(path, start_step=2, enabled=True)
+    log.write({"step": 3, "psnr": psnr_from_mse(torch.tensor(0.0, dtype=torch.float64)).item(),
+               "total": float("nan"), "grad_norm": float("inf"), "terms": [1.0, float("-inf")], "skipped": True})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]  # the interrupted run's step 3 replaced
+    new = _strict(lines[-1])
+    assert new == {"step": 3, "psnr": PSNR_MAX_DB, "total": None, "grad_norm": None, "terms": [1.0, None],
+                   "skipped": True}
 
 
 def test_an_unreadable_rng_state_stops_the_resume_unless_allowed(tmp_path, caplog):
