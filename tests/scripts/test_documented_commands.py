@@ -77,6 +77,10 @@ PARSE = {
     "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks":
         "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
+    "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
+        "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
+    "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir data/otf "
+    "--output_dir runs/published": _HUB + "; a GPU",
 }
 
 MAKE = ["make demo", "make test", "make app", "make evaluate", "make evaluate-record", "make bench"]
@@ -100,13 +104,14 @@ def _parsers():
     import evaluate
     import inference_hf
     import prepare_data
-    from scripts import make_benchmark, make_sample_data, run_benchmark
+    from scripts import compare_recipes, make_benchmark, make_sample_data, run_benchmark
     from training.config import parse_args as train_args
 
     return {"app.py": app.parse_args, "inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
             "evaluate.py": evaluate.parse_args, "train_lora_otf.py": train_args,
             "scripts.make_sample_data": make_sample_data.parse_args,
-            "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args}
+            "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args,
+            "scripts.compare_recipes": compare_recipes.parse_args}
 
 
 def _split(command: str) -> tuple[str, list[str]]:
@@ -195,10 +200,13 @@ def test_hints_spell_scripts_as_modules_and_a_file_path_run_says_how():
              and "tests" not in p.parts]
     offenders = [str(p.relative_to(REPO)) for p in texts if "python scripts/" in p.read_text(errors="replace")]
     assert offenders == []
-    result = subprocess.run([sys.executable, "scripts/make_sample_data.py", "--out", "x"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "run it as a module from the repository root: python -m scripts.make_sample_data [options]"
+    scripts = sorted(p.stem for p in (REPO / "scripts").glob("*.py") if p.stem != "__init__")
+    assert "compare_recipes" in scripts and "make_sample_data" in scripts
+    for name in scripts:  # the guard runs before any import, so each run takes well under a second
+        result = subprocess.run([sys.executable, f"scripts/{name}.py", "--out", "x"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        assert result.stderr.strip() == f"run it as a module from the repository root: python -m scripts.{name} [options]"
 
 
 _PACKAGES = ("data", "models", "kernels", "losses", "metrics", "training", "configs", "scripts", "benchmarks", "tests")
