@@ -100,6 +100,7 @@ deliberate deviations of the default (``compat=False``) from it:
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import functools
 import math
@@ -520,7 +521,8 @@ def pisa_attention(
     training: bool = False,
     occlusion_disparity: torch.Tensor | None = None,
     published_geometry: bool = False,
-) -> torch.Tensor:
+    return_impl: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, str]:
     """Physics-inspired self-attention (paper Sec. 3.2; the equations are in this module's docstring).
 
     Args:
@@ -550,10 +552,12 @@ def pisa_attention(
         published_geometry: the published release's geometry (needs ``compat``): token distances on a frame
             of 512 px per axis whatever the frame's size (``linspace(0, 1, n) * 512`` px), and its occlusion
             sample grid including its axis order for non-square grids (:func:`_token_uv_published`).
+        return_impl: also return the implementation that ran (``"auto"`` resolved to ``"sparse"`` or
+            ``"chunked"``).
 
     Returns:
         ``(B, heads, N, d)`` in ``q``'s dtype: ``out_i = sum_j A_ij v_j``. Gradients flow to q, k, v only;
-        disparity and CoC are treated as data (detached).
+        disparity and CoC are treated as data (detached). With ``return_impl``: ``(out, impl_that_ran)``.
     """
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
@@ -605,13 +609,18 @@ def pisa_attention(
         dropout_p=float(dropout_p),
         dropout_seed=dropout_seed,
     )
-    scale = 1.0 / math.sqrt(d)
+    out, ran = _dispatch(q, k, v, spec, 1.0 / math.sqrt(d), impl, block_size)
+    return (out, ran) if return_impl else out
+
+
+def _dispatch(q, k, v, spec: _Spec, scale: float, impl: str, block_size: int) -> tuple[torch.Tensor, str]:
+    """Run ``impl`` (``"auto"`` resolved here): the output and the name of the implementation that ran."""
     if impl == "reference":
-        return _pisa_reference(q, k, v, spec, scale)
+        return _pisa_reference(q, k, v, spec, scale), impl
     if impl == "flex":
         if not _flex_available():
             raise ValueError("impl='flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); use 'chunked'.")
-        return _pisa_flex(q, k, v, spec, scale)
+        return _pisa_flex(q, k, v, spec, scale), impl
     if impl == "flex_sparse":
         if not _flex_available():
             raise ValueError(
@@ -619,7 +628,7 @@ def pisa_attention(
             )
         from .pisa_sparse import flex_sparse_pisa
 
-        return flex_sparse_pisa(q, k, v, spec, scale)
+        return flex_sparse_pisa(q, k, v, spec, scale), impl
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}.")
     # (autograd.Function.forward runs with grad disabled, so whether a backward will follow is decided here.)
@@ -631,8 +640,8 @@ def pisa_attention(
         # auto: the sparse path only where the bound skips enough pairs to pay for its gathers; otherwise
         # (soft hardness, huge CoC everywhere) the chunked path, i.e. never slower than the dense evaluation.
         if impl == "sparse" or min(plan.fraction, plan.reach_fraction) <= DENSE_FRACTION:
-            return sparse_pisa(q, k, v, spec, scale, plan, needs_backward)
-    return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size), needs_backward)
+            return sparse_pisa(q, k, v, spec, scale, plan, needs_backward), "sparse"
+    return _ChunkedPISA.apply(q, k, v, spec, scale, int(block_size), needs_backward), "chunked"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -704,6 +713,11 @@ class PISAAttnProcessor:
         published_geometry: the published release's token distances and occlusion grid (with ``compat``;
             see :func:`pisa_attention`). Set by the pipeline's ``protocol="published"``.
 
+    Attributes:
+        last_impl: the implementation the latest call ran (``impl="auto"`` resolved to ``"sparse"`` or
+            ``"chunked"``), ``None`` before the first call; ``impl_counts`` counts calls per implementation
+            since construction (one processor serves every PISA layer it is installed on).
+
     Call contract: ``cross_attention_kwargs={"disp_coc": t, "pisa_hardness": optional float}``, with ``t``
     of shape ``(B, 2, H, W)`` at the full image resolution: channel 0 disparity in [0, 1] (1 = near),
     channel 1 signed CoC radius in image pixels. It is resized (area; bilinear with ``compat``) to this
@@ -745,6 +759,8 @@ class PISAAttnProcessor:
         if self.published_geometry and not self.compat:
             raise ValueError("published_geometry=True reproduces the published code and needs compat=True as well.")
         self._stock = PassthroughAttnProcessor()
+        self.last_impl: str | None = None
+        self.impl_counts: collections.Counter = collections.Counter()
 
     def config(self) -> dict:
         """The settings, for checkpoint metadata."""
@@ -822,7 +838,7 @@ class PISAAttnProcessor:
             key = attn.norm_k(key)
 
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
-        hidden_states = pisa_attention(
+        hidden_states, self.last_impl = pisa_attention(
             query,
             key,
             value,
@@ -841,7 +857,9 @@ class PISAAttnProcessor:
             training=attn.training,
             occlusion_disparity=occ_map,
             published_geometry=self.published_geometry,
+            return_impl=True,
         )
+        self.impl_counts[self.last_impl] += 1
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)

@@ -282,3 +282,42 @@ def test_memory_estimate_counts_sparse_pisa_linearly():
     small, big = with_pisa.estimate_bytes(1024, 1024)[0], with_pisa.estimate_bytes(4096, 4096)[0]
     assert small > without.estimate_bytes(1024, 1024)[0]
     assert big < 20 * small  # 16x the pixels; a dense N x N term would be 256x
+
+
+def test_full_frame_render_takes_the_sparse_pisa_path_and_matches_chunked():
+    """impl="auto" (the default) picks the sparse path for an inference render whose CoC is small against the
+    frame, and the render equals forcing impl="chunked": the PISA layer's output and the UNet's x0 to 1e-5.
+    (The decoded image differs by ~1e-4 -- measured 1.0e-4 here, 4e-4 at 1024 px -- because the tiny stack's
+    random VAE decoder turns 1e-6 of latent noise into ~2e-4 of image noise: the decoder's gain on float
+    rounding, not a PISA difference.)"""
+    from models.pisa import PISAAttnProcessor
+
+    size = 512  # 32 x 32 PISA tokens; CoC radius <= 10 px: the bound skips most of the N^2 pairs
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, size, size, generator=g)
+    disp = torch.linspace(0.3, 0.7, size).expand(1, 1, size, size).clone()
+    disp[..., 128:256, 128:256] = 0.9  # a near square: occlusion and a depth edge
+    renders, x0, pisa_out, counts = {}, {}, {}, {}
+    for impl in ("auto", "chunked"):
+        pipe = BokehDiffPipeline.from_components(**build_tiny_sdxl(seed=0), pisa=dict(_FAST_PISA, impl=impl))
+        modules = dict(pipe.model.unet.named_modules())
+        scale = pipe.model.vae.config.scaling_factor  # the decoder reads x0 / scale + shift; the shift cancels
+        hooks = [
+            modules["down_blocks.1.attentions.0.transformer_blocks.0.attn1"].register_forward_hook(
+                lambda module, args, out, impl=impl: pisa_out.__setitem__(impl, out.detach().clone())),
+            pipe.model.vae.decoder.register_forward_pre_hook(
+                lambda module, args, impl=impl: x0.__setitem__(impl, args[0].detach() * scale)),
+        ]
+        renders[impl] = pipe(image, disp, K=20, disp_focus=0.5)
+        for hook in hooks:
+            hook.remove()
+        assert pipe.last_plan.mode == "full"
+        processors = {id(p): p for p in _pisa_processors(pipe).values()}
+        (processor,) = processors.values()  # one processor instance serves every PISA layer
+        assert isinstance(processor, PISAAttnProcessor) and processor.impl == impl
+        counts[impl] = dict(processor.impl_counts)
+        assert processor.last_impl == {"auto": "sparse", "chunked": "chunked"}[impl]
+    assert counts == {"auto": {"sparse": 1}, "chunked": {"chunked": 1}}  # the tiny UNet has one PISA layer
+    assert (pisa_out["auto"] - pisa_out["chunked"]).abs().max() <= 1e-5
+    assert (x0["auto"] - x0["chunked"]).abs().max() <= 1e-5
+    assert (renders["auto"] - renders["chunked"]).abs().max() <= 1e-3

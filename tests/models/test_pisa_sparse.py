@@ -142,6 +142,11 @@ def test_auto_dispatch_and_determinism():
     assert not torch.equal(hard[0], hard[3])  # a different path (equal only to rounding)
     soft = [pisa_attention(q, k, v, disparity, coc, hardness=2.0, impl=impl, **kw) for impl in ("auto", "chunked")]
     assert torch.equal(soft[0], soft[1])
+    # return_impl names the path that ran (what PISAAttnProcessor.last_impl reports).
+    for hardness, expected in ((1e7, "sparse"), (2.0, "chunked")):
+        out, ran = pisa_attention(q, k, v, disparity, coc, hardness=hardness, impl="auto", return_impl=True, **kw)
+        assert ran == expected and torch.equal(out, hard[0] if expected == "sparse" else soft[0])
+    assert pisa_attention(q, k, v, disparity, coc, hardness=2.0, impl="reference", return_impl=True, **kw)[1] == "reference"
 
 
 @pytest.mark.skipif(not pisa._flex_available(), reason="torch.nn.attention.flex_attention is not available")
