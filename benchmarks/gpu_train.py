@@ -153,6 +153,7 @@ def main(argv=None) -> list[dict]:
     for batch in opts.batches:
         for checkpointing in (False, True):
             rows.append(measure(batch, checkpointing, opts))
+            print(json.dumps(rows[-1]), flush=True)  # each row as measured: a cut run still leaves its numbers
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not opts.smoke else "CPU (smoke)"
     print(f"{device}, torch {torch.__version__}")
     print("| batch | px | grad. ckpt | s / step | peak GiB | x no-ckpt | status |\n|---|---|---|---|---|---|---|")
