@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# Documents whose commands a user copies: the README and the scripts' module docstrings (their --help text).
+# Documents whose commands a user copies: the README, the pages under docs/ and CONTRIBUTING.md (read like the
+# README), and the scripts' module docstrings (their --help text).
+DOCS = ("README.md", "docs/conventions.md", "docs/training_recipe.md", "CONTRIBUTING.md")
 DOCSTRING_SCRIPTS = ("inference_hf.py", "train_lora_otf.py", "prepare_data.py", "dataset.py", "evaluate.py",
                      "scripts/make_sample_data.py", "scripts/make_benchmark.py", "scripts/run_benchmark.py")
 _STARTS = ("python ", "python3", "make ", "accelerate launch ", "pip ", "conda ", ".venv/")
@@ -58,8 +60,9 @@ def docstring_commands(script: str) -> list[str]:
 def all_commands() -> dict[str, list[str]]:
     """``{command: [where it is documented]}``."""
     found: dict[str, list[str]] = {}
-    for command in readme_commands():
-        found.setdefault(command, []).append("README.md")
+    for doc in DOCS:
+        for command in readme_commands((REPO / doc).read_text()):
+            found.setdefault(command, []).append(doc)
     for script in DOCSTRING_SCRIPTS:
         for command in docstring_commands(script):
             found.setdefault(command, []).append(script)

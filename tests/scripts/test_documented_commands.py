@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.scripts.documented_commands import REPO, all_commands
+from tests.scripts.documented_commands import DOCS, REPO, all_commands
 
 RUN = [
     "python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128",
@@ -77,6 +77,11 @@ PARSE = {
     "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks":
         "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
+    # docs/training_recipe.md
+    "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
+    "--output_dir runs/published": _HUB + "; a GPU",
+    "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
+        "7 tiny training runs (minutes of CPU); tests/scripts/test_compare_recipes.py runs it shortened",
 }
 
 MAKE = ["make demo", "make test", "make app", "make evaluate", "make evaluate-record", "make bench"]
@@ -100,13 +105,14 @@ def _parsers():
     import evaluate
     import inference_hf
     import prepare_data
-    from scripts import make_benchmark, make_sample_data, run_benchmark
+    from scripts import compare_recipes, make_benchmark, make_sample_data, run_benchmark
     from training.config import parse_args as train_args
 
     return {"app.py": app.parse_args, "inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
             "evaluate.py": evaluate.parse_args, "train_lora_otf.py": train_args,
             "scripts.make_sample_data": make_sample_data.parse_args,
-            "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args}
+            "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args,
+            "scripts.compare_recipes": compare_recipes.parse_args}
 
 
 def _split(command: str) -> tuple[str, list[str]]:
@@ -206,12 +212,12 @@ _PATH_FLAGS = ("--input_dir", "--output_dir", "--test_data_dir", "--train_data_d
                "--pred_dir", "--out", "--data_root")
 
 
-def test_user_data_in_the_readme_stays_out_of_packages_and_out_of_git():
-    """Folders the README tells users to fill are outside the code packages and ignored by git."""
+def test_user_data_in_the_docs_stays_out_of_packages_and_out_of_git():
+    """Folders the README and docs/ tell users to fill are outside the code packages and ignored by git."""
     ignored = [line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     for command, where in all_commands().items():
-        if "README.md" not in where:
+        if not set(where) & set(DOCS):
             continue
         words = shlex.split(command)
         for flag, value in zip(words, words[1:]):
@@ -246,6 +252,6 @@ def test_the_repository_stands_alone():
     for section in ("## Units and tensor layouts", "## PISA", "## The one-step model", "## Public contracts",
                     "## Style"):
         assert section in conventions
-    for markdown in REPO.glob("*.md"):
+    for markdown in [*REPO.glob("*.md"), *REPO.glob("docs/*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)\)", markdown.read_text()):
             assert (markdown.parent / target).exists(), f"{markdown.name} links to missing {target}"
