@@ -33,7 +33,6 @@ RUN = [
     "python -m scripts.make_sample_data --out prepared",
     "python inference_hf.py --renderer classical --image photo.jpg --disparity photo_disp.npy --focus_xy 320 240 "
     "--K 12 20 --output_dir outputs/one",
-    "python inference_hf.py --help",
     # The tiny smoke run, in its README order (each command uses the previous one's outputs).
     "python -c \"from models.tiny import save_tiny_sdxl; save_tiny_sdxl('outputs/tiny_sdxl')\"",
     "python train_lora_otf.py --config configs/train_tiny.yaml --pretrained_model_name_or_path outputs/tiny_sdxl "
