@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pisa_hardness_start", type=float, help="PISA hardness at step 0 (soft CoC constraint)")
     g.add_argument("--pisa_hardness_per_step", type=float,
                    help="hardness added per optimisation step (the published code: +1 per PISA call, 2 calls/step)")
-    g.add_argument("--pisa_hardness_max", type=float, help="hardness cap (the inference value)")
+    g.add_argument("--pisa_hardness_max", type=float,
+                   help="hardness cap while training (published: 1e6; inference uses 1e7: inference_hf.py --pisa_hardness)")
     g.add_argument("--pisa_seed", type=int,
                    help="occlusion-jitter seed of the PISA layers while training; null: a fresh seed per call from "
                    "the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
