@@ -145,10 +145,12 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
         print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
               f"discretisation (--pisa_compat {args.pisa_compat})")
     lora, vae = pipe.info.get("lora"), pipe.info.get("vae")
-    print(f"bokehdiff: base '{args.pretrained_model_name_or_path}', adapter '{adapter}'"
-          + (f" (LoRA rank {lora['rank']}: {lora['tensors']} tensors" if lora else " (no LoRA")
-          + (f", VAE {vae['tensors']} tensors" if vae else "") + f", all verified) loaded in "
-          f"{time.perf_counter() - start:.1f} s on {device}, UNet {pipe.model.unet.dtype}")
+    weights = ([f"LoRA rank {lora['rank']}: {lora['tensors']} tensors"] if lora else []) + (
+        [f"VAE {vae['tensors']} tensors"] if vae else [])
+    print(f"bokehdiff: base '{args.pretrained_model_name_or_path}', "
+          + (f"adapter '{adapter}' ({', '.join(weights)}, all verified)" if weights
+             else "no adapter (base UNet: the renders are not bokeh)")
+          + f" loaded in {time.perf_counter() - start:.1f} s on {device}, UNet {pipe.model.unet.dtype}")
     vae_tiling = {"auto": "auto", "on": True, "off": False}[args.vae_tiling]
 
     reported = set()
