@@ -28,6 +28,7 @@ from PIL import Image
 from tests.scripts.documented_commands import DOCS, REPO, all_commands
 
 RUN = [
+    "python inference_hf.py --renderer classical --demo --output_dir outputs/demo",  # make demo: seconds
     "python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128",
     "python dataset.py inspect --data_root test_data/ebb",
     "python -m scripts.make_sample_data --out prepared",
@@ -56,8 +57,6 @@ PARSE = {
     "--focus_protocol published --K 20": _HUB + " (the published path on the tiny stack: tests/models/test_protocol.py)",
     "python inference_hf.py --test_data_dir DIR --output_dir OUT --data_id RUN --K 20 "
     "--enable_xformers_memory_efficient_attention": "placeholder folders; " + _HUB,
-    "python inference_hf.py --renderer classical --demo --output_dir outputs/demo":
-        "1-2 min of CPU; the same path at 128 px: test_inference_classical.py::test_demo_fast_mode_writes_named_renders_and_sheet",
     "accelerate launch train_lora_otf.py --train_data_dir prepared/otf --output_dir runs/bokehdiff "
     "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 --resolution 512 --edge --lpips "
     "--gan_loss_type multilevel_sigmoid_s --cv_type convnext": _HUB + "; a GPU",
@@ -191,6 +190,10 @@ def test_offline_commands_run_as_written(workdir, monkeypatch, capsys):
     assert len(list((workdir / "outputs" / "one").glob("photo_K*_f*.png"))) == 2
     assert (workdir / "outputs" / "tiny_run" / "pytorch_lora_weights.safetensors").is_file()
     assert len(list((workdir / "outputs" / "tiny_render").glob("scene0*_K*.png"))) == 3
+    # make demo's outputs as the README lists them: six motorcycle_K<K>_f<focus>.png, the sheet, the config.
+    demo = sorted(p.name for p in (workdir / "outputs" / "demo").iterdir())
+    assert demo == sorted([f"motorcycle_K{k}_f{f}.png" for k in (10, 20) for f in ("0.88", "0.56", "0.09")]
+                          + ["contact_sheet.png", "run_config.json"])
 
 
 def test_hints_spell_scripts_as_modules_and_a_file_path_run_says_how():
