@@ -257,3 +257,18 @@ def test_the_repository_stands_alone():
     for markdown in [*REPO.glob("*.md"), *REPO.glob("docs/*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)\)", markdown.read_text()):
             assert (markdown.parent / target).exists(), f"{markdown.name} links to missing {target}"
+
+
+def test_readme_layout_lists_every_top_level_folder_and_script():
+    """The README's Layout table names each top-level folder and script of the repository (hidden and
+    git-ignored ones aside): a merged branch that adds one must add its row."""
+    ignored = {line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    entries = [entry for entry in REPO.iterdir() if not entry.name.startswith((".", "_"))
+               and entry.name not in ignored]
+    wanted = {f"{entry.name}/" for entry in entries if entry.is_dir()} | {
+        entry.name for entry in entries if entry.suffix == ".py"}
+    layout = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([^`]+)` \|", layout, flags=re.M))
+    assert wanted - rows == set(), "top-level folders / scripts missing from the README's Layout table"
+    assert rows - wanted == set(), "Layout rows naming no tracked top-level folder or script"
