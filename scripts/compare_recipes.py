@@ -14,6 +14,11 @@ compare their relative change, not their absolute L1. Used for docs/training_rec
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file path: the repository's packages are not importable
+    sys.exit("run it as a module from the repository root: python -m scripts.compare_recipes [options]")
+
 import argparse
 import json
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""Extract the commands the documentation shows: README code blocks and inline commands, and the examples in the
-module docstrings (``--help`` text) of the command-line scripts."""
+"""Extract the commands the documentation shows: README (and docs/) code blocks and inline commands, and the
+examples in the module docstrings (``--help`` text) of the command-line scripts."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# Documents whose commands a user copies: the README, the pages under docs/ and CONTRIBUTING.md (read like the
-# README), and the scripts' module docstrings (their --help text).
-DOCS = ("README.md", "docs/conventions.md", "docs/training_recipe.md", "CONTRIBUTING.md")
+# Documents whose commands a user copies: the README and the scripts' module docstrings (their --help text).
 DOCSTRING_SCRIPTS = ("inference_hf.py", "train_lora_otf.py", "prepare_data.py", "dataset.py", "evaluate.py",
-                     "scripts/make_sample_data.py", "scripts/make_benchmark.py", "scripts/run_benchmark.py")
+                     "scripts/make_sample_data.py", "scripts/make_benchmark.py", "scripts/run_benchmark.py",
+                     "scripts/compare_recipes.py")
+# Further documents under docs/ whose code blocks a user copies (same rules as the README's).
+DOCS = ("docs/training_recipe.md", "docs/conventions.md")
 _STARTS = ("python ", "python3", "make ", "accelerate launch ", "pip ", "conda ", ".venv/")
 _INLINE = re.compile(r"`{1,2}((?:python|make|pip|accelerate) [^`]+)`{1,2}")
 
@@ -60,6 +61,8 @@ def docstring_commands(script: str) -> list[str]:
 def all_commands() -> dict[str, list[str]]:
     """``{command: [where it is documented]}``."""
     found: dict[str, list[str]] = {}
+    for command in readme_commands():
+        found.setdefault(command, []).append("README.md")
     for doc in DOCS:
         for command in readme_commands((REPO / doc).read_text()):
             found.setdefault(command, []).append(doc)
