@@ -35,8 +35,11 @@ from webapp.core import RenderOptions, upload_scene
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any flag of `python inference_hf.py --help` is accepted as described above.")
+        description=__doc__.split("\n\n")[0].replace("``", ""), formatter_class=inference_hf.HelpFormatter,
+        epilog="Every flag of inference_hf.py (python inference_hf.py --help) is accepted too:\n"
+               "  --image PATH --disparity PATH [--depth]      start on that photo instead of the demo;\n"
+               "  --K, --focus_xy / --focus_disparity / ...    starting values (the first where several);\n"
+               "  --pretrained_model_name_or_path DIR --adapter DIR   add BokehDiff as a renderer.")
     group = parser.add_argument_group("app")
     group.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the local network)")
     group.add_argument("--port", type=int, default=7860, help="port to serve on")

@@ -1,4 +1,4 @@
-"""Render lens blur for images with disparity: ``python inference_hf.py --help``.
+"""Render lens blur for images with disparity: BokehDiff (default), or the classical, Gaussian or identity renderer.
 
 Inputs (one of):
   ``--demo``                                the offline demo (Middlebury motorcycle, shipped in scikit-image);
@@ -23,11 +23,10 @@ failed (a missing or corrupt file fails its input only; the others are still wri
 Demo (``make demo`` = ``--renderer classical --demo --output_dir outputs/demo``): the 741 x 500 motorcycle at
 focus percentiles 90 / 50 / 10 (front of the motorcycle, its rear, the back wall: disparity 0.88 / 0.56 /
 0.09) x K = 10, 20 -> six PNGs ``motorcycle_K{10,20}_f{0.88,0.56,0.09}.png`` + ``contact_sheet.png``
-(1280 x 476: input and disparity in the first column, one row per K). Cost: about 107 s of CPU time on
-2 cores (kernels at 66ed320; 6 renders of 0.37 MP, largest CoC radius 18 px), so about 1 min of wall time
-is expected on two free cores (measured: 4 min 53 s while the cores were shared with other jobs, load ~9). The scatter
-renderer's cost grows with the square of the largest CoC radius: ``--K 6 12`` needs about 40 % of that,
-``--max_side`` shrinks it further.
+(1280 x 476: input and disparity in the first column, one row per K): 6 renders of 0.37 MP, largest CoC
+radius 18 px (measured times: README "Quick start" and BENCHMARKS.md "Renderers"). The scatter renderer's cost
+grows with the square of the largest CoC radius: ``--K 6 12`` needs about 40 % of that, ``--max_side``
+shrinks it further.
 
 Renderers are a seam: ``RENDERERS`` maps ``--renderer`` to a builder ``(args, device) -> render`` where
 ``render(image, disparity, K, disp_focus)`` takes ``(1, 3, H, W)`` sRGB in [0, 1], ``(1, 1, H, W)`` disparity,
@@ -146,10 +145,12 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
         print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
               f"discretisation (--pisa_compat {args.pisa_compat})")
     lora, vae = pipe.info.get("lora"), pipe.info.get("vae")
-    print(f"bokehdiff: base '{args.pretrained_model_name_or_path}', adapter '{adapter}'"
-          + (f" (LoRA rank {lora['rank']}: {lora['tensors']} tensors" if lora else " (no LoRA")
-          + (f", VAE {vae['tensors']} tensors" if vae else "") + f", all verified) loaded in "
-          f"{time.perf_counter() - start:.1f} s on {device}, UNet {pipe.model.unet.dtype}")
+    weights = ([f"LoRA rank {lora['rank']}: {lora['tensors']} tensors"] if lora else []) + (
+        [f"VAE {vae['tensors']} tensors"] if vae else [])
+    print(f"bokehdiff: base '{args.pretrained_model_name_or_path}', "
+          + (f"adapter '{adapter}' ({', '.join(weights)}, all verified)" if weights
+             else "no adapter (base UNet: the renders are not bokeh)")
+          + f" loaded in {time.perf_counter() - start:.1f} s on {device}, UNet {pipe.model.unet.dtype}")
     vae_tiling = {"auto": "auto", "on": True, "off": False}[args.vae_tiling]
 
     reported = set()
@@ -214,14 +215,21 @@ DEFAULT_RENDERER = "bokehdiff"
 # ----------------------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------------------
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The epilog keeps its line breaks; every option shows its default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog keeps its line breaks; every option shows its default, once: an option whose help already
+    states it ("default ...") or whose default is None / off gets no ``(default: ...)`` suffix."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     # --help shows the module docstring's inputs, focus and outputs/exit-code paragraphs (the user's reference).
     paragraphs = __doc__.replace("``", "").split("\n\n")
-    parser = argparse.ArgumentParser(description=paragraphs[0], formatter_class=_HelpFormatter,
+    parser = argparse.ArgumentParser(description=paragraphs[0], formatter_class=HelpFormatter,
                                      epilog="\n\n".join(paragraphs[1:4]))
     parser.add_argument("--renderer", choices=sorted(RENDERERS), default=None,
                         help=f"default {DEFAULT_RENDERER}; classical for --demo (the offline demo needs no weights)")

@@ -12,7 +12,7 @@ any nesting; hidden files skipped) it writes
 
 Where outputs go: to ``--output_dir``, with the images copied into its ``input/`` so the folder is
 self-contained. When ``--input_dir`` already is an EBB ``input`` folder (its name is ``input``, e.g.
-``data/EBB/input``) and ``--output_dir`` is omitted or is its parent, the work is done in place: nothing is
+``EBB/input``) and ``--output_dir`` is omitted or is its parent, the work is done in place: nothing is
 copied and ``depth/`` and ``mask/`` are written next to it. Outputs never go among the images: without
 ``--output_dir`` any other folder is refused, an ``--output_dir`` inside the images' folder is left out
 when it is searched, so a rerun does not take the masks for photos, and a layout in which an output would

@@ -146,16 +146,28 @@ def find_dataset_pairs(root: Path, pred_dir: Path) -> tuple[list[Pair], list[str
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred_dir '{pred_dir}' is not a folder")
-    pairs, problems = [], []
-    for record in dataset_records(root):
+    pairs, problems, looked_for = [], [], []
+    records = dataset_records(root)
+    for record in records:
         candidates = [pred_dir / f"{record['name']}{ext}" for ext in (".png", ".jpg")]
         candidates.append(pred_dir / output_name(safe_name(record["scene"]), record["K"], record["disp_focus"]))
+        looked_for.append(", ".join(c.name for c in candidates))
         pred = next((c for c in candidates if c.is_file()), None)
         missing = "" if pred else (f"no prediction for ground truth '{record['gt']}' in --pred_dir '{pred_dir}' "
-                                   f"(looked for {', '.join(c.name for c in candidates)})")
+                                   f"(looked for {looked_for[-1]})")
         pairs.append(Pair(record["name"], pred, record["gt"], record["disparity"], missing=missing))
     if not any(pair.pred is not None for pair in pairs):
-        raise ValueError(f"no prediction in --pred_dir '{pred_dir}' matches a ground truth of --dataset '{root}'")
+        # Say what a match looks like and how to render one: each ground truth has its own K and focus
+        # (meta.json), which inference_hf.py uses only when given them.
+        example = ""
+        if records:
+            first = records[0]
+            example = (f"; for '{first['gt'].name}' it looked for {looked_for[0]}, which "
+                       f"`python inference_hf.py [--renderer NAME] --test_data_dir {root} --data_id {first['scene']} "
+                       f"--K {first['K']:g} --focus_disparity {first['disp_focus']:g} --output_dir {pred_dir}` writes")
+        raise ValueError(f"no prediction in --pred_dir '{pred_dir}' matches a ground truth of --dataset '{root}': "
+                         "predictions are named like the ground truth, or <scene>_K<K>_f<focus>.png as "
+                         f"inference_hf.py names a render at the ground truth's K and focus (meta.json){example}")
     return pairs, problems
 
 

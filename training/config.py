@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: also train the VAE encoder's conv_in, mid_block and conv_out (at vae_lr_scale x LR); 0: not")
     g.add_argument("--timestep", type=int, help="the one-step model's fixed diffusion timestep")
     g.add_argument("--gamma", type=float,
-                   help="alias setting both --model_gamma and --synthesis_gamma (combining rule: see training.config)")
+                   help="alias setting both --model_gamma and --synthesis_gamma (combining rule: docs/training_recipe.md)")
     g.add_argument("--model_gamma", type=float,
                    help="gamma of the model's input/output transfer: the VAE sees srgb ** model_gamma (1 disables; "
                    "the released model: 1); recorded in the adapter so inference uses it")
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pisa_hardness_start", type=float, help="PISA hardness at step 0 (soft CoC constraint)")
     g.add_argument("--pisa_hardness_per_step", type=float,
                    help="hardness added per optimisation step (the published code: +1 per PISA call, 2 calls/step)")
-    g.add_argument("--pisa_hardness_max", type=float, help="hardness cap (the inference value)")
+    g.add_argument("--pisa_hardness_max", type=float,
+                   help="hardness cap while training (published: 1e6; inference uses 1e7: inference_hf.py --pisa_hardness)")
     g.add_argument("--pisa_seed", type=int,
                    help="occlusion-jitter seed of the PISA layers while training; null: a fresh seed per call from "
                    "the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam_epsilon", type=float, help="AdamW epsilon")
     g.add_argument("--max_grad_norm", type=float, help="gradient clipping norm (per parameter group)")
     g.add_argument("--mixed_precision", type=str, choices=("no", "fp16", "bf16"),
-                   help="accelerate mixed precision: bf16 (Ampere+ GPUs) or no; fp16 is rejected (see validate_args)")
+                   help="accelerate mixed precision: bf16 (Ampere+ GPUs) or no; fp16 is rejected (its loss "
+                        "scaling is not wired for the separate generator and discriminator optimisers)")
     g.add_argument("--max_nonfinite_steps", type=int,
                    help="stop (non-zero exit) after this many consecutive steps with a non-finite loss or gradient")
 

@@ -266,6 +266,7 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
     import peft
 
     from models.lora import PAPER_LORA_TARGETS, VAE_TRAINABLE_PREFIXES
+    from models.pipeline import DEFAULT_PISA
     from training.checkpoint import code_version
 
     return {
@@ -281,7 +282,8 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
         "pisa": {"enabled": bool(args.pisa), "layers": c.pisa_layers,
                  "hardness_schedule": {"start": args.pisa_hardness_start, "per_step": args.pisa_hardness_per_step,
                                        "max": args.pisa_hardness_max},
-                 "inference_hardness": args.pisa_hardness_max, "seed": args.pisa_seed,
+                 # What inference_hf.py uses (1e7, as published), not the training cap (published: 1e6).
+                 "inference_hardness": DEFAULT_PISA["hardness"], "seed": args.pisa_seed,
                  "dropout": args.pisa_dropout, "n_segments": args.pisa_segments,
                  "n_supersamples": args.pisa_supersamples,
                  # The discretisation trained with; the pipeline reads it (models.pipeline.pisa_compat_for).

@@ -169,6 +169,30 @@ def test_dataset_layout_pairs_ground_truth_with_inference_and_gt_named_predictio
     assert "meta.json" in capsys.readouterr().err
 
 
+def test_dataset_without_any_match_says_which_names_and_the_command_that_renders_one(tmp_path):
+    """A --pred_dir rendered at other K / focus values (e.g. inference_hf.py's default K 20) matches nothing:
+    the error names the files it looked for and an inference_hf.py command; that command, run as given with
+    the classical renderer, writes a prediction that then matches."""
+    import re
+    import shlex
+
+    import inference_hf
+    from metrics.report import find_dataset_pairs
+
+    ebb = Path(__file__).resolve().parents[2] / "test_data" / "ebb"
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    save_image(pred_dir / "scene00_K20_f0.17.png", _image(0)[0])
+    with pytest.raises(ValueError) as caught:
+        find_dataset_pairs(ebb, pred_dir)
+    message = str(caught.value)
+    assert "scene00_K9.62_f0.168.png" in message and "scene00_K9.62_f0.17.png" in message
+    command = re.search(r"`python inference_hf.py \[--renderer NAME\] ([^`]+)`", message).group(1)
+    assert inference_hf.main(["--renderer", "classical", *shlex.split(command), "--no_contact_sheet"]) == 0
+    pairs, _ = find_dataset_pairs(ebb, pred_dir)
+    assert [pair.name for pair in pairs if pair.pred is not None] == ["scene00_K9.62_f0.168"]
+
+
 def test_an_image_too_small_for_ssim_fails_alone(tmp_path):
     pred_dir, gt_dir, _ = _write_pairs(tmp_path, n=2)
     for folder in (pred_dir, gt_dir):

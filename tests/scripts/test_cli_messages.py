@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import app
 import dataset
 import evaluate
 import inference_hf
@@ -39,7 +40,8 @@ def _parser(parse_args, monkeypatch) -> argparse.ArgumentParser:
 
 
 def _all_parsers(monkeypatch) -> dict[str, argparse.ArgumentParser]:
-    parsers = {"inference_hf.py": inference_hf.build_parser(), "train_lora_otf.py": train_parser()}
+    parsers = {"inference_hf.py": inference_hf.build_parser(), "train_lora_otf.py": train_parser(),
+               "app.py": app.build_parser()}
     for name, parse in (("evaluate.py", evaluate.parse_args), ("prepare_data.py", prepare_data.parse_args),
                         ("dataset.py", dataset.parse_args), ("make_sample_data", make_sample_data.parse_args),
                         ("make_benchmark", make_benchmark.parse_args), ("run_benchmark", run_benchmark.parse_args)):
@@ -68,6 +70,27 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch):
         if "docstring" in text:  # a --help reader cannot open the module docstring
             problems.append(f"{name}: help refers to the module docstring")
     assert problems == []
+
+
+@pytest.mark.parametrize("script", ["inference_hf.py", "app.py"])
+def test_help_states_each_default_once(script, monkeypatch):
+    """An option whose help already says its default gets no second "(default: ...)", and none gets
+    "(default: None)"; the app's own options show theirs (port, output folder, preview size)."""
+    parser = _all_parsers(monkeypatch)[script]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.help or action.help == argparse.SUPPRESS:
+            continue
+        shown = formatter._get_help_string(action).replace("%(default)s", "VALUE").lower()
+        said = "default" in action.help.lower()
+        suffix = not said and action.default not in (None, False, argparse.SUPPRESS)
+        assert shown.count("default") == action.help.lower().count("default") + suffix, shown
+    text = parser.format_help()
+    assert "(default: None)" not in " ".join(text.split())
+    if script == "app.py":
+        flat = " ".join(text.split())
+        assert "(default: 7860)" in flat and "(default: outputs/app)" in flat and "(default: 384)" in flat
+        assert "``" not in text
 
 
 def test_inference_help_carries_focus_outputs_and_exit_codes(capsys):

@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.scripts.documented_commands import REPO, all_commands
+from tests.scripts.documented_commands import DOCS, REPO, all_commands
 
 RUN = [
+    "python inference_hf.py --renderer classical --demo --output_dir outputs/demo",  # make demo: seconds
     "python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128",
     "python dataset.py inspect --data_root test_data/ebb",
     "python -m scripts.make_sample_data --out prepared",
     "python inference_hf.py --renderer classical --image photo.jpg --disparity photo_disp.npy --focus_xy 320 240 "
     "--K 12 20 --output_dir outputs/one",
-    "python inference_hf.py --help",
     # The tiny smoke run, in its README order (each command uses the previous one's outputs).
     "python -c \"from models.tiny import save_tiny_sdxl; save_tiny_sdxl('outputs/tiny_sdxl')\"",
     "python train_lora_otf.py --config configs/train_tiny.yaml --pretrained_model_name_or_path outputs/tiny_sdxl "
@@ -57,8 +57,6 @@ PARSE = {
     "--focus_protocol published --K 20": _HUB + " (the published path on the tiny stack: tests/models/test_protocol.py)",
     "python inference_hf.py --test_data_dir DIR --output_dir OUT --data_id RUN --K 20 "
     "--enable_xformers_memory_efficient_attention": "placeholder folders; " + _HUB,
-    "python inference_hf.py --renderer classical --demo --output_dir outputs/demo":
-        "1-2 min of CPU; the same path at 128 px: test_inference_classical.py::test_demo_fast_mode_writes_named_renders_and_sheet",
     "accelerate launch train_lora_otf.py --train_data_dir prepared/otf --output_dir runs/bokehdiff "
     "--pretrained_model_name_or_path SG161222/RealVisXL_V5.0 --mixed_precision bf16 --resolution 512 --edge --lpips "
     "--gan_loss_type multilevel_sigmoid_s --cv_type convnext": _HUB + "; a GPU",
@@ -79,7 +77,7 @@ PARSE = {
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
     "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
         "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
-    "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir data/otf "
+    "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
     "--output_dir runs/published": _HUB + "; a GPU",
 }
 
@@ -191,6 +189,10 @@ def test_offline_commands_run_as_written(workdir, monkeypatch, capsys):
     assert len(list((workdir / "outputs" / "one").glob("photo_K*_f*.png"))) == 2
     assert (workdir / "outputs" / "tiny_run" / "pytorch_lora_weights.safetensors").is_file()
     assert len(list((workdir / "outputs" / "tiny_render").glob("scene0*_K*.png"))) == 3
+    # make demo's outputs as the README lists them: six motorcycle_K<K>_f<focus>.png, the sheet, the config.
+    demo = sorted(p.name for p in (workdir / "outputs" / "demo").iterdir())
+    assert demo == sorted([f"motorcycle_K{k}_f{f}.png" for k in (10, 20) for f in ("0.88", "0.56", "0.09")]
+                          + ["contact_sheet.png", "run_config.json"])
 
 
 def test_hints_spell_scripts_as_modules_and_a_file_path_run_says_how():
@@ -214,12 +216,12 @@ _PATH_FLAGS = ("--input_dir", "--output_dir", "--test_data_dir", "--train_data_d
                "--pred_dir", "--out", "--data_root")
 
 
-def test_user_data_in_the_readme_stays_out_of_packages_and_out_of_git():
-    """Folders the README tells users to fill are outside the code packages and ignored by git."""
+def test_user_data_in_the_docs_stays_out_of_packages_and_out_of_git():
+    """Folders the README and docs/ tell users to fill are outside the code packages and ignored by git."""
     ignored = [line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     for command, where in all_commands().items():
-        if "README.md" not in where:
+        if not {"README.md", *DOCS} & set(where):
             continue
         words = shlex.split(command)
         for flag, value in zip(words, words[1:]):
@@ -254,6 +256,21 @@ def test_the_repository_stands_alone():
     for section in ("## Units and tensor layouts", "## PISA", "## The one-step model", "## Public contracts",
                     "## Style"):
         assert section in conventions
-    for markdown in REPO.glob("*.md"):
+    for markdown in [*REPO.glob("*.md"), *REPO.glob("docs/*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)\)", markdown.read_text()):
             assert (markdown.parent / target).exists(), f"{markdown.name} links to missing {target}"
+
+
+def test_readme_layout_lists_every_top_level_folder_and_script():
+    """The README's Layout table names each top-level folder and script of the repository (hidden and
+    git-ignored ones aside): a merged branch that adds one must add its row."""
+    ignored = {line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    entries = [entry for entry in REPO.iterdir() if not entry.name.startswith((".", "_"))
+               and entry.name not in ignored]
+    wanted = {f"{entry.name}/" for entry in entries if entry.is_dir()} | {
+        entry.name for entry in entries if entry.suffix == ".py"}
+    layout = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([^`]+)` \|", layout, flags=re.M))
+    assert wanted - rows == set(), "top-level folders / scripts missing from the README's Layout table"
+    assert rows - wanted == set(), "Layout rows naming no tracked top-level folder or script"

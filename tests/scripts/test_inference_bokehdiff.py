@@ -157,3 +157,17 @@ def test_protocol_flags_published_focus_planes_and_pisa_sampling(weights, tmp_pa
         with pytest.raises(SystemExit) as exit_info:
             inference_hf.main(["--test_data_dir", str(published), *bad, *_fast(base, adapter)])
         assert exit_info.value.code == 2
+
+
+def test_adapter_none_says_no_adapter_and_renders_the_base_unet(weights, tmp_path, capsys):
+    """``--adapter none`` (the published protocol offline on the tiny stack, README): the load line says there
+    is no adapter, instead of naming an adapter 'None' whose weights were "all verified"."""
+    base, _ = weights
+    with pytest.warns(UserWarning, match="no adapter given"):
+        code = inference_hf.main(["--test_data_dir", str(EBB), "--data_id", "scene00", "--output_dir",
+                                  str(tmp_path / "out"), "--protocol", "published", *_fast(base, "none")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "no adapter (base UNet: the renders are not bokeh)" in printed
+    assert "adapter 'None'" not in printed and "all verified" not in printed
+    assert len(list((tmp_path / "out").glob("scene00_K20_f*.png"))) == 1

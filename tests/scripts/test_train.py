@@ -401,6 +401,10 @@ def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monk
     assert meta["pisa"]["layers"] and meta["progress"]["step"] == 6 and meta["base_model"] == stack["sdxl"]
     # Trained as published: per-call random occlusion jitter and attention dropout 0.1 (exact resume still holds).
     assert (meta["pisa"]["seed"], meta["pisa"]["dropout"], meta["pisa"]["compat"]) == (None, 0.1, False)
+    # The recorded inference hardness is the one inference uses, not the training cap.
+    from models.pipeline import DEFAULT_PISA
+    assert meta["pisa"]["inference_hardness"] == DEFAULT_PISA["hardness"] == 1e7
+    assert meta["pisa"]["hardness_schedule"]["max"] < meta["pisa"]["inference_hardness"]
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
