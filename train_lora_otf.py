@@ -7,8 +7,8 @@ Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the l
 Rerunning the same command with ``--resume_from_checkpoint latest`` continues exactly where the last
 checkpoint left off (a checkpoint whose RNG state cannot be read is an error unless ``--allow_inexact_resume``).
 Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept); 2 for invalid
-options, a missing data folder or weights that are neither local, cached nor downloadable (one ``error:`` line),
-or a run stopped after too many non-finite steps.
+options, a missing or incomplete --resume_from_checkpoint folder, a missing data folder or weights that are
+neither local, cached nor downloadable (one ``error:`` line), or a run stopped after too many non-finite steps.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def main(input_args=None) -> int:
     # ---- build ----------------------------------------------------------------------------------------
     accelerator = setup_accelerator(args)
     out = prepare_output_dir(args, accelerator)
+    try:  # before minutes of loading: a wrong or incomplete checkpoint folder fails fast
+        resume = resolve_resume_path(args.resume_from_checkpoint, out)
+    except FileNotFoundError as error:
+        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
+        accelerator.end_training()
+        return 2
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
     # The data first: a wrong --train_data_dir fails before minutes of model loading.
     try:
@@ -101,7 +107,6 @@ def main(input_args=None) -> int:
     hooks = CheckpointHooks(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, c.discriminator_raw,
                             progress, lambda: description, accelerator.is_main_process)
     hooks.register(accelerator)
-    resume = resolve_resume_path(args.resume_from_checkpoint, out)
     if resume is not None:
         check_rng_state(resume, accelerator.process_index, args.allow_inexact_resume)  # exact resume or an error
         accelerator.load_state(str(resume))  # LoRA, VAE, discriminator, optimisers, schedules, RNG, progress

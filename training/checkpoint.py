@@ -166,6 +166,13 @@ def resolve_resume_path(resume: str | None, output_dir: str | os.PathLike) -> Pa
             f"--resume_from_checkpoint: '{resume}' is not a checkpoint folder (no {META_NAME} in '{path}'). "
             f"Use 'latest' or a '{CHECKPOINT_PREFIX}<step>' folder written by this script."
         )
+    if not is_complete(path):  # an interrupted save or deletion: accelerate would fail on a missing file later
+        missing = [name for name in _LEGACY_REQUIRED if not (path / name).is_file()]
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint: '{path}' is an incomplete checkpoint (no {COMPLETE_NAME} marker; missing "
+            f"{', '.join(missing)}): a save or a deletion of it was interrupted. Resume from another checkpoint "
+            f"folder, or use 'latest' (the newest complete checkpoint in --output_dir)."
+        )
     return path
 
 
@@ -175,8 +182,10 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
     An ``.old-checkpoint-<step>`` whose ``checkpoint-<step>`` is missing is the last good copy of that step (the
     crash fell between moving it aside and publishing its replacement, see :func:`save_checkpoint`): it is
     renamed back. Every other temporary (``.tmp-*``, possibly incomplete; ``.old-*`` already replaced;
-    ``.del-*``, a rotation interrupted while deleting) is deleted, and so is a ``checkpoint-*`` folder that is
-    not complete (:func:`is_complete`; older versions could leave one half-deleted).
+    ``.del-*``, a rotation interrupted while deleting) is deleted, and so is a ``checkpoint-*`` folder of this
+    script (it holds ``META_NAME`` or the marker) that is not complete (:func:`is_complete`; older versions could
+    leave one half-deleted). A ``checkpoint-*`` folder without either (another tool's, or a user's) is left alone
+    with a warning: it is never listed as a checkpoint, and never deleted.
     """
     root = Path(output_dir)
     if not root.is_dir():
@@ -187,7 +196,14 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
             logger.warning("restoring '%s' as '%s': a re-save of that step was interrupted", old, final)
             os.replace(old, final)
     removed = []
-    incomplete = [path for _, path in _named_checkpoints(root) if not is_complete(path)]
+    incomplete = []
+    for _, path in _named_checkpoints(root):
+        if is_complete(path):
+            continue
+        if (path / META_NAME).is_file() or (path / COMPLETE_NAME).is_file():
+            incomplete.append(path)
+        else:  # not written by this script (e.g. another trainer's checkpoint): never ours to delete
+            logger.warning("ignoring '%s': not a checkpoint of this script (no %s); left untouched", path, META_NAME)
     for child in sorted(root.iterdir()):
         if child.is_dir() and (child.name.startswith((TMP_PREFIX, OLD_PREFIX, DEL_PREFIX)) or child in incomplete):
             logger.warning("removing '%s' left by an interrupted checkpoint save or deletion", child)

@@ -741,3 +741,34 @@ def test_sigkill_during_rotation_leaves_only_complete_checkpoints(tmp_path):
         f"{CHECKPOINT_PREFIX}4", f"{CHECKPOINT_PREFIX}6"))
     remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{CHECKPOINT_PREFIX}4", f"{CHECKPOINT_PREFIX}6"]
+
+
+def test_another_tools_checkpoint_folder_is_never_deleted(tmp_path):
+    """A `checkpoint-N` without this script's metadata or marker (e.g. a diffusers trainer's, with the same LoRA
+    and accelerate file names) is not ours: start-up leaves it untouched, it is never listed, and neither a fresh
+    run nor --overwrite_output_dir deletes it (they used to delete it as an 'incomplete checkpoint')."""
+    foreign = tmp_path / f"{CHECKPOINT_PREFIX}500"
+    foreign.mkdir()
+    for name in ("optimizer.bin", "random_states_0.pkl", "pytorch_lora_weights.safetensors", "scheduler.bin"):
+        (foreign / name).write_text("not ours")
+    assert remove_stale_temporaries(tmp_path) == []
+    assert list_checkpoints(tmp_path) == []
+    check_fresh_output_dir(tmp_path, None, overwrite=True)
+    assert sorted(p.name for p in foreign.iterdir()) == [
+        "optimizer.bin", "pytorch_lora_weights.safetensors", "random_states_0.pkl", "scheduler.bin"]
+
+
+def test_an_explicit_incomplete_checkpoint_is_refused_with_a_clear_error(tmp_path, capsys):
+    """`--resume_from_checkpoint <folder>` naming an interrupted save (metadata written, files missing, no
+    marker) is refused up front, naming what is missing, instead of failing inside accelerate's load_state (or
+    as a misleading RNG-state error); through the script it is one `error:` line and exit 2, before loading."""
+    elsewhere = tmp_path / "saved" / f"{CHECKPOINT_PREFIX}6"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / META_NAME).write_text("{}")
+    (elsewhere / "random_states_0.pkl").write_text("x")
+    with pytest.raises(FileNotFoundError, match="incomplete checkpoint.*optimizer.bin.*another checkpoint"):
+        resolve_resume_path(str(elsewhere), tmp_path / "run")
+    # The paths of _PATHS do not exist: the error must come before any data or model is loaded.
+    assert train_lora_otf.main(_argv(_PATHS, tmp_path / "run", "--resume_from_checkpoint", elsewhere)) == 2
+    err = capsys.readouterr().err
+    assert "error: --resume_from_checkpoint" in err and "incomplete checkpoint" in err and "Traceback" not in err
