@@ -7,8 +7,9 @@ Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the l
 Rerunning the same command with ``--resume_from_checkpoint latest`` continues exactly where the last
 checkpoint left off (a checkpoint whose RNG state cannot be read is an error unless ``--allow_inexact_resume``).
 Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept); 2 for invalid
-options, a missing or incomplete --resume_from_checkpoint folder, a missing data folder or weights that are
-neither local, cached nor downloadable (one ``error:`` line), or a run stopped after too many non-finite steps.
+options, a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, a missing
+data folder or weights that are neither local, cached nor downloadable (one ``error:`` line), or a run stopped
+after too many non-finite steps.
 """
 
 from __future__ import annotations
@@ -59,17 +60,15 @@ def setup_accelerator(args):
 
 
 def prepare_output_dir(args, accelerator) -> Path:
-    """Create ``output_dir``, recover from interrupted saves, refuse to mix a fresh run into an earlier run's
-    checkpoints (unless ``--overwrite_output_dir``), and write the resolved config. Every process raises alike."""
+    """Create ``output_dir``, recover from interrupted saves, and refuse to mix a fresh run into an earlier run's
+    checkpoints (unless ``--overwrite_output_dir``). Every process raises alike. The resolved config is written
+    later, once a resume has been accepted (a refused one must not replace the run's ``train_config.yaml``)."""
     out = Path(args.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
     accelerator.wait_for_everyone()
     check_fresh_output_dir(out, args.resume_from_checkpoint, args.overwrite_output_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        dump_config(args, out / "train_config.yaml")
-    accelerator.wait_for_everyone()
     return out
 
 
@@ -109,10 +108,18 @@ def main(input_args=None) -> int:
     hooks.register(accelerator)
     if resume is not None:
         check_rng_state(resume, accelerator.process_index, args.allow_inexact_resume)  # exact resume or an error
-        accelerator.load_state(str(resume))  # LoRA, VAE, discriminator, optimisers, schedules, RNG, progress
+        try:
+            accelerator.load_state(str(resume))  # LoRA, VAE, discriminator, optimisers, schedules, RNG, progress
+        except ValueError as error:  # other weight-defining settings than the checkpoint's: the message names them
+            print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
+            accelerator.end_training()
+            return 2
         logger.info("resumed from %s at step %d", resume, progress.step)
     elif args.resume_from_checkpoint:
         logger.info("--resume_from_checkpoint %s: no checkpoint in %s, starting fresh", args.resume_from_checkpoint, out)
+    if accelerator.is_main_process:  # only now: a refused resume leaves the run's own config in place
+        dump_config(args, out / "train_config.yaml")
+    accelerator.wait_for_everyone()
     batches = make_train_iterator(dataset, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers,
                                   seed=args.seed, rank=accelerator.process_index,
                                   world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)

@@ -772,3 +772,22 @@ def test_an_explicit_incomplete_checkpoint_is_refused_with_a_clear_error(tmp_pat
     assert train_lora_otf.main(_argv(_PATHS, tmp_path / "run", "--resume_from_checkpoint", elsewhere)) == 2
     err = capsys.readouterr().err
     assert "error: --resume_from_checkpoint" in err and "incomplete checkpoint" in err and "Traceback" not in err
+
+
+def test_a_refused_resume_keeps_the_runs_config_and_the_gamma_alias_resumes_as_its_split_form(stack, tmp_path,
+                                                                                                 capsys):
+    """A run started with `--gamma 2.2` resumes with `--model_gamma 2.2 --synthesis_gamma 2.2` (the same values).
+    A resume with another model gamma is refused (one `error:` line, exit 2) and must leave the run's
+    train_config.yaml as it was: it used to be replaced by the refused run's settings before the check."""
+    out = tmp_path / "run"
+    fast = ("--max_train_steps", 2, "--validation_steps", 0)
+    assert train_lora_otf.main(_argv(stack, out, "--gamma", 2.2, *fast)) == 0
+    config = (out / "train_config.yaml").read_text()
+    assert yaml.safe_load(config)["model_gamma"] == 2.2 and yaml.safe_load(config)["synthesis_gamma"] == 2.2
+    refused = train_lora_otf.main(_argv(stack, out, "--model_gamma", 1, "--max_train_steps", 4, "--validation_steps",
+                                        0, "--resume_from_checkpoint", "latest"))
+    assert refused == 2 and "error: checkpoint" in capsys.readouterr().err
+    assert (out / "train_config.yaml").read_text() == config
+    assert train_lora_otf.main(_argv(stack, out, "--model_gamma", 2.2, "--synthesis_gamma", 2.2, "--max_train_steps",
+                                     4, "--validation_steps", 0, "--resume_from_checkpoint", "latest")) == 0
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4] and _log(out)[-1]["step"] == 4
