@@ -469,7 +469,8 @@ def export_inference(unet: nn.Module, vae: nn.Module | None, folder: str | os.Pa
 
 # Settings that define the weights: resuming with others is an error.
 # model_gamma / synthesis_gamma: a checkpoint of format_version 1 without them recorded one `gamma` for both.
-_MUST_MATCH = ("lora", "pisa", "timestep", "gamma", "model_gamma", "synthesis_gamma", "vae_trainable")
+# They come before `gamma` (which repeats model_gamma) so that a refusal names the flag the user sets.
+_MUST_MATCH = ("lora", "pisa", "timestep", "model_gamma", "synthesis_gamma", "gamma", "vae_trainable")
 # Settings that change the sample stream or the update: resuming with others works but is not exact. The
 # worker count is among them because OnTheFlyDataset mixes the DataLoader worker id into each sample's seed.
 _SHOULD_MATCH = ("base_model", "resolution", "train_batch_size", "num_processes", "gradient_accumulation_steps",

@@ -786,7 +786,7 @@ def test_a_refused_resume_keeps_the_runs_config_and_the_gamma_alias_resumes_as_i
     assert yaml.safe_load(config)["model_gamma"] == 2.2 and yaml.safe_load(config)["synthesis_gamma"] == 2.2
     refused = train_lora_otf.main(_argv(stack, out, "--model_gamma", 1, "--max_train_steps", 4, "--validation_steps",
                                         0, "--resume_from_checkpoint", "latest"))
-    assert refused == 2 and "error: checkpoint" in capsys.readouterr().err
+    assert refused == 2 and "error: checkpoint" in (err := capsys.readouterr().err) and "model_gamma=2.2" in err
     assert (out / "train_config.yaml").read_text() == config
     assert train_lora_otf.main(_argv(stack, out, "--model_gamma", 2.2, "--synthesis_gamma", 2.2, "--max_train_steps",
                                      4, "--validation_steps", 0, "--resume_from_checkpoint", "latest")) == 0
