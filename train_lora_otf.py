@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from metrics.image import psnr_from_mse
 from training.checkpoint import (CheckpointHooks, CheckpointSaveError, TrainProgress, check_fresh_output_dir,
                                  check_rng_state, export_inference, remove_stale_temporaries, resolve_resume_path,
-                                 save_checkpoint)
+                                 rotate_checkpoints, save_checkpoint)
 from training.config import dump_config, parse_args
 from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
@@ -204,6 +204,9 @@ def main(input_args=None) -> int:
         raise RuntimeError(f"trainable weights differ between processes (checksums {checksums}); "
                            "distributed training went out of sync")
     if accelerator.is_main_process:
+        # A kill between publishing the last checkpoint and rotating left one too many; a resume at the last step
+        # saves nothing more, so the limit is applied here (the run is complete: no checkpoint is still needed).
+        rotate_checkpoints(out, args.checkpoints_total_limit)
         export_inference(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, out,
                          {**description, "progress": vars(progress), "rank_checksums": checksums})
         logger.info("inference weights written to %s (load with models.lora.load_lora / load_vae_partial)", out)

@@ -791,3 +791,15 @@ def test_a_refused_resume_keeps_the_runs_config_and_the_gamma_alias_resumes_as_i
     assert train_lora_otf.main(_argv(stack, out, "--model_gamma", 2.2, "--synthesis_gamma", 2.2, "--max_train_steps",
                                      4, "--validation_steps", 0, "--resume_from_checkpoint", "latest")) == 0
     assert [s for s, _ in list_checkpoints(out)] == [2, 4] and _log(out)[-1]["step"] == 4
+
+
+def test_a_kill_between_publishing_and_rotating_still_ends_within_the_limit(stack, tmp_path):
+    """Killed after the last checkpoint was published but before the rolling limit deleted the oldest one: the
+    resume at the last step saves nothing more, and the finished run used to keep limit + 1 checkpoints."""
+    out = tmp_path / "run"
+    fast = ("--max_train_steps", 2, "--checkpointing_steps", 1, "--checkpoints_total_limit", 1, "--validation_steps", 0)
+    assert train_lora_otf.main(_argv(stack, out, *fast)) == 0
+    assert [s for s, _ in list_checkpoints(out)] == [2]
+    shutil.copytree(out / f"{CHECKPOINT_PREFIX}2", out / f"{CHECKPOINT_PREFIX}1")  # the one rotation did not delete
+    assert train_lora_otf.main(_argv(stack, out, *fast, "--resume_from_checkpoint", "latest")) == 0
+    assert [s for s, _ in list_checkpoints(out)] == [2]
