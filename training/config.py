@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume even if this process's random_states_<rank>.pkl in the checkpoint cannot be read "
                    "(the run then continues with other random draws: not exact; without it that is an error)")
     g.add_argument("--overwrite_output_dir", action=_BOOL,
-                   help="start fresh in an output_dir that holds checkpoints of an earlier run, deleting them first "
-                   "(without it such a run is refused; never written to the resolved config)")
+                   help="start fresh in an output_dir that holds an earlier run, deleting its checkpoints, logs, config "
+                   "and exported weights first; other files are left alone (without it such a run is refused; never "
+                   "written to the resolved config)")
     g.add_argument("--validation_steps", type=int, help="validate (PSNR/SSIM, images) every N steps; 0 disables")
     g.add_argument("--report_to", type=str, help="accelerate tracker: tensorboard, wandb, all or none")
     g.add_argument("--logging_dir", type=str, help="tracker folder inside output_dir")
