@@ -364,7 +364,8 @@ def validate_args(args: argparse.Namespace) -> None:
                          "no loss scaling needed) or --mixed_precision no (float32)")
     for name in ("model_gamma", "synthesis_gamma"):
         if not getattr(args, name) > 0:
-            raise ValueError(f"--{name} must be > 0 (1 disables the transfer), found {getattr(args, name)}")
+            raise ValueError(f"--{name} must be > 0 (1 disables the transfer; --gamma sets both --model_gamma and "
+                             f"--synthesis_gamma), found {getattr(args, name)}")
     for name in ("pisa_segments", "pisa_supersamples", "min_foregrounds", "gan_head_channels"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, found {getattr(args, name)}")

@@ -139,6 +139,7 @@ def test_bad_preset_keys_fail(tmp_path, content, message):
     # once per clip call -> "unscale_() has already been called"): refused up front, with the remedy.
     ("--mixed_precision", "fp16", "--mixed_precision fp16 is not supported.*--mixed_precision bf16"),
     ("--pisa_dropout", 1.0, r"--pisa_dropout must be in \[0, 1\)"),
+    ("--gamma", 0, "--model_gamma must be > 0.*--gamma sets both"),  # the alias is named: it is what was given
 ])
 def test_bad_flag_values_fail(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message):
