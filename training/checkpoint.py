@@ -223,9 +223,18 @@ def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, ov
     exported weights), whose logs and config it would overwrite.
 
     Raises:
-        FileExistsError: an earlier run would be overwritten, and no ``overwrite``.
+        FileExistsError: an earlier run would be overwritten, and no ``overwrite``; or a ``checkpoint-*`` folder
+            that this script did not write is there (never deleted, even with ``overwrite``).
     """
     root = Path(output_dir)
+    foreign = [path for _, path in _named_checkpoints(root) if not is_complete(path)
+               and not (path / META_NAME).is_file() and not (path / COMPLETE_NAME).is_file()]
+    if foreign:  # not ours to delete, and a save of the same step would replace it: refused even with overwrite
+        raise FileExistsError(
+            f"--output_dir '{output_dir}' holds {', '.join(repr(p.name) for p in foreign)}, named like this script's "
+            f"checkpoints but not written by it (no {META_NAME}); a checkpoint of the same step would replace it. "
+            f"Move it out of the folder, or choose a new --output_dir."
+        )
     found = list_checkpoints(root)
     files = [root / name for name in RUN_FILES if (root / name).is_file()]
     if resume:

@@ -746,15 +746,18 @@ def test_sigkill_during_rotation_leaves_only_complete_checkpoints(tmp_path):
 
 def test_another_tools_checkpoint_folder_is_never_deleted(tmp_path):
     """A `checkpoint-N` without this script's metadata or marker (e.g. a diffusers trainer's, with the same LoRA
-    and accelerate file names) is not ours: start-up leaves it untouched, it is never listed, and neither a fresh
-    run nor --overwrite_output_dir deletes it (they used to delete it as an 'incomplete checkpoint')."""
+    and accelerate file names) is not ours: start-up leaves it untouched (it used to delete it as an 'incomplete
+    checkpoint'), it is never listed, and the run is refused, --overwrite_output_dir or not, because a save of
+    the same step would replace it."""
     foreign = tmp_path / f"{CHECKPOINT_PREFIX}500"
     foreign.mkdir()
     for name in ("optimizer.bin", "random_states_0.pkl", "pytorch_lora_weights.safetensors", "scheduler.bin"):
         (foreign / name).write_text("not ours")
     assert remove_stale_temporaries(tmp_path) == []
     assert list_checkpoints(tmp_path) == []
-    check_fresh_output_dir(tmp_path, None, overwrite=True)
+    for resume, overwrite in ((None, False), (None, True), ("latest", False)):
+        with pytest.raises(FileExistsError, match="checkpoint-500.*not written by it.*Move it"):
+            check_fresh_output_dir(tmp_path, resume, overwrite=overwrite)
     assert sorted(p.name for p in foreign.iterdir()) == [
         "optimizer.bin", "pytorch_lora_weights.safetensors", "random_states_0.pkl", "scheduler.bin"]
 
