@@ -293,9 +293,9 @@ def _chunk_terms(q_t, k_t, spec, reach, ch: _Chunk, n_tiles: int, N: int):
     kc = k_t.index_select(2, ch.kt)  # (B, H, n, Kt, d)
     qi = ch.qidx.clamp(max=N - 1)
     kj = ch.kidx.clamp(max=N - 1)
-    # Same distance formula as models.pisa._log_coc_pairs (exact, no matmul form); computed once for both
-    # the CoC term and the reach mask, which is applied to the head-shared bias before the heads broadcast.
-    dist = (spec.pos_px[qi][:, :, None] - spec.pos_px[kj][:, None, :]).square().sum(-1).sqrt()  # (n|1,Qn,Kt)
+    # models.pisa._pair_distance: the distance formula of the dense paths (a hard step needs the same bits);
+    # computed once for the CoC term and the reach mask, applied to the head-shared bias before the heads broadcast.
+    dist = _pisa._pair_distance(spec.pos_px[qi][:, :, None], spec.pos_px[kj][:, None, :])  # (n|1, Qn, Kt)
     keep = (dist <= reach[kj][:, None, :]) & (ch.qidx < N)[:, :, None] & (ch.kidx < N)[:, None, :]
     if spec.log_hardness is None:
         bias = torch.zeros(keep.shape, device=dist.device).masked_fill(~keep, -math.inf)[None]

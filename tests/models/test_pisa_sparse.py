@@ -198,3 +198,26 @@ def test_sparse_bf16_close_to_chunked():
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
         assert a.dtype == torch.bfloat16
         assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
+
+
+def test_hard_step_sparse_equals_dense_when_radius_equals_a_token_distance():
+    """Hardness inf is a 0 / -inf step at ``|p_i - p_j| = r_j``: every path must measure distances with the
+    same float32 formula, or a radius equal to a token distance (to the last bit) is inside the CoC for one
+    path and outside for the other. Radii: token distances as the dense (cdist) and the explicit formula
+    round them."""
+    h = w = 13
+    N = h * w
+    pos = pisa._token_positions_px(h, w, 16.0, False, "cpu")
+    radii = set()
+    for j in (19, 2 * w + 5, 4 * w + 7):  # offsets (1, 6), (2, 5), (4, 7) tokens from token 0
+        radii.add(float(torch.cdist(pos[:1], pos[j:j + 1], compute_mode="donot_use_mm_for_euclid_dist")))
+        radii.add(float((pos[0] - pos[j]).square().sum().sqrt()))
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, N, 8, generator=g) for _ in range(3))
+    disparity = torch.rand(1, h, w, generator=g)
+    kw = dict(hardness=float("inf"), px_per_token=16.0, occlusion=False)
+    for r in sorted(radii):
+        coc = torch.full((1, h, w), r)
+        ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+        out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+        assert (out - ref).abs().max() <= 1e-5, r
