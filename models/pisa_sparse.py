@@ -170,9 +170,12 @@ def plan_tiles(spec, reach: torch.Tensor, tile: tuple[int, int]) -> SparsePlan:
         groups.append(_Group(key_tiles, offsets))
         evaluated += key_tiles.numel() * n_query_tiles * slots * slots
     # Queries within reach of each key: the grid points in a disc of radius rho_j (one row: a segment),
-    # borders ignored (an over-estimate), at most N.
+    # borders ignored, at most N. An upper bound: the grid cells (step_y x step_x) centred on those points are
+    # disjoint and lie in the disc of radius rho_j + half a cell diagonal (pi rho^2 / cell alone undercounts
+    # small discs: rho = 0 holds one point).
     if step_y > 0 and step_x > 0:
-        per_key = math.pi * reach.to(torch.float64).square() / (step_y * step_x)
+        half_diag = 0.5 * math.hypot(step_y, step_x)
+        per_key = math.pi * (reach.to(torch.float64) + half_diag).square() / (step_y * step_x)
     elif max(step_y, step_x) > 0:
         per_key = 2.0 * reach.to(torch.float64) / max(step_y, step_x) + 1.0
     else:

@@ -221,3 +221,18 @@ def test_hard_step_sparse_equals_dense_when_radius_equals_a_token_distance():
         ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
         out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
         assert (out - ref).abs().max() <= 1e-5, r
+
+
+@pytest.mark.parametrize("h,w,compat", [(9, 9, False), (5, 33, True), (1, 40, False)])
+def test_reach_pairs_is_an_upper_bound_for_small_reach(h, w, compat):
+    """impl="auto" rates the occlusion work by ``reach_pairs``, documented as an over-estimate: it must hold
+    for reaches of zero to a few tokens too (the lattice points in a small disc outnumber pi r^2 / cell)."""
+    N = h * w
+    pos = pisa._token_positions_px(h, w, 16.0, compat, "cpu")
+    spec = pisa._Spec(h=h, w=w, disparity=None, radius_px=None, lookup=None, pos_px=pos, uv=None, log_hardness=1.0,
+                      occlusion=False, n_segments=0, n_supersamples=0, seed=0, compat=compat, training=False,
+                      dropout_p=0.0, dropout_seed=0)
+    dist = pisa._pair_distance(pos[:, None], pos[None])
+    for reach in (torch.zeros(N), torch.full((N,), 16.0), torch.rand(N, generator=torch.Generator().manual_seed(0)) * 40):
+        plan = sparse.plan_tiles(spec, reach, (4, 4))
+        assert plan.reach_pairs >= (dist <= reach[None, :]).sum()
