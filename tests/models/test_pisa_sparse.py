@@ -236,3 +236,44 @@ def test_reach_pairs_is_an_upper_bound_for_small_reach(h, w, compat):
     for reach in (torch.zeros(N), torch.full((N,), 16.0), torch.rand(N, generator=torch.Generator().manual_seed(0)) * 40):
         plan = sparse.plan_tiles(spec, reach, (4, 4))
         assert plan.reach_pairs >= (dist <= reach[None, :]).sum()
+
+
+@pytest.mark.parametrize("h,w,compat,published", [(7, 12, True, True), (1, 30, False, False), (25, 1, True, False)])
+def test_sparse_batch_items_with_opposite_coc_maps(h, w, compat, published):
+    """Batch of an all-in-focus item (r = 0) and one with large radii: the reach is the max over the batch,
+    each item still matches the dense reference (output and gradients, occlusion on, training mode with
+    dropout so the hashed mask is checked too). Grids: the published protocol's geometry on a non-square
+    frame, and single-row / single-column frames."""
+    q, k, v, disparity, coc, lookup = _inputs(B=2, h=h, w=w, seed=12)
+    coc = coc.detach().clone()
+    coc[0] = 0.0
+    coc[1] *= 4.0
+    kw = dict(hardness=1e7, px_per_token=16.0, compat=compat, published_geometry=published, occlusion_disparity=lookup,
+              seed=3, training=True, dropout_p=0.1)
+    torch.manual_seed(0)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    for impl in ("sparse", "auto"):
+        torch.manual_seed(0)  # same dropout seed
+        out = pisa_attention(q, k, v, disparity, coc, impl=impl, **kw)
+        assert (out - ref).abs().max() <= 1e-5
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), ref_grads):
+            assert (a - b).abs().max() <= 1e-4
+
+
+def test_huge_scores_widen_the_reach_to_the_whole_frame():
+    """q, k norms so large that the score range beats any CoC falloff: the bound must keep every pair (no
+    truncation), and auto must run the dense chunked path."""
+    q, k, v, disparity, coc, lookup = (t.detach() for t in _inputs(B=1, h=9, w=10, seed=13))
+    q, k = q * 300.0, k * 300.0
+    spec, plan = _spec_and_plan(q, k, disparity, coc, 1e7)
+    assert plan.fraction >= 1.0 and bool((plan.reach > 1e3).all())
+    kw = dict(hardness=1e7, px_per_token=16.0, occlusion_disparity=lookup, seed=3)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+    out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+    auto, ran = pisa_attention(q, k, v, disparity, coc, impl="auto", return_impl=True, **kw)
+    assert ran == "chunked"
+    # Scores of ~1e4: float32 rounding of the scores alone is ~1e-3 relative; no pair may be missing.
+    assert (out - ref).abs().max() <= 1e-2 * ref.abs().max()
+    assert (auto - ref).abs().max() <= 1e-5
