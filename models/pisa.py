@@ -217,6 +217,19 @@ def _token_uv_published(h: int, w: int, device) -> torch.Tensor:
     return torch.stack([u_h[k % h], u_w[k // h]], dim=-1)
 
 
+def _pair_distance(pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+    """|p_i - p_j| for broadcastable (..., 2) position tensors: (...) float32, same units as the positions.
+
+    The one distance formula of every PISA path (dense, chunked, sparse, flex). Elementwise and exact to
+    rounding: cdist's default matrix-multiply form follows allow_tf32 on GPUs and loses tens of pixels at
+    1024 px, which a near-hard CoC step turns into wrong masks; and cdist's direct form rounds differently
+    from this one in the last bit, which a hard step (hardness inf: ``M = 0`` for ``|p_i - p_j| > r_j``)
+    turns into a pair kept by one path and dropped by another when ``r_j`` equals a token distance.
+    """
+    diff = pos_q - pos_k
+    return (diff[..., 0].square() + diff[..., 1].square()).sqrt()
+
+
 def _log_coc_term(spec: _Spec, j0: int, j1: int) -> torch.Tensor | None:
     """log M_ij for all queries i and keys j in [j0, j1): (B, 1, N, Bk) float32, or None without CoC term.
 
@@ -224,9 +237,7 @@ def _log_coc_term(spec: _Spec, j0: int, j1: int) -> torch.Tensor | None:
     """
     if spec.log_hardness is None:
         return None
-    # Exact pairwise distances: cdist's default matrix-multiply formulation follows allow_tf32 on GPUs and
-    # loses tens of pixels at 1024 px, which a near-hard CoC step (hardness 1e7) turns into wrong masks.
-    dist = torch.cdist(spec.pos_px, spec.pos_px[j0:j1], compute_mode="donot_use_mm_for_euclid_dist")  # (N, Bk) px
+    dist = _pair_distance(spec.pos_px[:, None], spec.pos_px[None, j0:j1])  # (N, Bk) px
     margin = spec.radius_px[:, None, j0:j1] - dist[None]  # (B, N, Bk) pixels; > 0 inside the key's CoC
     return _log_m(spec, margin)[:, None]
 
@@ -244,7 +255,7 @@ def _log_coc_pairs(spec: _Spec, qi: torch.Tensor, kj: torch.Tensor) -> torch.Ten
     (B, *P) float32, or None without CoC term. Same formula as :func:`_log_coc_term` (sparse PISA)."""
     if spec.log_hardness is None:
         return None
-    dist = (spec.pos_px[qi] - spec.pos_px[kj]).square().sum(-1).sqrt()  # (*P) pixels, exact (no matmul form)
+    dist = _pair_distance(spec.pos_px[qi], spec.pos_px[kj])  # (*P) pixels
     return _log_m(spec, spec.radius_px[:, kj] - dist[None])
 
 

@@ -170,9 +170,12 @@ def plan_tiles(spec, reach: torch.Tensor, tile: tuple[int, int]) -> SparsePlan:
         groups.append(_Group(key_tiles, offsets))
         evaluated += key_tiles.numel() * n_query_tiles * slots * slots
     # Queries within reach of each key: the grid points in a disc of radius rho_j (one row: a segment),
-    # borders ignored (an over-estimate), at most N.
+    # borders ignored, at most N. An upper bound: the grid cells (step_y x step_x) centred on those points are
+    # disjoint and lie in the disc of radius rho_j + half a cell diagonal (pi rho^2 / cell alone undercounts
+    # small discs: rho = 0 holds one point).
     if step_y > 0 and step_x > 0:
-        per_key = math.pi * reach.to(torch.float64).square() / (step_y * step_x)
+        half_diag = 0.5 * math.hypot(step_y, step_x)
+        per_key = math.pi * (reach.to(torch.float64) + half_diag).square() / (step_y * step_x)
     elif max(step_y, step_x) > 0:
         per_key = 2.0 * reach.to(torch.float64) / max(step_y, step_x) + 1.0
     else:
@@ -293,9 +296,9 @@ def _chunk_terms(q_t, k_t, spec, reach, ch: _Chunk, n_tiles: int, N: int):
     kc = k_t.index_select(2, ch.kt)  # (B, H, n, Kt, d)
     qi = ch.qidx.clamp(max=N - 1)
     kj = ch.kidx.clamp(max=N - 1)
-    # Same distance formula as models.pisa._log_coc_pairs (exact, no matmul form); computed once for both
-    # the CoC term and the reach mask, which is applied to the head-shared bias before the heads broadcast.
-    dist = (spec.pos_px[qi][:, :, None] - spec.pos_px[kj][:, None, :]).square().sum(-1).sqrt()  # (n|1,Qn,Kt)
+    # models.pisa._pair_distance: the distance formula of the dense paths (a hard step needs the same bits);
+    # computed once for the CoC term and the reach mask, applied to the head-shared bias before the heads broadcast.
+    dist = _pisa._pair_distance(spec.pos_px[qi][:, :, None], spec.pos_px[kj][:, None, :])  # (n|1, Qn, Kt)
     keep = (dist <= reach[kj][:, None, :]) & (ch.qidx < N)[:, :, None] & (ch.kidx < N)[:, None, :]
     if spec.log_hardness is None:
         bias = torch.zeros(keep.shape, device=dist.device).masked_fill(~keep, -math.inf)[None]

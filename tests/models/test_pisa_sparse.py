@@ -198,3 +198,82 @@ def test_sparse_bf16_close_to_chunked():
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
         assert a.dtype == torch.bfloat16
         assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
+
+
+def test_hard_step_sparse_equals_dense_when_radius_equals_a_token_distance():
+    """Hardness inf is a 0 / -inf step at ``|p_i - p_j| = r_j``: every path must measure distances with the
+    same float32 formula, or a radius equal to a token distance (to the last bit) is inside the CoC for one
+    path and outside for the other. Radii: token distances as the dense (cdist) and the explicit formula
+    round them."""
+    h = w = 13
+    N = h * w
+    pos = pisa._token_positions_px(h, w, 16.0, False, "cpu")
+    radii = set()
+    for j in (19, 2 * w + 5, 4 * w + 7):  # offsets (1, 6), (2, 5), (4, 7) tokens from token 0
+        radii.add(float(torch.cdist(pos[:1], pos[j:j + 1], compute_mode="donot_use_mm_for_euclid_dist")))
+        radii.add(float((pos[0] - pos[j]).square().sum().sqrt()))
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, N, 8, generator=g) for _ in range(3))
+    disparity = torch.rand(1, h, w, generator=g)
+    kw = dict(hardness=float("inf"), px_per_token=16.0, occlusion=False)
+    for r in sorted(radii):
+        coc = torch.full((1, h, w), r)
+        ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+        out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+        assert (out - ref).abs().max() <= 1e-5, r
+
+
+@pytest.mark.parametrize("h,w,compat", [(9, 9, False), (5, 33, True), (1, 40, False)])
+def test_reach_pairs_is_an_upper_bound_for_small_reach(h, w, compat):
+    """impl="auto" rates the occlusion work by ``reach_pairs``, documented as an over-estimate: it must hold
+    for reaches of zero to a few tokens too (the lattice points in a small disc outnumber pi r^2 / cell)."""
+    N = h * w
+    pos = pisa._token_positions_px(h, w, 16.0, compat, "cpu")
+    spec = pisa._Spec(h=h, w=w, disparity=None, radius_px=None, lookup=None, pos_px=pos, uv=None, log_hardness=1.0,
+                      occlusion=False, n_segments=0, n_supersamples=0, seed=0, compat=compat, training=False,
+                      dropout_p=0.0, dropout_seed=0)
+    dist = pisa._pair_distance(pos[:, None], pos[None])
+    for reach in (torch.zeros(N), torch.full((N,), 16.0), torch.rand(N, generator=torch.Generator().manual_seed(0)) * 40):
+        plan = sparse.plan_tiles(spec, reach, (4, 4))
+        assert plan.reach_pairs >= (dist <= reach[None, :]).sum()
+
+
+@pytest.mark.parametrize("h,w,compat,published", [(7, 12, True, True), (1, 30, False, False), (25, 1, True, False)])
+def test_sparse_batch_items_with_opposite_coc_maps(h, w, compat, published):
+    """Batch of an all-in-focus item (r = 0) and one with large radii: the reach is the max over the batch,
+    each item still matches the dense reference (output and gradients, occlusion on, training mode with
+    dropout so the hashed mask is checked too). Grids: the published protocol's geometry on a non-square
+    frame, and single-row / single-column frames."""
+    q, k, v, disparity, coc, lookup = _inputs(B=2, h=h, w=w, seed=12)
+    coc = coc.detach().clone()
+    coc[0] = 0.0
+    coc[1] *= 4.0
+    kw = dict(hardness=1e7, px_per_token=16.0, compat=compat, published_geometry=published, occlusion_disparity=lookup,
+              seed=3, training=True, dropout_p=0.1)
+    torch.manual_seed(0)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    for impl in ("sparse", "auto"):
+        torch.manual_seed(0)  # same dropout seed
+        out = pisa_attention(q, k, v, disparity, coc, impl=impl, **kw)
+        assert (out - ref).abs().max() <= 1e-5
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), ref_grads):
+            assert (a - b).abs().max() <= 1e-4
+
+
+def test_huge_scores_widen_the_reach_to_the_whole_frame():
+    """q, k norms so large that the score range beats any CoC falloff: the bound must keep every pair (no
+    truncation), and auto must run the dense chunked path."""
+    q, k, v, disparity, coc, lookup = (t.detach() for t in _inputs(B=1, h=9, w=10, seed=13))
+    q, k = q * 300.0, k * 300.0
+    spec, plan = _spec_and_plan(q, k, disparity, coc, 1e7)
+    assert plan.fraction >= 1.0 and bool((plan.reach > 1e3).all())
+    kw = dict(hardness=1e7, px_per_token=16.0, occlusion_disparity=lookup, seed=3)
+    ref = pisa_attention(q, k, v, disparity, coc, impl="reference", **kw)
+    out = pisa_attention(q, k, v, disparity, coc, impl="sparse", **kw)
+    auto, ran = pisa_attention(q, k, v, disparity, coc, impl="auto", return_impl=True, **kw)
+    assert ran == "chunked"
+    # Scores of ~1e4: float32 rounding of the scores alone is ~1e-3 relative; no pair may be missing.
+    assert (out - ref).abs().max() <= 1e-2 * ref.abs().max()
+    assert (auto - ref).abs().max() <= 1e-5
