@@ -7,8 +7,8 @@ Options and their defaults: ``configs/train_default.yaml`` and ``--help``; the l
 Rerunning the same command with ``--resume_from_checkpoint latest`` continues exactly where the last
 checkpoint left off (a checkpoint whose RNG state cannot be read is an error unless ``--allow_inexact_resume``).
 Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept); 2 for invalid
-options, a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, a missing
-data folder or weights that are neither local, cached nor downloadable (one ``error:`` line), or a run stopped
+options, a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, an
+--output_dir holding an earlier run that this command would overwrite, a missing data folder or weights that are neither local, cached nor downloadable (one ``error:`` line), or a run stopped
 after too many non-finite steps.
 """
 
@@ -84,7 +84,12 @@ def main(input_args=None) -> int:
 
     # ---- build ----------------------------------------------------------------------------------------
     accelerator = setup_accelerator(args)
-    out = prepare_output_dir(args, accelerator)
+    try:  # an earlier run's folder (checkpoints, logs, foreign checkpoint-N): refused with the remedies, no traceback
+        out = prepare_output_dir(args, accelerator)
+    except FileExistsError as error:
+        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
+        accelerator.end_training()
+        return 2
     try:  # before minutes of loading: a wrong or incomplete checkpoint folder fails fast
         resume = resolve_resume_path(args.resume_from_checkpoint, out)
     except FileNotFoundError as error:

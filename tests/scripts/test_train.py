@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -318,13 +319,17 @@ def test_crash_while_resaving_a_step_keeps_that_step(tmp_path, monkeypatch):
     assert resolve_resume_path("latest", tmp_path) == tmp_path / f"{CHECKPOINT_PREFIX}6"
 
 
-def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     save_checkpoint(_FakeAccelerator(), out, 4, total_limit=None)
-    # Through the script: refused before any data or model is loaded (the paths here do not exist).
+    # Through the script: refused before any data or model is loaded (the paths here do not exist), with one
+    # error line naming the remedies and exit status 2.
     remedy = "--resume_from_checkpoint latest.*new --output_dir.*--overwrite_output_dir"
+    assert train_lora_otf.main(_argv(_PATHS, out)) == 2
+    err = capsys.readouterr().err
+    assert re.search("train_lora_otf.py: error: .*" + remedy, err) and "Traceback" not in err
     with pytest.raises(FileExistsError, match=remedy):
-        train_lora_otf.main(_argv(_PATHS, out))
+        check_fresh_output_dir(out, None, overwrite=False)
     assert [s for s, _ in list_checkpoints(out)] == [4]
     check_fresh_output_dir(out, "latest", overwrite=False)  # resuming is what the folder is for
     check_fresh_output_dir(tmp_path / "new", None, overwrite=False)
@@ -561,15 +566,15 @@ _RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", "pytor
               META_NAME)
 
 
-def test_fresh_run_into_a_finished_run_without_checkpoints_is_refused(tmp_path):
+def test_fresh_run_into_a_finished_run_without_checkpoints_is_refused(tmp_path, capsys):
     """A finished run whose checkpoint-* folders were deleted keeps its logs, config and weights: a fresh run
     there is refused like one into a folder with checkpoints (it used to wipe the logs and config)."""
     out = tmp_path / "run"
     out.mkdir()
     for name in _RUN_FILES:
         (out / name).write_text("earlier run")
-    with pytest.raises(FileExistsError, match="earlier run.*new --output_dir.*--overwrite_output_dir"):
-        train_lora_otf.main(_argv(_PATHS, out))
+    assert train_lora_otf.main(_argv(_PATHS, out)) == 2
+    assert re.search("error: .*earlier run.*new --output_dir.*--overwrite_output_dir", capsys.readouterr().err)
     # `latest` finds no checkpoint to continue from: starting over would wipe the finished run just the same.
     with pytest.raises(FileExistsError, match="no checkpoint to resume"):
         check_fresh_output_dir(out, "latest", overwrite=False)
