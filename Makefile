@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench evaluate evaluate-record
+.PHONY: setup demo test app browser bench evaluate evaluate-record
 
 setup: $(STAMP)
 
@@ -22,7 +22,6 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(PY) -m pytest -q
 
-.PHONY: app browser
 app: $(STAMP)
 	$(PY) app.py
 
