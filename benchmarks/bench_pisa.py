@@ -282,21 +282,16 @@ def main(argv=None):
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.plan == "sparse":
-        rows = [r for device in devices for r in run_sparse(device, args.threads, args.dense_16k, args.dense_growth)]
-        text = render_sparse(rows, args)
-        print(text)
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
-        if not args.no_write:
-            replace_section(text, args.output)
-        return
-    results = []
-    for device in devices:
-        for side, impl, backward, occlusion in PLANS[args.plan]:
-            r = run_one(side, impl, backward, occlusion, device, args.threads, args.timeout)
-            print(json.dumps(r), flush=True)
-            results.append(r)
-    text = render(results, args)
+        results = [r for device in devices for r in run_sparse(device, args.threads, args.dense_16k, args.dense_growth)]
+        text = render_sparse(results, args)
+    else:
+        results = []
+        for device in devices:
+            for side, impl, backward, occlusion in PLANS[args.plan]:
+                r = run_one(side, impl, backward, occlusion, device, args.threads, args.timeout)
+                print(json.dumps(r), flush=True)
+                results.append(r)
+        text = render(results, args)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
