@@ -250,15 +250,6 @@ def _log_m(spec: _Spec, margin: torch.Tensor) -> torch.Tensor:
     return F.logsigmoid(margin * (spec.log_hardness / _COC_UNIT_PX))
 
 
-def _log_coc_pairs(spec: _Spec, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor | None:
-    """log M_ij for index tensors ``qi`` (queries) and ``kj`` (keys) broadcastable to a pair shape P:
-    (B, *P) float32, or None without CoC term. Same formula as :func:`_log_coc_term` (sparse PISA)."""
-    if spec.log_hardness is None:
-        return None
-    dist = _pair_distance(spec.pos_px[qi], spec.pos_px[kj])  # (*P) pixels
-    return _log_m(spec, spec.radius_px[:, kj] - dist[None])
-
-
 def _occlusion_block(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
     """Self-occlusion fraction O_ij for all queries i and keys j in [j0, j1): (B, N, Bk) float32 in [0, 1]."""
     return _occlusion_fraction(_occlusion_counts(spec, j0, j1), spec)
