@@ -168,7 +168,7 @@ SPARSE_MAX_COC_PX = 32.0
 
 def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) -> list[dict]:
     """Interleaved, in-process timings of the sparse rows (see the module docstring)."""
-    from models.pisa import _Spec, _token_positions_px, _token_uv, pisa_attention  # noqa: PLC0415
+    from models.pisa import _make_spec, pisa_attention  # noqa: PLC0415
     from models.pisa_sparse import plan_for_call  # noqa: PLC0415
 
     torch.set_num_threads(threads)
@@ -182,11 +182,7 @@ def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) 
         disparity = torch.rand(B, side, side, generator=g).to(dev)
         coc = ((torch.rand(B, side, side, generator=g) * 2 - 1) * SPARSE_MAX_COC_PX).to(dev)
         kw = dict(hardness=hardness, px_per_token=16.0, occlusion=True, n_segments=7, n_supersamples=5)
-        spec = _Spec(h=side, w=side, disparity=disparity.reshape(B, N), radius_px=coc.abs().reshape(B, N),
-                     lookup=disparity[:, None], pos_px=_token_positions_px(side, side, 16.0, False, dev),
-                     uv=_token_uv(side, side, dev), log_hardness=math.log(hardness), occlusion=True, n_segments=7,
-                     n_supersamples=5, seed=0, compat=False, training=False, dropout_p=0.0, dropout_seed=0)
-        plan = plan_for_call(spec, q, k, 1.0 / math.sqrt(d))
+        plan = plan_for_call(_make_spec(q, disparity, coc, **kw), q, k, 1.0 / math.sqrt(d))  # as pisa_attention
         outputs, times = {}, {}
 
         def call(impl):
@@ -282,21 +278,16 @@ def main(argv=None):
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.plan == "sparse":
-        rows = [r for device in devices for r in run_sparse(device, args.threads, args.dense_16k, args.dense_growth)]
-        text = render_sparse(rows, args)
-        print(text)
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
-        if not args.no_write:
-            replace_section(text, args.output)
-        return
-    results = []
-    for device in devices:
-        for side, impl, backward, occlusion in PLANS[args.plan]:
-            r = run_one(side, impl, backward, occlusion, device, args.threads, args.timeout)
-            print(json.dumps(r), flush=True)
-            results.append(r)
-    text = render(results, args)
+        results = [r for device in devices for r in run_sparse(device, args.threads, args.dense_16k, args.dense_growth)]
+        text = render_sparse(results, args)
+    else:
+        results = []
+        for device in devices:
+            for side, impl, backward, occlusion in PLANS[args.plan]:
+                r = run_one(side, impl, backward, occlusion, device, args.threads, args.timeout)
+                print(json.dumps(r), flush=True)
+                results.append(r)
+        text = render(results, args)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -250,15 +250,6 @@ def _log_m(spec: _Spec, margin: torch.Tensor) -> torch.Tensor:
     return F.logsigmoid(margin * (spec.log_hardness / _COC_UNIT_PX))
 
 
-def _log_coc_pairs(spec: _Spec, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor | None:
-    """log M_ij for index tensors ``qi`` (queries) and ``kj`` (keys) broadcastable to a pair shape P:
-    (B, *P) float32, or None without CoC term. Same formula as :func:`_log_coc_term` (sparse PISA)."""
-    if spec.log_hardness is None:
-        return None
-    dist = _pair_distance(spec.pos_px[qi], spec.pos_px[kj])  # (*P) pixels
-    return _log_m(spec, spec.radius_px[:, kj] - dist[None])
-
-
 def _occlusion_block(spec: _Spec, j0: int, j1: int) -> torch.Tensor:
     """Self-occlusion fraction O_ij for all queries i and keys j in [j0, j1): (B, N, Bk) float32 in [0, 1]."""
     return _occlusion_fraction(_occlusion_counts(spec, j0, j1), spec)
@@ -592,6 +583,35 @@ def pisa_attention(
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}.")
     if published_geometry and not compat:
         raise ValueError("published_geometry=True reproduces the published code and needs compat=True as well.")
+    spec = _make_spec(
+        q, disparity, coc_px, hardness=hardness, px_per_token=px_per_token, occlusion=occlusion,
+        n_segments=n_segments, n_supersamples=n_supersamples, seed=seed, compat=compat, dropout_p=dropout_p,
+        training=training, occlusion_disparity=occlusion_disparity, published_geometry=published_geometry,
+    )
+    out, ran = _dispatch(q, k, v, spec, 1.0 / math.sqrt(d), impl, block_size)
+    return (out, ran) if return_impl else out
+
+
+def _make_spec(
+    q: torch.Tensor,
+    disparity: torch.Tensor,
+    coc_px: torch.Tensor,
+    *,
+    hardness: float | None,
+    px_per_token: float,
+    occlusion: bool = True,
+    n_segments: int = 7,
+    n_supersamples: int = 5,
+    seed: int = 0,
+    compat: bool = False,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    occlusion_disparity: torch.Tensor | None = None,
+    published_geometry: bool = False,
+) -> _Spec:
+    """The :class:`_Spec` of one :func:`pisa_attention` call (arguments as there, already validated; ``q`` gives
+    B, N and the device). Draws the dropout seed from the global RNG when ``training`` with ``dropout_p > 0``."""
+    B, N = q.shape[0], q.shape[2]
     h, w = disparity.shape[1:]
     disp = disparity.detach().to(torch.float32)
     lookup = disp if occlusion_disparity is None else occlusion_disparity.detach().to(torch.float32)
@@ -620,8 +640,7 @@ def pisa_attention(
         dropout_p=float(dropout_p),
         dropout_seed=dropout_seed,
     )
-    out, ran = _dispatch(q, k, v, spec, 1.0 / math.sqrt(d), impl, block_size)
-    return (out, ran) if return_impl else out
+    return spec
 
 
 def _dispatch(q, k, v, spec: _Spec, scale: float, impl: str, block_size: int) -> tuple[torch.Tensor, str]:

@@ -122,7 +122,7 @@ def load_birefnet(
 
     ``device``: where the model runs (the caller decides); ``None`` leaves it where ``from_pretrained`` put it.
 
-    Raises :class:`models.depth.WeightsUnavailableError` when the weights (or a package their code imports)
+    Raises :class:`models.hub.WeightsUnavailableError` when the weights (or a package their code imports)
     are unavailable.
     """
     from transformers import AutoModelForImageSegmentation

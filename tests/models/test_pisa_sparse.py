@@ -22,15 +22,9 @@ def _inputs(B=2, H=2, h=13, w=15, d=16, seed=0, coc_px=30.0):
 
 
 def _spec_and_plan(q, k, disparity, coc, hardness, compat=False, tile=None):
-    """The plan pisa_attention builds for this call (same _Spec construction as the public function)."""
-    B, H, N, d = q.shape
-    h, w = disparity.shape[1:]
-    spec = pisa._Spec(h=h, w=w, disparity=disparity.reshape(B, N), radius_px=coc.abs().reshape(B, N),
-                      lookup=disparity[:, None], pos_px=pisa._token_positions_px(h, w, 16.0, compat, q.device),
-                      uv=pisa._token_uv(h, w, q.device), log_hardness=math.log(hardness), occlusion=True,
-                      n_segments=7, n_supersamples=5, seed=3, compat=compat, training=False, dropout_p=0.0,
-                      dropout_seed=0)
-    return spec, sparse.plan_for_call(spec, q, k, 1.0 / math.sqrt(d), tile=tile)
+    """The plan pisa_attention builds for this call (its own _Spec construction)."""
+    spec = pisa._make_spec(q, disparity, coc, hardness=hardness, px_per_token=16.0, seed=3, compat=compat)
+    return spec, sparse.plan_for_call(spec, q, k, 1.0 / math.sqrt(q.shape[-1]), tile=tile)
 
 
 def _compare(inputs, hardness, compat=False, **kw):
