@@ -28,7 +28,8 @@ import torch
 from data.focus import focus_from_pixel
 from data.inference_io import InputItem, choose_focus, conform_item, demo_inputs, format_value, output_name, safe_name
 from data.io import (
-    DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, read_disparity, read_image, resize_map, save_image,
+    DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, atomic_write, read_disparity, read_image,
+    resize_map, save_image,
 )
 
 RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
@@ -328,22 +329,14 @@ def save_render(image: np.ndarray, folder: str | os.PathLike, scene: Scene, opti
 def write_animation(frames: Sequence[np.ndarray], path: str | os.PathLike, *, frame_ms: int = 120,
                     max_side: int | None = None) -> Path:
     """Write ``(3, H, W)`` [0, 1] frames as a looping animated GIF (forward then back, so the loop is smooth),
-    each shrunk (area) so its longer side is at most ``max_side`` px. Written to a temporary file, then renamed."""
+    each shrunk (area, :func:`shrink`) so its longer side is at most ``max_side`` px. Written atomically
+    (:func:`data.io.atomic_write`)."""
     from PIL import Image
 
     if len(frames) < 2:
         raise ValueError(f"an animation needs at least 2 frames, got {len(frames)}")
-    pictures = []
-    for frame in list(frames) + list(frames[-2:0:-1]):
-        array = to_uint8(frame)
-        if max_side and max(array.shape[:2]) > max_side:
-            scale = max_side / max(array.shape[:2])
-            size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
-            array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
-        pictures.append(Image.fromarray(array))
+    pictures = [Image.fromarray(shrink(to_uint8(frame), max_side)) for frame in list(frames) + list(frames[-2:0:-1])]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
     return path
