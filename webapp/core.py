@@ -28,7 +28,7 @@ import torch
 from data.focus import focus_from_pixel
 from data.inference_io import InputItem, choose_focus, conform_item, demo_inputs, format_value, output_name, safe_name
 from data.io import (
-    DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, atomic_write, read_disparity, read_image,
+    ASPECT_TOLERANCE, DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, atomic_write, read_disparity, read_image,
     resize_map, save_image,
 )
 
@@ -38,9 +38,6 @@ RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 K_RANGE = (0.0, 40.0)
 BLADES_MAX = 12
 HIGHLIGHT_GAIN_RANGE = (0.0, 10.0)
-# Relative aspect-ratio difference above which a disparity map is taken to belong to another photo (a map of
-# the same aspect but another size is resized with a notice, as inference_hf.py does).
-ASPECT_TOLERANCE = 0.02
 # Preview cost cap, in source pixels x (largest CoC radius in px)^2 at the preview scale: the scatter renderer's
 # cost model. 3e6 is the demo photo at 0.52x with a 10-px radius (K = 20 focused mid-depth), which renders in
 # about 0.3 s on two idle cores (BENCHMARKS.md, "App"); previews never go below PREVIEW_MIN_SIDE px.
@@ -213,6 +210,8 @@ def upload_scene(photo: str | os.PathLike | None, disparity: str | os.PathLike |
             except (ValueError, OSError) as error:
                 raise UploadError(f"disparity map '{disparity.name}': {error}") from error
             (h, w), (dh, dw) = image.shape[1:], disp.shape[1:]
+            # data.io's tolerance: a map of the same aspect but another size is resized with a notice, as
+            # inference_hf.py does; beyond it the map belongs to another photo.
             if abs(dw / dh - w / h) > ASPECT_TOLERANCE * (w / h):
                 raise UploadError(
                     f"disparity map '{disparity.name}' is {dw}x{dh} but the photo '{photo.name}' is {w}x{h}: "
