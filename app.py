@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from webapp.ui import Callbacks, build_app
 
-    device = torch.device("cuda" if render_args.device == "cuda"
-                          or (render_args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = inference_hf.resolve_device(render_args.device)
     torch.manual_seed(render_args.seed)
     try:
         factories = renderer_factories(render_args, names, device)
