@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             focus_choice={**first, "focus_xy": render_args.focus_xy},
             initial_options=RenderOptions(
                 "classical", render_args.K[0], render_args.blades, render_args.rotation_deg,
-                render_args.highlight_gain, 0.8 if render_args.highlight_threshold is None
+                render_args.highlight_gain, RenderOptions.highlight_threshold if render_args.highlight_threshold is None
                 else render_args.highlight_threshold))
     except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
         print(f"error: {error}", file=sys.stderr)
