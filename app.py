@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from webapp.ui import Callbacks, build_app
 
-    device = torch.device("cuda" if render_args.device == "cuda"
-                          or (render_args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = inference_hf.resolve_device(render_args.device)
     torch.manual_seed(render_args.seed)
     try:
         factories = renderer_factories(render_args, names, device)
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             focus_choice={**first, "focus_xy": render_args.focus_xy},
             initial_options=RenderOptions(
                 "classical", render_args.K[0], render_args.blades, render_args.rotation_deg,
-                render_args.highlight_gain, 0.8 if render_args.highlight_threshold is None
+                render_args.highlight_gain, RenderOptions.highlight_threshold if render_args.highlight_threshold is None
                 else render_args.highlight_threshold))
     except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
         print(f"error: {error}", file=sys.stderr)

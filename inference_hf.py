@@ -474,9 +474,15 @@ def _above_progress_bars(show):
     return show_above
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``auto`` = CUDA when available, else the CPU (``cuda`` without CUDA is refused by
+    :func:`parse_args`)."""
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     _compatibility_notes(args)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.io import IMAGE_EXTENSIONS, atomic_write, read_image, save_image, write_text_atomic
+from data.io import IMAGE_EXTENSIONS, atomic_write, read_image, replaced_inputs, save_image, write_text_atomic
 from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, load_depth_estimator
 from models.hub import HubUnreachableError, WeightsUnavailableError, download_command
 from models.segment import BIREFNET_RESOLUTION, BIREFNET_REVISION, DEFAULT_MASK_MODEL, load_birefnet, mask_model_revision
@@ -121,9 +121,8 @@ class Layout:
 def check_no_input_replaced(items: list[Item], layout: Layout) -> None:
     """Refuse a layout in which an output would replace one of the input images (e.g. photos in
     ``<root>/mask`` with ``--output_dir <root>``): no run may overwrite its own inputs."""
-    inputs = {item.source.resolve(): item for item in items}
     planned = [layout.root / "prepare_data.json"] + [path for item in items for path in layout.outputs(item)]
-    clashes = [path for path in planned if path.resolve() in inputs]
+    clashes = replaced_inputs(planned, [item.source for item in items])
     if clashes:
         shown = ", ".join(f"'{path}'" for path in clashes[:3]) + (" ..." if len(clashes) > 3 else "")
         raise UsageError(f"--output_dir '{layout.root}': its outputs would replace {len(clashes)} input image(s) "

@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from data.focus import focus_from_mask, focus_from_pixel, focus_from_value
-from data.io import (InputWarning, clean_disparity, contact_sheet, fit_map_to_image, read_disparity, read_image,
-                     resize_map)
+from data.io import (InputWarning, clean_disparity, contact_sheet, fit_map_to_image, path_key, read_disparity,
+                     read_image, resize_map)
 
 # Demo focus planes as disparity percentiles of the motorcycle's map (1 = near): the 90th lies on the
 # motorcycle's front (fairing and wheel), the 50th on its rear and the seat, the 10th on the back wall.
@@ -250,7 +250,7 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     from data.loaders import load_test_set
 
     roots = input_roots(test_data_dir)
-    excluded = {_path_key(path) for path in exclude}
+    excluded = {path_key(path) for path in exclude}
     found = []
     for root in roots:
         test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
@@ -263,7 +263,7 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
             name = str(entry["name"])
             if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
                 continue
-            if _path_key(entry["image"]) in excluded:
+            if path_key(entry["image"]) in excluded:
                 continue
             sources = tuple(Path(entry[key]) for key in ("image", "disparity", "mask") if entry.get(key) is not None)
             found.append((prefix + name, test_set, index, sources, published))
@@ -382,11 +382,6 @@ def unique_focus(focus: list[tuple[float, str]], name: str) -> list[tuple[float,
     return kept
 
 
-def _path_key(path: str | os.PathLike) -> str:
-    """One spelling per file: symlinks and ``..`` resolved, case folded where the OS ignores case."""
-    return os.path.normcase(os.path.realpath(path))
-
-
 MANIFEST_NAME = "run_config.json"
 
 
@@ -415,10 +410,10 @@ class OutputFiles:
     def __init__(self, folder: str | os.PathLike, protected: Iterable[str | os.PathLike] = (),
                  protected_dirs: Iterable[str | os.PathLike] = (), own: Iterable[str | os.PathLike] = ()):
         self.folder = Path(folder)
-        self.protected = {_path_key(path) for path in protected}
-        self.protected_dirs = [_path_key(path) for path in protected_dirs]
+        self.protected = {path_key(path) for path in protected}
+        self.protected_dirs = [path_key(path) for path in protected_dirs]
         self.own_paths = [Path(path) for path in own]
-        self.own = {_path_key(path) for path in self.own_paths}
+        self.own = {path_key(path) for path in self.own_paths}
         self.taken: set[str] = set()
         self.claimed: list[Path] = []
         self.renamed: list[tuple[str, str]] = []
@@ -433,7 +428,7 @@ class OutputFiles:
         """The path to write ``filename`` to (in ``folder``); see the class docstring."""
         requested = self.folder / filename
         path, number = requested, 1
-        while (key := _path_key(path)) in self.taken or self._is_input(path, key):
+        while (key := path_key(path)) in self.taken or self._is_input(path, key):
             number += 1
             path = requested.with_name(f"{requested.stem}-{number}{requested.suffix}")
         self.taken.add(key)

@@ -182,6 +182,19 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def path_key(path: str | os.PathLike) -> str:
+    """One spelling per file, existing or not: symlinks and ``..`` resolved, case folded where the OS ignores
+    case. Two paths name the same file when their keys are equal."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def replaced_inputs(outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The paths of ``outputs`` that name one of the files ``inputs`` (:func:`path_key`), in order: writing them
+    would replace an input, which no tool here may do."""
+    keys = {path_key(path) for path in inputs}
+    return [Path(path) for path in outputs if path_key(path) in keys]
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file via a temporary file and a rename (:func:`atomic_write`): an interrupted run leaves the
     old file (or none), never a truncated one. The parent folder is created."""

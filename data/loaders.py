@@ -175,8 +175,9 @@ def load_test_set(
 
 
 def _require(path: Path | None, what: str, root: Path) -> Path:
-    if path is None or not path.is_file():
-        raise FileNotFoundError(_missing(path, what, root))
+    message = _missing(path, what, root)
+    if message is not None:
+        raise FileNotFoundError(message)
     return path
 
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from data.inference_io import output_name, safe_name
-from data.io import IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, save_image, write_text_atomic
+from data.io import (IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, replaced_inputs, save_image,
+                     write_text_atomic)
 from metrics.bands import discontinuity_band
 from metrics.image import PSNR_MAX_DB, LearnedMetric, masked_mean, mse_map, psnr_from_mse, ssim_map
 
@@ -259,8 +260,8 @@ def write_reports(
             named like a report); nothing is written then.
     """
     output_dir = Path(output_dir)
-    inputs = {Path(p).resolve() for pair in pairs for p in (pair.pred, pair.gt, pair.disparity) if p is not None}
-    clashes = [name for name in REPORT_FILES if (output_dir / name).resolve() in inputs]
+    inputs = [p for pair in pairs for p in (pair.pred, pair.gt, pair.disparity) if p is not None]
+    clashes = [path.name for path in replaced_inputs([output_dir / name for name in REPORT_FILES], inputs)]
     if clashes:
         raise FileExistsError(f"--output_dir '{output_dir}' holds evaluated images named like the reports "
                               f"({', '.join(clashes)}), which writing the reports would replace; choose another "

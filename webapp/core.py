@@ -28,7 +28,8 @@ import torch
 from data.focus import focus_from_pixel
 from data.inference_io import InputItem, choose_focus, conform_item, demo_inputs, format_value, output_name, safe_name
 from data.io import (
-    DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, read_disparity, read_image, resize_map, save_image,
+    ASPECT_TOLERANCE, DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, InputWarning, atomic_write, read_disparity, read_image,
+    resize_map, save_image,
 )
 
 RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
@@ -37,9 +38,6 @@ RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 K_RANGE = (0.0, 40.0)
 BLADES_MAX = 12
 HIGHLIGHT_GAIN_RANGE = (0.0, 10.0)
-# Relative aspect-ratio difference above which a disparity map is taken to belong to another photo (a map of
-# the same aspect but another size is resized with a notice, as inference_hf.py does).
-ASPECT_TOLERANCE = 0.02
 # Preview cost cap, in source pixels x (largest CoC radius in px)^2 at the preview scale: the scatter renderer's
 # cost model. 3e6 is the demo photo at 0.52x with a 10-px radius (K = 20 focused mid-depth), which renders in
 # about 0.3 s on two idle cores (BENCHMARKS.md, "App"); previews never go below PREVIEW_MIN_SIDE px.
@@ -212,6 +210,8 @@ def upload_scene(photo: str | os.PathLike | None, disparity: str | os.PathLike |
             except (ValueError, OSError) as error:
                 raise UploadError(f"disparity map '{disparity.name}': {error}") from error
             (h, w), (dh, dw) = image.shape[1:], disp.shape[1:]
+            # data.io's tolerance: a map of the same aspect but another size is resized with a notice, as
+            # inference_hf.py does; beyond it the map belongs to another photo.
             if abs(dw / dh - w / h) > ASPECT_TOLERANCE * (w / h):
                 raise UploadError(
                     f"disparity map '{disparity.name}' is {dw}x{dh} but the photo '{photo.name}' is {w}x{h}: "
@@ -328,22 +328,14 @@ def save_render(image: np.ndarray, folder: str | os.PathLike, scene: Scene, opti
 def write_animation(frames: Sequence[np.ndarray], path: str | os.PathLike, *, frame_ms: int = 120,
                     max_side: int | None = None) -> Path:
     """Write ``(3, H, W)`` [0, 1] frames as a looping animated GIF (forward then back, so the loop is smooth),
-    each shrunk (area) so its longer side is at most ``max_side`` px. Written to a temporary file, then renamed."""
+    each shrunk (area, :func:`shrink`) so its longer side is at most ``max_side`` px. Written atomically
+    (:func:`data.io.atomic_write`)."""
     from PIL import Image
 
     if len(frames) < 2:
         raise ValueError(f"an animation needs at least 2 frames, got {len(frames)}")
-    pictures = []
-    for frame in list(frames) + list(frames[-2:0:-1]):
-        array = to_uint8(frame)
-        if max_side and max(array.shape[:2]) > max_side:
-            scale = max_side / max(array.shape[:2])
-            size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
-            array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
-        pictures.append(Image.fromarray(array))
+    pictures = [Image.fromarray(shrink(to_uint8(frame), max_side)) for frame in list(frames) + list(frames[-2:0:-1])]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
     return path

@@ -106,13 +106,17 @@ class Callbacks:
         focus, xy = initial_focus(scene, **(choice or {}))
         return Session(scene, focus, xy)
 
+    def _startup_session(self) -> Session:
+        """A session on the startup scene at the startup focus (page load, "demo", or an event without one)."""
+        return self._new_session(self.initial_scene, self.focus_choice)
+
     # ------------------------------------------------------------------------------------------------------
     # Events. Scene events return (session, photo, *view); view events return (session, *view).
     # ------------------------------------------------------------------------------------------------------
     def start(self, *controls):
         """Page load: a new session on the startup scene at the startup focus."""
         try:
-            session = self._new_session(self.initial_scene, self.focus_choice)
+            session = self._startup_session()
             return (session, to_uint8(self.initial_scene.image),
                     *self._view(session, self.options(*controls), _notes_text(self.initial_scene)))
         except Exception as error:  # noqa: BLE001 - shown on the page; the server keeps serving
@@ -122,7 +126,7 @@ class Callbacks:
               evt: gr.SelectData):
         """A click on the photo at ``evt.index = [x, y]`` (full-resolution pixels): focus there (``--focus_xy``)."""
         try:
-            session = session or self._new_session(self.initial_scene, self.focus_choice)
+            session = session or self._startup_session()
             controls = (renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
             x, y = (int(v) for v in evt.index[:2])
             session = Session(session.scene, focus_at(session.scene, x, y), (x, y))
@@ -133,7 +137,7 @@ class Callbacks:
     def rerender(self, session: Session | None, *controls):
         """A control changed: render the preview again at the same focus."""
         try:
-            session = session or self._new_session(self.initial_scene, self.focus_choice)
+            session = session or self._startup_session()
             return (session, *self._view(session, self.options(*controls)))
         except Exception as error:  # noqa: BLE001
             return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error_text(error))
@@ -153,7 +157,7 @@ class Callbacks:
     def load_demo(self, session: Session | None, *controls):
         """Back to the startup scene."""
         try:
-            new = self._new_session(self.initial_scene, self.focus_choice)
+            new = self._startup_session()
             return (new, to_uint8(new.scene.image), *self._view(new, self.options(*controls)))
         except Exception as error:  # noqa: BLE001
             return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error_text(error))
@@ -162,7 +166,7 @@ class Callbacks:
                         highlight_threshold, progress=gr.Progress()):
         """Render at full resolution and write the PNG into the output folder; returns (path, status)."""
         try:
-            session = session or self._new_session(self.initial_scene, self.focus_choice)
+            session = session or self._startup_session()
             options = self.options(renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
             progress(0.0, desc=f"rendering {session.scene.size[1]}x{session.scene.size[0]} ({options.renderer})")
             image = render(session.scene, options, session.focus, self.factories[options.renderer], 1.0)
@@ -176,7 +180,7 @@ class Callbacks:
                    highlight_threshold, progress=gr.Progress()):
         """Render a near-to-far focus sweep at preview resolution as an animated GIF; returns (path, status)."""
         try:
-            session = session or self._new_session(self.initial_scene, self.focus_choice)
+            session = session or self._startup_session()
             options = self.options(renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
             frames = self.focus_pull_frames
             scene, factory = session.scene, self.factories[options.renderer]
