@@ -72,12 +72,19 @@ def prepare_output_dir(args, accelerator) -> Path:
     return out
 
 
+def _refuse(error: Exception, accelerator=None) -> int:
+    """End a run refused before training: one argparse-style ``error:`` line (no traceback), exit status 2."""
+    print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
+    if accelerator is not None:
+        accelerator.end_training()
+    return 2
+
+
 def main(input_args=None) -> int:
     try:
         args = parse_args(input_args)
     except ValueError as error:  # invalid or missing options: one argparse-style line, no traceback
-        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
-        return 2
+        return _refuse(error)
     if args.dry_run:
         print(yaml.safe_dump(vars(args), sort_keys=True))
         return 0
@@ -87,15 +94,11 @@ def main(input_args=None) -> int:
     try:  # an earlier run's folder (checkpoints, logs, foreign checkpoint-N): refused with the remedies, no traceback
         out = prepare_output_dir(args, accelerator)
     except FileExistsError as error:
-        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
-        accelerator.end_training()
-        return 2
+        return _refuse(error, accelerator)
     try:  # before minutes of loading: a wrong or incomplete checkpoint folder fails fast
         resume = resolve_resume_path(args.resume_from_checkpoint, out)
     except FileNotFoundError as error:
-        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
-        accelerator.end_training()
-        return 2
+        return _refuse(error, accelerator)
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
     # The data first: a wrong --train_data_dir fails before minutes of model loading.
     try:
@@ -103,9 +106,7 @@ def main(input_args=None) -> int:
                                       total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
         c = build_components(args, accelerator)
     except OSError as error:  # missing data folder, weights not local/cached/reachable: the message names the fix
-        print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
-        accelerator.end_training()
-        return 2
+        return _refuse(error, accelerator)
     description = describe_run(args, c, accelerator.num_processes)
     progress = TrainProgress()
     hooks = CheckpointHooks(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, c.discriminator_raw,
@@ -116,9 +117,7 @@ def main(input_args=None) -> int:
         try:
             accelerator.load_state(str(resume))  # LoRA, VAE, discriminator, optimisers, schedules, RNG, progress
         except ValueError as error:  # other weight-defining settings than the checkpoint's: the message names them
-            print(f"train_lora_otf.py: error: {error}", file=sys.stderr)
-            accelerator.end_training()
-            return 2
+            return _refuse(error, accelerator)
         logger.info("resumed from %s at step %d", resume, progress.step)
     elif args.resume_from_checkpoint:
         logger.info("--resume_from_checkpoint %s: no checkpoint in %s, starting fresh", args.resume_from_checkpoint, out)

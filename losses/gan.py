@@ -202,11 +202,14 @@ class FrozenBackbone(nn.Module):
 
 
 class PatchHead(nn.Module):
-    """Per-level patch classifier: ``(B, C, h, w)`` features -> ``(B, 1, h, w)`` logits."""
+    """Per-level patch classifier: ``(B, C, h, w)`` features -> ``(B, 1, h, w)`` logits.
 
-    def __init__(self, in_channels: int, hidden_channels: int = 64) -> None:
+    ``kernel_size`` is the first convolution's (odd; ``1`` makes it :class:`MLPHead`)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int = 64, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv = spectral_norm(nn.Conv2d(in_channels, hidden_channels, kernel_size=3, padding=1))
+        self.conv = spectral_norm(nn.Conv2d(in_channels, hidden_channels, kernel_size=kernel_size,
+                                            padding=kernel_size // 2))
         self.act = nn.LeakyReLU(0.2)
         self.out = spectral_norm(nn.Conv2d(hidden_channels, 1, kernel_size=1))
 
@@ -214,22 +217,16 @@ class PatchHead(nn.Module):
         return self.out(self.act(self.conv(features)))
 
 
-class MLPHead(nn.Module):
+class MLPHead(PatchHead):
     """Per-position two-layer perceptron: ``(B, C, h, w)`` features -> ``(B, 1, h, w)`` logits.
 
     ``logit = W2 LeakyReLU_0.2(W1 f + b1) + b2`` at every feature-map position, both layers spectrally
-    normalised; the head of the released training's ConvNeXt discriminator (hidden width 256). Written as 1x1
-    convolutions, which apply the same linear maps to each position.
+    normalised; the head of the released training's ConvNeXt discriminator (hidden width 256). Written as a
+    :class:`PatchHead` with a 1x1 first convolution, which applies the same linear maps to each position.
     """
 
     def __init__(self, in_channels: int, hidden_channels: int = 256) -> None:
-        super().__init__()
-        self.conv = spectral_norm(nn.Conv2d(in_channels, hidden_channels, kernel_size=1))
-        self.act = nn.LeakyReLU(0.2)
-        self.out = spectral_norm(nn.Conv2d(hidden_channels, 1, kernel_size=1))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.conv(features)))
+        super().__init__(in_channels, hidden_channels, kernel_size=1)
 
 
 class MultiLevelDiscriminator(nn.Module):

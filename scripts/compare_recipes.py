@@ -21,6 +21,7 @@ if __name__ == "__main__" and not __package__:  # run as a file path: the reposi
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +74,7 @@ def main(argv=None) -> int:
         save_tiny_sdxl(sdxl)
     rows = ["| variant | held-out L1, step 0 | held-out L1, end | change |", "|---|---|---|---|"]
     for name in args.variants or list(VARIANTS):
-        run = out / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("[", "") \
-            .replace("]", "")
+        run = out / re.sub(r"[,()\[\]]", "", name).replace(" ", "_")  # a folder name without brackets or commas
         flags = VARIANTS[name]
         # A preset variant brings its own --config; otherwise the learning check's preset and settings apply.
         base = [] if "--config" in flags else LEARNING_CHECK

@@ -129,6 +129,12 @@ def is_complete(folder: str | os.PathLike) -> bool:
     return (folder / COMPLETE_NAME).is_file() or all((folder / name).is_file() for name in _LEGACY_REQUIRED)
 
 
+def _written_here(folder: Path) -> bool:
+    """A ``checkpoint-*`` folder of this script (complete or not): it holds the metadata or the marker. Every
+    complete folder (:func:`is_complete`) is one; a folder without either is another tool's (never deleted)."""
+    return (folder / META_NAME).is_file() or (folder / COMPLETE_NAME).is_file()
+
+
 def _named_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     root = Path(output_dir)
     if not root.is_dir():
@@ -200,7 +206,7 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
     for _, path in _named_checkpoints(root):
         if is_complete(path):
             continue
-        if (path / META_NAME).is_file() or (path / COMPLETE_NAME).is_file():
+        if _written_here(path):
             incomplete.append(path)
         else:  # not written by this script (e.g. another trainer's checkpoint): never ours to delete
             logger.warning("ignoring '%s': not a checkpoint of this script (no %s); left untouched", path, META_NAME)
@@ -227,8 +233,7 @@ def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, ov
             that this script did not write is there (never deleted, even with ``overwrite``).
     """
     root = Path(output_dir)
-    foreign = [path for _, path in _named_checkpoints(root) if not is_complete(path)
-               and not (path / META_NAME).is_file() and not (path / COMPLETE_NAME).is_file()]
+    foreign = [path for _, path in _named_checkpoints(root) if not _written_here(path)]
     if foreign:  # not ours to delete, and a save of the same step would replace it: refused even with overwrite
         raise FileExistsError(
             f"--output_dir '{output_dir}' holds {', '.join(repr(p.name) for p in foreign)}, named like this script's "
@@ -239,9 +244,10 @@ def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, ov
     files = [root / name for name in RUN_FILES if (root / name).is_file()]
     if resume:
         finished = [root / name for name in _FINISHED_RUN_FILES if (root / name).is_file()]
-        if found or not finished or resume != "latest" or overwrite:
-            if not found and finished and overwrite and resume == "latest":
-                _delete_earlier_run([], files, is_main_process)
+        if found or not finished or resume != "latest":
+            return
+        if overwrite:  # `latest` with nothing to resume starts over on top of a finished run
+            _delete_earlier_run([], files, is_main_process)
             return
         raise FileExistsError(
             f"--resume_from_checkpoint latest: --output_dir '{output_dir}' holds a finished run "

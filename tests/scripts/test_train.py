@@ -80,6 +80,22 @@ def _log(out, name: str = "train_log.jsonl") -> list[dict]:
     return [_strict(line) for line in (Path(out) / name).read_text().splitlines()]
 
 
+def crash_training_in_step(monkeypatch, argv: list[str], crash_step: int) -> None:
+    """Run ``train_lora_otf.main(argv)`` with ``train_step`` raising when its 0-based ``step`` is ``crash_step``
+    (logged step ``crash_step + 1``); checks the crash propagates, then restores the real step."""
+    real_step = train_lora_otf.train_step
+
+    def crashing_step(*args, step, **kwargs):
+        if step == crash_step:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(train_lora_otf, "train_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_lora_otf.main(argv)
+    monkeypatch.setattr(train_lora_otf, "train_step", real_step)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Configuration
 # ------------------------------------------------------------------------------------------------------------
@@ -383,17 +399,7 @@ def test_checkpoint_limit_resume_is_exact_and_export_loads(stack, tmp_path, monk
     assert [r["step"] for r in _log(ref, "validation.jsonl")] == [0, 3, 6]
 
     crashed = tmp_path / "crashed"
-    real_step = train_lora_otf.train_step
-
-    def crash_in_step_5(*args, step, **kwargs):
-        if step == 4:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, step=step, **kwargs)
-
-    monkeypatch.setattr(train_lora_otf, "train_step", crash_in_step_5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_lora_otf.main(_argv(stack, crashed))
-    monkeypatch.setattr(train_lora_otf, "train_step", real_step)
+    crash_training_in_step(monkeypatch, _argv(stack, crashed), 4)  # during step 5
     assert [s for s, _ in list_checkpoints(crashed)] == [2, 4]
     assert train_lora_otf.main(_argv(stack, crashed, "--resume_from_checkpoint", "latest")) == 0
 

@@ -15,6 +15,7 @@ import yaml
 import inference_hf
 import train_lora_otf
 from models.pipeline import model_gamma_for, pisa_compat_for
+from tests.scripts.test_train import crash_training_in_step
 from training.checkpoint import compare_run_settings, list_checkpoints
 from training.config import parse_args
 
@@ -126,17 +127,7 @@ def test_published_preset_trains_resumes_exactly_and_inference_uses_its_gamma_an
     assert "gan_g" not in ref_log[1] and "gan_g" in ref_log[2] and all("lpips" in r and "edge" in r for r in ref_log)
 
     crashed = tmp_path / "crashed"
-    real_step = train_lora_otf.train_step
-
-    def crash_in_step_3(*args, step, **kwargs):
-        if step == 2:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, step=step, **kwargs)
-
-    monkeypatch.setattr(train_lora_otf, "train_step", crash_in_step_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_lora_otf.main(_argv(tiny_sdxl, crashed))
-    monkeypatch.setattr(train_lora_otf, "train_step", real_step)
+    crash_training_in_step(monkeypatch, _argv(tiny_sdxl, crashed), 2)  # during step 3
     assert [s for s, _ in list_checkpoints(crashed)] == [2]
     assert train_lora_otf.main(_argv(tiny_sdxl, crashed, "--resume_from_checkpoint", "latest")) == 0
     keys = ["total", "mse", "edge", "lpips", "gan_g", "gan_d", "lr", "grad_norm"]
