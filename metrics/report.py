@@ -282,7 +282,7 @@ def write_reports(
     paths["json"] = write_text_atomic(
         output_dir / "metrics.json",
         json.dumps(
-            _nan_to_none({
+            finite_or_none({
                 "per_image": evaluation.rows,
                 "mean": means,
                 "counts": evaluation.counts(),
@@ -311,14 +311,15 @@ def write_reports(
     return paths
 
 
-def _nan_to_none(value):
-    """NaN (an undefined metric, e.g. no band without a disparity) -> None, i.e. ``null`` in JSON."""
-    if isinstance(value, float) and math.isnan(value):
+def finite_or_none(value):
+    """NaN / +-inf (an undefined metric, e.g. no band without a disparity) -> None, i.e. ``null`` in strict
+    JSON, recursively through dicts, lists and tuples; everything else unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(item) for item in value]
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
     return value
 
 

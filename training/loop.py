@@ -495,20 +495,11 @@ class StepLog:
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
+        from metrics.report import finite_or_none  # strict JSON: undefined values as null, as evaluate.py writes
+
         if self.enabled:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
-
-
-def _finite_or_none(value):
-    """NaN / +-inf -> None (``null``), recursively through dicts and lists; everything else unchanged."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
+                handle.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
 
 
 class StatusMeter:
