@@ -24,6 +24,7 @@ from pathlib import Path
 from data.focus import focus_from_gt, focus_from_mask, focus_from_pixel, focus_from_value
 from data.loaders import LAYOUTS, detect_layout, load_test_set
 from data.synthesis import OnTheFlyDataset, SceneConfig, largest_crop_size, synthesize_batch
+from kernels.colour import DEFAULT_GAMMA
 
 DEFAULT_PREVIEW_SIZE = 256  # px
 
@@ -45,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help=f"crop size in px (default {DEFAULT_PREVIEW_SIZE}, or the largest crop the backgrounds "
                               "allow when they are smaller)")
     preview.add_argument("--seed", type=int, default=0, help="random seed of the synthesised scenes")
-    preview.add_argument("--gamma", type=float, default=2.2, help="linear light = srgb ** gamma while rendering")
+    preview.add_argument("--gamma", type=float, default=DEFAULT_GAMMA,
+                         help="linear light = srgb ** gamma while rendering")
     inspect = commands.add_parser("inspect", help="list the items of a test set",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     inspect.add_argument("--data_root", required=True, help="test-set folder")

@@ -18,6 +18,7 @@ import torch
 from benchmarks.report import BENCHMARKS_MD, best_of, load_average, machine_description, replace_section
 from kernels import aperture, cuda_available, render_layers, render_scatter
 from kernels import scatter as scatter_mod
+from kernels.colour import DEFAULT_GAMMA
 
 RADII = (4, 16, 32)
 SECTION = "## Renderers"
@@ -45,7 +46,7 @@ def _motorcycle(device):
     from data.demo import load_motorcycle
 
     image, disparity = load_motorcycle()
-    img = torch.from_numpy(image).float()[None].clamp(0.0, 1.0) ** 2.2
+    img = torch.from_numpy(image).float()[None].clamp(0.0, 1.0) ** DEFAULT_GAMMA
     coc = 20.0 * (torch.from_numpy(disparity).float()[None] - 0.6)
     return img.to(device), coc.to(device)
 

@@ -2,7 +2,7 @@
 
 Conventions (see docs/conventions.md):
 - images are float32 arrays/tensors in [0, 1], channel-first ``(3, H, W)``, sRGB-encoded unless a name says
-  ``linear``; linear light is ``srgb ** gamma`` (gamma 2.2 by default, 1 disables);
+  ``linear``; linear light is ``srgb ** gamma`` (:mod:`kernels.colour`; gamma 2.2 by default, 1 disables);
 - disparity is float32 ``(1, H, W)`` in [0, 1] with **1 = nearest**; depth inputs become ``1 / depth``;
   invalid values (NaN, inf, depth <= 0) are filled from the nearest valid pixel, never propagated.
 
@@ -23,30 +23,15 @@ import torch
 
 import cv2
 
+# The sRGB/linear transfer lives at the bottom of the stack (kernels.colour); re-exported here.
+from kernels.colour import linear_to_srgb, srgb_to_linear  # noqa: F401
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
 DISPARITY_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff", ".exr")
 
 
 class InputWarning(UserWarning):
     """An input was repaired (resized, filled, renormalised); the message says what and why."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Gamma
-# ----------------------------------------------------------------------------------------------------------
-def srgb_to_linear(image, gamma: float = 2.2):
-    """sRGB-encoded values in [0, 1] -> linear light, ``x ** gamma`` (the convention of BokehMe and the
-    BokehDiff paper; gamma = 1 disables). Works on numpy arrays and torch tensors of any shape."""
-    if gamma == 1:
-        return image
-    return image.clip(0, 1) ** gamma
-
-
-def linear_to_srgb(image, gamma: float = 2.2):
-    """Inverse of :func:`srgb_to_linear`: linear light in [0, 1] -> sRGB-encoded ``x ** (1 / gamma)``."""
-    if gamma == 1:
-        return image
-    return image.clip(0, 1) ** (1.0 / gamma)
 
 
 # ----------------------------------------------------------------------------------------------------------

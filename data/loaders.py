@@ -61,6 +61,7 @@ import torch
 from data.exr import read_exr_array
 from data.focus import focus_from_gt
 from data.io import InputWarning, clean_disparity, fit_map_to_image, linear_to_srgb, read_disparity, read_image, resize_map
+from kernels.colour import DEFAULT_GAMMA
 
 LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -109,7 +110,7 @@ class TestSet:
     Build with :func:`load_test_set`. ``entries`` lists what each item will read (paths and metadata).
     """
 
-    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1, gamma: float = 2.2):
+    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1, gamma: float = DEFAULT_GAMMA):
         self.root, self.layout, self.entries = root, layout, entries
         self.multiple_of, self.gamma = int(multiple_of), float(gamma)
 
@@ -137,7 +138,7 @@ def load_test_set(
     layout: str = "auto",
     *,
     multiple_of: int = 1,
-    gamma: float = 2.2,
+    gamma: float = DEFAULT_GAMMA,
     inputs_only: bool = False,
 ) -> TestSet:
     """Index a test set (nothing is decoded until an item is accessed).

@@ -4,7 +4,8 @@ Public API (docs/conventions.md): ``render_scatter``, ``render_classical``, ``re
 Each renderer has ``impl="auto" | "cuda" | "torch"``: a pure-PyTorch reference that runs anywhere and a
 lazily compiled CuPy RawKernel (sources in ``kernels/cuda/``) used for CUDA tensors when CuPy works.
 Aperture shapes and samples shared by both live in ``kernels.aperture``. ``render_gaussian`` is the naive
-depth-dependent Gaussian-blur baseline (PyTorch only).
+depth-dependent Gaussian-blur baseline (PyTorch only). The sRGB/linear transfer and the default gamma are
+``kernels.colour`` (a leaf every layer above imports).
 """
 
 from ._backend import cuda_available

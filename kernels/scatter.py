@@ -37,10 +37,9 @@ from typing import Callable
 
 import torch
 
-from data.io import linear_to_srgb, srgb_to_linear
-
 from . import aperture
 from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
+from .colour import DEFAULT_GAMMA, linear_to_srgb, srgb_to_linear
 
 _DEPTH_MARGIN_PX = 0.5  # CoC difference below which two sources count as the same surface (no occlusion)
 
@@ -383,7 +382,7 @@ def render_classical(
     K,
     disp_focus,
     *,
-    gamma: float = 2.2,
+    gamma: float = DEFAULT_GAMMA,
     impl: str = "auto",
     **scatter_opts,
 ) -> torch.Tensor:

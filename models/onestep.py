@@ -11,7 +11,7 @@ DDPM relation (Ho et al. 2020, Eq. 4 solved for x0)::
            [clamped to +-clip_sample_range when x0_clip is set: DDPMScheduler.step's clip_sample]
     pred = gamma_out((VAE.decode(x0 / scaling_factor) + 1) / 2)
 
-``gamma_in(x) = x ** gamma`` and ``gamma_out(x) = x ** (1 / gamma)`` (gamma = 1 disables). v-prediction
+``gamma_in`` / ``gamma_out`` are the colour transfer of :mod:`kernels.colour` (gamma = 1 disables). v-prediction
 (``x0 = sqrt(a_t) z - sqrt(1 - a_t) v``) and sample prediction are handled too; any other prediction type
 of the scheduler raises an error.
 
@@ -36,7 +36,8 @@ import inspect
 import torch
 from torch import nn
 
-from data.io import srgb_to_linear
+# The model's colour transfer lives at the bottom of the stack; re-exported here (public names of this module).
+from kernels.colour import DEFAULT_GAMMA, gamma_in, gamma_out
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -53,39 +54,11 @@ __all__ = [
 
 DEFAULT_PROMPT = "an excellent photo with a large aperture"
 DEFAULT_TIMESTEP = 499
-DEFAULT_GAMMA = 2.2
-# Below this, x ** (1 / gamma) has a derivative > 1e3 (gamma 2.2); the clamp keeps gradients finite.
-_GAMMA_EPS = 1e-4
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Small pieces (public: training uses them)
 # ----------------------------------------------------------------------------------------------------------
-def gamma_in(srgb: torch.Tensor, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
-    """sRGB-encoded values in [0, 1] -> linear light ``x ** gamma`` (values are clamped to [0, 1] first; the
-    inputs are data, never trained, so the clamp costs no useful gradient). gamma = 1 returns ``srgb``."""
-    return srgb_to_linear(srgb, gamma)
-
-
-def gamma_out(linear: torch.Tensor, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
-    """Linear light -> sRGB ``x ** (1 / gamma)``, differentiable.
-
-    No upper clamp (values above 1 keep their gradient, so a loss can pull them back). On ``[0, eps)``,
-    ``eps = 1e-4``, the power, whose derivative diverges at 0, is replaced by its chord through the origin,
-    ``eps ** (1 / gamma) * x / eps`` (continuous at ``eps``; 0 at 0, so black stays black); below 0 (a decoder
-    can overshoot) the output is ``x`` itself, slope 1, so a loss pulls such pixels back up without the
-    chord's steep slope amplifying their gradient. gamma = 1 is the identity. Callers that need displayable
-    images clamp the result to [0, 1].
-    """
-    if gamma == 1:
-        return linear
-    above = linear >= _GAMMA_EPS
-    # where (not clamp) keeps the power's gradient at exactly eps; below it the power is never differentiated.
-    power = torch.where(above, linear, torch.full_like(linear, _GAMMA_EPS)) ** (1.0 / gamma)
-    toe = torch.where(linear >= 0, linear * (_GAMMA_EPS ** (1.0 / gamma) / _GAMMA_EPS), linear)
-    return torch.where(above, power, toe)
-
-
 @torch.no_grad()
 def encode_prompt(
     prompt: str,

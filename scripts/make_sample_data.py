@@ -26,6 +26,7 @@ from pathlib import Path
 
 from data.published import export_published_ebb
 from data.synthesis import write_sample_data
+from kernels.colour import DEFAULT_GAMMA
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_coc_px", type=float, nargs="+", default=[4.0, 12.0],
                         help="largest CoC radius of each GT (px); K = max_coc / max(f, 1 - f)")
     parser.add_argument("--otf_size", type=int, default=256, help="size of the fg/ and bg/ images (px)")
-    parser.add_argument("--gamma", type=float, default=2.2, help="linear = srgb ** gamma for rendering")
+    parser.add_argument("--gamma", type=float, default=DEFAULT_GAMMA, help="linear = srgb ** gamma for rendering")
     parser.add_argument("--disparity_dtype", choices=["float32", "float16"], default="float32",
                         help="dtype of depth/<name>_pred.npy (float16 halves the files)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same files)")

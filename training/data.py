@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kernels.colour import DEFAULT_GAMMA
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SampleStream", "build_train_dataset", "dataset_options", "build_validation_set", "make_train_iterator", "move_batch"]
@@ -113,7 +115,7 @@ def make_train_iterator(dataset: Dataset, *, batch_size: int, num_workers: int, 
     return iterator
 
 
-def move_batch(batch: dict, device: torch.device, *, gamma: float = 2.2) -> dict:
+def move_batch(batch: dict, device: torch.device, *, gamma: float = DEFAULT_GAMMA) -> dict:
     """Tensors of a collated batch moved to ``device`` (other values unchanged). A batch of scene layers
     (``synthesize_on_device``) gets its ground truth rendered there at ``gamma``, the synthesis gamma
     (``data.synthesis.synthesize_batch``; the
