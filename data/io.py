@@ -112,6 +112,12 @@ def read_image(path: str | os.PathLike, *, with_alpha: bool = False):
     return rgb
 
 
+def has_alpha_channel(path: str | os.PathLike) -> bool:
+    """Whether the stored image has an alpha channel (gray + alpha or RGBA), as :func:`read_image` sees it."""
+    array = _imread_any(Path(path))
+    return array.ndim == 3 and array.shape[2] in (2, 4)
+
+
 def save_image(path: str | os.PathLike, image, *, bits: int = 8) -> Path:
     """Write ``(3, H, W)`` or ``(H, W)`` values in [0, 1] (numpy or torch) as an 8- or 16-bit PNG/JPEG.
 

@@ -288,7 +288,7 @@ def test_foreground_without_alpha_channel_is_bad_data(tmp_path):
 def test_worker_skips_are_reported_to_the_main_process(tmp_path, monkeypatch):
     """DataLoader workers skip bad data in their own processes; skip_report() in the main process sees it,
     per worker, and each warning names the process that skipped."""
-    import data.synthesis as synthesis
+    import data.synthesis.dataset as synthesis
 
     root = _bad_data_root(tmp_path)
     dataset = OnTheFlyDataset(root, size=48, length=12, config=SceneConfig(n_foregrounds=(1, 1)))

@@ -127,9 +127,10 @@ def test_published_sample_count_reaches_the_renderer_in_both_modes(monkeypatch):
     """The count travels with each item (``render_samples``) so rendering on the accelerator uses it too; a
     small stand-in count keeps the CPU test fast."""
     import data.synthesis as synthesis
+    import data.synthesis.published as synthesis_published
     from torch.utils.data import default_collate
 
-    monkeypatch.setattr(synthesis, "published_aperture_count", lambda times: 6)
+    monkeypatch.setattr(synthesis_published, "published_aperture_count", lambda times: 6)
     common = dict(length=2, seed=3)
     cpu = OnTheFlyDataset(OTF, SIZE, aperture_samples="published", **common)
     device_mode = OnTheFlyDataset(OTF, SIZE, aperture_samples="published", synthesize_on_device=True, **common)
