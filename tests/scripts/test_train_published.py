@@ -1,7 +1,7 @@
-"""configs/train_published.yaml and the model / synthesis gamma split: the preset holds the released README
-command, the gamma flags combine by a clear rule, resume compares both gammas, and a tiny-stack run with the
-preset trains, resumes exactly and writes an adapter that inference (inference_hf.py, models.pipeline) runs at
-gamma 1 with the published PISA discretisation without any flag."""
+"""configs/train_published.yaml end to end: a tiny-stack run with the preset trains, resumes exactly and writes an
+adapter that inference (inference_hf.py, models.pipeline) runs at gamma 1 with the published PISA discretisation
+without any flag; the pipeline reads the model gamma from our metadata only. The preset's parsing, the gamma
+flags and the resume comparison of both gammas are tested in tests/training/."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import inference_hf
 import train_lora_otf
 from models.pipeline import model_gamma_for, pisa_compat_for
 from tests.scripts.test_train import crash_training_in_step
-from training.checkpoint import compare_run_settings, list_checkpoints
-from training.config import parse_args
+from training.checkpoint import list_checkpoints
 
 REPO = Path(train_lora_otf.__file__).resolve().parent
 PRESET = str(REPO / "configs" / "train_published.yaml")
@@ -25,67 +24,6 @@ OTF = REPO / "test_data" / "otf"
 EBB = REPO / "test_data" / "ebb"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# The release README's training command (FreeButUselessSoul/bokehdiff), paths replaced.
-README_COMMAND = ("--train_data_dir DATA --pretrained_model_name_or_path SG161222/RealVisXL_V5.0 "
-                  "--train_batch_size 1 --output_dir logs_bokehdiff --mixed_precision no --opt_vae 1 "
-                  "--max_train_steps 120000 --enable_xformers_memory_efficient_attention "
-                  "--learning_rate 5e-5 --lr_scheduler cosine --lr_num_cycles 1 --lr_warmup_steps 20 --resolution 512 "
-                  "--lpips --edge --lambda_lpips 5 --checkpointing_steps 60000 "
-                  "--gan_loss_type multilevel_sigmoid_s --cv_type convnext --lambda_gan 0.1 --gan_step 30000").split()
-
-
-def test_preset_holds_the_readme_command():
-    """Every setting of the README command is in the preset (gan_step shifted by one: the release tests
-    `global_step > gan_step`, we test `step >= gan_step`)."""
-    from_command = vars(parse_args(README_COMMAND))
-    from_preset = vars(parse_args(["--config", PRESET, "--train_data_dir", "DATA", "--output_dir", "logs_bokehdiff"]))
-    given = {token[2:] for token in README_COMMAND if token.startswith("--")}
-    differ = {k: (from_command[k], from_preset[k]) for k in given if from_command[k] != from_preset[k]}
-    assert differ == {"gan_step": (30000, 30001)}
-    assert (from_preset["model_gamma"], from_preset["synthesis_gamma"], from_preset["pisa_compat"]) == (1.0, 2.2, True)
-    assert (from_preset["pisa_segments"], from_preset["pisa_supersamples"]) == (5, 4)
-
-
-def test_gamma_alias_and_specific_flags_combine_by_the_documented_rule(tmp_path):
-    base = ["--train_data_dir", "d", "--output_dir", str(tmp_path)]
-    g = lambda *extra: (lambda a: (a.model_gamma, a.synthesis_gamma, a.gamma))(parse_args(base + [str(e) for e in extra]))
-    assert g() == (2.2, 2.2, None)
-    assert g("--gamma", 1) == (1.0, 1.0, None)  # the alias sets both
-    assert g("--model_gamma", 1) == (1.0, 2.2, None)
-    assert g("--config", PRESET) == (1.0, 2.2, None)
-    assert g("--config", PRESET, "--gamma", 2.2) == (2.2, 2.2, None)  # the command line overrides the preset
-    with pytest.raises(ValueError, match="the command line: gamma 2.0 .* model_gamma 1.0"):
-        g("--gamma", 2, "--model_gamma", 1)
-    both = tmp_path / "both.yaml"
-    both.write_text("gamma: 1.0\nsynthesis_gamma: 2.2\n")
-    with pytest.raises(ValueError, match="both.yaml: gamma 1.0 .* synthesis_gamma 2.2"):
-        g("--config", str(both))
-    old = tmp_path / "old_train_config.yaml"  # a resolved config written before the split: one gamma
-    old.write_text("gamma: 1.0\n")
-    assert g("--config", str(old), "--synthesis_gamma", 2.2) == (1.0, 2.2, None)
-    with pytest.raises(ValueError, match="--model_gamma must be > 0"):
-        g("--model_gamma", 0)
-
-
-def test_resume_compares_model_and_synthesis_gamma():
-    current = {"lora": {"rank": 4}, "gamma": 1.0, "model_gamma": 1.0, "synthesis_gamma": 2.2}
-    assert compare_run_settings(dict(current), current)[0] == []
-    errors = compare_run_settings(dict(current, synthesis_gamma=1.0), current)[0]
-    assert errors == [("synthesis_gamma", 1.0, 2.2)]
-    # A checkpoint written before the split recorded one gamma for the model and the data.
-    errors = compare_run_settings({"lora": {"rank": 4}, "gamma": 1.0}, current)[0]
-    assert errors == [("synthesis_gamma", 1.0, 2.2)]
-    assert compare_run_settings({"lora": {"rank": 4}, "gamma": 2.2}, dict(current, model_gamma=2.2, gamma=2.2))[0] \
-        == []
-
-
-def test_resume_of_a_checkpoint_from_before_the_pisa_count_options():
-    pisa = {"enabled": True, "dropout": 0.1, "compat": False}
-    current = {"pisa": dict(pisa, n_segments=7, n_supersamples=5)}
-    assert compare_run_settings({"pisa": pisa}, current)[0] == []  # it trained with the processor's 7 x 5
-    errors = compare_run_settings({"pisa": pisa}, {"pisa": dict(pisa, n_segments=5, n_supersamples=4)})[0]
-    assert [e[0] for e in errors] == ["pisa"]
 
 
 def test_model_gamma_for_reads_our_metadata_only():
