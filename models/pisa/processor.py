@@ -65,7 +65,7 @@ class PISAAttnProcessor:
 
     Call contract: ``cross_attention_kwargs={"disp_coc": t, "pisa_hardness": optional float}``, with ``t``
     of shape ``(B, 2, H, W)`` at the full image resolution: channel 0 disparity in [0, 1] (1 = near),
-    channel 1 signed CoC radius in image pixels. It is resized (area; as released with ``compat``) to this
+    channel 1 signed CoC radius in image pixels. It is resized (area; bilinear with ``compat``) to this
     layer's token grid ``(h, w)``, with ``px_per_token = H / h`` and radius ``|coc|``. A batch of 1 is
     broadcast over the hidden states' batch (e.g. classifier-free guidance).
     """
