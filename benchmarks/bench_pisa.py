@@ -168,8 +168,9 @@ SPARSE_MAX_COC_PX = 32.0
 
 def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) -> list[dict]:
     """Interleaved, in-process timings of the sparse rows (see the module docstring)."""
-    from models.pisa import _make_spec, pisa_attention  # noqa: PLC0415
-    from models.pisa_sparse import plan_for_call  # noqa: PLC0415
+    from models.pisa import pisa_attention  # noqa: PLC0415
+    from models.pisa.sparse import plan_for_call  # noqa: PLC0415
+    from models.pisa.spec import make_spec  # noqa: PLC0415
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -182,7 +183,7 @@ def run_sparse(device: str, threads: int, dense_16k: bool, dense_growth: float) 
         disparity = torch.rand(B, side, side, generator=g).to(dev)
         coc = ((torch.rand(B, side, side, generator=g) * 2 - 1) * SPARSE_MAX_COC_PX).to(dev)
         kw = dict(hardness=hardness, px_per_token=16.0, occlusion=True, n_segments=7, n_supersamples=5)
-        plan = plan_for_call(_make_spec(q, disparity, coc, **kw), q, k, 1.0 / math.sqrt(d))  # as pisa_attention
+        plan = plan_for_call(make_spec(q, disparity, coc, **kw), q, k, 1.0 / math.sqrt(d))  # as pisa_attention
         outputs, times = {}, {}
 
         def call(impl):

@@ -7,13 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.pisa import (
-    PassthroughAttnProcessor,
-    PISAAttnProcessor,
-    _flex_available,
-    install_pisa_processors,
-    pisa_attention,
-)
+from models.pisa import PassthroughAttnProcessor, PISAAttnProcessor, install_pisa_processors, pisa_attention
+from models.pisa.flex import flex_available
 
 
 def _inputs(B=2, H=3, h=5, w=6, d=8, dtype=torch.float32, seed=0, coc_scale=60.0):
@@ -51,11 +46,11 @@ def test_chunked_equals_reference_fp32(B, H, h, w, block, compat):
 
 def test_chunked_backward_without_occlusion_cache(monkeypatch):
     """Above OCCLUSION_CACHE_BYTES the backward resamples occlusion per block: same gradients."""
-    import models.pisa as pisa
+    import models.pisa.occlusion as occlusion
 
     q, k, v, disparity, coc = _inputs(h=5, w=5)
     ref = _run(q, k, v, disparity, coc, "reference", seed=7)
-    monkeypatch.setattr(pisa, "OCCLUSION_CACHE_BYTES", 0)
+    monkeypatch.setattr(occlusion, "OCCLUSION_CACHE_BYTES", 0)
     out = _run(q, k, v, disparity, coc, "chunked", seed=7, block_size=4)
     grad = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
@@ -179,7 +174,7 @@ def test_seeded_determinism_and_seed_dependence():
     assert not torch.equal(a, c)  # the jitter really is seeded (random depth: partial occlusions exist)
 
 
-@pytest.mark.skipif(not _flex_available(), reason="torch.nn.attention.flex_attention is not available")
+@pytest.mark.skipif(not flex_available(), reason="torch.nn.attention.flex_attention is not available")
 @pytest.mark.parametrize("occlusion", [False, True])
 def test_flex_forward_equals_reference(occlusion):
     q, k, v, disparity, coc = (t.detach() for t in _inputs(h=4, w=8))  # flex is forward-only on CPU

@@ -1,4 +1,4 @@
-"""Sparse PISA (models/pisa_sparse.py) against the dense paths: outputs, gradients, the bound, the plan."""
+"""Sparse PISA (models/pisa/sparse.py) against the dense paths: outputs, gradients, the bound, the plan."""
 
 import math
 
@@ -6,9 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models.pisa as pisa
-import models.pisa_sparse as sparse
+import models.pisa.occlusion as occlusion
+import models.pisa.sparse as sparse
 from models.pisa import pisa_attention
+from models.pisa.flex import flex_available
+from models.pisa.geometry import pair_distance
+from models.pisa.occlusion import occlusion_counts, occlusion_counts_pairs
+from models.pisa.published import discretisation
+from models.pisa.spec import PISASpec, make_spec
 
 
 def _inputs(B=2, H=2, h=13, w=15, d=16, seed=0, coc_px=30.0):
@@ -22,8 +27,9 @@ def _inputs(B=2, H=2, h=13, w=15, d=16, seed=0, coc_px=30.0):
 
 
 def _spec_and_plan(q, k, disparity, coc, hardness, compat=False, tile=None):
-    """The plan pisa_attention builds for this call (its own _Spec construction)."""
-    spec = pisa._make_spec(q, disparity, coc, hardness=hardness, px_per_token=16.0, seed=3, compat=compat)
+    """The plan pisa_attention builds for this call (its own spec construction)."""
+    spec = make_spec(q, disparity, coc, hardness=hardness, px_per_token=16.0, seed=3,
+                     geometry=discretisation(compat=compat))
     return spec, sparse.plan_for_call(spec, q, k, 1.0 / math.sqrt(q.shape[-1]), tile=tile)
 
 
@@ -50,7 +56,7 @@ def test_sparse_equals_reference_and_really_skips(hardness, compat, tile, h, w, 
     _, plan = _spec_and_plan(q, k, disparity, coc, hardness, compat, tile)
     assert plan.fraction < 0.5
     if tile is not None:
-        monkeypatch.setattr(sparse, "_TILE_SIDES", (tile[0],))
+        monkeypatch.setattr(sparse, "TILE_SIDES", (tile[0],))
     _compare(inputs, hardness, compat)
 
 
@@ -76,7 +82,7 @@ def test_sparse_one_huge_radius_makes_only_its_tile_dense():
 def test_sparse_training_mode_with_dropout_and_without_occlusion_cache(monkeypatch):
     inputs = _inputs(h=12, w=9, seed=4, coc_px=10.0)
     q, k, v, disparity, coc, lookup = inputs
-    monkeypatch.setattr(pisa, "OCCLUSION_CACHE_BYTES", 0)  # the backward resamples occlusion per chunk
+    monkeypatch.setattr(occlusion, "OCCLUSION_CACHE_BYTES", 0)  # the backward resamples occlusion per chunk
     monkeypatch.setattr(sparse, "PAIR_BUDGET", 3000)  # many chunks per group
     kw = dict(hardness=1e7, px_per_token=16.0, occlusion_disparity=lookup, training=True, dropout_p=0.2)
     torch.manual_seed(5)
@@ -118,11 +124,11 @@ def test_occlusion_pairs_identical_to_block_samples():
     for compat in (False, True):
         q, k, _, disparity, coc, lookup = _inputs(B=2, h=7, w=9, seed=7)
         spec, _ = _spec_and_plan(q, k, disparity, coc, 1e7, compat=compat)
-        dense = pisa._occlusion_counts(spec, 0, 63)  # (B, N, 63)
+        dense = occlusion_counts(spec, 0, 63)  # (B, N, 63)
         g = torch.Generator().manual_seed(0)
         qi = torch.randint(0, 63, (5, 11), generator=g)
         kj = torch.randint(0, 63, (5, 11), generator=g)
-        assert torch.equal(pisa._occlusion_counts_pairs(spec, qi, kj), dense[:, qi, kj])
+        assert torch.equal(occlusion_counts_pairs(spec, qi, kj), dense[:, qi, kj])
 
 
 def test_auto_dispatch_and_determinism():
@@ -143,7 +149,7 @@ def test_auto_dispatch_and_determinism():
     assert pisa_attention(q, k, v, disparity, coc, hardness=2.0, impl="reference", return_impl=True, **kw)[1] == "reference"
 
 
-@pytest.mark.skipif(not pisa._flex_available(), reason="torch.nn.attention.flex_attention is not available")
+@pytest.mark.skipif(not flex_available(), reason="torch.nn.attention.flex_attention is not available")
 @pytest.mark.parametrize("hardness,compat,h,w", [(1e7, False, 13, 15), (30.0, True, 9, 11)])
 def test_flex_sparse_forward_equals_reference(hardness, compat, h, w):
     """The fused path (FlexAttention, block mask from the same bound; eager on CPU) against the reference."""
@@ -201,7 +207,7 @@ def test_hard_step_sparse_equals_dense_when_radius_equals_a_token_distance():
     round them."""
     h = w = 13
     N = h * w
-    pos = pisa._token_positions_px(h, w, 16.0, False, "cpu")
+    pos = discretisation(compat=False).token_positions_px(h, w, 16.0, "cpu")
     radii = set()
     for j in (19, 2 * w + 5, 4 * w + 7):  # offsets (1, 6), (2, 5), (4, 7) tokens from token 0
         radii.add(float(torch.cdist(pos[:1], pos[j:j + 1], compute_mode="donot_use_mm_for_euclid_dist")))
@@ -222,11 +228,12 @@ def test_reach_pairs_is_an_upper_bound_for_small_reach(h, w, compat):
     """impl="auto" rates the occlusion work by ``reach_pairs``, documented as an over-estimate: it must hold
     for reaches of zero to a few tokens too (the lattice points in a small disc outnumber pi r^2 / cell)."""
     N = h * w
-    pos = pisa._token_positions_px(h, w, 16.0, compat, "cpu")
-    spec = pisa._Spec(h=h, w=w, disparity=None, radius_px=None, lookup=None, pos_px=pos, uv=None, log_hardness=1.0,
-                      occlusion=False, n_segments=0, n_supersamples=0, seed=0, compat=compat, training=False,
-                      dropout_p=0.0, dropout_seed=0)
-    dist = pisa._pair_distance(pos[:, None], pos[None])
+    geometry = discretisation(compat=compat)
+    pos = geometry.token_positions_px(h, w, 16.0, "cpu")
+    spec = PISASpec(h=h, w=w, disparity=None, radius_px=None, lookup=None, pos_px=pos, uv=None, log_hardness=1.0,
+                    occlusion=False, n_segments=0, n_supersamples=0, seed=0, geometry=geometry, training=False,
+                    dropout_p=0.0, dropout_seed=0)
+    dist = pair_distance(pos[:, None], pos[None])
     for reach in (torch.zeros(N), torch.full((N,), 16.0), torch.rand(N, generator=torch.Generator().manual_seed(0)) * 40):
         plan = sparse.plan_tiles(spec, reach, (4, 4))
         assert plan.reach_pairs >= (dist <= reach[None, :]).sum()

@@ -12,7 +12,9 @@ from models.pipeline import (
     BokehDiffPipeline, PUBLISHED_TILE_LATENT, default_gamma, protocol_for, published_tile_starts,
     published_tile_window,
 )
-from models.pisa import PISAAttnProcessor, _token_positions_px, _token_uv, _token_uv_published, pisa_attention
+from models.pisa import PISAAttnProcessor, pisa_attention
+from models.pisa.geometry import token_uv
+from models.pisa.published import PUBLISHED, PUBLISHED_GEOMETRY, token_uv_published
 from models.tiny import SCHEDULER_CONFIG, build_tiny_sdxl
 from tests.tiny_weights import trained_tiny_stack, write_published_adapter
 
@@ -81,26 +83,26 @@ def test_x0_clamp_follows_the_scheduler_config():
 @pytest.mark.parametrize("h, w", [(32, 32), (12, 16), (48, 64)])
 def test_token_distances_in_published_units(h, w):
     # Released code: i = linspace(0, 1, h), j = linspace(0, 1, w), distance * 51.2 in 10-px units.
-    pos = _token_positions_px(h, w, 16.0, True, "cpu", frame_px=512.0)
+    pos = PUBLISHED_GEOMETRY.token_positions_px(h, w, 16.0, "cpu")  # frame_px = 512
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     expected = np.stack([rows.ravel() / (h - 1) * 512.0, cols.ravel() / (w - 1) * 512.0], axis=-1)
     assert np.allclose(pos.numpy(), expected, atol=1e-4)
     # On a 512-px frame (16 px per token, 32 tokens) the published units equal the compat discretisation.
     if (h, w) == (32, 32):
-        assert torch.allclose(pos, _token_positions_px(h, w, 16.0, True, "cpu"), atol=1e-4)
+        assert torch.allclose(pos, PUBLISHED.token_positions_px(h, w, 16.0, "cpu"), atol=1e-4)
     else:
-        assert not torch.allclose(pos, _token_positions_px(h, w, 16.0, True, "cpu"), atol=1e-2)
+        assert not torch.allclose(pos, PUBLISHED.token_positions_px(h, w, 16.0, "cpu"), atol=1e-2)
 
 
 def test_occlusion_grid_has_the_published_axis_order():
-    assert torch.allclose(_token_uv_published(8, 8, "cpu"), _token_uv(8, 8, "cpu"), atol=1e-6)
+    assert torch.allclose(token_uv_published(8, 8, "cpu"), token_uv(8, 8, "cpu"), atol=1e-6)
     h, w = 3, 5  # released: meshgrid(lin_h, lin_w, indexing="xy"), flattened, stacked as (x, y)
-    uv = _token_uv_published(h, w, "cpu").numpy()
+    uv = token_uv_published(h, w, "cpu").numpy()
     for k in range(h * w):
         x = -1 + (2 * (k % h) + 1) / h
         y = -1 + (2 * (k // h) + 1) / w
         assert np.allclose(uv[k], (x, y), atol=1e-6), k
-    assert not np.allclose(uv, _token_uv(h, w, "cpu").numpy())
+    assert not np.allclose(uv, token_uv(h, w, "cpu").numpy())
 
 
 def test_published_geometry_changes_non_512_frames_only():
