@@ -1,15 +1,11 @@
 """The one-step BokehDiff forward, shared by inference (``models/pipeline.py``) and training.
 
 BokehDiff (Zhu et al., "Neural Lens Blur with One-Step Diffusion", ICCV 2025, Sec. 3.3) renders lens blur in
-a single UNet evaluation, *without adding noise*: the all-in-focus latent is fed to the UNet as if it were the
-noisy latent at a fixed timestep ``t`` (499), and the UNet's prediction is turned into a clean latent with the
-DDPM relation (Ho et al. 2020, Eq. 4 solved for x0)::
-
-    z    = scaling_factor * VAE.encode(2 * gamma_in(aif) - 1).mode()              (deterministic: the mode)
-    eps  = UNet(z, t, prompt="an excellent photo with a large aperture", disp_coc)  (PISA in the UNet)
-    x0   = (z - sqrt(1 - a_t) * eps) / sqrt(a_t)                                   (a_t = alphas_cumprod[t])
-           [clamped to +-clip_sample_range when x0_clip is set: DDPMScheduler.step's clip_sample]
-    pred = gamma_out((VAE.decode(x0 / scaling_factor) + 1) / 2)
+a single UNet evaluation, *without adding noise*: the all-in-focus latent (the VAE posterior's mode, so
+encoding is deterministic) is fed to the UNet as if it were the noisy latent at a fixed timestep ``t`` (499),
+and the UNet's prediction is turned into a clean latent with the DDPM relation (Ho et al. 2020, Eq. 4 solved
+for x0). The equation is written in docs/conventions.md ("The one-step model"); here ``x0`` is also clamped to
+``+-clip_sample_range`` when ``x0_clip`` is set (``DDPMScheduler.step``'s clip_sample).
 
 ``gamma_in`` / ``gamma_out`` are the colour transfer of :mod:`kernels.colour` (gamma = 1 disables). v-prediction
 (``x0 = sqrt(a_t) z - sqrt(1 - a_t) v``) and sample prediction are handled too; any other prediction type

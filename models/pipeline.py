@@ -1,29 +1,13 @@
-"""The BokehDiff inference pipeline: weights, padding, full-frame or tiled one-step rendering.
+"""The BokehDiff inference pipeline: weights, PISA, and full-frame or tiled one-step rendering.
 
-Wraps :class:`models.onestep.OneStepBokeh` (the one-step forward shared with training) with:
-
-- **Weights** (:meth:`BokehDiffPipeline.from_pretrained`): an SDXL base model from a hub id or a local
-  diffusers folder, plus an adapter (our training export or the published ``zcx65535/bokehdiff``): a LoRA
-  safetensors file with or without the ``unet.`` prefix and a partial VAE state dict ``vae.ckpt``, both
-  verified tensor by tensor (:mod:`models.lora`). Unreachable weights raise one
-  :class:`WeightsUnavailableError` that names the remedies (a local folder, or ``--renderer classical``).
-- **PISA** processors installed on ``down_blocks.1.attentions.0``'s self-attention (:mod:`models.pisa`),
-  with a fixed occlusion-jitter seed: a fixed ``seed`` gives bit-identical renders on one device.
-- **Full frame by default**; **tiled** for images whose UNet pass would not fit in memory: overlapping latent
-  tiles blended with raised-cosine weights (a partition of unity over each overlap), each tile with its own
-  ``disp_coc`` crop and SDXL micro-conditioning (original size = the full image, crop top-left = the tile's
-  offset, target size = the tile), exactly as a training crop is conditioned. The VAE is tiled separately
-  (diffusers' VAE tiling) when the full-resolution encode/decode would not fit.
-- **Padding**: images are reflect-padded to a multiple of 32 px (8 for the VAE x 4 for the UNet's two
-  downsamplers) and cropped back, so any size works.
-
-**Protocols** (``protocol=``, README "Protocols"): ``"corrected"`` is what the points above describe;
-``"published"`` reproduces the released code's inference path instead: gamma 1, PISA with the published
-discretisation and geometry (``models.pisa``'s ``compat`` + ``published_geometry``), ``|CoC|`` resized as
-published, padding to the VAE factor only, 512-px tiles above ``2 * 512^2`` px (:func:`published_tile_starts`,
-:func:`published_tile_window`, :func:`published_time_ids`; the noise prediction is blended), VAE tiling always
-enabled, and the DDPM x0 clamp from the scheduler config (:func:`models.onestep.ddpm_x0_clip`).
-``from_pretrained(protocol="auto")`` picks it for adapters without our training metadata (:func:`protocol_for`).
+Wraps :class:`models.onestep.OneStepBokeh` (the one-step forward shared with training; its equation is in
+docs/conventions.md, "The one-step model") with the weights (:mod:`models.weights`: an SDXL base and an
+adapter, hub ids or local folders, every tensor verified by :mod:`models.lora`), PISA processors on
+``down_blocks.1.attentions.0``'s self-attention with a fixed occlusion-jitter seed (a fixed ``seed`` gives
+bit-identical renders on one device), and a tiler chosen once from the protocol (README "Protocols"):
+``"corrected"`` :class:`models.tiling.Tiler` (padding to 32 px, full frame or raised-cosine tiles by memory),
+``"published"`` :class:`models.published_tiling.PublishedTiler` (the released code's inference path).
+``from_pretrained(protocol="auto")`` picks one from the adapter's description (:class:`models.adapter.AdapterInfo`).
 
 Shapes and units (docs/conventions.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; disparity ``(B, 1, H, W)`` in [0, 1],
 1 = near; ``K`` in pixels of blur radius per unit disparity; ``coc_px = K * (disparity - disp_focus)``.
@@ -32,20 +16,24 @@ Shapes and units (docs/conventions.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 
-from .hub import WeightsUnavailableError, cache_only, download_command, local_source, offline_error
-from .lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAME, load_lora, load_vae_partial
-from .onestep import DEFAULT_GAMMA, DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh, ddpm_x0_clip
+from .adapter import AdapterInfo, model_gamma_for, pisa_compat_for, protocol_for
+from .hub import WeightsUnavailableError
+from .lora import VAE_WEIGHT_NAME, load_lora, load_vae_partial
+from .onestep import DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh
+from .published_tiling import (
+    PUBLISHED_TILE_LATENT, PublishedTiler, published_tile_starts, published_tile_window, published_time_ids,
+)
+from .sdxl import cast_unet, resolve_dtype
+from .tiling import RenderPlan, Tiler, blend_window, estimate_bytes, pad_multiple, pad_to, tile_starts
+from .weights import adapter_files, is_local, load_base
 
 __all__ = [
     "BokehDiffPipeline",
@@ -73,297 +61,16 @@ DEFAULT_ADAPTER_VARIANT = "small"
 # Inference hardness of the published model (a near-hard CoC step).
 DEFAULT_PISA = dict(hardness=1e7, n_segments=7, n_supersamples=5, occlusion=True)
 
-# Memory model for the automatic full-frame / tiled choice. Peak activation bytes of one UNet pass per latent
-# pixel per byte of element size, for SDXL's widths (320, 640, 1280); scaled linearly by the UNet's widths.
-# Estimated from SDXL's activation sizes at 1024 px (about 2 GB of live activations in bf16 with SDPA);
-# benchmarks/gpu_pipeline.py measures it -- refine it there.
-_UNET_BYTES_PER_LATENT_PX_PER_ELEM = 60_000
-_SDXL_WIDTH_SUM = 320 + 640 + 1280
-# VAE decoder: about six live 128..512-channel maps at full resolution (fp32: ~3 kB per image pixel).
-_VAE_BYTES_PER_PX_PER_ELEM = 750
-_MEMORY_HEADROOM = 0.8  # use at most 80% of what is free: allocator fragmentation, PISA blocks, outputs
-
-
-def pisa_compat_for(lora_info: Mapping) -> bool:
-    """Which PISA discretisation an adapter was trained with (``models.pisa``'s ``compat``).
-
-    Adapters written by this repository's training (metadata ``format: bokehdiff-train``) record their PISA
-    settings and default to the corrected discretisation; any other adapter (the published
-    ``zcx65535/bokehdiff`` file has no such metadata) was trained with the public code, so it gets the
-    published discretisation, under which it behaves as trained.
-    """
-    if lora_info.get("format") == "bokehdiff-train":
-        return bool(lora_info.get("pisa", {}).get("compat", False))
-    return True
-
-
-def model_gamma_for(lora_info: Mapping) -> float | None:
-    """The model gamma an adapter was trained with (``models.onestep``: the VAE sees ``srgb ** gamma``).
-
-    Adapters written by this repository's training record it: ``model_gamma``, or in files written before the
-    model and synthesis gammas were separate, the one ``gamma`` used for both. Any other adapter (the
-    published ``zcx65535/bokehdiff``) records none: ``None``, and the caller's protocol decides.
-    """
-    if lora_info.get("format") != "bokehdiff-train":
-        return None
-    for key in ("model_gamma", "gamma"):
-        if lora_info.get(key) is not None:
-            return float(lora_info[key])
-    return None
-
-
-def _cast_unet(unet: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast the UNet only when some parameter has another dtype: diffusers' ``to(dtype)`` warns about "modules
-    that should be kept in float32" on every call, even when that list is empty, so a no-op cast (the float32
-    default) would print it at each load."""
-    if any(p.dtype != dtype for p in unet.parameters()):
-        unet.to(dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Protocols
-# ----------------------------------------------------------------------------------------------------------
+# The tiler of each protocol; "auto" is resolved from the adapter by from_pretrained.
+TILERS: dict[str, type[Tiler]] = {"published": PublishedTiler, "corrected": Tiler}
 PROTOCOLS = ("published", "corrected", "auto")
-# Published tiling: 64-latent (512 px) tiles, used when the latent has more than 2 * 64^2 pixels.
-PUBLISHED_TILE_LATENT = 64
-
-
-def protocol_for(lora_info: Mapping | None) -> str:
-    """``protocol="auto"`` resolved for an adapter: ``"corrected"`` for adapters our training wrote (metadata
-    ``format: bokehdiff-train``: they record how they were trained), ``"published"`` for any other adapter
-    (the released ``zcx65535/bokehdiff`` has no such metadata). Without an adapter: ``"corrected"``."""
-    if lora_info is None:
-        return "corrected"
-    return "corrected" if lora_info.get("format") == "bokehdiff-train" else "published"
 
 
 def default_gamma(protocol: str, lora_info: Mapping | None = None) -> float:
     """The model gamma used when none is given: 1 under the published protocol (sRGB straight to the VAE as
     ``2 x - 1``, as the released code does); under the corrected one, the model gamma the adapter records
-    (:func:`model_gamma_for`: adapters our training wrote), else :data:`DEFAULT_GAMMA`.
-    """
-    if protocol == "published":
-        return 1.0
-    recorded = model_gamma_for(lora_info) if lora_info is not None else None
-    return DEFAULT_GAMMA if recorded is None else recorded
-
-
-def published_tile_starts(length: int, tile: int = PUBLISHED_TILE_LATENT) -> list[int]:
-    """Tile offsets (latent px) of the published tiled denoiser along one axis of ``length`` latent px:
-    ``n = 1 + (length - tile // 4) // (3 * tile // 4)`` offsets evenly spaced from 0 to ``length - tile`` and
-    truncated to integers (``floor`` of ``linspace(0, length - tile, n)``); for ``tile <= length < 7 tile / 4``
-    that is ``[0, length - tile]``, i.e. ``[0, 0]`` at ``length = tile`` (a tile visited twice, as released:
-    the normalised blend is unchanged). For ``length < tile`` the only offset is 0 and the tile is the whole
-    axis."""
-    n = int(1 + (length - tile // 4) // (tile * 3 // 4))
-    if length < tile or n <= 1:
-        return [0]
-    import numpy as np
-
-    return [int(v) for v in np.floor(np.linspace(0, length - tile, n))]
-
-
-def published_tile_window(tile: int = PUBLISHED_TILE_LATENT, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Published blend weight of a tile, ``(tile, tile)``: ``exp(-(u_y^2 + u_x^2))`` with ``u = linspace(-2, 2,
-    tile)``: a Gaussian, never exactly zero, normalised later by the summed weights of all tiles."""
-    u = torch.linspace(-2, 2, tile, dtype=dtype, device=device)
-    return torch.exp(-(u[:, None] ** 2 + u[None] ** 2))
-
-
-def published_time_ids(height: int, width: int, tile_y: int, tile_x: int) -> tuple[tuple, tuple, tuple]:
-    """SDXL micro-conditioning of one published tile: ``(original_size, crop_top_left, target_size)`` =
-    ``((H, W), (tile_y, tile_x), (H, W))``: full-image sizes in image px, the crop offset in **latent** px
-    (as the released code passes it). Our corrected tiling uses image px and the tile's size instead."""
-    return (height, width), (tile_y, tile_x), (height, width)
-
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``"fp32"|"no"|"float32"`` -> float32, ``"bf16"|"bfloat16"`` -> bfloat16, ``"fp16"|"float16"`` -> float16."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype or torch.float32
-    table = {
-        "no": torch.float32, "fp32": torch.float32, "float32": torch.float32,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-        "fp16": torch.float16, "float16": torch.float16,
-    }
-    if dtype not in table:
-        raise ValueError(f"unknown precision {dtype!r}; use one of {sorted(table)}.")
-    return table[dtype]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Tiling geometry
-# ----------------------------------------------------------------------------------------------------------
-def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``[0, length)``, neighbours overlapping by >= ``overlap``.
-
-    Starts are multiples of ``align`` (so every tile sits on the same downsampling grid as the full frame:
-    strided convolutions are only shift-equivariant for shifts that are multiples of their total stride) and
-    as evenly spaced as that allows; the first is 0 and the last is ``length - tile``. ``length`` and ``tile``
-    must be multiples of ``align``.
-    """
-    if tile >= length:
-        return [0]
-    if length % align or tile % align:
-        raise ValueError(f"length ({length}) and tile ({tile}) must be multiples of align ({align}).")
-    stride_units = (tile - overlap) // align  # the largest aligned stride that keeps the overlap
-    if overlap < 0 or stride_units < 1:
-        raise ValueError(
-            f"tile overlap must be in [0, tile - {align}] for tile={tile} (aligned to {align}), got {overlap}."
-        )
-    units = (length - tile) // align
-    intervals = -(-units // stride_units)
-    q, r = divmod(units, intervals)  # r intervals of q + 1 units, the rest q: all <= stride_units
-    starts, pos = [0], 0
-    for k in range(intervals):
-        pos += (q + 1 if k < r else q) * align
-        starts.append(pos)
-    return starts
-
-
-def blend_window(starts: list[int], tile: int, index: int) -> torch.Tensor:
-    """1-D blending weights ``(tile,)`` for tile ``index`` of ``starts``.
-
-    Over the overlap with each neighbour the weight rises (or falls) as ``sin^2`` of the position, so the two
-    neighbours' weights sum to exactly 1 there; image borders are not tapered. Weights are > 0 everywhere
-    (samples at pixel centres), so normalising by the weight sum is always defined.
-    """
-    w = torch.ones(tile, dtype=torch.float64)
-    s = starts[index]
-    if index > 0:
-        ramp = starts[index - 1] + tile - s  # overlap with the previous tile
-        if ramp > 0:
-            x = (torch.arange(ramp, dtype=torch.float64) + 0.5) / ramp
-            w[:ramp] = torch.minimum(w[:ramp], torch.sin(0.5 * math.pi * x) ** 2)
-    if index < len(starts) - 1:
-        ramp = s + tile - starts[index + 1]
-        if ramp > 0:
-            x = (torch.arange(ramp, dtype=torch.float64) + 0.5) / ramp
-            w[tile - ramp:] = torch.minimum(w[tile - ramp:], torch.cos(0.5 * math.pi * x) ** 2)
-    return w
-
-
-@dataclass
-class RenderPlan:
-    """How an image is rendered: ``mode`` ``"full"`` or ``"tiled"``, VAE tiling, tile geometry (latent px),
-    and why (for logs)."""
-
-    mode: str
-    vae_tiling: bool
-    padded_hw: tuple[int, int]
-    tile_latent: int = 0
-    overlap_latent: int = 0
-    n_tiles: int = 1
-    reason: str = ""
-    timings: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Weight resolution
-# ----------------------------------------------------------------------------------------------------------
-_OFFLINE_HINT = (
-    "Pass a local diffusers-format SDXL folder (--pretrained_model_name_or_path /path/to/model) and a local "
-    "adapter folder (--adapter /path/to/adapter), download them while online (e.g. `{download}`), or render "
-    "without the neural model: --renderer classical."
-)
-
-
-_OFFLINE_FIX = ("--pretrained_model_name_or_path DIR for the SDXL base, --adapter DIR for the adapter; or render "
-                "without the neural model: --renderer classical")
-
-
-def _hint(repo: str) -> str:
-    return _OFFLINE_HINT.format(download=download_command(repo))
-
-
-def _is_local(path: str | os.PathLike) -> bool:
-    return Path(path).exists()
-
-
-def _hub_file(repo: str, candidates: list[str], what: str, revision: str | None) -> Path | None:
-    """First of ``candidates`` available from the hub (cache first); ``None`` if the repo lacks them all."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    offline = cache_only(repo)  # hub unreachable: cache only, no retries (models/hub.py)
-    last_offline: Exception | None = None
-    for name in candidates:
-        try:
-            return Path(hf_hub_download(repo, name, revision=revision, local_files_only=offline))
-        except LocalEntryNotFoundError as exc:  # offline and not cached (a subclass: test it first)
-            last_offline = exc
-            continue  # another candidate name may be cached
-        except EntryNotFoundError:
-            continue  # the repo is reachable and lacks this file: try the next name
-        except Exception as exc:  # network errors, unknown repo, auth
-            raise WeightsUnavailableError(
-                f"cannot fetch {what} from '{repo}' ({type(exc).__name__}). " + _hint(repo)
-            ) from exc
-    if last_offline is not None:
-        raise offline_error(repo, what, _OFFLINE_FIX) from last_offline
-    return None
-
-
-def _adapter_files(adapter: str | os.PathLike, variant: str | None, revision: str | None) -> tuple[Path, Path | None]:
-    """Locate ``(lora_file, vae_file_or_None)`` in a local file/folder or a hub repo.
-
-    Search order in a folder or repo: ``<variant>/<name>``, then ``<name>`` (the published repo keeps the VAE
-    under ``small/``)."""
-    names = lambda n: ([f"{variant}/{n}"] if variant else []) + [n]  # noqa: E731
-    if _is_local(adapter):
-        path = Path(adapter)
-        if path.is_file():
-            vae = path.parent / VAE_WEIGHT_NAME
-            return path, vae if vae.is_file() else None
-        lora = next((path / n for n in names(LORA_WEIGHT_NAME) if (path / n).is_file()), None)
-        if lora is None:
-            raise FileNotFoundError(
-                f"adapter folder '{path}' has no {' or '.join(names(LORA_WEIGHT_NAME))}; pass the folder written by "
-                f"train_lora_otf.py's inference export, or the LoRA file itself."
-            )
-        vae = next((path / n for n in names(VAE_WEIGHT_NAME) if (path / n).is_file()), None)
-        return lora, vae
-    lora = _hub_file(str(adapter), names(LORA_WEIGHT_NAME), "adapter", revision)
-    if lora is None:
-        raise WeightsUnavailableError(f"adapter repo '{adapter}' has no {names(LORA_WEIGHT_NAME)}.")
-    vae = _hub_file(str(adapter), names(VAE_WEIGHT_NAME), "adapter VAE weights", revision)
-    return lora, vae
-
-
-def _load_base(base: str | os.PathLike, dtype: torch.dtype, revision: str | None, variant: str | None) -> dict:
-    """SDXL components from a local folder or hub id (text encoders in float32; they are dropped after use)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    local = _is_local(base)
-    if local and not (Path(base) / "unet").is_dir():
-        raise FileNotFoundError(
-            f"'{base}' is not a diffusers SDXL folder (no 'unet/' subfolder). Expected the layout written by "
-            f"StableDiffusionXLPipeline.save_pretrained: unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
-            f"tokenizer_2/, scheduler/."
-        )
-    if not local:  # hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py)
-        base = local_source(str(base), "base model", revision=revision, hint=_OFFLINE_FIX)
-    common = dict(revision=revision)
-    try:
-        return dict(
-            unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype, variant=variant, **common),
-            vae=AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=torch.float32, variant=variant, **common),
-            text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common),
-            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **common),
-            tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **common),
-            tokenizer_2=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **common),
-            # DDPM's alphas_cumprod: the training schedule (the same betas for every SDXL scheduler config).
-            scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler", **common),
-        )
-    except (OSError, ValueError) as exc:
-        if local:
-            raise FileNotFoundError(f"cannot load the base model from folder '{base}': {exc}") from exc
-        raise WeightsUnavailableError(
-            f"cannot load base model '{base}': it is not a local folder and could not be loaded from the Hugging "
-            f"Face hub or its cache (offline, or a wrong id). " + _hint(str(base))
-        ) from exc
+    (:func:`model_gamma_for`: adapters our training wrote), else ``models.onestep.DEFAULT_GAMMA``."""
+    return TILERS.get(protocol, Tiler).model_gamma(AdapterInfo.from_metadata(lora_info))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,13 +95,9 @@ class BokehDiffPipeline:
         tile_size: tile side in image pixels for tiled mode (multiple of 32; SDXL's native 1024 by default).
         tile_overlap: overlap between tiles in image pixels (should exceed the largest CoC radius).
         full_frame_max_px: optional cap on H * W for full-frame rendering in ``mode="auto"`` (else memory).
-        protocol: ``"corrected"`` (default: this repository's rendering) or ``"published"``: reproduce the
-            released code's inference path (README, "Protocols"): gamma 1 (set on ``model`` by the
-            constructors), PISA with the published discretisation and geometry, the ``|CoC|`` resized as
-            published, images padded only to the VAE factor, 512-px tiles above ``2 * 512^2`` px blended with
-            Gaussian weights on the noise prediction, each with the published micro-conditioning, VAE tiling
-            always enabled (diffusers' threshold from the VAE config), and the DDPM x0 clamp from the base
-            model's scheduler config (``model.x0_clip``).
+        protocol: ``"corrected"`` (default: this repository's rendering) or ``"published"`` (the released
+            code's inference path, README "Protocols"); chooses :attr:`tiler` once (:data:`TILERS`). The
+            constructors also set the protocol's gamma and x0 clamp on ``model``.
     """
 
     def __init__(
@@ -408,28 +111,58 @@ class BokehDiffPipeline:
         full_frame_max_px: int | None = None,
         protocol: str = "corrected",
     ):
-        if protocol not in ("published", "corrected"):
+        if protocol not in TILERS:
             raise ValueError(
                 f"protocol must be 'published' or 'corrected' here, got {protocol!r} ('auto' is resolved from the "
                 "adapter's metadata by from_pretrained)."
             )
-        self.protocol = protocol
+        self.tiler: Tiler = TILERS[protocol](tile_size, tile_overlap, full_frame_max_px)
         self.model = model.eval()
         self.model.requires_grad_(False)
-        self.tile_size = int(tile_size)
-        self.tile_overlap = int(tile_overlap)
-        self.full_frame_max_px = full_frame_max_px
         self.pisa_settings: dict | None = None
         self._installed_seed: int | None = None
         self.seed = int(seed)
         if pisa is not False:  # True or a (possibly empty) mapping of overrides
-            published = dict(compat=True, published_geometry=True) if protocol == "published" else {}
-            self.pisa_settings = {**DEFAULT_PISA, **published, **(dict(pisa) if isinstance(pisa, Mapping) else {})}
+            overrides = dict(pisa) if isinstance(pisa, Mapping) else {}
+            self.pisa_settings = {**DEFAULT_PISA, **self.tiler.pisa_defaults, **overrides}
             if not self.pisa_settings.get("compat", False):  # an explicit compat=False drops the published geometry
                 self.pisa_settings.pop("published_geometry", None)
             self._install_pisa(self.seed)
         self.info: dict = {}
         self.last_plan: RenderPlan | None = None
+
+    @property
+    def protocol(self) -> str:
+        """``"corrected"`` or ``"published"``: the protocol of :attr:`tiler`."""
+        return self.tiler.protocol
+
+    # The tile geometry lives in the tiler (the published one ignores it); these read and set it there.
+    @property
+    def tile_size(self) -> int:
+        """Tile side in image px for tiled mode."""
+        return self.tiler.tile_size
+
+    @tile_size.setter
+    def tile_size(self, value: int) -> None:
+        self.tiler.tile_size = int(value)
+
+    @property
+    def tile_overlap(self) -> int:
+        """Overlap between tiles in image px."""
+        return self.tiler.tile_overlap
+
+    @tile_overlap.setter
+    def tile_overlap(self, value: int) -> None:
+        self.tiler.tile_overlap = int(value)
+
+    @property
+    def full_frame_max_px(self) -> int | None:
+        """Optional cap on ``H * W`` for full-frame rendering in ``mode="auto"``."""
+        return self.tiler.full_frame_max_px
+
+    @full_frame_max_px.setter
+    def full_frame_max_px(self, value: int | None) -> None:
+        self.tiler.full_frame_max_px = value
 
     # ------------------------------------------------------------------------------------------------------
     # Construction
@@ -453,14 +186,15 @@ class BokehDiffPipeline:
     ) -> "BokehDiffPipeline":
         """From SDXL components; the text encoders are used once for the prompt embeddings and not kept.
 
-        ``gamma=None`` takes the protocol's default (:func:`default_gamma`); ``protocol="published"`` also
-        takes the x0 clamp from ``scheduler``'s config (:func:`models.onestep.ddpm_x0_clip`)."""
-        if protocol not in ("published", "corrected"):
+        ``gamma=None`` takes the protocol's default (:func:`default_gamma`); the x0 clamp is the protocol's
+        (published: from ``scheduler``'s config, :func:`models.onestep.ddpm_x0_clip`)."""
+        if protocol not in TILERS:
             raise ValueError(f"protocol must be 'published' or 'corrected' for from_components, got {protocol!r}.")
+        tiler = TILERS[protocol]
         model = OneStepBokeh.from_components(
             unet, vae, scheduler, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
-            prompt=prompt, timestep=timestep, gamma=default_gamma(protocol) if gamma is None else gamma,
-            x0_clip=ddpm_x0_clip(scheduler) if protocol == "published" else None,
+            prompt=prompt, timestep=timestep, gamma=tiler.model_gamma(AdapterInfo()) if gamma is None else gamma,
+            x0_clip=tiler.x0_clip(scheduler),
         )
         return cls(model, protocol=protocol, **kwargs)
 
@@ -505,27 +239,27 @@ class BokehDiffPipeline:
         unet_dtype = resolve_dtype(dtype)
         lora_file = vae_file = None
         if adapter is not None:  # resolve the adapter first: a missing adapter fails before the big download
-            lora_file, vae_file = _adapter_files(adapter, adapter_variant, revision if _is_local(adapter) else None)
+            lora_file, vae_file = adapter_files(adapter, adapter_variant, revision if is_local(adapter) else None)
         if vae_weights is not None:
             vae_file = Path(vae_weights)
-        components = _load_base(base, torch.float32, revision, base_variant)
+        components = load_base(base, revision, base_variant)
         info: dict = {"base": str(base), "adapter": None if adapter is None else str(adapter)}
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
         if lora_file is not None:
             info["lora"] = load_lora(components["unet"], lora_file)
+        described = AdapterInfo.from_metadata(info.get("lora"))  # the adapter's description, parsed once
         if protocol == "auto":
-            protocol = protocol_for(info.get("lora"))
+            protocol = described.protocol
+        tiler = TILERS[protocol]
         info["protocol"] = protocol
         if kwargs.get("gamma") is None:
-            kwargs["gamma"] = default_gamma(protocol, info.get("lora"))
+            kwargs["gamma"] = tiler.model_gamma(described)
         if lora_file is not None:
             pisa = kwargs.get("pisa", True)
             if pisa is not False:
                 settings = dict(pisa) if isinstance(pisa, Mapping) else {}
-                if protocol == "published":
-                    settings.setdefault("compat", True)
-                settings.setdefault("compat", pisa_compat_for(info["lora"]))
+                settings.setdefault("compat", tiler.pisa_compat(described))
                 kwargs["pisa"] = settings
                 info["pisa_compat"] = settings["compat"]
             if vae_file is not None:
@@ -539,7 +273,7 @@ class BokehDiffPipeline:
                 warnings.warn(f"adapter '{adapter}' has no {VAE_WEIGHT_NAME}: the VAE encoder keeps its base weights.")
         else:
             warnings.warn("no adapter given: rendering with the base UNet (no BokehDiff LoRA); outputs are not bokeh.")
-        _cast_unet(components["unet"], unet_dtype)
+        cast_unet(components["unet"], unet_dtype)
         ctor = {k: kwargs.pop(k) for k in ("prompt", "timestep", "gamma") if k in kwargs}
         pipe = cls.from_components(**components, **ctor, protocol=protocol, **kwargs)
         info["gamma"] = pipe.model.gamma
@@ -560,7 +294,7 @@ class BokehDiffPipeline:
         if device is not None:
             self.model.to(device)
         if dtype is not None:
-            _cast_unet(self.model.unet, resolve_dtype(dtype))
+            cast_unet(self.model.unet, resolve_dtype(dtype))
         return self
 
     @property
@@ -572,104 +306,28 @@ class BokehDiffPipeline:
     # ------------------------------------------------------------------------------------------------------
     @property
     def pad_multiple(self) -> int:
-        """Image sizes are padded to this: the VAE factor times the UNet's total downsampling."""
-        n_down = len(self.model.unet.config.block_out_channels) - 1
-        return self.model.vae_scale_factor * 2**n_down
-
-    def _available_bytes(self) -> int | None:
-        device = self.device
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(free)
-        if device.type == "cpu" and hasattr(os, "sysconf"):
-            try:
-                return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-            except (ValueError, OSError):
-                return None
-        return None
+        """The corrected protocol pads image sizes to this: the VAE factor times the UNet's total downsampling."""
+        return pad_multiple(self.model)
 
     def estimate_bytes(self, height: int, width: int) -> tuple[int, int]:
-        """Rough peak activation bytes of a full-frame ``(unet, vae)`` pass at ``height x width`` image px.
+        """Rough peak activation bytes of a full-frame ``(unet, vae)`` pass at ``height x width`` image px, PISA's
+        sparse working set included when PISA is installed (:func:`models.tiling.estimate_bytes`)."""
+        return estimate_bytes(self.model, height, width, self._pisa_segments())
 
-        The UNet figure includes PISA's working set as the sparse path needs it (``models.pisa_sparse``:
-        linear in the tokens, no N x N table), so full frame is planned whenever the activations fit.
-        """
-        f = self.model.vae_scale_factor
-        config = self.model.unet.config
-        widths = sum(config.block_out_channels) / _SDXL_WIDTH_SUM
-        unet_elem = torch.finfo(self.model.unet.dtype).bits // 8
-        vae_elem = torch.finfo(self.model.vae.dtype).bits // 8
-        unet = _UNET_BYTES_PER_LATENT_PX_PER_ELEM * unet_elem * widths * (height // f) * (width // f)
-        if self.pisa_settings is not None:
-            from .pisa_sparse import working_set_bytes
-
-            # PISA runs in down_blocks.1 (half the latent resolution); diffusers' SDXL config names the
-            # number of heads "attention_head_dim".
-            heads_cfg = config.attention_head_dim
-            heads = heads_cfg[1] if isinstance(heads_cfg, (list, tuple)) else heads_cfg
-            tokens = (height // f // 2) * (width // f // 2)
-            unet += working_set_bytes(tokens, 1, int(heads), config.block_out_channels[1] // int(heads),
-                                      int(self.pisa_settings.get("n_segments", 7)))
-        vae_widths = max(self.model.vae.config.block_out_channels) / 512
-        vae = _VAE_BYTES_PER_PX_PER_ELEM * vae_elem * vae_widths * height * width
-        return int(unet), int(vae)
+    def _pisa_segments(self) -> int | None:
+        return None if self.pisa_settings is None else int(self.pisa_settings.get("n_segments", 7))
 
     def plan(self, height: int, width: int, mode: str = "auto", vae_tiling: bool | str = "auto") -> RenderPlan:
-        """Decide full frame vs tiled (and VAE tiling) for an ``height x width`` image.
+        """Decide full frame vs tiled (and VAE tiling) for an ``height x width`` image: the tiler's plan.
 
-        ``mode="auto"``: full frame when the estimated UNet activations fit in 80% of the free memory (and
-        ``H * W <= full_frame_max_px`` if set); tiled otherwise. ``vae_tiling="auto"``: tile the VAE when its
-        full-resolution pass would not fit. Explicit ``"full"`` / ``"tiled"`` / booleans override.
+        Corrected (:meth:`models.tiling.Tiler.plan`), ``mode="auto"``: full frame when the estimated UNet
+        activations fit in 80% of the free memory (and ``H * W <= full_frame_max_px`` if set); tiled otherwise.
+        ``vae_tiling="auto"``: tile the VAE when its full-resolution pass would not fit. Explicit ``"full"`` /
+        ``"tiled"`` / booleans override. Published: :meth:`models.published_tiling.PublishedTiler.plan`.
         """
         if mode not in ("auto", "full", "tiled"):
             raise ValueError(f"mode must be 'auto', 'full' or 'tiled', got {mode!r}.")
-        if self.protocol == "published":
-            return self._plan_published(height, width, mode, vae_tiling)
-        m = self.pad_multiple
-        ph, pw = -(-height // m) * m, -(-width // m) * m
-        unet_b, vae_b = self.estimate_bytes(ph, pw)
-        free = self._available_bytes()
-        budget = None if free is None else free * _MEMORY_HEADROOM
-        reason = f"estimated UNet {unet_b / 2**30:.2f} GiB, VAE {vae_b / 2**30:.2f} GiB" + (
-            "" if budget is None else f", budget {budget / 2**30:.2f} GiB"
-        )
-        if mode == "auto":
-            too_big = (budget is not None and unet_b > budget) or (
-                self.full_frame_max_px is not None and ph * pw > self.full_frame_max_px
-            )
-            mode = "tiled" if too_big and max(ph, pw) > self.tile_size else "full"
-            reason = f"auto: {mode} ({reason})"
-        else:
-            reason = f"{mode} (requested; {reason})"
-        if vae_tiling == "auto":
-            vae_tiling = budget is not None and vae_b > budget
-        f = self.model.vae_scale_factor
-        if mode == "tiled":
-            if self.tile_size % m or self.tile_overlap % f:
-                raise ValueError(
-                    f"tile_size ({self.tile_size}) must be a multiple of {m} px and tile_overlap ({self.tile_overlap}) "
-                    f"of {f} px."
-                )
-            tile, overlap = self.tile_size // f, self.tile_overlap // f
-            align = m // f
-            n = len(tile_starts(ph // f, tile, overlap, align)) * len(tile_starts(pw // f, tile, overlap, align))
-            return RenderPlan("tiled", bool(vae_tiling), (ph, pw), tile, overlap, n, reason)
-        return RenderPlan("full", bool(vae_tiling), (ph, pw), reason=reason)
-
-    def _plan_published(self, height: int, width: int, mode: str, vae_tiling: bool | str) -> RenderPlan:
-        """Published protocol: pad to the VAE factor only; tiled (512-px tiles) when the latent has more than
-        ``2 * 64^2`` pixels; the VAE's own tiling always enabled (it applies above the VAE config's size)."""
-        f = self.model.vae_scale_factor
-        ph, pw = -(-height // f) * f, -(-width // f) * f
-        T = PUBLISHED_TILE_LATENT
-        if mode == "auto":
-            mode = "tiled" if (ph // f) * (pw // f) > 2 * T * T else "full"
-            reason = f"published protocol: {mode} (tiles above {2 * T * T} latent px)"
-        else:
-            reason = f"published protocol: {mode} (requested)"
-        vae_tiling = True if vae_tiling == "auto" else bool(vae_tiling)
-        n = len(published_tile_starts(ph // f, T)) * len(published_tile_starts(pw // f, T)) if mode == "tiled" else 1
-        return RenderPlan(mode, vae_tiling, (ph, pw), T if mode == "tiled" else 0, 0, n, reason)
+        return self.tiler.plan(self.model, height, width, mode, vae_tiling, pisa_segments=self._pisa_segments())
 
     # ------------------------------------------------------------------------------------------------------
     # Rendering
@@ -689,16 +347,6 @@ class BokehDiffPipeline:
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} has NaN or inf values; fill them before rendering (data.io readers do).")
         return x
-
-    @staticmethod
-    def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if (h, w) == (ph, pw):
-            return x
-        pad = (0, pw - w, 0, ph - h)
-        # Reflection keeps image statistics at the border (no black frame for the VAE); it needs pad < size.
-        padding_mode = "reflect" if pw - w < w and ph - h < h else "replicate"
-        return F.pad(x, pad, mode=padding_mode)
 
     @contextlib.contextmanager
     def _vae_tiling(self, enabled: bool):
@@ -767,10 +415,7 @@ class BokehDiffPipeline:
             coc_px = self._as_batch(coc_px, 1, "coc_px").to(device, torch.float32)
             if coc_px.shape != disparity.shape:
                 raise ValueError(f"coc_px {tuple(coc_px.shape)} must match disparity {tuple(disparity.shape)}.")
-        if self.protocol == "published":
-            # The released code passes |CoC| at image resolution and PISA resizes it (bilinear): the absolute
-            # value is taken before the resize, not after as for a signed map.
-            coc_px = coc_px.abs()
+        coc_px = self.tiler.prepare_coc(coc_px)  # what PISA receives (published: |CoC|)
 
         # A per-call seed applies to this call only; later calls without one use the pipeline's seed again.
         wanted = self.seed if seed is None else int(seed)
@@ -778,7 +423,7 @@ class BokehDiffPipeline:
             self._install_pisa(wanted)
         plan = self.plan(height, width, mode, vae_tiling)
         ph, pw = plan.padded_hw
-        image_p, disp_p, coc_p = (self._pad(t, ph, pw) for t in (image, disparity, coc_px))
+        image_p, disp_p, coc_p = (pad_to(t, ph, pw) for t in (image, disparity, coc_px))
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
         t0 = time.perf_counter()
@@ -788,10 +433,8 @@ class BokehDiffPipeline:
             t1 = time.perf_counter()
             if plan.mode == "full":
                 x0 = self.model.predict_x0(z, disp_p, coc_p, pisa_hardness=pisa_hardness)
-            elif self.protocol == "published":
-                x0 = self._predict_tiled_published(z, disp_p, coc_p, pisa_hardness)
             else:
-                x0 = self._predict_tiled(z, disp_p, coc_p, plan, pisa_hardness, tile_batch_size)
+                x0 = self.tiler.predict_tiled(self.model, z, disp_p, coc_p, plan, pisa_hardness, tile_batch_size)
             sync()
             t2 = time.perf_counter()
             out = self.model.decode(x0)
@@ -800,75 +443,3 @@ class BokehDiffPipeline:
         plan.timings = dict(encode_s=t1 - t0, unet_s=t2 - t1, decode_s=t3 - t2, total_s=t3 - t0)
         self.last_plan = plan
         return out[..., :height, :width].clamp(0, 1)
-
-    def _predict_tiled(self, z, disp, coc, plan: RenderPlan, pisa_hardness, tile_batch_size: int) -> torch.Tensor:
-        """x0 from overlapping latent tiles blended with :func:`blend_window` weights (normalised by their sum).
-
-        Each tile is conditioned as a training crop: ``original_size`` = the full padded image, ``crop_top_left``
-        = the tile's pixel offset, ``target_size`` = the tile's pixel size; ``disp_coc`` is the tile's crop at
-        image resolution, so PISA sees CoC radii in the same pixel units as in full-frame mode.
-        """
-        f = self.model.vae_scale_factor
-        align = self.pad_multiple // f
-        _, _, h, w = z.shape
-        t_h, t_w = min(plan.tile_latent, h), min(plan.tile_latent, w)
-        ys, xs = tile_starts(h, t_h, plan.overlap_latent, align), tile_starts(w, t_w, plan.overlap_latent, align)
-        acc = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        norm = torch.zeros((1, 1, h, w), dtype=torch.float32, device=z.device)
-        tiles = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
-        full_size = (h * f, w * f)
-        for b in range(z.shape[0]):
-            for start in range(0, len(tiles), max(1, tile_batch_size)):
-                chunk = tiles[start:start + max(1, tile_batch_size)]
-                zs, ds, cs, offsets = [], [], [], []
-                for iy, ix in chunk:
-                    y, x = ys[iy], xs[ix]
-                    zs.append(z[b:b + 1, :, y:y + t_h, x:x + t_w])
-                    ds.append(disp[b:b + 1, :, y * f:(y + t_h) * f, x * f:(x + t_w) * f])
-                    cs.append(coc[b:b + 1, :, y * f:(y + t_h) * f, x * f:(x + t_w) * f])
-                    offsets.append((y * f, x * f))
-                x0 = self.model.predict_x0(
-                    torch.cat(zs),
-                    torch.cat(ds),
-                    torch.cat(cs),
-                    original_size=full_size,
-                    crop_top_left=torch.tensor(offsets, dtype=torch.float32),
-                    target_size=(t_h * f, t_w * f),
-                    pisa_hardness=pisa_hardness,
-                )
-                for k, (iy, ix) in enumerate(chunk):
-                    y, x = ys[iy], xs[ix]
-                    wy = blend_window(ys, t_h, iy).to(z.device, torch.float32)
-                    wx = blend_window(xs, t_w, ix).to(z.device, torch.float32)
-                    weight = wy[:, None] * wx[None, :]
-                    acc[b:b + 1, :, y:y + t_h, x:x + t_w] += x0[k:k + 1] * weight
-                    if b == 0:
-                        norm[:, :, y:y + t_h, x:x + t_w] += weight
-        return acc / norm
-
-    def _predict_tiled_published(self, z, disp, coc, pisa_hardness) -> torch.Tensor:
-        """The released code's tiled denoiser: 64-latent tiles at :func:`published_tile_starts` offsets, visited
-        column-major (all row offsets for the first column offset, then the next), each conditioned with
-        :func:`published_time_ids` and the tile's ``disp_coc`` crop; the UNet *outputs* are blended with
-        :func:`published_tile_window` weights normalised by their sum, then turned into ``x0`` (and clamped)
-        once for the whole latent. A side shorter than a tile (where the released code fails) uses the
-        whole side and the matching crop of the window."""
-        f = self.model.vae_scale_factor
-        T = PUBLISHED_TILE_LATENT
-        _, _, h, w = z.shape
-        t_h, t_w = min(T, h), min(T, w)
-        window = published_tile_window(T, device=z.device)[:t_h, :t_w]
-        acc = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        norm = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        for x in published_tile_starts(w, T):
-            for y in published_tile_starts(h, T):
-                original, crop, target = published_time_ids(h * f, w * f, y, x)
-                eps = self.model.predict_noise(
-                    z[..., y:y + t_h, x:x + t_w],
-                    disp[..., y * f:(y + t_h) * f, x * f:(x + t_w) * f],
-                    coc[..., y * f:(y + t_h) * f, x * f:(x + t_w) * f],
-                    original_size=original, crop_top_left=crop, target_size=target, pisa_hardness=pisa_hardness,
-                )
-                acc[..., y:y + t_h, x:x + t_w] += eps * window
-                norm[..., y:y + t_h, x:x + t_w] += window
-        return self.model.noise_to_x0(z, acc / norm)

@@ -126,10 +126,6 @@ class Components:
     window_nonfinite: bool = field(default=False)
 
 
-def _weight_dtype(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
-
-
 def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list[str], list, list]:
     """Load the SDXL components and assemble the trainable one-step model.
 
@@ -137,32 +133,26 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     on ``device`` (frozen base weights in the mixed-precision dtype, trainable tensors in float32; the VAE stays
     float32), the LoRA-carrying module names, the PISA-processed attention layers, and the trainable parameters.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+    from models.hub import local_source
     from models.lora import PAPER_LORA_TARGETS, add_lora, set_vae_trainable
     from models.onestep import OneStepBokeh
-
-    from models.hub import local_source
+    from models.sdxl import load_sdxl_components, resolve_dtype
 
     # Hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py).
     base = local_source(args.pretrained_model_name_or_path, "SDXL base model", revision=args.revision,
                         hint="--pretrained_model_name_or_path DIR")
-    src = dict(pretrained_model_name_or_path=base, revision=args.revision)
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(subfolder="tokenizer", **src)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(subfolder="tokenizer_2", **src)
-        text_encoder = CLIPTextModel.from_pretrained(subfolder="text_encoder", **src).to(device)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(subfolder="text_encoder_2", **src).to(device)
-        scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **src)
-        vae = AutoencoderKL.from_pretrained(subfolder="vae", **src)
-        unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=args.variant, **src)
+    try:  # the VAE is loaded without the UNet's --variant
+        sdxl = load_sdxl_components(base, revision=args.revision, variant=args.variant)
     except OSError as error:  # offline hub, missing cache, incomplete local folder: one remedy
         raise OSError(
             f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r}: cannot load the SDXL "
             f"components ({type(error).__name__}: {str(error).splitlines()[0]}). Pass a local diffusers SDXL folder "
             f"(unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) or make the hub reachable/cached."
         ) from error
+    unet, vae, scheduler = sdxl["unet"], sdxl["vae"], sdxl["scheduler"]
+    text_encoder, text_encoder_2 = sdxl["text_encoder"].to(device), sdxl["text_encoder_2"].to(device)
+    tokenizer, tokenizer_2 = sdxl["tokenizer"], sdxl["tokenizer_2"]
+    del sdxl  # the text encoders are dropped below, once the prompt embeddings are cached
 
     pisa_layers: list[str] = []
     if args.pisa:
@@ -191,8 +181,9 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
     # Frozen base weights in the compute dtype save memory; trainable tensors stay float32 so small Adam
     # updates are not rounded away. The VAE stays float32 (SDXL's VAE overflows in fp16).
     model.to(device)
-    if _weight_dtype(args.mixed_precision) != torch.float32:
-        unet.to(dtype=_weight_dtype(args.mixed_precision))
+    weight_dtype = resolve_dtype(args.mixed_precision)
+    if weight_dtype != torch.float32:
+        unet.to(dtype=weight_dtype)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     for p in lora_params:
         p.data = p.data.float()

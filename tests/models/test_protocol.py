@@ -158,7 +158,7 @@ def test_tiled_published_blends_noise_with_gaussian_weights_and_published_time_i
 
     monkeypatch.setattr(pipe.model, "predict_noise", fake_noise)
     pipe.model.x0_clip = None
-    x0 = pipe._predict_tiled_published(z, disp, coc, None)
+    x0 = pipe.tiler.predict_tiled(pipe.model, z, disp, coc, plan, None)
     rows, cols = [0, 8], [0, 36, 72]
     order = [(y, x) for x in cols for y in rows]  # released: all row offsets of a column, column by column
     assert [c["crop"] for c in calls] == order  # crop top-left in latent px

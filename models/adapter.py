@@ -1,0 +1,68 @@
+"""What an adapter is, parsed once from its LoRA metadata: :class:`AdapterInfo`.
+
+Adapters written by this repository's training carry ``format: bokehdiff-train`` metadata recording how they
+were trained (model gamma, PISA settings); any other adapter (the released ``zcx65535/bokehdiff`` has no such
+metadata) was trained with the released code. The ``*_for`` functions are the same questions on a raw
+metadata dict (``models.lora.load_lora``'s info).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+__all__ = ["TRAINING_FORMAT", "AdapterInfo", "model_gamma_for", "pisa_compat_for", "protocol_for"]
+
+# The metadata format of every checkpoint and export our training writes (training.loop.describe_run).
+TRAINING_FORMAT = "bokehdiff-train"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter's description.
+
+    Attributes:
+        present: an adapter was loaded (``False``: the base UNet alone).
+        trained_here: its metadata says ``format: bokehdiff-train``.
+        model_gamma: the model gamma it records (the VAE saw ``srgb ** gamma``); ``None`` if none.
+        pisa_compat: the PISA discretisation it was trained with (``models.pisa``'s ``compat``): as recorded
+            for adapters trained here (default corrected), the published one for any other adapter.
+    """
+
+    present: bool = False
+    trained_here: bool = False
+    model_gamma: float | None = None
+    pisa_compat: bool = False
+
+    @classmethod
+    def from_metadata(cls, lora_info: Mapping | None) -> "AdapterInfo":
+        """From ``models.lora.load_lora``'s info dict (``None``: no adapter). Adapters written before the model
+        and synthesis gammas were separate record one ``gamma``, used for both."""
+        if lora_info is None:
+            return cls()
+        if lora_info.get("format") != TRAINING_FORMAT:
+            return cls(present=True, pisa_compat=True)
+        gamma = next((float(lora_info[k]) for k in ("model_gamma", "gamma") if lora_info.get(k) is not None), None)
+        return cls(present=True, trained_here=True, model_gamma=gamma,
+                   pisa_compat=bool(lora_info.get("pisa", {}).get("compat", False)))
+
+    @property
+    def protocol(self) -> str:
+        """What ``protocol="auto"`` means for it: ``"published"`` for an adapter not trained here (nothing
+        records how it was trained but the released code), else (or without an adapter) ``"corrected"``."""
+        return "published" if self.present and not self.trained_here else "corrected"
+
+
+def pisa_compat_for(lora_info: Mapping) -> bool:
+    """:attr:`AdapterInfo.pisa_compat` of an adapter's metadata."""
+    return AdapterInfo.from_metadata(lora_info).pisa_compat
+
+
+def model_gamma_for(lora_info: Mapping) -> float | None:
+    """:attr:`AdapterInfo.model_gamma` of an adapter's metadata (``None``: the caller's protocol decides)."""
+    return AdapterInfo.from_metadata(lora_info).model_gamma
+
+
+def protocol_for(lora_info: Mapping | None) -> str:
+    """:attr:`AdapterInfo.protocol` of an adapter's metadata (``None``: no adapter, ``"corrected"``)."""
+    return AdapterInfo.from_metadata(lora_info).protocol
