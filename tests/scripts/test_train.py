@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 import train_lora_otf
+import training.run
 from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, TrainProgress, check_fresh_output_dir,
                                  compare_run_settings, list_checkpoints, remove_stale_temporaries, resolve_resume_path,
                                  save_checkpoint)
@@ -83,17 +84,17 @@ def _log(out, name: str = "train_log.jsonl") -> list[dict]:
 def crash_training_in_step(monkeypatch, argv: list[str], crash_step: int) -> None:
     """Run ``train_lora_otf.main(argv)`` with ``train_step`` raising when its 0-based ``step`` is ``crash_step``
     (logged step ``crash_step + 1``); checks the crash propagates, then restores the real step."""
-    real_step = train_lora_otf.train_step
+    real_step = training.run.train_step
 
     def crashing_step(*args, step, **kwargs):
         if step == crash_step:
             raise RuntimeError("simulated crash")
         return real_step(*args, step=step, **kwargs)
 
-    monkeypatch.setattr(train_lora_otf, "train_step", crashing_step)
+    monkeypatch.setattr(training.run, "train_step", crashing_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_lora_otf.main(argv)
-    monkeypatch.setattr(train_lora_otf, "train_step", real_step)
+    monkeypatch.setattr(training.run, "train_step", real_step)
 
 
 # ------------------------------------------------------------------------------------------------------------
