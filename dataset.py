@@ -1,16 +1,8 @@
-"""Training and test data for BokehDiff: re-exports and a small CLI.
-
-The logic lives in ``data/``: the on-the-fly paired synthesis (``data.synthesis``: ``OnTheFlyDataset``,
-``synthesize_batch``), the test-set loaders (``data.loaders.load_test_set``) and focus selection
-(``data.focus``). This module keeps the public code's import path (``from dataset import OnTheFlyDataset``).
-
-CLI:
+"""Training and test data for BokehDiff: the public code's import path (``from dataset import OnTheFlyDataset``)
+and a small CLI to look at them. The logic lives in ``data/`` (synthesis, loaders, focus).
 
     python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128
-        # writes a contact sheet (AIF | bokeh | disparity per sample) and prints each sample's K and focus;
-        # --size defaults to 256 px, or less when the backgrounds are smaller (test_data/otf's are 160 px)
     python dataset.py inspect --data_root test_data/ebb
-        # lists a test set's items (layout auto-detected) with their sizes and metadata
 """
 
 from __future__ import annotations
@@ -24,8 +16,18 @@ from pathlib import Path
 from data.focus import focus_from_gt, focus_from_mask, focus_from_pixel, focus_from_value
 from data.loaders import LAYOUTS, detect_layout, load_test_set
 from data.synthesis import OnTheFlyDataset, SceneConfig, largest_crop_size, synthesize_batch
+from inference.renderers import CLASSICAL_GAMMA as DEFAULT_GAMMA  # TODO(lead): kernels.colour.DEFAULT_GAMMA
 
 DEFAULT_PREVIEW_SIZE = 256  # px
+
+DESCRIPTION = """\
+Look at BokehDiff's data. preview: a few on-the-fly training pairs in a contact sheet (AIF | bokeh | disparity
+per sample), each sample's K and focus printed. inspect: a test set's items (layout auto-detected) with their
+sizes and metadata."""
+EPILOG = """\
+examples:
+  dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128
+  dataset.py inspect --data_root test_data/ebb"""
 
 __all__ = [
     "OnTheFlyDataset", "SceneConfig", "synthesize_batch", "load_test_set", "detect_layout", "LAYOUTS",
@@ -34,7 +36,8 @@ __all__ = [
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     preview = commands.add_parser("preview", help="render a few OnTheFlyDataset samples into a contact sheet",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -45,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help=f"crop size in px (default {DEFAULT_PREVIEW_SIZE}, or the largest crop the backgrounds "
                               "allow when they are smaller)")
     preview.add_argument("--seed", type=int, default=0, help="random seed of the synthesised scenes")
-    preview.add_argument("--gamma", type=float, default=2.2, help="linear light = srgb ** gamma while rendering")
+    preview.add_argument("--gamma", type=float, default=DEFAULT_GAMMA,
+                         help="linear light = srgb ** gamma while rendering")
     inspect = commands.add_parser("inspect", help="list the items of a test set",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     inspect.add_argument("--data_root", required=True, help="test-set folder")
