@@ -1,104 +1,27 @@
-"""Interactive refocusing in the browser: ``python app.py`` (``make app``), then open http://127.0.0.1:7860.
+"""Interactive refocusing in the browser (``make app``): serves the Gradio page, then open http://127.0.0.1:7860.
 
-Click the photo to focus there (the code of ``inference_hf.py --focus_xy``); sliders set K, the aperture
-(blades, rotation) and the highlight boost; the page shows the render (a preview at ``--preview_side`` px),
-the disparity with the focal plane marked and the focus value. "Render full resolution" writes a PNG to
-download, "Focus pull" an animated GIF of a near-to-far sweep. Uploads: a photo with its disparity or depth
-map (every format ``inference_hf.py --image/--disparity`` reads, with its ``--depth`` / normalisation choices),
-or a photo alone when the app was started with ``--depth_model`` (loaded as ``prepare_data.py`` loads it).
+    python app.py
+    python app.py --pretrained_model_name_or_path DIR --adapter DIR   # BokehDiff as a second renderer
 
-Starts offline on the bundled Middlebury demo (``inference_hf.py --demo``: its K and focus defaults) with the
-classical renderer. Every other flag is ``inference_hf.py``'s, validated by its parser: ``--image PATH
---disparity PATH [--depth]`` start on that photo; ``--K``, ``--blades``, ``--rotation_deg``,
-``--highlight_gain``, ``--highlight_threshold``, ``--focus_xy`` / ``--focus_disparity`` / ``--focus_percentile``
-set the starting values (the first value where several are given); ``--pretrained_model_name_or_path DIR
---adapter DIR`` (and the other BokehDiff flags) load BokehDiff as a second renderer; ``--renderer NAME`` adds
-that renderer of ``inference_hf.py``.
-
-The app writes only under ``--output_dir``: ``renders/`` (full-resolution PNGs), ``focus_pulls/`` (GIFs) and
-``gradio/`` (Gradio's upload and display cache).
+Starts offline on the bundled demo with the classical renderer; every ``inference_hf.py`` flag sets a starting
+value. Options: run it with --help. The page and its logic live in ``webapp/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-import inference_hf
 from data.inference_io import DEMO_K
+from kernels.device import resolve_device
 from webapp.core import RenderOptions, upload_scene
+from webapp.options import build_parser, parse_args
+from webapp.renderers import renderer_factories
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].replace("``", ""), formatter_class=inference_hf.HelpFormatter,
-        epilog="Every flag of inference_hf.py (python inference_hf.py --help) is accepted too:\n"
-               "  --image PATH --disparity PATH [--depth]      start on that photo instead of the demo;\n"
-               "  --K, --focus_xy / --focus_disparity / ...    starting values (the first where several);\n"
-               "  --pretrained_model_name_or_path DIR --adapter DIR   add BokehDiff as a renderer.")
-    group = parser.add_argument_group("app")
-    group.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the local network)")
-    group.add_argument("--port", type=int, default=7860, help="port to serve on")
-    group.add_argument("--output_dir", default="outputs/app", help="the only folder the app writes")
-    group.add_argument("--preview_side", type=int, default=384,
-                       help="longest side (px) of the preview a click renders (smaller for strong blur: "
-                            "webapp.core.Scene.preview_scale)")
-    group.add_argument("--depth_model", default=None,
-                       help="Depth Anything hub id or local folder (as prepare_data.py --depth_model): estimates "
-                            "disparity for uploaded photos without a map")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace, list[str]]:
-    """(app flags, inference_hf.py flags validated by its parser, names of the renderers to offer)."""
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.preview_side < 16:
-        parser.error(f"--preview_side must be >= 16 px, got {args.preview_side}")
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must be in [1, 65535], got {args.port}")
-    loose = inference_hf.build_parser().parse_args(rest + ["--demo"] if "--demo" not in rest else rest)
-    if loose.test_data_dir is not None:
-        parser.error("--test_data_dir: the app shows one photo; give --image PATH --disparity PATH "
-                     "(or nothing: the demo)")
-    if loose.image is None and "--demo" not in rest:
-        rest = rest + ["--demo"]
-    render_args = inference_hf.parse_args(rest)
-    # BokehDiff is loaded only when asked for (weights are large; the demo must work offline).
-    explicit = argparse.ArgumentParser(add_help=False)
-    explicit.add_argument("--renderer")
-    explicit.add_argument("--pretrained_model_name_or_path")
-    asked, _ = explicit.parse_known_args(rest)
-    names = ["classical"]
-    if asked.renderer:
-        names.append(asked.renderer)
-    if asked.pretrained_model_name_or_path is not None:
-        names.append("bokehdiff")
-    return args, render_args, list(dict.fromkeys(names))
-
-
-def renderer_factories(render_args: argparse.Namespace, names: list[str], device: torch.device) -> dict:
-    """Renderer name -> ``(options, scale) -> render`` (``webapp.core.RendererFactory``) from
-    ``inference_hf.RENDERERS``: the classical renderer takes the aperture and highlight options per request;
-    the others are built (weights loaded) once. ``scale`` goes to ``inference_hf.with_upsample``."""
-
-    def classical(options: RenderOptions, scale: float):
-        per_request = argparse.Namespace(**{
-            **vars(render_args), "blades": options.blades, "rotation_deg": options.rotation_deg,
-            "highlight_gain": options.highlight_gain,
-            "highlight_threshold": options.highlight_threshold if options.highlight_gain else None})
-        return inference_hf.with_upsample(inference_hf.build_classical(per_request, device), scale)
-
-    factories = {"classical": classical}
-    for name in names:
-        if name != "classical":
-            built = inference_hf.RENDERERS[name](render_args, device)
-            factories[name] = lambda options, scale, built=built: inference_hf.with_upsample(built, scale)
-    return factories
+__all__ = ["build_parser", "main", "parse_args", "renderer_factories"]  # importable from here as before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from webapp.ui import Callbacks, build_app
 
-    device = inference_hf.resolve_device(render_args.device)
+    device = resolve_device(render_args.device)
     torch.manual_seed(render_args.seed)
     try:
         factories = renderer_factories(render_args, names, device)

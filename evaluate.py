@@ -1,21 +1,11 @@
 #!/usr/bin/env python
-"""Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean,
-over the whole image and inside / outside the depth-discontinuity band.
+"""Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean, over the
+whole image and inside / outside the depth-discontinuity band.
 
     python evaluate.py --pred_dir outputs/mine --gt_dir prepared/gt --disparity_dir prepared/mine/depth --output_dir outputs/eval
     python evaluate.py --pred_dir outputs/benchmark/classical --dataset benchmark_data/ebb --output_dir outputs/eval
 
-With ``--gt_dir``, predictions and ground truth are matched by relative path without extension and the
-disparity of ``<name>`` is ``--disparity_dir/<name>.npy`` (or ``<name>_pred.npy``). With ``--dataset`` (an EBB
-folder with ``meta.json``, as ``scripts/make_benchmark.py`` writes), each ground truth is paired with the
-prediction named like it or named as ``inference_hf.py`` names a render of that scene, K and focus, and with
-its scene's disparity. Writes ``metrics.csv``,
-``metrics.json``, ``metrics.md`` and ``worst_cases.png`` to ``--output_dir``. Learned metrics whose
-pretrained weights cannot be obtained (offline) are listed as unavailable, never computed with random weights.
-PSNR is capped at 100 dB (identical images score 100, not infinity; ``metrics.image.PSNR_MAX_DB``) and
-``metrics.json`` is strict JSON (undefined values are ``null``). Exit code: 0 if every ground truth was
-scored, 1 if a prediction is missing or a pair failed (both are listed in the reports and counted), 2 for
-bad arguments (or an ``--output_dir`` whose reports would replace an evaluated image).
+Pairing, reports and exit codes: run it with --help. The scoring lives in ``metrics/``.
 """
 
 from __future__ import annotations
@@ -24,16 +14,37 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from metrics.image import LEARNED_METRICS, load_learned_metrics
-from metrics.report import evaluate_pairs, find_dataset_pairs, find_pairs, write_reports
+from kernels.device import resolve_device
+from metrics.bands import BAND_THRESHOLD, BAND_WIDTH_PX
+from metrics.image import LEARNED_METRICS, PSNR_MAX_DB, load_learned_metrics
+from metrics.report import WORST_K, evaluate_pairs, find_dataset_pairs, find_pairs, write_reports
+
+DESCRIPTION = ("Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean, "
+               "over the whole image and inside / outside the depth-discontinuity band.")
+EPILOG = f"""\
+Pairing: with --gt_dir, predictions and ground truth are matched by relative path without extension and the
+disparity of <name> is --disparity_dir/<name>.npy (or <name>_pred.npy). With --dataset (an EBB folder with
+meta.json, as scripts/make_benchmark.py writes), each ground truth is paired with the prediction named like it
+or named as inference_hf.py names a render of that scene, K and focus, and with its scene's disparity.
+
+Writes metrics.csv, metrics.json, metrics.md and worst_cases.png to --output_dir. Learned metrics whose
+pretrained weights cannot be obtained (offline) are listed as unavailable, never computed with random weights.
+PSNR is capped at {PSNR_MAX_DB:g} dB (identical images score {PSNR_MAX_DB:g}, not infinity;
+metrics.image.PSNR_MAX_DB) and metrics.json is strict JSON (undefined values are null).
+
+Exit code: 0 if every ground truth was scored, 1 if a prediction is missing or a pair failed (both are listed
+in the reports and counted), 2 for bad arguments (or an --output_dir whose reports would replace an evaluated
+image)."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog keeps its line breaks; every option shows its default."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter)
     parser.add_argument("--pred_dir", type=Path, required=True, help="rendered images")
     truth = parser.add_mutually_exclusive_group(required=True)
     truth.add_argument("--gt_dir", type=Path, help="ground-truth bokeh images (same names as the predictions)")
@@ -44,15 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--output_dir", type=Path, required=True,
                         help="folder for metrics.csv, metrics.json, metrics.md and worst_cases.png (created)")
-    parser.add_argument("--band_width", type=int, default=8, help="discontinuity band half-width in pixels")
+    parser.add_argument("--band_width", type=int, default=BAND_WIDTH_PX, help="discontinuity band half-width in pixels")
     parser.add_argument(
-        "--band_threshold", type=float, default=0.05, help="disparity jump between neighbours that counts as an edge"
+        "--band_threshold", type=float, default=BAND_THRESHOLD, help="disparity jump between neighbours that counts as an edge"
     )
     parser.add_argument(
         "--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=[*sorted(LEARNED_METRICS), "none"],
         help="learned metrics to compute; --learned none (or a bare --learned) computes only PSNR/SSIM",
     )
-    parser.add_argument("--worst_k", type=int, default=6, help="images in the worst-case contact sheet")
+    parser.add_argument("--worst_k", type=int, default=WORST_K, help="images in the worst-case contact sheet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     args = parser.parse_args(argv)
     if "none" in args.learned:
@@ -68,11 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device is available here; use --device cpu (or auto)", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # --device cuda without CUDA
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
     try:
         if args.dataset is not None:
             pairs, problems = find_dataset_pairs(args.dataset, args.pred_dir)

@@ -23,10 +23,11 @@ import cv2
 import torch
 from PIL import Image
 
-import app
 from benchmarks.report import load_average, machine_description, replace_section
 from data.io import resize_map
-from webapp.core import RenderOptions, Scene, demo_scene, focus_at, render
+from webapp.core import PREVIEW_SIDE, RenderOptions, Scene, demo_scene, focus_at, render
+from webapp.options import parse_args as app_args
+from webapp.renderers import renderer_factories
 from webapp.ui import Callbacks
 
 SECTION = "## App"
@@ -55,14 +56,14 @@ def click_seconds(callbacks: Callbacks, session, controls, x: int, y: int) -> tu
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--K", type=float, nargs="+", default=[10.0, 20.0], help="blur strengths (demo: 10 20)")
-    parser.add_argument("--preview_side", type=int, default=384)
+    parser.add_argument("--preview_side", type=int, default=PREVIEW_SIDE)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the clicked pixels")
     parser.add_argument("--large", type=int, default=3, help="second photo: the demo enlarged this many times")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
 
-    _, render_args, names = app.parse_args([])
-    factories = app.renderer_factories(render_args, names, torch.device("cpu"))
+    _, render_args, names = app_args([])  # what `make app` starts with
+    factories = renderer_factories(render_args, names, torch.device("cpu"))
     demo = demo_scene()
     large = Scene(f"demo x{args.large}", *(
         resize_map(a, (demo.size[0] * args.large, demo.size[1] * args.large), interpolation=cv2.INTER_CUBIC).clip(0, 1)

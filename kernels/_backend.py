@@ -85,3 +85,15 @@ def as_cupy(t: torch.Tensor):
     import cupy
 
     return cupy.from_dlpack(t.detach().contiguous())
+
+
+def per_batch_scalar(name: str, value, b: int, dtype, device, op: str) -> torch.Tensor:
+    """``value`` (a float or a ``(B,)`` tensor) as a finite ``(B,)`` tensor; errors name ``op`` and ``name``."""
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if t.dim() == 0:
+        t = t.expand(b)
+    if t.shape != (b,):
+        raise ValueError(f"{op}: {name} must be a float or a tensor of shape ({b},); got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{op}: {name} must be finite; got {t.tolist()}")
+    return t

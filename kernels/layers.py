@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import aperture
-from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
-from .scatter import _per_batch_scalar as _per_batch
+from ._backend import as_cupy as _cp, check_shape, load_kernel, per_batch_scalar, resolve_impl
 
 _DENOM_EPS = 1e-6
 
@@ -236,8 +235,8 @@ def render_layers(
     if alphas.device != dev:
         raise ValueError(f"{op}: alphas is on {alphas.device} but images_linear is on {dev}; move both to one "
                          "device")
-    k = _per_batch("K", K, b, dtype, dev, op)
-    focus = _per_batch("disp_focus", disp_focus, b, dtype, dev, op)
+    k = per_batch_scalar("K", K, b, dtype, dev, op)
+    focus = per_batch_scalar("disp_focus", disp_focus, b, dtype, dev, op)
     if (k < 0).any():
         raise ValueError(f"{op}: K must be >= 0 (blur radius in px per unit disparity); got {k.tolist()}")
     try:  # (B, L, 3) numbers, moved like K and disp_focus

@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from . import aperture
-from ._backend import as_cupy as _cp, check_shape, load_kernel, resolve_impl
+from ._backend import as_cupy as _cp, check_shape, load_kernel, per_batch_scalar, resolve_impl
 from .colour import DEFAULT_GAMMA, linear_to_srgb, srgb_to_linear
 
 _DEPTH_MARGIN_PX = 0.5  # CoC difference below which two sources count as the same surface (no occlusion)
@@ -406,8 +406,8 @@ def render_classical(
     if gamma <= 0:
         raise ValueError(f"{op}: gamma must be > 0; got {gamma}")
     dtype, dev = image_srgb.dtype, image_srgb.device
-    k = _per_batch_scalar("K", K, b, dtype, dev, op)
-    focus = _per_batch_scalar("disp_focus", disp_focus, b, dtype, dev, op)
+    k = per_batch_scalar("K", K, b, dtype, dev, op)
+    focus = per_batch_scalar("disp_focus", disp_focus, b, dtype, dev, op)
     if (k < 0).any():
         raise ValueError(f"{op}: K must be >= 0 (blur radius in px per unit disparity); got {k.tolist()}. "
                          "The sign of the blur comes from disparity - disp_focus, not from K.")
@@ -415,15 +415,3 @@ def render_classical(
     linear = srgb_to_linear(image_srgb.clamp(0.0, 1.0), gamma)
     out = render_scatter(linear, coc, impl=impl, **scatter_opts)
     return linear_to_srgb(out.clamp(0.0, 1.0), gamma)
-
-
-def _per_batch_scalar(name, value, b, dtype, device, op) -> torch.Tensor:
-    """A float or a (B,) tensor -> finite (B,) tensor."""
-    t = torch.as_tensor(value, dtype=dtype, device=device)
-    if t.dim() == 0:
-        t = t.expand(b)
-    if t.shape != (b,):
-        raise ValueError(f"{op}: {name} must be a float or a tensor of shape ({b},); got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{op}: {name} must be finite; got {t.tolist()}")
-    return t

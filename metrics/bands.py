@@ -11,8 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+BAND_WIDTH_PX = 8  # default dilation radius (px): about the blur radius where both sides of an edge mix
+BAND_THRESHOLD = 0.05  # default disparity jump between neighbours that counts as an edge
 
-def discontinuity_band(disparity: torch.Tensor, *, width_px: int = 8, threshold: float = 0.05) -> torch.Tensor:
+
+def discontinuity_band(disparity: torch.Tensor, *, width_px: int = BAND_WIDTH_PX,
+                       threshold: float = BAND_THRESHOLD) -> torch.Tensor:
     """Boolean band mask ``(B, 1, H, W)`` for disparity ``(B, 1, H, W)`` in [0, 1].
 
     ``width_px`` >= 0 is the dilation radius in pixels; ``threshold`` > 0 the minimum jump in disparity

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from data.inference_io import output_name, safe_name
 from data.io import (IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, replaced_inputs, save_image,
                      write_text_atomic)
-from metrics.bands import discontinuity_band
+from metrics.bands import BAND_THRESHOLD, BAND_WIDTH_PX, discontinuity_band
 from metrics.image import PSNR_MAX_DB, LearnedMetric, masked_mean, mse_map, psnr_from_mse, ssim_map
 
 REGIONS = ("", "_band", "_outside")
 
 
 REPORT_FILES = ("metrics.csv", "metrics.json", "metrics.md", "worst_cases.png")
+WORST_K = 6  # images in worst_cases.png by default
 
 
 @dataclass
@@ -207,8 +208,8 @@ def evaluate_pairs(
     *,
     learned: list[LearnedMetric] = (),
     unavailable: dict[str, str] | None = None,
-    band_width_px: int = 8,
-    band_threshold: float = 0.05,
+    band_width_px: int = BAND_WIDTH_PX,
+    band_threshold: float = BAND_THRESHOLD,
     device: torch.device | str | None = None,
     progress=None,
 ) -> Evaluation:
@@ -248,7 +249,7 @@ def evaluate_pairs(
 
 
 def write_reports(
-    evaluation: Evaluation, pairs: list[Pair], output_dir: Path, *, worst_k: int = 6, title: str = "Evaluation"
+    evaluation: Evaluation, pairs: list[Pair], output_dir: Path, *, worst_k: int = WORST_K, title: str = "Evaluation"
 ) -> dict[str, Path]:
     """Write ``metrics.csv`` (per image), ``metrics.json`` (per image, means, counts, unavailable metrics,
     missing predictions, failures; strict JSON: undefined values are ``null``), ``metrics.md`` (table of

@@ -28,11 +28,14 @@ from .adapter import AdapterInfo, model_gamma_for, pisa_compat_for, protocol_for
 from .hub import WeightsUnavailableError
 from .lora import VAE_WEIGHT_NAME, load_lora, load_vae_partial
 from .onestep import DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh
+from .pisa import install_pisa_processors
+from .pisa.published import drop_unused_geometry
 from .published_tiling import (
     PUBLISHED_TILE_LATENT, PublishedTiler, published_tile_starts, published_tile_window, published_time_ids,
 )
 from .sdxl import cast_unet, resolve_dtype
-from .tiling import RenderPlan, Tiler, blend_window, estimate_bytes, pad_multiple, pad_to, tile_starts
+from .tiling import (TILE_OVERLAP, TILE_SIZE, RenderPlan, Tiler, blend_window, estimate_bytes, pad_multiple, pad_to,
+                     tile_starts)
 from .weights import adapter_files, is_local, load_base
 
 __all__ = [
@@ -106,8 +109,8 @@ class BokehDiffPipeline:
         *,
         pisa: bool | Mapping = True,
         seed: int = 0,
-        tile_size: int = 1024,
-        tile_overlap: int = 256,
+        tile_size: int = TILE_SIZE,
+        tile_overlap: int = TILE_OVERLAP,
         full_frame_max_px: int | None = None,
         protocol: str = "corrected",
     ):
@@ -124,9 +127,7 @@ class BokehDiffPipeline:
         self.seed = int(seed)
         if pisa is not False:  # True or a (possibly empty) mapping of overrides
             overrides = dict(pisa) if isinstance(pisa, Mapping) else {}
-            self.pisa_settings = {**DEFAULT_PISA, **self.tiler.pisa_defaults, **overrides}
-            if not self.pisa_settings.get("compat", False):  # an explicit compat=False drops the published geometry
-                self.pisa_settings.pop("published_geometry", None)
+            self.pisa_settings = drop_unused_geometry({**DEFAULT_PISA, **self.tiler.pisa_defaults, **overrides})
             self._install_pisa(self.seed)
         self.info: dict = {}
         self.last_plan: RenderPlan | None = None
@@ -282,8 +283,6 @@ class BokehDiffPipeline:
         return pipe
 
     def _install_pisa(self, seed: int) -> None:
-        from .pisa import install_pisa_processors
-
         settings = dict(self.pisa_settings)
         patterns = settings.pop("patterns", ("down_blocks.1.attentions.0.*.attn1",))
         install_pisa_processors(self.model.unet, patterns=tuple(patterns), seed=int(seed), **settings)

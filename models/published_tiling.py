@@ -64,6 +64,7 @@ class PublishedTiler(Tiler):
 
     protocol = "published"
     pisa_defaults = MappingProxyType(dict(compat=True, published_geometry=True))
+    uses_tile_size = False
 
     @staticmethod
     def model_gamma(adapter: AdapterInfo) -> float:

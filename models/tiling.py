@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .adapter import AdapterInfo
 from .onestep import DEFAULT_GAMMA
+from .pisa import working_set_bytes
 
 __all__ = [
     "RenderPlan",
@@ -40,6 +41,10 @@ __all__ = [
 # pixel per byte of element size, for SDXL's widths (320, 640, 1280); scaled linearly by the UNet's widths.
 # Estimated from SDXL's activation sizes at 1024 px (about 2 GB of live activations in bf16 with SDPA);
 # benchmarks/gpu_pipeline.py measures it -- refine it there.
+# Default tile (px): SDXL's native side, and an overlap above the CoC radii of usual K (tiles must not cut a
+# blur disc; see Tiler.plan).
+TILE_SIZE = 1024
+TILE_OVERLAP = 256
 _UNET_BYTES_PER_LATENT_PX_PER_ELEM = 60_000
 _SDXL_WIDTH_SUM = 320 + 640 + 1280
 # VAE decoder: about six live 128..512-channel maps at full resolution (fp32: ~3 kB per image pixel).
@@ -163,8 +168,6 @@ def estimate_bytes(model, height: int, width: int, pisa_segments: int | None = N
     vae_elem = torch.finfo(model.vae.dtype).bits // 8
     unet = _UNET_BYTES_PER_LATENT_PX_PER_ELEM * unet_elem * widths * (height // f) * (width // f)
     if pisa_segments is not None:
-        from .pisa_sparse import working_set_bytes
-
         # PISA runs in down_blocks.1 (half the latent resolution); diffusers' SDXL config names the
         # number of heads "attention_head_dim".
         heads_cfg = config.attention_head_dim
@@ -195,8 +198,9 @@ class Tiler:
     protocol = "corrected"
     # PISA settings the protocol implies, under the caller's overrides (none: models.pisa's defaults).
     pisa_defaults: Mapping = MappingProxyType({})
+    uses_tile_size = True  # tile_size / tile_overlap shape the tiles
 
-    def __init__(self, tile_size: int = 1024, tile_overlap: int = 256, full_frame_max_px: int | None = None):
+    def __init__(self, tile_size: int = TILE_SIZE, tile_overlap: int = TILE_OVERLAP, full_frame_max_px: int | None = None):
         self.tile_size = int(tile_size)
         self.tile_overlap = int(tile_overlap)
         self.full_frame_max_px = full_frame_max_px

@@ -65,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import train_lora_otf
     from models.tiny import save_tiny_sdxl
+    from training.run import main as train
 
     out = Path(args.out)
     sdxl = out / "tiny_sdxl"
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                     str(REPO / "test_data" / "otf"), "--output_dir", str(run), "--overwrite_output_dir",
                     "--max_train_steps", steps, "--validation_steps", steps, "--checkpointing_steps", steps,
                     "--log_steps", steps, "--gan_step", str(max(1, args.steps // 2))]
-        if train_lora_otf.main(argv_run) != 0:
+        if train(argv_run) != 0:  # the train_lora_otf.py command line, in-process
             print(f"{name}: the run failed")
             return 1
         val = [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()]

@@ -33,9 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import inference_hf
 from benchmarks.report import BENCHMARKS_MD, replace_section
 from data.io import contact_sheet, read_disparity, read_image, save_image, write_text_atomic
+from inference.options import parse_args as inference_args
+from inference.renderers import RENDERERS
+from kernels.device import resolve_device
+from metrics.bands import BAND_WIDTH_PX
 from metrics.image import LEARNED_METRICS, load_learned_metrics
 from models.lora import WeightLoadingError
 from metrics.report import Pair, dataset_records, evaluate_pairs, write_reports
@@ -59,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bokehdiff_args", default="", help="extra inference_hf.py flags for bokehdiff (quoted)")
     parser.add_argument("--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=sorted(LEARNED_METRICS),
                         help="learned metrics to compute (a bare --learned: only PSNR/SSIM)")
-    parser.add_argument("--band_width", type=int, default=8, help="discontinuity band half-width (px)")
+    parser.add_argument("--band_width", type=int, default=BAND_WIDTH_PX, help="discontinuity band half-width (px)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--write_benchmarks", nargs="?", type=Path, const=BENCHMARKS_MD, default=None, metavar="PATH",
                         help="also update the Evaluation section of BENCHMARKS.md (or of PATH); without it only "
@@ -70,11 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_renderer(method: str, args: argparse.Namespace, data: Path):
     """A renderer configured exactly as ``inference_hf.py --renderer <method>`` would configure it."""
     extra = shlex.split(args.bokehdiff_args) if method == "bokehdiff" else []
-    cli = inference_hf.parse_args(["--renderer", method, "--test_data_dir", str(data), "--device", args.device,
-                                   "--output_dir", str(args.out), *extra])
-    device = torch.device("cuda" if cli.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cli.device == "auto" else cli.device)
-    return inference_hf.RENDERERS[method](cli, device), device
+    cli = inference_args(["--renderer", method, "--test_data_dir", str(data), "--device", args.device,
+                          "--output_dir", str(args.out), *extra])
+    device = resolve_device(cli.device)
+    return RENDERERS[method](cli, device), device
 
 
 def render_method(render, device, records: list[dict], out_dir: Path, desc: str) -> float:
@@ -97,7 +99,7 @@ def render_method(render, device, records: list[dict], out_dir: Path, desc: str)
 
 
 def summary_table(results: dict, unavailable_methods: dict, unavailable_metrics: dict, n_images: int,
-                  band_width: int = 8) -> str:
+                  band_width: int = BAND_WIDTH_PX) -> str:
     def cell(value, name):
         if value is None or math.isnan(value):
             return "n/a"

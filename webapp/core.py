@@ -2,10 +2,10 @@
 
 A *scene* is one photo and its disparity at full resolution (``(3, H, W)`` sRGB in [0, 1] and ``(1, H, W)`` in
 [0, 1], 1 = nearest). Renders come from a *renderer factory* ``(options, scale) -> render`` that the caller
-(``app.py``) builds from ``inference_hf.py``'s renderers: ``render(image, disparity, K, disp_focus)`` takes
-``(1, 3, H, W)`` / ``(1, 1, H, W)`` tensors at full resolution, renders at ``scale`` times that size with ``K``
-scaled alike (``inference_hf.with_upsample``), and returns ``(1, 3, H, W)`` sRGB in [0, 1] at full size. The
-preview uses ``scale < 1`` (the scatter renderer's cost grows with pixels x CoC radius squared, so half size
+(:mod:`webapp.renderers`) builds from ``inference.renderers``: ``render(image, disparity, K, disp_focus)``
+takes ``(1, 3, H, W)`` / ``(1, 1, H, W)`` tensors at full resolution, renders at ``scale`` times that size with
+``K`` scaled alike (``inference.renderers.with_upsample``), and returns ``(1, 3, H, W)`` sRGB in [0, 1] at full
+size. The preview uses ``scale < 1`` (the scatter renderer's cost grows with pixels x CoC radius squared, so half size
 is about 16x cheaper), downloads use ``scale = 1``.
 
 Inputs are read with the readers of ``inference_hf.py`` (:mod:`data.io`, :mod:`data.inference_io`), with the
@@ -43,6 +43,9 @@ HIGHLIGHT_GAIN_RANGE = (0.0, 10.0)
 # about 0.3 s on two idle cores (BENCHMARKS.md, "App"); previews never go below PREVIEW_MIN_SIDE px.
 PREVIEW_BUDGET = 3.0e6
 PREVIEW_MIN_SIDE = 128
+# Longer side (px) of the preview a click renders, at most (app.py --preview_side); never below PREVIEW_SIDE_MIN.
+PREVIEW_SIDE = 384
+PREVIEW_SIDE_MIN = 16
 
 
 class UploadError(ValueError):

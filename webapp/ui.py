@@ -23,9 +23,9 @@ from typing import Callable, Mapping
 import gradio as gr
 
 from webapp.core import (
-    BLADES_MAX, HIGHLIGHT_GAIN_RANGE, K_RANGE, RendererFactory, RenderOptions, Scene, UploadError, demo_scene,
-    disparity_view, focus_at, focus_sweep, initial_focus, render, save_render, shrink, to_uint8, upload_scene,
-    write_animation,
+    BLADES_MAX, HIGHLIGHT_GAIN_RANGE, K_RANGE, PREVIEW_SIDE, PREVIEW_SIDE_MIN, RendererFactory, RenderOptions, Scene,
+    UploadError, demo_scene, disparity_view, focus_at, focus_sweep, initial_focus, render, save_render, shrink,
+    to_uint8, upload_scene, write_animation,
 )
 
 # Longer side (px) of the render and disparity images sent to the page: large uploads are shown reduced (the
@@ -68,12 +68,12 @@ class Callbacks:
 
     def __init__(self, factories: Mapping[str, RendererFactory], output_dir: str | Path, *,
                  initial_scene: Scene | None = None, initial_options: RenderOptions | None = None,
-                 focus_choice: dict | None = None, preview_side: int = 384,
+                 focus_choice: dict | None = None, preview_side: int = PREVIEW_SIDE,
                  depth_estimator: Callable | None = None):
         if "classical" not in factories:
             raise ValueError("the app needs the classical renderer (the offline default)")
-        if preview_side < 16:
-            raise ValueError(f"preview_side must be >= 16 px, got {preview_side}")
+        if preview_side < PREVIEW_SIDE_MIN:
+            raise ValueError(f"preview_side must be >= {PREVIEW_SIDE_MIN} px, got {preview_side}")
         self.factories = dict(factories)
         self.output_dir = Path(output_dir)
         self.initial_scene = initial_scene if initial_scene is not None else demo_scene()

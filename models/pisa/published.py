@@ -110,3 +110,14 @@ def discretisation(compat: bool = False, published_geometry: bool = False) -> Di
     if published_geometry:
         return PUBLISHED_GEOMETRY
     return PUBLISHED if compat else CORRECTED
+
+
+def drop_unused_geometry(settings: dict) -> dict:
+    """PISA processor settings with ``published_geometry`` removed when ``compat`` is off: the released geometry
+    exists only on the released discretisation, so a caller who turns ``compat`` off (e.g. under the published
+    protocol, whose defaults name both) gets the corrected discretisation whole. Returns a new dict."""
+    settings = dict(settings)
+    if not settings.get("compat", False):
+        settings.pop("published_geometry", None)
+    return settings
+

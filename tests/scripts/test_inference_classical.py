@@ -11,6 +11,7 @@ import pytest
 import inference_hf
 from data.inference_io import PendingInput
 from data.io import InputWarning, read_image, save_image
+from inference import renderers
 
 H, W = 40, 56
 
@@ -216,7 +217,7 @@ def test_batch_reports_and_skips_a_bad_item_keeping_the_others(tmp_path, monkeyp
     def broken():
         raise ValueError("cannot decode image 'bad.png'")
 
-    monkeypatch.setattr(inference_hf, "_inputs", lambda args: [PendingInput("bad", broken), good])
+    monkeypatch.setattr(inference_hf, "select_inputs", lambda args: [PendingInput("bad", broken), good])
     code, out = _run(tmp_path, image_path, disparity_path, "--K", "4", "--focus_disparity", "0.2")
     err = capsys.readouterr().err
     assert code == 1 and "bad" in err and "cannot decode image 'bad.png'" in err
@@ -385,7 +386,7 @@ def test_depth_like_values_without_depth_flag_point_to_it(tmp_path):
 
 def test_a_long_render_shows_its_progress_in_rows(tmp_path, monkeypatch, capsys):
     """Renders longer than ROW_PROGRESS_DELAY_S show a row bar (here the delay is 0, so every render does)."""
-    monkeypatch.setattr(inference_hf, "ROW_PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(renderers, "ROW_PROGRESS_DELAY_S", 0.0)
     image_path, disparity_path = _scene(tmp_path)
     code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
     err = capsys.readouterr().err

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 import train_lora_otf
+import training.run
 from tests.training.helpers import PATHS, REPO, FakeAccelerator, build_stack, read_log, train_argv
 from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, check_fresh_output_dir, list_checkpoints,
                                  resolve_resume_path, save_checkpoint)
@@ -39,17 +40,17 @@ def stack(tmp_path_factory):
 def crash_training_in_step(monkeypatch, argv: list[str], crash_step: int) -> None:
     """Run ``train_lora_otf.main(argv)`` with ``train_step`` raising when its 0-based ``step`` is ``crash_step``
     (logged step ``crash_step + 1``); checks the crash propagates, then restores the real step."""
-    real_step = train_lora_otf.train_step
+    real_step = training.run.train_step
 
     def crashing_step(*args, step, **kwargs):
         if step == crash_step:
             raise RuntimeError("simulated crash")
         return real_step(*args, step=step, **kwargs)
 
-    monkeypatch.setattr(train_lora_otf, "train_step", crashing_step)
+    monkeypatch.setattr(training.run, "train_step", crashing_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_lora_otf.main(argv)
-    monkeypatch.setattr(train_lora_otf, "train_step", real_step)
+    monkeypatch.setattr(training.run, "train_step", real_step)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""One ``inference_hf.py`` run over many inputs: which inputs, where the outputs go, the manifest, the loop.
+
+Batch policy (CONTRIBUTING): an input that fails (missing or corrupt file, a render error) is reported and
+skipped; the others are still rendered and written. What an input is and how outputs are named lives in
+:mod:`data.inference_io`; this module wires it to a renderer ``render(image, disparity, K, disp_focus)``
+(:mod:`inference.renderers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from data.inference_io import (
+    MANIFEST_NAME, InputItem, OutputFiles, StageTimer, choose_focus, demo_inputs, folder_inputs, input_roots,
+    item_contact_sheet, limit_size, output_name, pair_inputs, previous_outputs, sheet_name, unique_focus,
+)
+from data.io import InputWarning, save_image, write_text_atomic
+
+from .renderers import RenderFn
+
+
+def select_inputs(args: argparse.Namespace) -> list:
+    """The run's inputs (:class:`data.inference_io.PendingInput`, loaded lazily) from ``--demo``, ``--image`` /
+    ``--disparity`` or ``--test_data_dir``. May redirect ``args.output_dir`` (the published ``--data_id``
+    meaning: a plain name that selects no input names the run)."""
+    if args.demo:
+        return demo_inputs()
+    if args.image is not None:
+        return pair_inputs(args.image, args.disparity, mask=args.mask, is_depth=args.depth,
+                           normalise=args.disparity_normalise)
+    protocol = getattr(args, "protocol_resolved", None) or ("published" if args.protocol == "published" else "corrected")
+    # Renders an earlier run wrote among the inputs are outputs, not inputs (run_config.json lists them).
+    inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=previous_outputs(args.output_dir),
+                           protocol=protocol)
+    if not inputs and args.data_id is not None and not glob.has_magic(args.data_id):
+        # The published script's --data_id named the run (outputs in OUTPUT_DIR/DATA_ID); keep that meaning when
+        # the plain name selects nothing, so the published README command runs unchanged.
+        print(f"note: no input is named '{args.data_id}': reading --data_id as the run name (published meaning); "
+              f"rendering every input into {Path(args.output_dir) / args.data_id}")
+        args.output_dir = str(Path(args.output_dir) / args.data_id)
+        inputs = folder_inputs(args.test_data_dir, None, exclude=previous_outputs(args.output_dir), protocol=protocol)
+    return inputs
+
+
+def output_files(args: argparse.Namespace, inputs) -> OutputFiles:
+    """Where this run's outputs go: never onto one of its input files (nor any other file of the input
+    folders), never two outputs onto one path."""
+    roots = input_roots(args.test_data_dir) if args.test_data_dir else []
+    return OutputFiles(args.output_dir, protected=[path for pending in inputs for path in pending.sources],
+                       protected_dirs=roots, own=previous_outputs(args.output_dir))
+
+
+def write_manifest(files: OutputFiles, config: dict) -> None:
+    """``run_config.json``: the resolved arguments and every output written so far, with those of earlier runs
+    into this folder that still exist (a rerun into an input folder reads them as outputs, not as inputs)."""
+    paths = files.own_paths + files.claimed
+    outputs = list(dict.fromkeys(path.name for path in paths if path.name != MANIFEST_NAME and path.exists()))
+    write_text_atomic(files.folder / MANIFEST_NAME, json.dumps({**config, "outputs": outputs}, indent=2) + "\n")
+
+
+def render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress,
+                files: OutputFiles) -> dict:
+    """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG."""
+    image = torch.from_numpy(item.image)[None].to(device)
+    disparity = torch.from_numpy(item.disparity)[None].to(device)
+    renders = {}
+    for K in args.K:
+        for disp_focus, _ in focus:
+            with timer.stage("render"), torch.inference_mode():
+                out = render(image, disparity, K, disp_focus)[0].float().cpu().numpy()
+            with timer.stage("save"):
+                save_image(files.claim(output_name(item.name, K, disp_focus)), out)
+            renders[(K, disp_focus)] = out
+            progress.update(1)
+    return renders
+
+
+def above_progress_bars(show):
+    """``warnings.showwarning`` hook (the stdlib's documented extension point) that clears the progress bar
+    before ``show`` prints and redraws it after: printed directly, a warning lands at the end of the bar's line."""
+
+    def show_above(*args, **kwargs):
+        with tqdm.external_write_mode(file=sys.stderr):
+            show(*args, **kwargs)
+
+    return show_above
+
+
+@dataclass
+class BatchReport:
+    """What :func:`render_inputs` did: inputs seen, renders written, megapixels rendered, ``(name, error)``
+    failures, and the per-stage timer."""
+
+    timer: StageTimer = field(default_factory=StageTimer)
+    n_inputs: int = 0
+    n_renders: int = 0
+    megapixels: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def render_inputs(inputs, args: argparse.Namespace, render: RenderFn, device: torch.device, files: OutputFiles,
+                  config: dict) -> BatchReport:
+    """Render every input at every ``--K`` and focus, write the renders, contact sheets and ``run_config.json``
+    (rewritten after each input); a failing input is reported on stderr and skipped."""
+    report = BatchReport()
+    n_focus = 3 if args.focus_protocol == "published" else len(args.focus_disparity or args.focus_percentile or [None])
+    total = len(inputs) * len(args.K) * n_focus if isinstance(inputs, list) else None
+    single_input = not args.test_data_dir
+    with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer) as progress:
+        warnings.simplefilter("always", InputWarning)  # every repaired input is announced, not just the first
+        warnings.showwarning = above_progress_bars(warnings.showwarning)  # restored by catch_warnings
+        for pending in inputs:
+            report.n_inputs += 1
+            try:
+                with report.timer.stage("load"):
+                    item = pending.load()
+                    focus = unique_focus(choose_focus(item, focus_disparity=args.focus_disparity,
+                                                      focus_xy=args.focus_xy, focus_percentile=args.focus_percentile,
+                                                      focus_protocol=args.focus_protocol),
+                                         item.name)
+                    item = limit_size(item, args.max_side)
+                renders = render_item(item, focus, args, render, device, report.timer, progress, files)
+                if not args.no_contact_sheet:
+                    with report.timer.stage("save"):
+                        sheet = item_contact_sheet(item, renders, args.K, focus)
+                        save_image(files.claim(sheet_name(item.name, single_input)), sheet)
+                report.n_renders += len(renders)
+                report.megapixels += len(renders) * item.image.shape[1] * item.image.shape[2] / 1e6
+            except Exception as error:  # noqa: BLE001 - one bad input is reported and skipped (CONTRIBUTING)
+                report.failures.append((pending.name, f"{type(error).__name__}: {error}"))
+                progress.write(f"FAILED {pending.name}: {type(error).__name__}: {error}", file=sys.stderr)
+            write_manifest(files, config)
+    return report

@@ -1,0 +1,72 @@
+"""``app.py``'s options: its own flags (server, output folder, preview, depth model) plus every rendering flag of
+``inference_hf.py``, validated by that parser (:mod:`inference.options`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from inference import options as inference_options
+
+from .core import PREVIEW_SIDE, PREVIEW_SIDE_MIN
+
+HOST, PORT = "127.0.0.1", 7860
+OUTPUT_DIR = "outputs/app"
+
+DESCRIPTION = f"""\
+Interactive refocusing in the browser: serves a page on http://HOST:PORT (default http://{HOST}:{PORT}).
+Click the photo to focus there (as inference_hf.py --focus_xy); sliders set K, the aperture (blades, rotation)
+and the highlight boost; the page shows the render (a preview at --preview_side px), the disparity with the
+focal plane marked and the focus value. "Render full resolution" writes a PNG to download, "Focus pull" an
+animated GIF of a near-to-far sweep. Uploads: a photo with its disparity or depth map, or a photo alone when
+started with --depth_model. It starts offline on the bundled demo with the classical renderer, and writes only
+under --output_dir: renders/ (PNGs), focus_pulls/ (GIFs) and gradio/ (Gradio's upload and display cache)."""
+EPILOG = """\
+Every flag of inference_hf.py (python inference_hf.py --help) is accepted too:
+  --image PATH --disparity PATH [--depth]      start on that photo instead of the demo;
+  --K, --focus_xy / --focus_disparity / ...    starting values (the first where several);
+  --pretrained_model_name_or_path DIR --adapter DIR   add BokehDiff as a renderer."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The app's own flags; the rest of the command line goes to :func:`inference.options.parse_args`."""
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=inference_options.HelpFormatter,
+                                     epilog=EPILOG)
+    group = parser.add_argument_group("app")
+    group.add_argument("--host", default=HOST, help="address to serve on (0.0.0.0: the local network)")
+    group.add_argument("--port", type=int, default=PORT, help="port to serve on")
+    group.add_argument("--output_dir", default=OUTPUT_DIR, help="the only folder the app writes")
+    group.add_argument("--preview_side", type=int, default=PREVIEW_SIDE,
+                       help="longest side (px) of the preview a click renders (smaller for strong blur: "
+                            "webapp.core.Scene.preview_scale)")
+    group.add_argument("--depth_model", default=None,
+                       help="Depth Anything hub id or local folder (as prepare_data.py --depth_model): estimates "
+                            "disparity for uploaded photos without a map")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace, list[str]]:
+    """(app flags, inference_hf.py flags validated by its parser, names of the renderers to offer)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.preview_side < PREVIEW_SIDE_MIN:
+        parser.error(f"--preview_side must be >= {PREVIEW_SIDE_MIN} px, got {args.preview_side}")
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be in [1, 65535], got {args.port}")
+    loose = inference_options.build_parser().parse_args(rest + ["--demo"] if "--demo" not in rest else rest)
+    if loose.test_data_dir is not None:
+        parser.error("--test_data_dir: the app shows one photo; give --image PATH --disparity PATH "
+                     "(or nothing: the demo)")
+    if loose.image is None and "--demo" not in rest:
+        rest = rest + ["--demo"]
+    render_args = inference_options.parse_args(rest)
+    # BokehDiff is loaded only when asked for (weights are large; the demo must work offline).
+    explicit = argparse.ArgumentParser(add_help=False)
+    explicit.add_argument("--renderer")
+    explicit.add_argument("--pretrained_model_name_or_path")
+    asked, _ = explicit.parse_known_args(rest)
+    names = ["classical"]
+    if asked.renderer:
+        names.append(asked.renderer)
+    if asked.pretrained_model_name_or_path is not None:
+        names.append("bokehdiff")
+    return args, render_args, list(dict.fromkeys(names))
