@@ -30,7 +30,7 @@ TILE_PX, OVERLAP_PX = 256, 64  # tiny stack: tiles of 256 px so that 512 px alre
 
 READING = (
     'Reading: PISA runs with `impl="auto"`, which at the inference hardness takes the sparse path '
-    '(`models/pisa_sparse.py`: only the token pairs within the proven reach of each key, occlusion sampled for '
+    '(`models/pisa/sparse.py`: only the token pairs within the proven reach of each key, occlusion sampled for '
     'those alone; PISA alone now grows about linearly with the tokens, see "Sparse PISA"). 4x the pixels cost '
     '{unet_growth} in UNet+PISA (the tiny UNet\'s other self-attention layers are ordinary dense attention; the VAE '
     'has one too, at its lowest resolution). '

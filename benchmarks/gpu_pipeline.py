@@ -14,7 +14,7 @@ Per setting it reports the best-of-N wall time after a warm-up (CUDA synchronise
 peak allocated memory (``torch.cuda.max_memory_allocated``), and ``x stock``: the time divided by a baseline
 measured in the same process, the same UNet with stock attention (no PISA) at the same size. It also reports
 the measured UNet activation bytes per latent pixel, to calibrate the memory model of
-``BokehDiffPipeline.plan`` (``_UNET_BYTES_PER_LATENT_PX_PER_ELEM``). Out-of-memory is recorded, not fatal.
+``models.tiling.estimate_bytes`` (its per-latent-pixel UNet constant). Out-of-memory is recorded, not fatal.
 Targets (issue 5): one H100, 1024 px in at most 0.5 s; 2048 px full frame without running out of memory.
 """
 

@@ -1,4 +1,4 @@
-"""The one-step BokehDiff forward, shared by inference (``models/pipeline.py``) and training.
+"""The one-step BokehDiff forward, shared by inference (:mod:`models.pipeline`) and training.
 
 BokehDiff (Zhu et al., "Neural Lens Blur with One-Step Diffusion", ICCV 2025, Sec. 3.3) renders lens blur in
 a single UNet evaluation, *without adding noise*: the all-in-focus latent (the VAE posterior's mode, so

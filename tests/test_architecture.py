@@ -76,10 +76,27 @@ def test_no_import_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def test_every_package_has_a_layer():
+    packages = {m.split(".")[0] for m, p in SOURCES.items() if p.parent != ROOT and (ROOT / m.split(".")[0] / "__init__.py").exists()}
+    assert packages - {"scripts", "benchmarks"} == set(RANK), "add new packages to LAYERS"
+
+
 def test_kernels_are_the_bottom():
     bad = [(m, dep) for m, deps in _graph().items() if m.split(".")[0] == "kernels"
            for dep in deps if dep.split(".")[0] != "kernels"]
     assert not bad, f"kernels/ must import only torch/numpy and kernels/ itself: {bad}"
+
+
+# Packages from the bottom up; a package imports only packages on lower layers (docs/conventions.md, "Style").
+LAYERS = (("kernels",), ("data",), ("models",), ("losses", "metrics"), ("training", "inference"), ("webapp",))
+RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
+
+
+def test_packages_import_only_lower_layers():
+    bad = sorted({(m.split(".")[0], dep.split(".")[0]) for m, deps in _graph().items() for dep in deps
+                  if m.split(".")[0] in RANK and dep.split(".")[0] in RANK and m.split(".")[0] != dep.split(".")[0]
+                  and RANK[dep.split(".")[0]] >= RANK[m.split(".")[0]]})
+    assert not bad, f"imports must run down the layers {LAYERS}: {bad}"
 
 
 def test_no_script_is_imported():

@@ -264,7 +264,7 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
         "format": "bokehdiff-train", "format_version": 1,
         "base_model": args.pretrained_model_name_or_path, "revision": args.revision, "variant": args.variant,
         "resolution": args.resolution, "timestep": args.timestep,
-        # model_gamma is what inference needs (models.pipeline.model_gamma_for); `gamma` repeats it for readers
+        # model_gamma is what inference needs (models.adapter.AdapterInfo.model_gamma); `gamma` repeats it for readers
         # of format_version 1 files, where it was the one gamma of both the model and the data.
         "model_gamma": args.model_gamma, "synthesis_gamma": args.synthesis_gamma, "gamma": args.model_gamma,
         "lora": {"rank": args.rank, "alpha": args.lora_alpha if args.lora_alpha is not None else args.rank,
@@ -277,7 +277,7 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
                  "inference_hardness": DEFAULT_PISA["hardness"], "seed": args.pisa_seed,
                  "dropout": args.pisa_dropout, "n_segments": args.pisa_segments,
                  "n_supersamples": args.pisa_supersamples,
-                 # The discretisation trained with; the pipeline reads it (models.pipeline.pisa_compat_for).
+                 # The discretisation trained with; the pipeline reads it (models.adapter.AdapterInfo.pisa_compat).
                  "compat": bool(args.pisa_compat)},
         "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "dataloader_num_workers": args.dataloader_num_workers,
