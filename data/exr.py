@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import OpenEXR
 
-__all__ = ["COMPRESSIONS", "read_exr", "read_exr_array", "write_exr"]
+__all__ = ["COMPRESSIONS", "read_exr", "read_exr_array", "read_exr_shape", "write_exr"]
 
 #: ``write_exr(compression=...)`` names -> OpenEXR compression.
 COMPRESSIONS = {
@@ -22,6 +22,19 @@ COMPRESSIONS = {
     "zip": OpenEXR.ZIP_COMPRESSION, "piz": OpenEXR.PIZ_COMPRESSION, "pxr24": OpenEXR.PXR24_COMPRESSION,
     "b44": OpenEXR.B44_COMPRESSION, "dwaa": OpenEXR.DWAA_COMPRESSION,
 }
+
+
+def read_exr_shape(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an OpenEXR file's data window, from its header alone (no pixels decoded)."""
+    try:
+        with OpenEXR.File(str(path), header_only=True) as exr:
+            (x0, y0), (x1, y1) = exr.header()["dataWindow"]
+    except (RuntimeError, OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"cannot read EXR '{path}': {error}. The file is missing, truncated, corrupt or not OpenEXR; "
+            "re-export or re-download it"
+        ) from error
+    return int(y1) - int(y0) + 1, int(x1) - int(x0) + 1
 
 
 def read_exr(path: str | Path) -> dict[str, np.ndarray]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -34,6 +36,89 @@ class InputWarning(UserWarning):
     """An input was repaired (resized, filled, renormalised); the message says what and why."""
 
 
+class PixelLimitError(ValueError):
+    """A file declares a frame above :data:`MAX_PIXELS`; it was not decoded."""
+
+
+#: Largest image or map accepted, in pixels (H * W), checked from the file's header before decoding: a small
+#: compressed file can declare a huge frame (a 389 KB PNG of 20000 x 20000 px decodes to ~27 GB). 2**27 px is
+#: ~11600 x 11600 (1.6 GB as float32 RGB). Change it with :func:`set_max_pixels` (the CLIs' ``--max_pixels``).
+MAX_PIXELS = 2**27
+
+
+def set_max_pixels(limit: int) -> None:
+    """Set :data:`MAX_PIXELS` for this process (``limit`` > 0, in pixels)."""
+    global MAX_PIXELS
+    if not int(limit) > 0:
+        raise ValueError(f"the pixel limit must be > 0, got {limit}")
+    MAX_PIXELS = int(limit)
+
+
+def check_pixel_count(path: str | os.PathLike, shape: Sequence[int], what: str = "image") -> None:
+    """Refuse a file whose declared frame (``shape``: its array shape, or ``(H, W)``) exceeds :data:`MAX_PIXELS`."""
+    dims = [int(d) for d in shape]
+    # Arrays: the two largest axes are the frame (H, W); a channel axis is small. Counting all elements
+    # instead would refuse nothing a frame count accepts, but would name a misleading size.
+    frame = sorted(dims, reverse=True)[:2]
+    pixels = int(np.prod(frame, dtype=np.float64)) if frame else 0
+    elements = float(np.prod(dims, dtype=np.float64)) if dims else 0.0
+    if pixels > MAX_PIXELS or elements > 8 * MAX_PIXELS:
+        raise PixelLimitError(
+            f"{what} '{path}' declares {' x '.join(map(str, dims))} ({pixels / 1e6:.0f} Mpx), above the limit of "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx ({MAX_PIXELS} px); it was not decoded. Downscale the file, or raise the "
+            f"limit with --max_pixels if the memory allows."
+        )
+
+
+# EXIF orientation tag (0x0112) -> how to turn the stored pixels into the upright view every photo viewer
+# shows: (number of 90-degree counter-clockwise turns, then mirror left-right). TIFF/EXIF 2.3, Sec. 4.6.4.
+_EXIF_ORIENTATION = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True),
+                     8: (1, False)}
+
+
+def _header(path: Path) -> tuple[tuple[int, int] | None, int]:
+    """``((H, W) or None, EXIF orientation)`` from the file's header, without decoding pixels (PIL's lazy open).
+    ``None`` where PIL cannot read the header (OpenCV may still decode the file; it is checked after).
+
+    Raises:
+        PixelLimitError: PIL refuses the frame as a decompression bomb (over twice ``Image.MAX_IMAGE_PIXELS``)
+            and :data:`MAX_PIXELS` is below that.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, below
+            with Image.open(path) as im:
+                width, height = im.size
+                try:
+                    orientation = int(im.getexif().get(0x0112, 1))
+                except Exception:  # a malformed EXIF block: the pixels are still valid, keep them as stored
+                    orientation = 1
+                return (height, width), orientation
+    except Image.DecompressionBombError as error:
+        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if MAX_PIXELS < pil_limit:
+            raise PixelLimitError(
+                f"image '{path}' declares more than {pil_limit / 1e6:.0f} Mpx ({error}), above the limit of "
+                f"{MAX_PIXELS / 1e6:.0f} Mpx ({MAX_PIXELS} px); it was not decoded. Downscale the file, or raise "
+                f"the limit with --max_pixels if the memory allows."
+            ) from None
+        return None, 1
+    except Exception:
+        return None, 1
+
+
+def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``(H, W[, C])`` stored pixels -> the upright view for an EXIF ``orientation`` (1..8)."""
+    turns, mirror = _EXIF_ORIENTATION.get(orientation, (0, False))
+    if turns:
+        array = np.rot90(array, turns, axes=(0, 1))
+    if mirror:
+        array = array[:, ::-1]
+    return np.ascontiguousarray(array)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------------------
@@ -45,18 +130,26 @@ def _require_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def _imread_any(path: Path) -> np.ndarray:
-    """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A). EXR goes through
+    """cv2.imread with every channel and the original bit depth; BGR(A) -> RGB(A), turned upright by the EXIF
+    orientation. The declared size is checked against :data:`MAX_PIXELS` before decoding. EXR goes through
     :mod:`data.exr` (the OpenEXR bindings; the pinned OpenCV wheel has no OpenEXR)."""
     if path.suffix.lower() == ".exr":
-        from data.exr import read_exr_array
+        from data.exr import read_exr_array, read_exr_shape
+
+        check_pixel_count(path, read_exr_shape(path))
 
         try:
             array = read_exr_array(path)
         except (ValueError, IndexError) as error:
             raise ValueError(f"cannot decode EXR image '{path}': {error}") from error
         return array[:, :, 0] if array.shape[2] == 1 else array
+    size, orientation = _header(path)
+    if size is not None:
+        check_pixel_count(path, size)
     data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths, cv2.imread doesn't
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if array is not None and size is None:  # a format PIL cannot parse: checked on what OpenCV decoded
+        check_pixel_count(path, array.shape[:2])
     if array is None:
         raise ValueError(
             f"cannot decode image '{path}': the file is empty, corrupt or not an image format OpenCV reads "
@@ -66,7 +159,7 @@ def _imread_any(path: Path) -> np.ndarray:
         array = array[:, :, ::-1]
     elif array.ndim == 3 and array.shape[2] == 4:
         array = array[:, :, [2, 1, 0, 3]]
-    return np.ascontiguousarray(array)
+    return _apply_orientation(array, orientation)
 
 
 def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
@@ -163,7 +256,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A unique name created exclusively (O_CREAT | O_EXCL, mode 0600): a file or symlink planted at a
+    # predictable temporary name cannot redirect the write (a fixed ".name.tmp" would be followed).
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, new_file_mode())
@@ -262,6 +359,35 @@ def clean_disparity(
     return values.astype(np.float32)[None]
 
 
+def _npy_header_shape(fileobj, path: Path) -> tuple[int, ...]:
+    """The array shape an ``.npy`` stream declares (its header), without reading the data."""
+    try:
+        version = np.lib.format.read_magic(fileobj)
+        if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(fileobj)
+        else:
+            shape, _, _ = np.lib.format.read_array_header_2_0(fileobj)
+    except (ValueError, EOFError) as error:
+        raise ValueError(f"not a valid .npy array (empty, truncated or another format: {error})") from error
+    return tuple(shape)
+
+
+def check_array_file(path: Path) -> None:
+    """Refuse an ``.npy`` / ``.npz`` whose arrays declare more than :data:`MAX_PIXELS` (headers only)."""
+    if path.suffix.lower() == ".npy":
+        with open(path, "rb") as f:
+            check_pixel_count(path, _npy_header_shape(f, path), "disparity map")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.endswith(".npy"):
+                    with archive.open(member) as f:
+                        check_pixel_count(f"{path}:{member}", _npy_header_shape(f, path), "disparity map")
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"not a valid .npz archive (empty, truncated or another format: {error})") from error
+
+
 def read_disparity(
     path: str | os.PathLike,
     *,
@@ -280,6 +406,8 @@ def read_disparity(
     path = _require_file(path, "disparity map")
     suffix = path.suffix.lower()
     try:
+        if suffix in (".npy", ".npz"):
+            check_array_file(path)
         if suffix == ".npy":
             values = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
@@ -295,7 +423,9 @@ def read_disparity(
                 warnings.warn(f"disparity '{path}' has {values.shape[2]} channels; using the first.", InputWarning)
                 values = values[:, :, 0]
             values = _to_unit_float(values, path)
-    except (ValueError, OSError) as error:
+    except PixelLimitError:
+        raise
+    except (ValueError, OSError, EOFError) as error:
         raise ValueError(
             f"cannot read disparity map '{path}': {error}. Expected .npy/.npz arrays or 8/16-bit PNG."
         ) from error
