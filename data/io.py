@@ -478,29 +478,40 @@ def resize_map(values: np.ndarray, size: tuple[int, int], *, interpolation: int 
 # ----------------------------------------------------------------------------------------------------------
 # Contact sheets
 # ----------------------------------------------------------------------------------------------------------
+#: Tallest contact-sheet row, in tile widths (see :func:`contact_sheet`).
+SHEET_MAX_ASPECT = 4
+
+
 def contact_sheet(
     images: Sequence[np.ndarray], labels: Sequence[str] | None = None, *, columns: int = 3, width: int = 320
 ) -> np.ndarray:
     """Tile images ``(3, H, W)`` in [0, 1] into one labelled sheet ``(3, H', W')`` in [0, 1].
 
     Each tile is resized to ``width`` pixels wide (aspect kept, the first image's aspect sets the row
-    height) and gets its label drawn on a dark strip above it.
+    height) and gets its label drawn on a dark strip above it. Rows are at most :data:`SHEET_MAX_ASPECT` times
+    ``width`` tall: a tile taller than that (a 7000 x 3 px image) is shrunk to fit, aspect kept, so the sheet
+    stays small whatever the input.
     """
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     labels = list(labels) if labels is not None else [""] * len(images)
     first = np.asarray(images[0])
     height = max(1, round(width * first.shape[1] / first.shape[2]))
+    fit = height > SHEET_MAX_ASPECT * width
+    height = min(height, SHEET_MAX_ASPECT * width)
     strip = 22
     rows = (len(images) + columns - 1) // columns
     sheet = np.zeros((rows * (height + strip), columns * width, 3), dtype=np.uint8)
     for index, (image, label) in enumerate(zip(images, labels)):
-        tile = cv2.resize(
-            np.asarray(image, dtype=np.float32).transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_AREA
-        )
+        image = np.asarray(image, dtype=np.float32).transpose(1, 2, 0)
+        size = (width, height)
+        if fit:  # inside (width, height), aspect kept
+            scale = min(width / image.shape[1], height / image.shape[0])
+            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        tile = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         r, c = divmod(index, columns)
         y, x = r * (height + strip), c * width
-        sheet[y + strip : y + strip + height, x : x + width] = np.round(np.clip(tile, 0, 1) * 255).astype(np.uint8)
+        sheet[y + strip : y + strip + size[1], x : x + size[0]] = np.round(np.clip(tile, 0, 1) * 255).astype(np.uint8)
         # OpenCV draws text on 8-bit images only, hence the uint8 sheet.
         cv2.putText(sheet, label, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return sheet.transpose(2, 0, 1).astype(np.float32) / 255.0

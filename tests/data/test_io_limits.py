@@ -128,3 +128,15 @@ def test_a_planted_symlink_at_a_temporary_name_is_not_followed(tmp_path):
     assert read_image(out).shape == (3, 4, 4)
     leftovers = {p.name for p in out.parent.iterdir()} - {"render.png", "run.json", f".{out.name}.tmp"}
     assert not leftovers, leftovers
+
+
+def test_contact_sheet_of_an_extreme_aspect_stays_small():
+    from data.io import SHEET_MAX_ASPECT, contact_sheet
+
+    tall = np.ones((3, 7000, 3), np.float32)
+    sheet = contact_sheet([tall, tall], ["a", "b"], columns=2, width=320)
+    assert sheet.shape == (3, 22 + SHEET_MAX_ASPECT * 320, 640)
+    tile = sheet[:, 22:, :320]
+    assert tile.max() == 1.0 and tile[:, :, 2:].max() == 0.0  # a 1-px-wide bright column, the rest dark
+    ordinary = np.random.default_rng(0).random((3, 30, 40)).astype(np.float32)
+    assert contact_sheet([ordinary], columns=1, width=80).shape == (3, 22 + 60, 80)  # unchanged for usual aspects
