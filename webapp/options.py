@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from inference import options as inference_options
 
 from .core import PREVIEW_SIDE, PREVIEW_SIDE_MIN
 
 HOST, PORT = "127.0.0.1", 7860
+# Gradio's own environment variables set the defaults, as in any Gradio app; the flags override them.
+HOST_ENV, PORT_ENV = "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"
 OUTPUT_DIR = "outputs/app"
 
 DESCRIPTION = f"""\
@@ -32,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=inference_options.HelpFormatter,
                                      epilog=EPILOG)
     group = parser.add_argument_group("app")
-    group.add_argument("--host", default=HOST, help="address to serve on (0.0.0.0: the local network)")
-    group.add_argument("--port", type=int, default=PORT, help="port to serve on")
+    group.add_argument("--host", default=os.environ.get(HOST_ENV) or HOST,
+                       help=f"address to serve on (0.0.0.0: the local network; default ${HOST_ENV} or {HOST})")
+    group.add_argument("--port", type=int, default=None, help=f"port to serve on (default ${PORT_ENV} or {PORT})")
     group.add_argument("--output_dir", default=OUTPUT_DIR, help="the only folder the app writes")
     group.add_argument("--preview_side", type=int, default=PREVIEW_SIDE,
                        help="longest side (px) of the preview a click renders (smaller for strong blur: "
@@ -50,8 +54,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     args, rest = parser.parse_known_args(argv)
     if args.preview_side < PREVIEW_SIDE_MIN:
         parser.error(f"--preview_side must be >= {PREVIEW_SIDE_MIN} px, got {args.preview_side}")
+    source = "--port"
+    if args.port is None:
+        source, value = f"${PORT_ENV}", os.environ.get(PORT_ENV) or str(PORT)
+        if not value.strip().isdigit():
+            parser.error(f"{source} must be a port number in [1, 65535], got {value!r}")
+        args.port = int(value)
     if not 0 < args.port < 65536:
-        parser.error(f"--port must be in [1, 65535], got {args.port}")
+        parser.error(f"{source} must be in [1, 65535], got {args.port}")
     loose = inference_options.build_parser().parse_args(rest + ["--demo"] if "--demo" not in rest else rest)
     if loose.test_data_dir is not None:
         parser.error("--test_data_dir: the app shows one photo; give --image PATH --disparity PATH "

@@ -80,3 +80,20 @@ def test_bokehdiff_is_offered_when_started_with_weights(tmp_path):
     assert neural[-1] == "" and neural[1].shape == classical.shape == (32, 48, 3)
     assert not np.array_equal(neural[1], classical)
     np.testing.assert_array_equal(neural[1], again[1])  # bit-reproducible for the seed
+
+
+def test_gradio_environment_sets_host_and_port_flags_override(monkeypatch, capsys):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    args, _, _ = app.parse_args([])
+    assert (args.host, args.port) == ("0.0.0.0", 7999)
+    args, _, _ = app.parse_args(["--port", "8001", "--host", "127.0.0.1"])
+    assert (args.host, args.port) == ("127.0.0.1", 8001)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "http")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "$GRADIO_SERVER_PORT must be a port number" in capsys.readouterr().err
+    monkeypatch.delenv("GRADIO_SERVER_PORT")
+    monkeypatch.delenv("GRADIO_SERVER_NAME")
+    args, _, _ = app.parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
