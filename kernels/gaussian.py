@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._backend import check_shape
+from ._backend import check_blur_radius, check_shape
 
 
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -57,6 +57,7 @@ def render_gaussian(image_linear: torch.Tensor, coc_px: torch.Tensor, *, step_px
     if step_px <= 0:
         raise ValueError(f"render_gaussian: step_px must be > 0; got {step_px}")
     sigma = coc_px.abs().to(image_linear.dtype) / 2
+    check_blur_radius(float(coc_px.abs().max()) if coc_px.numel() else 0.0, *image_linear.shape[-2:], "render_gaussian")
     levels = int(math.ceil(float(sigma.max()) / step_px)) if sigma.numel() else 0
     position = sigma / step_px  # fractional level index per pixel
     out = torch.zeros_like(image_linear)

@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from . import aperture
-from ._backend import as_cupy as _cp, check_shape, load_kernel, per_batch_scalar, resolve_impl
+from ._backend import as_cupy as _cp, check_blur_radius, check_shape, load_kernel, per_batch_scalar, resolve_impl
 from .colour import DEFAULT_GAMMA, linear_to_srgb, srgb_to_linear
 
 _DEPTH_MARGIN_PX = 0.5  # CoC difference below which two sources count as the same surface (no occlusion)
@@ -360,6 +360,7 @@ def render_scatter(
     radius = coc.abs()
     colour = boost_highlights(colour, radius, highlight_threshold, float(highlight_gain))
     max_radius = float(radius.max()) if radius.numel() else 0.0
+    check_blur_radius(max_radius, h, w, op)
     apothem = aperture.apothem_ratio(blades)
     offsets = _offsets(max_radius, blades, rotation_deg)
 
