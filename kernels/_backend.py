@@ -104,15 +104,19 @@ def per_batch_scalar(name: str, value, b: int, dtype, device, op: str) -> torch.
 #: covers the whole frame from every pixel; the cost grows with the radius squared, so an unbounded K (1e4 on a
 #: 320 x 240 image needs 22 GB; 1e30 never ends) is refused rather than run.
 MAX_RADIUS_DIAGONALS = 2.0
+#: ... but never below this many px, so that thumbnails and tests on tiny frames keep any ordinary K.
+MIN_RADIUS_LIMIT_PX = 64.0
 
 
 def check_blur_radius(max_radius_px: float, height: int, width: int, op: str, hint: str = "lower K") -> None:
-    """Refuse a blur radius (px) that is not finite or exceeds :data:`MAX_RADIUS_DIAGONALS` image diagonals."""
-    limit = MAX_RADIUS_DIAGONALS * math.hypot(height, width)
+    """Refuse a blur radius (px) that is not finite or exceeds :data:`MAX_RADIUS_DIAGONALS` image diagonals
+    (or :data:`MIN_RADIUS_LIMIT_PX`, whichever is larger)."""
+    limit = max(MAX_RADIUS_DIAGONALS * math.hypot(height, width), MIN_RADIUS_LIMIT_PX)
     if not math.isfinite(max_radius_px) or max_radius_px > limit:
         raise ValueError(
-            f"{op}: the largest blur radius is {max_radius_px:.4g} px, more than {MAX_RADIUS_DIAGONALS:g} x the "
-            f"{height} x {width} image's diagonal ({limit:.0f} px): the frame is covered long before that and the "
+            f"{op}: the largest blur radius is {max_radius_px:.4g} px, more than the limit of {limit:.0f} px "
+            f"({MAX_RADIUS_DIAGONALS:g} x the {height} x {width} image's diagonal, at least "
+            f"{MIN_RADIUS_LIMIT_PX:.0f} px): the frame is covered long before that and the "
             f"cost grows with the radius squared. {hint[0].upper() + hint[1:]} (K is the blur radius in px per "
             f"unit of disparity), or pass max_coc_px to clamp."
         )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kernels import render_gaussian, render_scatter
-from kernels._backend import MAX_RADIUS_DIAGONALS, check_blur_radius
+from kernels._backend import MAX_RADIUS_DIAGONALS, MIN_RADIUS_LIMIT_PX, check_blur_radius
 
 
 @pytest.mark.parametrize("render", [render_scatter, render_gaussian])
@@ -17,7 +17,7 @@ def test_a_radius_beyond_the_frame_is_refused_with_the_numbers(render, radius):
     image = torch.rand(1, 3, 24, 32)
     coc = torch.full((1, 1, 24, 32), 0.0)
     coc[..., 5, 5] = radius
-    with pytest.raises(ValueError, match=r"largest blur radius is .* px, more than 2 x the 24 x 32 image's diagonal"):
+    with pytest.raises(ValueError, match=r"largest blur radius is .* px, more than the limit of 80 px \(2 x the 24 x 32 image's diagonal"):
         render(image, coc)
 
 
@@ -35,6 +35,9 @@ def test_the_bound_is_a_multiple_of_the_diagonal():
     check_blur_radius(MAX_RADIUS_DIAGONALS * diagonal, 24, 32, "op")  # at the bound: accepted
     with pytest.raises(ValueError, match="op: "):
         check_blur_radius(MAX_RADIUS_DIAGONALS * diagonal * 1.001, 24, 32, "op")
+    check_blur_radius(MIN_RADIUS_LIMIT_PX, 1, 1, "op")  # tiny frames keep ordinary radii
+    with pytest.raises(ValueError, match="limit of 64 px"):
+        check_blur_radius(MIN_RADIUS_LIMIT_PX + 1, 1, 1, "op")
     out = render_scatter(torch.rand(1, 3, 8, 8), torch.full((1, 1, 8, 8), 3.0))  # ordinary radii still render
     assert out.shape == (1, 3, 8, 8) and torch.isfinite(out).all()
 
