@@ -101,10 +101,16 @@ def inspect(args) -> None:
         print(json.dumps({k: (list(v) if not isinstance(v, (str, bool, float)) else v) for k, v in info.items()}))
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """Exit status: 0 done, 2 unusable data or arguments (one ``error:`` line naming the folder and the fix)."""
     args = parse_args(argv)
-    {"preview": preview, "inspect": inspect}[args.command](args)
+    try:
+        {"preview": preview, "inspect": inspect}[args.command](args)
+    except (ValueError, RuntimeError, OSError) as error:  # the data's own message names the folder and the fix
+        print(f"dataset.py {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

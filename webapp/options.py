@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=inference_options.HelpFormatter,
                                      epilog=EPILOG)
     group = parser.add_argument_group("app")
+    env_port = os.environ.get(PORT_ENV, "").strip()
     group.add_argument("--host", default=os.environ.get(HOST_ENV) or HOST,
-                       help=f"address to serve on (0.0.0.0: the local network; default ${HOST_ENV} or {HOST})")
-    group.add_argument("--port", type=int, default=None, help=f"port to serve on (default ${PORT_ENV} or {PORT})")
+                       help=f"address to serve on (0.0.0.0: the local network); taken from ${HOST_ENV} when set")
+    group.add_argument("--port", type=int, default=int(env_port) if env_port.isdigit() else PORT,
+                       help=f"port to serve on; taken from ${PORT_ENV} when set")
     group.add_argument("--output_dir", default=OUTPUT_DIR, help="the only folder the app writes")
     group.add_argument("--preview_side", type=int, default=PREVIEW_SIDE,
                        help="longest side (px) of the preview a click renders (smaller for strong blur: "
@@ -54,14 +56,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     args, rest = parser.parse_known_args(argv)
     if args.preview_side < PREVIEW_SIDE_MIN:
         parser.error(f"--preview_side must be >= {PREVIEW_SIDE_MIN} px, got {args.preview_side}")
-    source = "--port"
-    if args.port is None:
-        source, value = f"${PORT_ENV}", os.environ.get(PORT_ENV) or str(PORT)
-        if not value.strip().isdigit():
-            parser.error(f"{source} must be a port number in [1, 65535], got {value!r}")
-        args.port = int(value)
+    env_port = os.environ.get(PORT_ENV, "").strip()
+    if env_port and not env_port.isdigit():
+        parser.error(f"${PORT_ENV} must be a port number in [1, 65535], got {env_port!r}")
     if not 0 < args.port < 65536:
-        parser.error(f"{source} must be in [1, 65535], got {args.port}")
+        parser.error(f"--port (or ${PORT_ENV}) must be in [1, 65535], got {args.port}")
     loose = inference_options.build_parser().parse_args(rest + ["--demo"] if "--demo" not in rest else rest)
     if loose.test_data_dir is not None:
         parser.error("--test_data_dir: the app shows one photo; give --image PATH --disparity PATH "

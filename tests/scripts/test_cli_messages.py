@@ -147,3 +147,25 @@ def test_make_evaluate_leaves_the_tracked_benchmarks_file_alone():
 
     assert "run_benchmark" in recipe("evaluate") and "--write_benchmarks" not in recipe("evaluate")
     assert "--write_benchmarks" in recipe("evaluate-record")
+
+
+def test_dataset_cli_reports_unusable_data_in_one_line(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    import dataset
+
+    (tmp_path / "empty").mkdir()
+    assert dataset.main(["inspect", "--data_root", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dataset.py inspect: error: cannot tell the layout of") and "Traceback" not in err
+    # Foregrounds without alpha: one line naming the folder and what fg/ needs, no traceback.
+    for sub in ("fg", "bg"):
+        (tmp_path / "otf" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "otf" / "fg" / "rgb.png"), np.full((40, 40, 3), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "otf" / "bg" / "bg.png"), np.full((200, 200, 3), 64, np.uint8))
+    assert dataset.main(["preview", "--data_root", str(tmp_path / "otf"), "--out", str(tmp_path / "prev"),
+                         "--n", "1", "--size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.py preview: error:" in err and "alpha" in err and "Traceback" not in err
+    assert not (tmp_path / "prev" / "preview.png").exists()
