@@ -60,19 +60,48 @@ import torch
 
 from data.exr import read_exr_array
 from data.focus import focus_from_gt
-from data.io import InputWarning, clean_disparity, fit_map_to_image, linear_to_srgb, read_disparity, read_image, resize_map
+from data.io import IMAGE_EXTENSIONS, InputWarning, clean_disparity, fit_map_to_image, linear_to_srgb, read_disparity, read_image, resize_map
 from kernels.colour import DEFAULT_GAMMA
 
 LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Every image format data.io reads (the set prepare_data.py accepts); JPEG/PNG first, the order _find tries.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png") + tuple(e for e in IMAGE_EXTENSIONS if e not in (".jpg", ".jpeg", ".png"))
 BLB_INFINITY = 65504.0  # largest float16: BLB's depth for "no surface" (sky)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Layout detection and listing
 # ----------------------------------------------------------------------------------------------------------
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+def _images_in(folder: Path, *, report: bool = False) -> list[Path]:
+    """The images directly in ``folder``, sorted. With ``report``, anything else there (sub-folders, files of
+    other types) is named in one warning: a prepared set whose inputs are skipped must not look complete."""
+    entries = sorted(folder.iterdir())
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+    others = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in images and not p.name.startswith(".")]
+    if report and others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        warnings.warn(f"'{folder}': {len(others)} entr{'y' if len(others) == 1 else 'ies'} not read as inputs "
+                      f"({shown}): inputs are the image files ({', '.join(_IMAGE_SUFFIXES)}) directly in this "
+                      f"folder.", InputWarning)
+    return images
+
+
+def input_names(images: list[Path]) -> dict[Path, str]:
+    """A unique name per input image: its stem, or, for images that share a stem (``a.jpg`` and ``a.png``),
+    the stem and the extension (``a_jpg``, ``a_png``) with a warning, so that no input is dropped and no
+    output overwrites another."""
+    by_stem: dict[str, list[Path]] = {}
+    for image in images:
+        by_stem.setdefault(image.stem, []).append(image)
+    names = {}
+    for stem, group in by_stem.items():
+        if len(group) > 1:
+            warnings.warn(f"{len(group)} inputs share the name '{stem}' ({', '.join(str(p) for p in group)}); "
+                          f"each is rendered under its own name ({', '.join(f'{stem}_{p.suffix[1:].lower()}' for p in group)}).",
+                          InputWarning)
+        for image in group:
+            names[image] = stem if len(group) == 1 else f"{stem}_{image.suffix[1:].lower()}"
+    return names
 
 
 def _find(folder: Path, stem: str, suffixes=_IMAGE_SUFFIXES) -> Path | None:
@@ -194,10 +223,12 @@ def _list_ebb(root: Path) -> list[dict]:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     absolute = bool(meta.get("_disparity_absolute", False))
     entries = []
-    for image in _images_in(root / "input"):
+    images = _images_in(root / "input", report=True)
+    names = input_names(images)
+    for image in images:
         name = image.stem
         base = {
-            "input_name": name,
+            "input_name": names[image],
             "image": image,
             "disparity": root / "depth" / f"{name}_pred.npy",
             "mask": _find(root / "mask", name) if (root / "mask").is_dir() else None,
@@ -214,7 +245,7 @@ def _list_ebb(root: Path) -> list[dict]:
                                        "missing_gt": _missing(gt_path, f"GT listed in '{meta_path}'", root)})
         else:
             gt_path = _find(root / "bokeh", name) if (root / "bokeh").is_dir() else None
-            entries.append(base | {"name": name, "gt": gt_path})
+            entries.append(base | {"name": names[image], "gt": gt_path})
     return entries
 
 
@@ -231,25 +262,27 @@ def _list_folder(root: Path) -> list[dict]:
         masks = sorted(p for p in scene.iterdir() if p.stem.startswith("mask") and p.suffix.lower() in _IMAGE_SUFFIXES)
         entries.append({"name": scene.name, "input_name": scene.name, "image": image, "disparity": scene / "depth.npy",
                         "mask": masks[0] if masks else None, "normalise": "always"})
-    for image in _images_in(root):
-        if image.stem.endswith("_mask"):
-            continue
+    images = [image for image in _images_in(root) if not image.stem.endswith("_mask")]
+    names = input_names(images)
+    for image in images:
         disparity = image.with_suffix(".npy")
         if not disparity.is_file():
             warnings.warn(f"'{image}' has no disparity '{disparity.name}' next to it; skipped.", InputWarning)
             continue
-        entries.append({"name": image.stem, "input_name": image.stem, "image": image, "disparity": disparity,
+        entries.append({"name": names[image], "input_name": names[image], "image": image, "disparity": disparity,
                         "mask": _find(root, f"{image.stem}_mask"), "normalise": "always"})
     return entries
 
 
 def _list_pngdepth(root: Path) -> list[dict]:
     entries = []
-    for image in _images_in(root / "original"):
+    images = _images_in(root / "original", report=True)
+    names = input_names(images)
+    for image in images:
         depth = _require(_find(root / "depth", image.stem, (".png",)) or root / "depth" / f"{image.stem}.png",
                          f"depth PNG for '{image.name}'", root)
         mask = _find(root / "mask", image.stem) if (root / "mask").is_dir() else None
-        entries.append({"name": image.stem, "input_name": image.stem, "image": image, "disparity": depth,
+        entries.append({"name": names[image], "input_name": names[image], "image": image, "disparity": depth,
                         "mask": mask, "depth_png": True})
     return entries
 

@@ -275,3 +275,26 @@ def test_a_missing_ground_truth_fails_only_its_item_and_not_inputs_only(tmp_path
         test_set[names.index(missing.stem)]
     assert "gt" in test_set[names.index(meta["scene01"][1]["gt"].split("/")[-1][:-4])]
     assert len(list(load_test_set(root, inputs_only=True))) == 3  # inference needs no ground truth
+
+
+def test_inputs_sharing_a_stem_are_all_kept_under_distinct_names(tmp_path):
+    for suffix, value in ((".jpg", 0.2), (".png", 0.8)):
+        save_image(tmp_path / f"a{suffix}", np.full((3, 16, 16), value, np.float32))
+    np.save(tmp_path / "a.npy", np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16))
+    with pytest.warns(InputWarning, match=r"2 inputs share the name 'a'.*a_jpg, a_png"):
+        test_set = load_test_set(tmp_path, "folder", inputs_only=True)
+    assert [e["name"] for e in test_set.entries] == ["a_jpg", "a_png"]
+    assert [e["image"].suffix for e in test_set.entries] == [".jpg", ".png"]
+
+
+def test_ebb_reads_every_image_format_and_names_what_it_skips(tmp_path):
+    (tmp_path / "input" / "nested").mkdir(parents=True)
+    (tmp_path / "depth").mkdir()
+    for name, suffix in (("one", ".png"), ("two", ".tif"), ("three", ".webp")):
+        cv2.imwrite(str(tmp_path / "input" / f"{name}{suffix}"), np.full((12, 12, 3), 100, np.uint8))
+        np.save(tmp_path / "depth" / f"{name}_pred.npy", np.random.default_rng(0).random((12, 12)).astype(np.float32))
+    (tmp_path / "input" / "notes.txt").write_text("not an image")
+    with pytest.warns(InputWarning, match=r"2 entries not read as inputs \(nested/, notes\.txt\)"):
+        test_set = load_test_set(tmp_path, "EBB", inputs_only=True)
+    assert sorted(e["name"] for e in test_set.entries) == ["one", "three", "two"]
+    assert test_set[1]["image"].shape == (3, 12, 12)
