@@ -202,7 +202,7 @@ def train(args) -> int:
         # saves nothing more, so the limit is applied here (the run is complete: no checkpoint is still needed).
         rotate_checkpoints(out, args.checkpoints_total_limit)
         export_inference(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, out,
-                         {**description, "progress": vars(progress), "rank_checksums": checksums})
+                         {**description, "progress": vars(progress), "rank_checksums": checksums}, shareable=True)
         logger.info("inference weights written to %s (load with models.lora.load_lora / load_vae_partial)", out)
     accelerator.end_training()
     return 0
