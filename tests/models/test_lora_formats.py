@@ -123,3 +123,13 @@ def test_vae_safetensors_is_preferred_and_the_pickle_still_loads(adapter, tmp_pa
     # A folder without a VAE file never mistakes the LoRA's safetensors for one.
     with pytest.raises(FileNotFoundError, match="vae.safetensors"):
         load_vae_partial(build_tiny_sdxl(seed=0)["vae"], tmp_path)
+
+
+def test_auto_protocol_reason_says_which_and_why():
+    assert AdapterInfo().protocol_reason.startswith("protocol auto -> corrected: no adapter")
+    ours = AdapterInfo.from_metadata({"format": TRAINING_FORMAT})
+    assert ours.protocol_reason.startswith("protocol auto -> corrected") and "not recorded: 2.2" in ours.protocol_reason
+    assert "model gamma 1," in AdapterInfo.from_metadata({"format": TRAINING_FORMAT, "model_gamma": 1.0}).protocol_reason
+    released = AdapterInfo.from_metadata({"rank": 8}).protocol_reason
+    assert released.startswith("protocol auto -> published") and "--protocol corrected" in released
+    assert "\n" not in released
