@@ -15,9 +15,7 @@ Layout of ``<output_dir>/checkpoint-<step>/`` (``step`` = optimisation steps com
 The LoRA and VAE files are the inference export format too: ``models.lora.load_lora(unet, folder)`` and
 ``load_vae_partial(vae, folder)`` read a checkpoint folder directly (older checkpoints hold ``vae.ckpt``
 instead, read the same way); :func:`export_inference` writes the same files (without training state) to
-``output_dir`` at the end of training, plus what other tools read: peft's ``adapter_config.json`` /
-``adapter_model.safetensors`` and ``vae.ckpt`` (the released layout's pickle of the same tensors, for the
-released scripts).
+``output_dir`` at the end of training, plus peft's adapter files and ``vae.ckpt`` (for the released scripts).
 
 Atomicity: a folder named ``checkpoint-<step>`` is always complete. A checkpoint is written to
 ``.tmp-checkpoint-<step>``, gets its completeness marker, and is renamed to ``checkpoint-<step>`` only when
@@ -92,7 +90,8 @@ _CHECKPOINT_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 _LEGACY_REQUIRED = (META_NAME, LORA_WEIGHT_NAME, "optimizer.bin", "random_states_0.pkl")
 # What a run leaves in its output_dir besides checkpoints: a fresh run must not overwrite them silently.
 RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", LORA_WEIGHT_NAME, VAE_WEIGHT_NAME,
-             VAE_SAFETENSORS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, META_NAME)
+             VAE_SAFETENSORS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, META_NAME, "README.md")
+RUN_FOLDERS = ("validation",)  # the validation grids (training.tracking.VALIDATION_DIR)
 _FINISHED_RUN_FILES = (LORA_WEIGHT_NAME, META_NAME)  # the export written at the end of training
 
 
@@ -248,6 +247,7 @@ def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, ov
         )
     found = list_checkpoints(root)
     files = [root / name for name in RUN_FILES if (root / name).is_file()]
+    files += [root / name for name in RUN_FOLDERS if (root / name).is_dir()]
     if resume:
         finished = [root / name for name in _FINISHED_RUN_FILES if (root / name).is_file()]
         if found or not finished or resume != "latest":
