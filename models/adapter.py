@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from kernels.colour import DEFAULT_GAMMA
+
 __all__ = ["TRAINING_FORMAT", "AdapterInfo", "model_gamma_for", "pisa_compat_for", "protocol_for"]
 
 # The metadata format of every checkpoint and export our training writes (training.loop.describe_run).
@@ -51,6 +53,20 @@ class AdapterInfo:
         """What ``protocol="auto"`` means for it: ``"published"`` for an adapter not trained here (nothing
         records how it was trained but the released code), else (or without an adapter) ``"corrected"``."""
         return "published" if self.present and not self.trained_here else "corrected"
+
+    @property
+    def protocol_reason(self) -> str:
+        """Why ``protocol="auto"`` picks :attr:`protocol`, in one line (the CLI's message and the API's log)."""
+        if not self.present:
+            return "protocol auto -> corrected: no adapter (the base UNet alone)"
+        if self.trained_here:
+            gamma = f"not recorded: {DEFAULT_GAMMA:g}" if self.model_gamma is None else f"{self.model_gamma:g}"
+            return (f"protocol auto -> corrected: the adapter's metadata says format '{TRAINING_FORMAT}' (written by "
+                    f"this repository; model gamma {gamma}, PISA discretisation "
+                    f"{'published' if self.pisa_compat else 'corrected'})")
+        return (f"protocol auto -> published: the adapter's metadata has no format '{TRAINING_FORMAT}', so it is taken "
+                f"as trained with the released code (model gamma 1, published PISA discretisation); pass "
+                f"protocol='corrected' (--protocol corrected) if it was not")
 
 
 def pisa_compat_for(lora_info: Mapping) -> bool:

@@ -15,10 +15,15 @@ what is missing or unexpected. Library logging is never touched.
 File formats:
 - LoRA: safetensors, peft key names (``<module>.lora_A.weight`` / ``<module>.lora_B.weight``). We write them
   with the ``unet.`` prefix (diffusers' format for SDXL pipelines) and read them with or without it; the
-  legacy ``lora.down.weight`` / ``lora.up.weight`` spelling is read too. Rank, alpha and targets are stored
-  in the file's metadata (``bokehdiff_lora``) so a checkpoint describes itself.
-- VAE: a *partial* state dict (``vae.ckpt``: ``torch.save`` of a name -> tensor dict, or safetensors) holding
-  at least the trainable encoder tensors of :func:`vae_trainable_parameters`.
+  legacy ``lora.down.weight`` / ``lora.up.weight`` spelling is read too. Rank, alpha, targets and
+  ``format: bokehdiff-train`` (``models.adapter``) are stored in the file's metadata (``bokehdiff_lora``) so a
+  checkpoint describes itself; diffusers' ``lora_adapter_metadata`` goes next to it, and
+  :func:`write_peft_adapter` adds peft's folder (``models.lora_formats``), so other libraries load it at the
+  right scale.
+- VAE: a *partial* state dict holding at least the trainable encoder tensors of
+  :func:`vae_trainable_parameters`: ``vae.safetensors`` (written by training), or the released ``vae.ckpt``
+  (``torch.save`` of a name -> tensor dict, read with ``weights_only=True``: no code runs from the pickle).
+  A folder with both is read from ``vae.safetensors``.
 """
 
 from __future__ import annotations
@@ -34,10 +39,16 @@ from torch import nn
 
 from data.io import atomic_write
 
+from .adapter import TRAINING_FORMAT
+from .lora_formats import DIFFUSERS_METADATA_KEY, diffusers_metadata, lora_config_dict, read_diffusers_metadata, \
+    save_peft_adapter
+
 __all__ = [
     "PAPER_LORA_TARGETS",
     "LORA_WEIGHT_NAME",
     "VAE_WEIGHT_NAME",
+    "VAE_SAFETENSORS_NAME",
+    "VAE_WEIGHT_NAMES",
     "VAE_TRAINABLE_PREFIXES",
     "WeightLoadingError",
     "add_lora",
@@ -45,6 +56,7 @@ __all__ = [
     "save_lora",
     "load_lora",
     "read_lora_file",
+    "write_peft_adapter",
     "vae_trainable_parameters",
     "set_vae_trainable",
     "vae_partial_state_dict",
@@ -78,10 +90,11 @@ PAPER_LORA_TARGETS: tuple[str, ...] = (
 )
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default name, used by the published adapter
-VAE_WEIGHT_NAME = "vae.ckpt"
+VAE_WEIGHT_NAME = "vae.ckpt"  # the released adapter's partial VAE (a torch pickle of tensors)
+VAE_SAFETENSORS_NAME = "vae.safetensors"  # the same tensors as safetensors, what training writes
+VAE_WEIGHT_NAMES = (VAE_SAFETENSORS_NAME, VAE_WEIGHT_NAME)  # looked for in a folder in this order
 UNET_PREFIX = "unet."
 _METADATA_KEY = "bokehdiff_lora"
-_DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # written by diffusers >= 0.34 (LoraConfig as JSON)
 
 # The VAE encoder layers fine-tuned by the paper; everything else in the VAE stays frozen.
 VAE_TRAINABLE_PREFIXES: tuple[str, ...] = ("encoder.conv_in.", "encoder.mid_block.", "encoder.conv_out.")
@@ -122,26 +135,32 @@ def _read_tensor_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return dict(obj), {}
 
 
-def _resolve_file(path_or_dir: str | os.PathLike, default_name: str, what: str, subfolder: str | None) -> Path:
+def _resolve_file(path_or_dir: str | os.PathLike, default_name: str | Sequence[str], what: str,
+                  subfolder: str | None) -> Path:
+    """The file itself, or in a folder the first of ``default_name`` (one name or several, in order of
+    preference) that exists, else the folder's only file with the last name's suffix (a VAE folder: ``*.ckpt``,
+    never the LoRA's ``.safetensors``)."""
+    names = [default_name] if isinstance(default_name, str) else list(default_name)
     path = Path(path_or_dir)
     if subfolder:
         path = path / subfolder
     if path.is_file():
         return path
     if path.is_dir():
-        candidate = path / default_name
-        if candidate.is_file():
-            return candidate
-        suffix = Path(default_name).suffix
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        suffix = Path(names[-1]).suffix
         found = sorted(path.glob(f"*{suffix}"))
         if len(found) == 1:
             return found[0]
         raise FileNotFoundError(
-            f"{what}: no '{default_name}' in folder '{path}'"
+            f"{what}: no {' or '.join(repr(n) for n in names)} in folder '{path}'"
             + (f" (found {len(found)} '*{suffix}' files: {[f.name for f in found]})" if found else "")
             + ". Pass the file path directly."
         )
-    raise FileNotFoundError(f"{what} not found: '{path}'. Pass an existing file or a folder containing '{default_name}'.")
+    raise FileNotFoundError(f"{what} not found: '{path}'. Pass an existing file or a folder containing "
+                            f"{' or '.join(repr(n) for n in names)}.")
 
 
 def _summarise(keys: Iterable[str], limit: int = 12) -> str:
@@ -236,7 +255,11 @@ def save_lora(
     """Write the UNet's LoRA as safetensors (peft keys with the ``unet.`` prefix) and return the file path.
 
     ``path`` may be a folder (the file is then ``<path>/pytorch_lora_weights.safetensors``). Rank, alpha and
-    targets, plus ``extra_metadata`` (e.g. base model id, PISA settings), go into the file's metadata as JSON.
+    targets, ``format: bokehdiff-train`` (:data:`models.adapter.TRAINING_FORMAT`: an adapter of this repository,
+    so ``protocol="auto"`` picks the corrected protocol), plus ``extra_metadata`` (e.g. base model id, PISA
+    settings, model gamma; its ``format`` wins, ``None`` records none), go into the ``bokehdiff_lora`` metadata
+    as JSON. diffusers' ``lora_adapter_metadata`` (the exact LoraConfig: rank, alpha, adapted modules) is written
+    too, so ``pipe.load_lora_weights`` scales the adapter by alpha / rank as peft and :func:`load_lora` do.
     The file is written to a temporary name and renamed, so an interrupted save never leaves a truncated file.
     """
     from safetensors.torch import save_file
@@ -248,11 +271,34 @@ def save_lora(
     state = lora_state_dict(unet, adapter_name)
     if not state:
         raise ValueError(f"save_lora: the UNet has no LoRA adapter named '{adapter_name}' (call add_lora first).")
-    info = _lora_config_summary(unet, adapter_name)
+    info = {"format": TRAINING_FORMAT, **_lora_config_summary(unet, adapter_name)}
     info.update(dict(extra_metadata or {}))
+    if info["format"] is None:
+        del info["format"]
+    config = _peft_config(_normalise_lora_keys(state)[0], info)
+    metadata = {_METADATA_KEY: json.dumps(info, default=str), DIFFUSERS_METADATA_KEY: diffusers_metadata(config),
+                "format": "pt"}
     with atomic_write(path) as tmp:
-        save_file(state, str(tmp), metadata={_METADATA_KEY: json.dumps(info, default=str), "format": "pt"})
+        save_file(state, str(tmp), metadata=metadata)
     return path
+
+
+def _peft_config(state: Mapping[str, torch.Tensor], info: Mapping) -> dict:
+    """:func:`models.lora_formats.lora_config_dict` of normalised LoRA tensors and their rank/alpha info."""
+    rank, alpha, rank_pattern, modules = _infer_lora_config(state, info)
+    base = info.get("base_model")
+    return lora_config_dict(modules, rank, alpha, rank_pattern, base_model=base if isinstance(base, str) else None)
+
+
+def write_peft_adapter(path_or_dir: str | os.PathLike, folder: str | os.PathLike | None = None) -> Path:
+    """Write peft's ``adapter_config.json`` + ``adapter_model.safetensors`` for one of our LoRA files.
+
+    ``PeftModel.from_pretrained(unet, folder)`` then adapts the same modules with the same rank and alpha as
+    :func:`load_lora`. ``folder`` defaults to the LoRA file's folder. Returns ``folder``.
+    """
+    state, info = read_lora_file(path_or_dir)
+    target = Path(info["file"]).parent if folder is None else Path(folder)
+    return save_peft_adapter(state, _peft_config(state, info), target)
 
 
 _LEGACY_SUFFIXES = ((".lora.down.weight", ".lora_A.weight"), (".lora.up.weight", ".lora_B.weight"))
@@ -307,8 +353,8 @@ def read_lora_file(path_or_dir: str | os.PathLike, *, subfolder: str | None = No
     info: dict = {}
     if _METADATA_KEY in metadata:
         info = json.loads(metadata[_METADATA_KEY])
-    elif _DIFFUSERS_METADATA_KEY in metadata:
-        config = json.loads(metadata[_DIFFUSERS_METADATA_KEY])
+    elif DIFFUSERS_METADATA_KEY in metadata:  # written by diffusers >= 0.34 (LoraConfig as JSON)
+        config = read_diffusers_metadata(metadata[DIFFUSERS_METADATA_KEY])
         info = {"rank": config.get("r"), "alpha": config.get("lora_alpha")}
     info["file"] = str(file)
     return state, info
@@ -444,13 +490,14 @@ def set_vae_trainable(vae: nn.Module, trainable: bool = True) -> list[nn.Paramet
 
 
 def vae_partial_state_dict(vae: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the fine-tuned VAE tensors (the content of ``vae.ckpt``)."""
+    """Detached CPU copies of the fine-tuned VAE tensors (the content of ``vae.safetensors`` / ``vae.ckpt``)."""
     return {n: p.detach().cpu().contiguous() for n, p in vae_trainable_parameters(vae)}
 
 
 def save_vae_partial(vae: nn.Module, path: str | os.PathLike) -> Path:
-    """Write :func:`vae_partial_state_dict` with ``torch.save`` (the published ``vae.ckpt`` format); a folder
-    path gets ``vae.ckpt`` inside. Written to a temporary name, then renamed."""
+    """Write :func:`vae_partial_state_dict` to ``path``: safetensors for a ``.safetensors`` name (what training
+    writes, :data:`VAE_SAFETENSORS_NAME`), else with ``torch.save`` (the published ``vae.ckpt`` format, which a
+    folder path gets inside). Written to a temporary name, then renamed."""
     path = Path(path)
     if path.suffix not in (".ckpt", ".pt", ".pth", ".bin", ".safetensors"):
         path = path / VAE_WEIGHT_NAME
@@ -473,7 +520,8 @@ def load_vae_partial(
     subfolder: str | None = None,
     required: Sequence[str] | None = None,
 ) -> dict:
-    """Load a partial VAE state dict (``vae.ckpt``) and verify it.
+    """Load a partial VAE state dict (``vae.safetensors`` or ``vae.ckpt``; a folder: the first of
+    :data:`VAE_WEIGHT_NAMES`) and verify it.
 
     Every key must name a VAE tensor with the same shape (``vae.`` / ``module.`` prefixes are stripped), every
     tensor in ``required`` (default: the fine-tuned encoder tensors of :func:`vae_trainable_parameters`) must
@@ -484,7 +532,7 @@ def load_vae_partial(
     if isinstance(path_or_dir, Mapping):
         raw, source = dict(path_or_dir), "<state dict>"
     else:
-        file = _resolve_file(path_or_dir, VAE_WEIGHT_NAME, "VAE weights", subfolder)
+        file = _resolve_file(path_or_dir, VAE_WEIGHT_NAMES, "VAE weights", subfolder)
         raw, _ = _read_tensor_file(file)
         source = str(file)
     state = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .hub import WeightsUnavailableError, cache_only, download_command, local_source, offline_error
-from .lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAME
+from .lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAMES
 from .sdxl import load_sdxl_components
 
 __all__ = ["OFFLINE_FIX", "adapter_files", "hub_file", "is_local", "load_base", "offline_hint"]
@@ -65,25 +65,27 @@ def adapter_files(adapter: str | os.PathLike, variant: str | None, revision: str
     """Locate ``(lora_file, vae_file_or_None)`` in a local file/folder or a hub repo.
 
     Search order in a folder or repo: ``<variant>/<name>``, then ``<name>`` (the published repo keeps the VAE
-    under ``small/``)."""
+    under ``small/``); for the VAE, ``vae.safetensors`` before ``vae.ckpt`` at each level
+    (``models.lora.VAE_WEIGHT_NAMES``)."""
     names = lambda n: ([f"{variant}/{n}"] if variant else []) + [n]  # noqa: E731
+    vae_names = ([f"{variant}/{n}" for n in VAE_WEIGHT_NAMES] if variant else []) + list(VAE_WEIGHT_NAMES)
     if is_local(adapter):
         path = Path(adapter)
         if path.is_file():
-            vae = path.parent / VAE_WEIGHT_NAME
-            return path, vae if vae.is_file() else None
+            vae = next((path.parent / n for n in VAE_WEIGHT_NAMES if (path.parent / n).is_file()), None)
+            return path, vae
         lora = next((path / n for n in names(LORA_WEIGHT_NAME) if (path / n).is_file()), None)
         if lora is None:
             raise FileNotFoundError(
                 f"adapter folder '{path}' has no {' or '.join(names(LORA_WEIGHT_NAME))}; pass the folder written by "
                 f"train_lora_otf.py's inference export, or the LoRA file itself."
             )
-        vae = next((path / n for n in names(VAE_WEIGHT_NAME) if (path / n).is_file()), None)
+        vae = next((path / n for n in vae_names if (path / n).is_file()), None)
         return lora, vae
     lora = hub_file(str(adapter), names(LORA_WEIGHT_NAME), "adapter", revision)
     if lora is None:
         raise WeightsUnavailableError(f"adapter repo '{adapter}' has no {names(LORA_WEIGHT_NAME)}.")
-    vae = hub_file(str(adapter), names(VAE_WEIGHT_NAME), "adapter VAE weights", revision)
+    vae = hub_file(str(adapter), vae_names, "adapter VAE weights", revision)
     return lora, vae
 
 

@@ -2,8 +2,9 @@
 
 Layout of ``<output_dir>/checkpoint-<step>/`` (``step`` = optimisation steps completed):
 
-- ``pytorch_lora_weights.safetensors``: the UNet LoRA, peft keys with the ``unet.`` prefix (``models.lora``);
-- ``vae.ckpt``: the fine-tuned VAE encoder tensors (only with ``--opt_vae 1``);
+- ``pytorch_lora_weights.safetensors``: the UNet LoRA, peft keys with the ``unet.`` prefix, with our and
+  diffusers' metadata (``models.lora``; ``pipe.load_lora_weights`` reads rank and alpha from it);
+- ``vae.safetensors``: the fine-tuned VAE encoder tensors (only with ``--opt_vae 1``);
 - ``discriminator.safetensors``: the discriminator's trainable tensors and their modules' buffers (GAN only);
 - ``optimizer*.bin``, ``scheduler*.bin``, ``random_states_<rank>.pkl``: written by ``accelerator.save_state``
   (optimizers, LR schedules, Python/NumPy/torch RNG of every process);
@@ -12,8 +13,9 @@ Layout of ``<output_dir>/checkpoint-<step>/`` (``step`` = optimisation steps com
 - ``checkpoint_complete``: the completeness marker, written last (after every file is flushed to disk).
 
 The LoRA and VAE files are the inference export format too: ``models.lora.load_lora(unet, folder)`` and
-``load_vae_partial(vae, folder)`` read a checkpoint folder directly; :func:`export_inference` writes the same
-files (without training state) to ``output_dir`` at the end of training.
+``load_vae_partial(vae, folder)`` read a checkpoint folder directly (older checkpoints hold ``vae.ckpt``
+instead, read the same way); :func:`export_inference` writes the same files (without training state) to
+``output_dir`` at the end of training, plus peft's adapter files and ``vae.ckpt`` (for the released scripts).
 
 Atomicity: a folder named ``checkpoint-<step>`` is always complete. A checkpoint is written to
 ``.tmp-checkpoint-<step>``, gets its completeness marker, and is renamed to ``checkpoint-<step>`` only when
@@ -50,7 +52,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from models.lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAME
+from models.lora import LORA_WEIGHT_NAME, VAE_SAFETENSORS_NAME, VAE_WEIGHT_NAME
+from models.lora_formats import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,9 @@ _CHECKPOINT_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 # Checkpoints of versions before the marker are complete when these files are all there.
 _LEGACY_REQUIRED = (META_NAME, LORA_WEIGHT_NAME, "optimizer.bin", "random_states_0.pkl")
 # What a run leaves in its output_dir besides checkpoints: a fresh run must not overwrite them silently.
-RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", LORA_WEIGHT_NAME, VAE_WEIGHT_NAME, META_NAME)
+RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", LORA_WEIGHT_NAME, VAE_WEIGHT_NAME,
+             VAE_SAFETENSORS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, META_NAME, "README.md")
+RUN_FOLDERS = ("validation",)  # the validation grids (training.tracking.VALIDATION_DIR)
 _FINISHED_RUN_FILES = (LORA_WEIGHT_NAME, META_NAME)  # the export written at the end of training
 
 
@@ -242,6 +247,7 @@ def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, ov
         )
     found = list_checkpoints(root)
     files = [root / name for name in RUN_FILES if (root / name).is_file()]
+    files += [root / name for name in RUN_FOLDERS if (root / name).is_dir()]
     if resume:
         finished = [root / name for name in _FINISHED_RUN_FILES if (root / name).is_file()]
         if found or not finished or resume != "latest":
@@ -464,20 +470,26 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def export_inference(unet: nn.Module, vae: nn.Module | None, folder: str | os.PathLike,
-                     describe: Mapping[str, Any]) -> Path:
+                     describe: Mapping[str, Any], *, shareable: bool = False) -> Path:
     """Write the inference weights (LoRA; VAE encoder tensors if ``vae`` is given) and their description.
 
-    ``folder`` then loads with ``models.lora.load_lora(unet, folder)`` / ``load_vae_partial(vae, folder)``;
-    ``describe`` (rank, targets, PISA settings, base model, resolution, ...) goes into the LoRA file's metadata
-    and into ``bokehdiff_checkpoint.json``.
+    ``folder`` then loads with ``models.lora.load_lora(unet, folder)`` / ``load_vae_partial(vae, folder)`` and
+    diffusers' ``pipe.load_lora_weights(folder)``; ``describe`` (rank, targets, PISA settings, base model,
+    resolution, ...) goes into the LoRA file's metadata and into ``bokehdiff_checkpoint.json``. ``shareable``
+    (the export at the end of training) adds peft's adapter folder files (``PeftModel.from_pretrained(unet,
+    folder)``) and ``vae.ckpt`` for the released scripts, which read only that name.
     """
-    from models.lora import save_lora, save_vae_partial
+    from models.lora import save_lora, save_vae_partial, write_peft_adapter
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_lora(unet, folder, extra_metadata={k: v for k, v in describe.items() if k != "config"})
+    lora_file = save_lora(unet, folder, extra_metadata={k: v for k, v in describe.items() if k != "config"})
     if vae is not None:
-        save_vae_partial(vae, folder)
+        save_vae_partial(vae, folder / VAE_SAFETENSORS_NAME)
+        if shareable:
+            save_vae_partial(vae, folder / VAE_WEIGHT_NAME)
+    if shareable:
+        write_peft_adapter(lora_file, folder)
     _write_json(folder / META_NAME, describe)
     return folder
 

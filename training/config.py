@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,7 +37,9 @@ import yaml
 __all__ = [
     "DEFAULT_CONFIG",
     "LR_SCHEDULERS",
+    "TRACKER_PACKAGES",
     "build_parser",
+    "check_report_to",
     "dump_config",
     "load_yaml_config",
     "parse_args",
@@ -214,11 +217,42 @@ def build_parser() -> argparse.ArgumentParser:
                    "and exported weights first; other files are left alone (without it such a run is refused; never "
                    "written to the resolved config)")
     g.add_argument("--validation_steps", type=int, help="validate (PSNR/SSIM, images) every N steps; 0 disables")
-    g.add_argument("--report_to", type=str, help="accelerate tracker: tensorboard, wandb, all or none")
+    g.add_argument("--report_to", type=str, help="accelerate tracker: tensorboard, wandb, all or none (a tracker "
+                   "whose package is not installed is refused, with the install command)")
     g.add_argument("--logging_dir", type=str, help="tracker folder inside output_dir")
     g.add_argument("--log_steps", type=int, help="status line / tracker scalars every N steps")
     g.add_argument("--local_rank", type=int, help="set by torch.distributed launchers; read from LOCAL_RANK")
+
+    g = p.add_argument_group("sharing (model card, hub)")
+    g.add_argument("--push_to_hub", action=_BOOL,
+                   help="at the end, upload the export, model card and validation grids to the Hugging Face hub "
+                   "(checked before training: an unreachable hub or a missing token is refused at once)")
+    g.add_argument("--hub_model_id", type=str,
+                   help="hub repo for --push_to_hub, e.g. user/bokehdiff-lora (null: the output_dir's name)")
+    g.add_argument("--hub_token", type=str,
+                   help="hub token for --push_to_hub (null: HF_TOKEN or the one `hf auth login` stored); never "
+                   "written to train_config.yaml, the checkpoints or the trackers")
+    g.add_argument("--model_card_license", type=str,
+                   help="license in the model card's metadata (the base SDXL's: openrail++)")
     return p
+
+
+# The packages an accelerate tracker can use (one suffices) and how to install one ("all" uses what is installed).
+TRACKER_PACKAGES = {"wandb": (("wandb",), "pip install wandb"),
+                    "tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
+                    "comet_ml": (("comet_ml",), "pip install comet_ml"), "mlflow": (("mlflow",), "pip install mlflow"),
+                    "clearml": (("clearml",), "pip install clearml"), "aim": (("aim",), "pip install aim"),
+                    "dvclive": (("dvclive",), "pip install dvclive")}
+
+
+def check_report_to(report_to: str | None) -> None:
+    """Refuse a ``--report_to`` tracker whose package is not installed (accelerate would only warn and train
+    untracked). Raises ``ValueError`` with the install command."""
+    for name in (n.strip() for n in (report_to or "").split(",")):
+        if name in TRACKER_PACKAGES and all(importlib.util.find_spec(m) is None for m in TRACKER_PACKAGES[name][0]):
+            raise ValueError(f"--report_to {report_to}: the '{name}' tracker is not installed, so the run would be "
+                             f"untracked. Install it (`{TRACKER_PACKAGES[name][1]}`) or choose another tracker "
+                             f"(--report_to tensorboard, or none)")
 
 
 def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -387,6 +421,10 @@ def validate_args(args: argparse.Namespace) -> None:
                          "clip brightened images to [0, 1] (the released recipe) or lower --brightness_max/--brightness_cap")
     if not 0 <= args.gan_generator_target <= 1:
         raise ValueError(f"--gan_generator_target is a BCE target in [0, 1], found {args.gan_generator_target}")
+    check_report_to(args.report_to)
+    if (args.hub_model_id or args.hub_token) and not args.push_to_hub:
+        raise ValueError("--hub_model_id / --hub_token are given without --push_to_hub; add --push_to_hub to upload "
+                         "the run at the end, or drop them")
     if args.pisa_hardness_start < 1 or args.pisa_hardness_max < args.pisa_hardness_start:
         raise ValueError("PISA hardness must satisfy 1 <= --pisa_hardness_start <= --pisa_hardness_max "
                          f"(log(hardness) is the CoC sigmoid's slope), found {args.pisa_hardness_start} and "
@@ -398,7 +436,8 @@ def dump_config(args: argparse.Namespace, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One-off actions, not settings: a rerun with `--config train_config.yaml` must not delete checkpoints.
-    skip = ("config", "dry_run", "local_rank", "overwrite_output_dir", "allow_inexact_resume")
+    # The hub token is a secret: never written next to the weights.
+    skip = ("config", "dry_run", "local_rank", "overwrite_output_dir", "allow_inexact_resume", "hub_token")
     data = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=True))

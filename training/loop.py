@@ -284,7 +284,7 @@ def describe_run(args, c: Components, num_processes: int) -> dict:
         "num_processes": num_processes,
         "versions": {"code": code_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "peft": peft.__version__},
-        "config": {k: v for k, v in sorted(vars(args).items()) if k not in ("local_rank",)},
+        "config": {k: v for k, v in sorted(vars(args).items()) if k not in ("local_rank", "hub_token")},  # no secret
     }
 
 

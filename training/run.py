@@ -1,7 +1,8 @@
 """A training run of ``train_lora_otf.py``, from its command line to the exported adapter: build, loop, save.
 
-Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept); 2 for invalid
-options, a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, an
+Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept), or the
+``--push_to_hub`` upload failed (the run is complete locally; the message gives the command to upload it); 2 for
+invalid options (also an uninstalled --report_to tracker, or --push_to_hub with the hub unreachable or no token), a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, an
 --output_dir holding an earlier run that this command would overwrite, a missing data folder or weights that
 are neither local, cached nor downloadable (one ``error:`` line), or a run stopped after too many non-finite
 steps. Rerunning with ``--resume_from_checkpoint latest`` continues exactly where the last checkpoint left off
@@ -27,6 +28,9 @@ from training.config import dump_config, parse_args
 from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
                            describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
+from training.model_card import write_model_card
+from training.publish import check_push_to_hub, push_run, upload_command
+from training.tracking import log_validation_grid, write_validation_grid
 
 logger = logging.getLogger("train_lora_otf")  # the name the log lines have always carried (the command's)
 
@@ -80,6 +84,10 @@ def train(args) -> int:
     """Train with resolved options (:func:`training.config.parse_args`): build, loop, save. Returns the exit
     status of ``train_lora_otf.py`` (module docstring of :mod:`training.run`)."""
     # ---- build ----------------------------------------------------------------------------------------
+    try:  # --push_to_hub: the hub answers and a token exists, checked in seconds before anything is loaded
+        hub_target = check_push_to_hub(args)
+    except ValueError as error:
+        return refuse(error)
     accelerator = setup_accelerator(args)
     try:  # an earlier run's folder (checkpoints, logs, foreign checkpoint-N): refused with the remedies, no traceback
         out = prepare_output_dir(args, accelerator)
@@ -121,7 +129,7 @@ def train(args) -> int:
     val_set = build_validation_set(args, args.train_batch_size) if validating else []
     if args.report_to not in (None, "", "none"):
         accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
-                                                       if isinstance(v, (int, float, str, bool))})
+                                                       if isinstance(v, (int, float, str, bool)) and k != "hub_token"})
     log_from = progress.step if resume is not None else -1  # a fresh run keeps no earlier run's records
     train_log = StepLog(out / "train_log.jsonl", log_from, accelerator.is_main_process)
     val_log = StepLog(out / "validation.jsonl", log_from, accelerator.is_main_process)
@@ -137,9 +145,8 @@ def train(args) -> int:
                                  seed=args.validation_seed)
         val_log.write({"step": progress.step, **metrics})
         accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=progress.step)
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image("val/aif|pred|target|disparity", grid, progress.step)
+        write_validation_grid(grid, out, progress.step)  # RUN/validation/step-<step>.png
+        log_validation_grid(accelerator.trackers, grid, progress.step)
         logger.info("validation at step %d: PSNR %.2f dB, SSIM %.4f, L1 %.4f", progress.step, metrics["psnr"],
                     metrics["ssim"], metrics["l1"])
 
@@ -202,8 +209,20 @@ def train(args) -> int:
         # saves nothing more, so the limit is applied here (the run is complete: no checkpoint is still needed).
         rotate_checkpoints(out, args.checkpoints_total_limit)
         export_inference(c.model_raw.unet, c.model_raw.vae if c.vae_params else None, out,
-                         {**description, "progress": vars(progress), "rank_checksums": checksums})
+                         {**description, "progress": vars(progress), "rank_checksums": checksums}, shareable=True)
         logger.info("inference weights written to %s (load with models.lora.load_lora / load_vae_partial)", out)
+        card = write_model_card(out, license=args.model_card_license,
+                                repo_id=hub_target.repo_id if hub_target else None)
+        logger.info("model card written to %s", card)
+        if hub_target is not None:
+            try:
+                logger.info("pushed to the hub: %s", push_run(out, hub_target))
+            except Exception as error:  # noqa: BLE001 - network, auth, quota: the local run is complete either way
+                logger.error("--push_to_hub: uploading %s to '%s' failed (%s: %s). The run is complete locally; "
+                             "upload it with `%s`", out, hub_target.repo_id, type(error).__name__,
+                             str(error).splitlines()[0][:200] if str(error) else "", upload_command(out, hub_target.repo_id))
+                accelerator.end_training()
+                return 1
     accelerator.end_training()
     return 0
 
@@ -216,6 +235,7 @@ def main(input_args=None) -> int:
     except ValueError as error:  # invalid or missing options: one argparse-style line, no traceback
         return refuse(error)
     if args.dry_run:
-        print(yaml.safe_dump(vars(args), sort_keys=True))
+        shown = {**vars(args), "hub_token": "<hidden>" if args.hub_token else None}  # a secret: never printed
+        print(yaml.safe_dump(shown, sort_keys=True))
         return 0
     return train(args)
