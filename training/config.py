@@ -34,6 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from data.io import write_text_atomic
+
 __all__ = [
     "DEFAULT_CONFIG",
     "LR_SCHEDULERS",
@@ -439,7 +441,5 @@ def dump_config(args: argparse.Namespace, path: str | os.PathLike) -> Path:
     # The hub token is a secret: never written next to the weights.
     skip = ("config", "dry_run", "local_rank", "overwrite_output_dir", "allow_inexact_resume", "hub_token")
     data = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=True))  # unique temporary, never a planted symlink
     return path
