@@ -132,7 +132,7 @@ class BokehDiffPipeline(DiffusionPipeline):
         tokenizer=None,
         tokenizer_2=None,
         scheduler=None,
-        *args,
+        *,
         prompt: str = DEFAULT_PROMPT,
         timestep: int = DEFAULT_TIMESTEP,
         gamma: float | None = None,
@@ -144,9 +144,6 @@ class BokehDiffPipeline(DiffusionPipeline):
         full_frame_max_px: int | None = None,
     ):
         super().__init__()
-        if args:
-            raise TypeError(f"BokehDiffPipeline takes the seven SDXL components positionally; pass the "
-                            f"{len(args)} further argument(s) by keyword (protocol=..., pisa=..., seed=...).")
         if protocol not in TILERS:
             raise ValueError(
                 f"protocol must be 'published' or 'corrected' here, got {protocol!r} ('auto' is resolved from the "
