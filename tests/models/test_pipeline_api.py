@@ -171,6 +171,11 @@ def test_cpu_offload_runs_on_cpu_and_renders_the_same(caplog):
         reference_pipe.enable_model_cpu_offload(device="cpu")
     assert "stay on the CPU" in caplog.text and reference_pipe.device.type == "cpu"
     assert torch.equal(reference_pipe(image, disparity, K=20, disp_focus=0.5), reference)
+    reference_pipe.enable_model_cpu_offload()  # no device given: the accelerator if there is one, else the CPU
+    accelerated = torch.accelerator.is_available()
+    assert reference_pipe.device.type == (torch.accelerator.current_accelerator().type if accelerated else "cpu")
+    assert torch.allclose(reference_pipe(image, disparity, K=20, disp_focus=0.5).cpu(), reference, atol=1e-3)
+    assert next(reference_pipe.model.unet.parameters()).device.type == "cpu"  # offloaded again after the call
     assert set(reference_pipe.components) == {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
                                               "tokenizer_2", "scheduler"}
 
@@ -190,3 +195,14 @@ def test_vae_tiling_switches_and_auto_protocol_log(pipe, tiny_dir, adapter_root,
     assert lines == ["protocol auto -> published: the adapter has no bokehdiff-train metadata, so it is taken as "
                      "trained with the released code (pass protocol='corrected' to override)."]
     assert loaded.info["protocol_reason"] in lines[0]
+
+
+def test_a_built_one_step_model_still_constructs_a_pipeline(pipe):
+    """``BokehDiffPipeline(model, ...)`` (benchmarks/gpu_pipeline.py) renders; without text encoders it cannot be saved."""
+    _, image, disparity = _inputs()
+    disparity = torch.from_numpy(disparity)
+    legacy = BokehDiffPipeline(pipe.model, pisa=_FAST_PISA, tile_size=64, tile_overlap=16)
+    assert legacy.tile_size == 64 and legacy.config.tile_size == 64 and legacy.model is pipe.model
+    assert torch.equal(legacy(image, disparity, K=20, disp_focus=0.5), pipe(image, disparity, K=20, disp_focus=0.5))
+    with pytest.raises(ValueError, match="text encoders"):
+        legacy.save_pretrained("unused")
