@@ -72,6 +72,8 @@ __all__ = [
 DEFAULT_PISA = dict(hardness=1e7, n_segments=7, n_supersamples=5, occlusion=True)
 
 logger = logging.getLogger(__name__)
+# The keys of load_lora's info that describe the adapter itself (kept in the LoRA file save_pretrained writes).
+ADAPTER_DESCRIPTION = ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
 
 
 def default_gamma(protocol: str, lora_info: Mapping | None = None) -> float:
@@ -311,7 +313,9 @@ class BokehDiffPipeline(DiffusionPipeline):
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.save_config(folder)
-        save_components(folder, {name: getattr(self, name) for name in COMPONENT_NAMES})
+        loaded = self.info.get("lora") or {}  # the adapter's own description travels with it (models.lora.load_lora)
+        described = {k: loaded[k] for k in ADAPTER_DESCRIPTION if k in loaded}
+        save_components(folder, {name: getattr(self, name) for name in COMPONENT_NAMES}, described)
 
     def _install_pisa(self, seed: int) -> None:
         settings = dict(self.pisa_settings)

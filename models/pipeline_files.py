@@ -50,9 +50,10 @@ def _base_unet_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_components(folder: Path, components: dict) -> None:
+def save_components(folder: Path, components: dict, lora_metadata: dict | None = None) -> None:
     """Write each component to ``folder/<name>`` (UNet: base weights + ``folder/pytorch_lora_weights.safetensors``
-    when it carries a peft LoRA). Components that are ``None`` are skipped (model_index.json says ``null``)."""
+    when it carries a peft LoRA, with ``lora_metadata``: what the loaded adapter said of itself, e.g. its
+    training ``format``). Components that are ``None`` are skipped (model_index.json says ``null``)."""
     from safetensors.torch import save_file
 
     for name, component in components.items():
@@ -64,7 +65,7 @@ def save_components(folder: Path, components: dict) -> None:
             component.save_config(target)
             save_file(_base_unet_state(component), str(target / _UNET_WEIGHTS), metadata={"format": "pt"})
             if getattr(component, "peft_config", None):
-                save_lora(component, folder / LORA_WEIGHT_NAME)
+                save_lora(component, folder / LORA_WEIGHT_NAME, extra_metadata=lora_metadata)
         elif hasattr(component, "save_pretrained"):
             kwargs = {"safe_serialization": True} if isinstance(component, torch.nn.Module) else {}
             component.save_pretrained(target, **kwargs)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import models.pipeline_load
 from data.focus import focus_from_pixel
 from models.pipeline import BokehDiffPipeline, BokehDiffPipelineOutput
+from models.lora import save_lora
 from models.pipeline_io import seed_from_generator
 from models.tiny import build_tiny_sdxl, save_tiny_sdxl
 from tests.tiny_weights import trained_tiny_stack, write_published_adapter
@@ -73,6 +74,23 @@ def test_save_pretrained_round_trip_is_bit_identical_offline(tiny_dir, adapter_r
     assert torch.equal(loaded(image, disparity, K=20, disp_focus=0.5, mode="tiled"), tiled)
     with pytest.raises(ValueError, match="adapter="):
         BokehDiffPipeline.from_pretrained(tmp_path / "saved", adapter=adapter_root)
+
+
+def test_a_saved_adapter_keeps_its_own_description(tiny_dir, adapter_root, tmp_path):
+    """An adapter our training wrote stays one after save_pretrained: the saved LoRA, loaded as an adapter with
+    protocol auto, still picks the corrected protocol and discretisation."""
+    stack = trained_tiny_stack()
+    save_lora(stack["unet"], tmp_path / "ours", extra_metadata={"format": "bokehdiff-train", "pisa": {"enabled": True},
+                                                                "model_gamma": 2.2})
+    ours = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=tmp_path / "ours" / "pytorch_lora_weights.safetensors",
+                                             vae_weights=adapter_root / "small" / "vae.ckpt", pisa=_FAST_PISA)
+    assert ours.protocol == "corrected" and ours.info["pisa_compat"] is False
+    ours.save_pretrained(tmp_path / "saved")
+    with pytest.warns(UserWarning, match="no vae.ckpt"):  # the saved VAE is whole, in saved/vae/
+        again = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=tmp_path / "saved", require_vae_weights=False,
+                                                  pisa=_FAST_PISA)
+    assert again.protocol == "corrected" and again.info["lora"]["format"] == "bokehdiff-train"
+    assert again.info["lora"]["model_gamma"] == 2.2 and again.info["lora"]["alpha"] == ours.info["lora"]["alpha"]
 
 
 def test_unknown_keyword_is_refused_before_any_weight_is_read(monkeypatch):
