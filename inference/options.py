@@ -112,13 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--pretrained_model_name_or_path", default=DEFAULT_BASE_MODEL,
                     help="SDXL base model: hub id or local diffusers folder")
     bd.add_argument("--adapter", default=DEFAULT_ADAPTER,
-                    help="BokehDiff weights: hub id, local folder (pytorch_lora_weights.safetensors + vae.ckpt), "
+                    help="BokehDiff weights: hub id, local folder (pytorch_lora_weights.safetensors + vae.safetensors or vae.ckpt), "
                          "LoRA file, or 'none' (base UNet only)")
     bd.add_argument("--resume_from_checkpoint", default=None,
                     help="published spelling of a local adapter folder (overrides --adapter)")
     bd.add_argument("--variant", default=DEFAULT_ADAPTER_VARIANT,
                     help=f"adapter subfolder searched first (published: {DEFAULT_ADAPTER_VARIANT})")
-    bd.add_argument("--vae_weights", default=None, help="partial VAE state dict (overrides the adapter's vae.ckpt)")
+    bd.add_argument("--vae_weights", default=None, help="partial VAE state dict (overrides the adapter's vae.safetensors / vae.ckpt)")
     bd.add_argument("--revision", default=None, help="hub revision of the base model")
     bd.add_argument("--train_T", type=int, default=DEFAULT_TIMESTEP, help="the one-step timestep t (as trained)")
     bd.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="UNet precision")

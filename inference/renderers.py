@@ -81,6 +81,8 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
     print(f"bokehdiff: --protocol {args.protocol} -> {pipe.protocol} (gamma {pipe.model.gamma:g}"
           f"{' from --gamma' if args.gamma is not None else ''}, x0 clamp "
           f"{pipe.model.x0_clip}, PISA {pipe.pisa_settings})")
+    if "protocol_reason" in pipe.info:  # --protocol auto: which and why, as the API logs it
+        print(f"bokehdiff: {pipe.info['protocol_reason']}")
     if not args.no_pisa and "pisa_compat" in pipe.info:
         print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
               f"discretisation (--pisa_compat {args.pisa_compat})")

@@ -100,6 +100,10 @@ _METADATA_KEY = "bokehdiff_lora"
 VAE_TRAINABLE_PREFIXES: tuple[str, ...] = ("encoder.conv_in.", "encoder.mid_block.", "encoder.conv_out.")
 
 
+#: The metadata keys by which an adapter describes how it was trained (models.adapter reads them).
+ADAPTER_DESCRIPTION = ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
+
+
 class WeightLoadingError(ValueError):
     """Weights could not be loaded completely; the message lists missing and unexpected tensor names."""
 
@@ -457,7 +461,7 @@ def load_lora(
     differ = [k for k, v in state.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype))]
     if differ:
         raise WeightLoadingError(f"LoRA tensors from '{source}' were not applied to the UNet: {_summarise(differ)}.")
-    described = {k: info[k] for k in ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
+    described = {k: info[k] for k in ADAPTER_DESCRIPTION
                  if k in info}  # what the file says of itself
     return dict(file=source, rank=rank, alpha=alpha, modules=len({k.rsplit(".lora_", 1)[0] for k in state}),
                 tensors=len(state), **described)

@@ -30,10 +30,11 @@ from diffusers import DiffusionPipeline
 
 from .adapter import AdapterInfo, model_gamma_for, pisa_compat_for, protocol_for
 from .hub import WeightsUnavailableError
+from .lora import ADAPTER_DESCRIPTION
 from .onestep import DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh
 from .pipeline_files import COMPONENT_NAMES, is_saved_pipeline, save_components
 from .pipeline_load import (CTOR_KWARGS, DEFAULT_ADAPTER, DEFAULT_ADAPTER_VARIANT, DEFAULT_BASE_MODEL, LOAD_KWARGS,
-                            PROTOCOLS, TILERS, auto_protocol_reason, cast_components, load_base_and_adapter, load_saved)
+                            PROTOCOLS, TILERS, cast_components, load_base_and_adapter, load_saved)
 from .pipeline_io import (OUTPUT_TYPES, BokehDiffPipelineOutput, as_batch, as_items, disparity_to_tensor, format_images,
                           image_to_tensor, per_item, resolve_focus, seed_from_generator)
 from .pisa import install_pisa_processors
@@ -48,7 +49,6 @@ from .tiling import (TILE_OVERLAP, TILE_SIZE, RenderPlan, Tiler, blend_window, e
 __all__ = [
     "BokehDiffPipeline",
     "BokehDiffPipelineOutput",
-    "auto_protocol_reason",
     "cast_components",
     "RenderPlan",
     "WeightsUnavailableError",
@@ -72,8 +72,6 @@ __all__ = [
 DEFAULT_PISA = dict(hardness=1e7, n_segments=7, n_supersamples=5, occlusion=True)
 
 logger = logging.getLogger(__name__)
-# The keys of load_lora's info that describe the adapter itself (kept in the LoRA file save_pretrained writes).
-ADAPTER_DESCRIPTION = ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
 
 
 def default_gamma(protocol: str, lora_info: Mapping | None = None) -> float:
@@ -293,7 +291,7 @@ class BokehDiffPipeline(DiffusionPipeline):
         else:
             components, ctor, info = load_base_and_adapter(base, adapter, dtype=dtype, **kwargs)
             if "protocol_reason" in info:
-                logger.info("protocol auto -> %s: %s.", info["protocol"], info["protocol_reason"])
+                logger.info("%s", info["protocol_reason"])
         pipe = cls.from_components(**components, **ctor)
         pipe.cast_precision(dtype)
         info.update(protocol=pipe.protocol, gamma=pipe.model.gamma, load_s=time.perf_counter() - t0)

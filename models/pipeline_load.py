@@ -30,7 +30,6 @@ __all__ = [
     "PROTOCOLS",
     "LOAD_KWARGS",
     "CTOR_KWARGS",
-    "auto_protocol_reason",
     "cast_components",
     "load_base_and_adapter",
     "load_saved",
@@ -57,16 +56,6 @@ def cast_components(unet: torch.nn.Module, vae: torch.nn.Module, dtype: torch.dt
     modules whose dtype changes are cast (:func:`models.sdxl.cast_unet`: diffusers warns on every cast)."""
     cast_unet(unet, dtype)
     cast_unet(vae, torch.float32 if getattr(vae.config, "force_upcast", True) else dtype)
-
-
-def auto_protocol_reason(described: AdapterInfo) -> str:
-    """Why ``protocol="auto"`` chose :attr:`AdapterInfo.protocol` for this adapter (one clause, for logs)."""
-    if not described.present:
-        return "no adapter was loaded (the base UNet renders under this repository's protocol)"
-    if described.trained_here:
-        return "the adapter's metadata says this repository's training wrote it (format bokehdiff-train)"
-    return ("the adapter has no bokehdiff-train metadata, so it is taken as trained with the released code "
-            "(pass protocol='corrected' to override)")
 
 
 def load_saved(folder: Path, kwargs: Mapping) -> tuple[dict, dict, dict]:
@@ -125,7 +114,7 @@ def load_base_and_adapter(
     described = AdapterInfo.from_metadata(info.get("lora"))  # the adapter's description, parsed once
     if protocol == "auto":
         protocol = described.protocol
-        info["protocol_reason"] = auto_protocol_reason(described)
+        info["protocol_reason"] = described.protocol_reason
     tiler = TILERS[protocol]
     info["protocol"] = protocol
     if kwargs.get("gamma") is None:
