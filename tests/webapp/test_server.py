@@ -2,13 +2,18 @@
 other client can name, the output folder is not served, and on loopback foreign Host / Origin headers, and
 uploads over the cap, are refused."""
 
+import io
 import json
 import socket
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
+from gradio.utils import get_upload_folder
 
-from webapp.serve import HostOriginGuard, is_loopback, launch_options
+from webapp.serve import CACHE_ALIAS, HostOriginGuard, is_loopback, launch_options
 from webapp.ui import Callbacks, build_app
 
 CONTROLS = ["classical", 12.0, 0, 0.0, 0.0, 0.8]  # renderer, K, blades, rotation, highlight gain, threshold
@@ -51,8 +56,11 @@ def test_each_session_writes_into_its_own_folder_that_no_client_can_fetch(server
     assert len(written) == 2 and len({p.parent for p in written}) == 2  # renders/<token>/<name>.png, one per session
     assert all(len(p.parent.name) >= 20 for p in written)  # secrets.token_urlsafe(16): not guessable
     tokens = {p.parent.name for p in written} | {p.parent.name for p in (out / "focus_pulls").rglob("*.gif")}
-    for text in (text_a, text_b):  # the server's output folder and the tokens are never sent
-        assert str(out) not in text and not any(token in text for token in tokens)
+    cache = str(Path(get_upload_folder()).resolve())
+    for text in (text_a, text_b):  # no server path (output folder, Gradio's cache) and no token is ever sent
+        assert str(out) not in text and cache not in text and not any(token in text for token in tokens)
+    assert file_a["path"].startswith(f"{CACHE_ALIAS}/") and f"file={CACHE_ALIAS}/" in file_a["url"]
+    assert cache not in httpx.get(f"{base}/config").text and cache not in httpx.get(f"{base}/").text
     # A client with no session cannot fetch a render by its place in the output folder (nor the old place).
     for path in [out / p for p in written] + [out / "renders" / p.name for p in written]:
         assert httpx.get(f"{base}/gradio_api/file={path}").status_code in (403, 404)
@@ -60,16 +68,27 @@ def test_each_session_writes_into_its_own_folder_that_no_client_can_fetch(server
     assert httpx.get(f"{base}/gradio_api/file={gif}").status_code in (403, 404)
     # Each session gets its own copy under a content-hash folder; a's name under b's folder does not exist.
     assert file_a["path"] != file_b["path"] and gif_a["url"]
-    guess = file_b["path"].rsplit("/", 1)[0] + "/" + file_a["orig_name"]
+    guess = cache + "/" + file_b["path"].split("/")[1] + "/" + file_a["orig_name"]
     assert httpx.get(f"{base}/gradio_api/file={guess}").status_code in (403, 404)
-    assert httpx.get(file_a["url"]).status_code == 200  # the session's own link works
+    own = httpx.get(file_a["url"])  # the session's own link works
+    assert own.status_code == 200 and own.content == (next(out.rglob(file_a["orig_name"]))).read_bytes()
 
 
 def test_foreign_origin_and_host_are_refused_on_loopback(server):
     base, _ = server
     files = {"files": ("x.npy", b"\x93NUMPY" + b"0" * 100, "application/octet-stream")}
     local = httpx.post(f"{base}/gradio_api/upload", files=files, headers={"Origin": base})
-    assert local.status_code == 200
+    assert local.status_code == 200 and local.json()[0].startswith(f"{CACHE_ALIAS}/")  # no server path
+    # A client sends its uploads back as inputs by that alias, and the app reads them.
+    photo, disparity = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(photo, format="PNG")
+    np.save(disparity, np.tile(np.linspace(0, 1, 30, dtype=np.float32), (20, 1)))
+    paths = [httpx.post(f"{base}/gradio_api/upload", headers={"Origin": base},
+                        files={"files": (name, data.getvalue(), "application/octet-stream")}).json()[0]
+             for name, data in (("mine.png", photo), ("mine.npy", disparity))]
+    inputs = [{"path": path, "meta": {"_type": "gradio.FileData"}} for path in paths]
+    outputs, text = call(base, "load_upload", [*inputs, False, "auto", *CONTROLS])
+    assert "loaded mine (30x20)" in outputs[-1] and get_upload_folder() not in text
     for origin in ("http://evil.example", "null", "http://127.0.0.1.evil.example"):
         refused = httpx.post(f"{base}/gradio_api/upload", files=files, headers={"Origin": origin})
         assert refused.status_code == 403 and "cross-origin" in refused.text
