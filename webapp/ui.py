@@ -51,6 +51,8 @@ class Session:
 
 def _error_text(error: Exception) -> str:
     kind = "" if isinstance(error, (UploadError, ValueError)) else f"{type(error).__name__}: "
+    if isinstance(error, OSError) and error.filename:  # the file's name only: no server path on the page
+        return f"**Error:** {kind}{error.strerror or 'cannot access'}: {Path(str(error.filename)).name}"
     return f"**Error:** {kind}{error}"
 
 

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from gradio.utils import get_upload_folder
 
-from webapp.serve import CACHE_ALIAS, HostOriginGuard, is_loopback, launch_options
+import app
+from webapp.serve import CACHE_ALIAS, DELETE_CACHE, HostOriginGuard, is_loopback, launch_options
 from webapp.ui import Callbacks, build_app
 
 CONTROLS = ["classical", 12.0, 0, 0.0, 0.0, 0.8]  # renderer, K, blades, rotation, highlight gain, threshold
@@ -36,6 +37,13 @@ def server(tmp_path_factory, factories):
         yield f"http://127.0.0.1:{port}", out
     finally:
         page.close()
+
+
+@pytest.fixture
+def callbacks_for_errors(tmp_path, factories):
+    from tests.webapp.conftest import layered_scene
+
+    return Callbacks(factories, tmp_path / "out", initial_scene=layered_scene(), preview_side=32)
 
 
 def call(base: str, api: str, data: list) -> tuple[list, str]:
@@ -103,7 +111,7 @@ def test_foreign_origin_and_host_are_refused_on_loopback(server):
     assert httpx.post(f"{base}/gradio_api/upload", files=big, headers={"Origin": base}).status_code == 413
 
 
-def test_guard_rules_and_launch_options(tmp_path):
+def test_guard_rules_and_launch_options(tmp_path, capsys, callbacks_for_errors):
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("evil.example")
     shared = HostOriginGuard(None, "0.0.0.0")  # on the network: any host, but only same-origin requests
@@ -115,3 +123,16 @@ def test_guard_rules_and_launch_options(tmp_path):
     outside = launch_options("127.0.0.1", "/nonexistent_root_dir/out")
     assert options["server_name"] == "127.0.0.1"
     assert outside["allowed_paths"] == ["/nonexistent_root_dir/out/renders", "/nonexistent_root_dir/out/focus_pulls"]
+    assert build_app(callbacks_for_errors).delete_cache == DELETE_CACHE  # uploads and served copies expire
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max_upload_mb", "0"])
+    assert "--max_upload_mb must be >= 1" in capsys.readouterr().err
+    assert app.parse_args(["--max_upload_mb", "20"])[0].max_upload_mb == 20
+
+
+def test_file_errors_on_the_page_name_no_server_folder(callbacks_for_errors, tmp_path):
+    """A render that cannot be written (here: renders/ is a file) names the file, not the server's folders."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "renders").write_text("not a folder")
+    _, status = callbacks_for_errors.full_resolution(None, *CONTROLS, progress=lambda *a, **k: None)
+    assert status.startswith("**Error:**") and str(tmp_path) not in status
