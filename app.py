@@ -20,6 +20,7 @@ from kernels.device import resolve_device
 from webapp.core import RenderOptions, upload_scene
 from webapp.options import build_parser, parse_args
 from webapp.renderers import renderer_factories
+from webapp.serve import launch_options
 
 __all__ = ["build_parser", "main", "parse_args", "renderer_factories"]  # importable from here as before
 
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the app starts with the first --K / focus value given; the others are set with the sliders")
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: works offline
                               font_mono=["ui-monospace", "monospace"])
-    build_app(callbacks).queue().launch(server_name=args.host, server_port=args.port, theme=theme,
-                                        allowed_paths=[str(output_dir)], max_file_size="200mb")
+    # Loopback: foreign Host / Origin refused; uploads capped; nothing of output_dir served directly
+    # (webapp.serve).
+    build_app(callbacks).queue().launch(server_port=args.port, theme=theme,
+                                        **launch_options(args.host, output_dir, args.max_upload_mb))
     return 0
 
 

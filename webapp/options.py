@@ -9,6 +9,7 @@ import os
 from inference import options as inference_options
 
 from .core import PREVIEW_SIDE, PREVIEW_SIDE_MIN
+from .serve import MAX_UPLOAD_MB
 
 HOST, PORT = "127.0.0.1", 7860
 # Gradio's own environment variables set the defaults, as in any Gradio app; the flags override them.
@@ -22,7 +23,9 @@ and the highlight boost; the page shows the render (a preview at --preview_side 
 focal plane marked and the focus value. "Render full resolution" writes a PNG to download, "Focus pull" an
 animated GIF of a near-to-far sweep. Uploads: a photo with its disparity or depth map, or a photo alone when
 started with --depth_model. It starts offline on the bundled demo with the classical renderer, and writes only
-under --output_dir: renders/ (PNGs), focus_pulls/ (GIFs) and gradio/ (Gradio's upload and display cache)."""
+under --output_dir: renders/<session>/ (PNGs), focus_pulls/<session>/ (GIFs; <session> is a random token per
+browser session) and gradio/ (Gradio's upload and display cache, expired after 2 h). Bound to a loopback
+address, it answers only requests for a loopback host from a loopback origin."""
 EPILOG = """\
 Every flag of inference_hf.py (python inference_hf.py --help) is accepted too:
   --image PATH --disparity PATH [--depth]      start on that photo instead of the demo;
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--port", type=int, default=int(env_port) if env_port.isdigit() else PORT,
                        help=f"port to serve on; taken from ${PORT_ENV} when set")
     group.add_argument("--output_dir", default=OUTPUT_DIR, help="the only folder the app writes")
+    group.add_argument("--max_upload_mb", type=int, default=MAX_UPLOAD_MB,
+                       help="largest upload the server accepts, in MB (larger ones are refused with 413)")
     group.add_argument("--preview_side", type=int, default=PREVIEW_SIDE,
                        help="longest side (px) of the preview a click renders (smaller for strong blur: "
                             "webapp.core.Scene.preview_scale)")
@@ -54,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     """(app flags, inference_hf.py flags validated by its parser, names of the renderers to offer)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.max_upload_mb < 1:
+        parser.error(f"--max_upload_mb must be >= 1, got {args.max_upload_mb}")
     if args.preview_side < PREVIEW_SIDE_MIN:
         parser.error(f"--preview_side must be >= {PREVIEW_SIDE_MIN} px, got {args.preview_side}")
     env_port = os.environ.get(PORT_ENV, "").strip()

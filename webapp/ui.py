@@ -15,8 +15,9 @@ Controls: renderer, K, aperture blades and rotation, highlight gain and threshol
 
 from __future__ import annotations
 
+import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -27,6 +28,7 @@ from webapp.core import (
     UploadError, demo_scene, disparity_view, focus_at, focus_sweep, initial_focus, render, save_render, shrink,
     to_uint8, upload_scene, write_animation,
 )
+from webapp.serve import DELETE_CACHE
 
 # Longer side (px) of the render and disparity images sent to the page: large uploads are shown reduced (the
 # page scales them to its layout anyway); the photo itself is sent at full size, so clicks land on its pixels.
@@ -37,15 +39,20 @@ FOCUS_PULL_FRAMES = 8
 
 @dataclass
 class Session:
-    """One browser session's state: the scene, the focal disparity and the clicked pixel ``(x, y)`` (or None)."""
+    """One browser session's state: the scene, the focal disparity, the clicked pixel ``(x, y)`` (or None) and
+    the session's random output token (its files go in ``renders/<token>/``, ``focus_pulls/<token>/``; the token
+    stays on the server, so no other client can name them)."""
 
     scene: Scene
     focus: float
     xy: tuple[int, int] | None = None
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
 
 def _error_text(error: Exception) -> str:
     kind = "" if isinstance(error, (UploadError, ValueError)) else f"{type(error).__name__}: "
+    if isinstance(error, OSError) and error.filename:  # the file's name only: no server path on the page
+        return f"**Error:** {kind}{error.strerror or 'cannot access'}: {Path(str(error.filename)).name}"
     return f"**Error:** {kind}{error}"
 
 
@@ -102,13 +109,14 @@ class Callbacks:
                 disparity_view(scene, session.focus, options.K, session.xy, max_side=DISPLAY_SIDE),
                 round(session.focus, 4), info, status)
 
-    def _new_session(self, scene: Scene, choice: dict | None = None) -> Session:
+    def _new_session(self, scene: Scene, choice: dict | None = None, keep: Session | None = None) -> Session:
+        """A session on ``scene`` at its initial focus; with ``keep``, it keeps that session's output token."""
         focus, xy = initial_focus(scene, **(choice or {}))
-        return Session(scene, focus, xy)
+        return Session(scene, focus, xy) if keep is None else replace(keep, scene=scene, focus=focus, xy=xy)
 
-    def _startup_session(self) -> Session:
+    def _startup_session(self, keep: Session | None = None) -> Session:
         """A session on the startup scene at the startup focus (page load, "demo", or an event without one)."""
-        return self._new_session(self.initial_scene, self.focus_choice)
+        return self._new_session(self.initial_scene, self.focus_choice, keep)
 
     # ------------------------------------------------------------------------------------------------------
     # Events. Scene events return (session, photo, *view); view events return (session, *view).
@@ -129,7 +137,7 @@ class Callbacks:
             session = session or self._startup_session()
             controls = (renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
             x, y = (int(v) for v in evt.index[:2])
-            session = Session(session.scene, focus_at(session.scene, x, y), (x, y))
+            session = replace(session, focus=focus_at(session.scene, x, y), xy=(x, y))
             return (session, *self._view(session, self.options(*controls)))
         except Exception as error:  # noqa: BLE001
             return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error_text(error))
@@ -147,7 +155,7 @@ class Callbacks:
         try:
             scene = upload_scene(photo, disparity, is_depth=bool(is_depth), normalise=str(normalise),
                                  depth_estimator=self.depth_estimator)
-            new = self._new_session(scene)
+            new = self._new_session(scene, keep=session)
             loaded = f"loaded {scene.name} ({scene.size[1]}x{scene.size[0]})"
             return (new, to_uint8(scene.image), *self._view(new, self.options(*controls),
                                                               "\n".join(filter(None, [loaded, _notes_text(scene)]))))
@@ -157,28 +165,30 @@ class Callbacks:
     def load_demo(self, session: Session | None, *controls):
         """Back to the startup scene."""
         try:
-            new = self._startup_session()
+            new = self._startup_session(keep=session)
             return (new, to_uint8(new.scene.image), *self._view(new, self.options(*controls)))
         except Exception as error:  # noqa: BLE001
             return (session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error_text(error))
 
     def full_resolution(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain,
                         highlight_threshold, progress=gr.Progress()):
-        """Render at full resolution and write the PNG into the output folder; returns (path, status)."""
+        """Render at full resolution and write the PNG into the session's folder ``renders/<token>/``; returns
+        (path, status)."""
         try:
             session = session or self._startup_session()
             options = self.options(renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
             progress(0.0, desc=f"rendering {session.scene.size[1]}x{session.scene.size[0]} ({options.renderer})")
             image = render(session.scene, options, session.focus, self.factories[options.renderer], 1.0)
             progress(0.95, desc="saving PNG")
-            path = save_render(image, self.output_dir / "renders", session.scene, options, session.focus)
+            path = save_render(image, self.output_dir / "renders" / session.token, session.scene, options, session.focus)
             return str(path), f"full resolution written: {path.name}"
         except Exception as error:  # noqa: BLE001
             return gr.skip(), _error_text(error)
 
     def focus_pull(self, session: Session | None, renderer, K, blades, rotation_deg, highlight_gain,
                    highlight_threshold, progress=gr.Progress()):
-        """Render a near-to-far focus sweep at preview resolution as an animated GIF; returns (path, status)."""
+        """Render a near-to-far focus sweep at preview resolution as an animated GIF in the session's folder
+        ``focus_pulls/<token>/``; returns (path, status)."""
         try:
             session = session or self._startup_session()
             options = self.options(renderer, K, blades, rotation_deg, highlight_gain, highlight_threshold)
@@ -191,7 +201,7 @@ class Callbacks:
                 progress(index / frames, desc=f"focus pull: frame {index + 1} of {frames} (focus {focus:.2f})")
                 images.append(render(scene, options, focus, factory, scale))
             name = f"{options.file_stem(scene.name, session.focus)}_focuspull_{uuid.uuid4().hex[:8]}.gif"
-            path = write_animation(images, self.output_dir / "focus_pulls" / name, max_side=self.preview_side)
+            path = write_animation(images, self.output_dir / "focus_pulls" / session.token / name, max_side=self.preview_side)
             return str(path), f"focus pull written: {path.name} ({frames} frames)"
         except Exception as error:  # noqa: BLE001
             return gr.skip(), _error_text(error)
@@ -200,7 +210,7 @@ class Callbacks:
 def build_app(callbacks: Callbacks) -> "gr.Blocks":
     """The page: photo, render, disparity view, focus value, controls, uploads, full resolution, focus pull."""
     initial = callbacks.initial_options
-    with gr.Blocks(title="BokehDiff refocus", analytics_enabled=False) as app:
+    with gr.Blocks(title="BokehDiff refocus", analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
         gr.Markdown("## BokehDiff: click the photo to focus")
         session = gr.State(None)
         with gr.Row():
