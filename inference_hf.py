@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from data.inference_io import MANIFEST_NAME, pair_inputs
+from data.ranks import join_ranks, rank_device
 from inference.batch import output_files, render_inputs, select_inputs, write_manifest
 from inference.options import HelpFormatter, build_parser, compatibility_notes, parse_args
 from inference.renderers import (
     CLASSICAL_GAMMA, DEFAULT_RENDERER, RENDERERS, ROW_PROGRESS_DELAY_S, RenderFn, build_bokehdiff, build_classical,
     build_gaussian, build_identity, classical_gamma, with_upsample,
 )
-from inference.shard import Job, join_ranks, rank_device, render_settings
+from inference.shard import Job, render_settings
 from kernels.device import resolve_device
 
 # Names this script defined before the code moved to inference/: importable from here as before.

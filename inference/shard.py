@@ -1,7 +1,7 @@
 """One job over several processes (accelerate's ``PartialState``) and its resume: ranks, manifests, merge.
 
-Ranks: ``accelerate launch``, ``torchrun`` or one plain process. Every rank lists the same inputs and takes a
-contiguous block of them (``PartialState.split_between_processes``), so what a rank renders, and every output
+Ranks (:mod:`data.ranks`): ``accelerate launch``, ``torchrun`` or one plain process. Every rank lists the same
+inputs and takes a contiguous block of them (``PartialState.split_between_processes``), so what a rank renders, and every output
 name and byte, is independent of the number of processes. Each rank appends one JSON record per line to its
 own manifest ``OUT/.manifests/rank-<index>.jsonl`` as it finishes files (``start``, ``output``, ``failed``);
 when all ranks are done the main rank merges them into ``run_config.json`` (``outputs`` and
@@ -15,7 +15,6 @@ file on disk still has the recorded SHA-256: a rerun skips it, whoever (which ra
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from typing import Iterable
 
 from data.inference_io import MANIFEST_NAME
 from data.io import write_text_atomic
+from data.ranks import Ranks
 
 MANIFEST_DIR = ".manifests"
 SETTINGS_NAME = "settings.json"
@@ -111,59 +111,6 @@ def finished_run(output_dir: str | os.PathLike) -> dict:
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
-
-
-@dataclass
-class Ranks:
-    """This process's place in the job: ``index`` of ``count`` processes; ``state`` is accelerate's
-    ``PartialState`` (its ``wait_for_everyone`` is a no-op in one process)."""
-
-    state: object
-    index: int = 0
-    count: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    def barrier(self) -> None:
-        self.state.wait_for_everyone()
-
-    def share(self, items: list) -> list[tuple[int, object]]:
-        """This rank's contiguous block of ``items`` as ``(global index, item)`` pairs."""
-        with self.state.split_between_processes(list(enumerate(items))) as mine:
-            return list(mine)
-
-
-class OneProcess:
-    """The part of ``PartialState``'s interface :class:`Ranks` uses, for a process no launcher started: no
-    process group is set up, so a plain run (and a test calling ``main()``) leaves accelerate's state alone."""
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def split_between_processes(self, items):
-        yield items
-
-
-def join_ranks(device_type: str) -> Ranks:
-    """Join the job the launcher started (``accelerate launch`` / ``torchrun`` set ``WORLD_SIZE``), or be a job
-    of one. ``device_type == "cpu"`` makes the process group use gloo (no GPU needed)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Ranks(OneProcess())
-    from accelerate import PartialState
-
-    state = PartialState(cpu=device_type == "cpu")
-    return Ranks(state, state.process_index, state.num_processes)
-
-
-def rank_device(ranks: Ranks, device):
-    """The device this rank renders on: with several processes on CUDA, the launcher's local GPU
-    (``cuda:<local rank>``), else ``device`` as resolved from ``--device``."""
-    if ranks.count > 1 and device.type == "cuda" and device.index is None:
-        return ranks.state.device
-    return device
 
 
 @dataclass

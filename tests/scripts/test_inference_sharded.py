@@ -20,16 +20,21 @@ ARGS = ("--renderer", "classical", "--test_data_dir", str(EBB), "--max_side", "6
 N_RENDERS = 3 * 2  # three EBB scenes x two K, one focus plane each
 
 
-def launch(n_processes: int, out: Path, *extra, script: Path = REPO / "inference_hf.py", env=None):
-    """Run the CLI in ``n_processes`` processes started by torchrun (gloo on CPU)."""
+def torchrun(n_processes: int, script: Path, *args, env=None) -> subprocess.CompletedProcess:
+    """Run ``script args`` in ``n_processes`` processes started by torchrun (gloo on CPU)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_processes), "--master_port",
-           port, str(script), *ARGS, "--output_dir", str(out), *extra]
+           port, str(script), *map(str, args)]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def launch(n_processes: int, out: Path, *extra, script: Path = REPO / "inference_hf.py", env=None):
+    """``inference_hf.py`` (or ``script``) with :data:`ARGS` into ``out`` in ``n_processes`` processes."""
+    return torchrun(n_processes, script, *ARGS, "--output_dir", out, *extra, env=env)
 
 
 def files(folder: Path) -> dict[str, bytes]:
