@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     job.attach()
 
     report = render_inputs(ranks.share(inputs), args, render, rank_device(ranks, device), files, config, job,
-                           main=ranks.is_main)
+                           main=ranks.is_main, n_inputs=len(inputs))
     ranks.barrier()  # every rank's manifest is complete
     failures = job.failures()
     rendered, reused = job.counts()

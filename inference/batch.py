@@ -12,6 +12,7 @@ import argparse
 import glob
 import json
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,17 +129,23 @@ class BatchReport:
 
 
 def render_inputs(inputs, args: argparse.Namespace, render: RenderFn, device: torch.device, files: OutputFiles,
-                  config: dict, job: Job | None = None, *, main: bool = True) -> BatchReport:
+                  config: dict, job: Job | None = None, *, main: bool = True,
+                  n_inputs: int | None = None) -> BatchReport:
     """Render every input at every ``--K`` and focus, write the renders, contact sheets and (``main``)
     ``run_config.json`` (rewritten after each input); a failing input is reported on stderr and skipped.
 
     ``inputs``: :class:`data.inference_io.PendingInput` s, or ``(global index, input)`` pairs (this rank's
     share, :meth:`inference.shard.Ranks.share`). With ``job``, every file and failure is recorded in this
     rank's manifest, and files an earlier run already made for the same input and settings are kept
-    (renders are reused only when the contact sheet is too: the sheet is drawn from unrounded renders)."""
+    (renders are reused only when the contact sheet is too: the sheet is drawn from unrounded renders).
+    ``n_inputs``: the job's inputs, all ranks: the main rank's progress bar then counts every rank's renders
+    (read from the manifests at most once a second)."""
     report = BatchReport()
     n_focus = 3 if args.focus_protocol == "published" else len(args.focus_disparity or args.focus_percentile or [None])
-    total = len(inputs) * len(args.K) * n_focus if isinstance(inputs, list) else None
+    total = (n_inputs if n_inputs is not None else len(inputs)) * len(args.K) * n_focus \
+        if isinstance(inputs, list) else None
+    whole_job = main and job is not None and n_inputs is not None and n_inputs != len(inputs)
+    synced = time.monotonic()
     single_input = not args.test_data_dir
     with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer, disable=not main) as progress:
         warnings.simplefilter("always", InputWarning)  # every repaired input is announced, not just the first
@@ -180,4 +187,7 @@ def render_inputs(inputs, args: argparse.Namespace, render: RenderFn, device: to
                                 "error": f"{type(error).__name__}: {error}"})
             if main:
                 write_manifest(files, config)
+            if whole_job and time.monotonic() - synced > 1.0:
+                progress.n, synced = max(progress.n, job.renders_recorded()), time.monotonic()
+                progress.refresh()
     return report

@@ -127,6 +127,8 @@ class Job:
     ranks: Ranks
     run: str = ""
     known: dict = field(default_factory=dict)  # (input identity, requested name) -> set of (output, sha256)
+    read_to: dict = field(default_factory=dict)  # manifest -> bytes counted by renders_recorded
+    n_recorded: int = 0
 
     @property
     def folder(self) -> Path:
@@ -200,6 +202,24 @@ class Job:
         self.record({"kind": "output", "index": index, "input": name, "input_id": input_id, "requested": requested,
                      "output": path.name, "sha256": sha, "reused": reused, "sheet": sheet})
         self.known.setdefault((input_id, requested), set()).add((path.name, sha))
+
+    def renders_recorded(self) -> int:
+        """Renders this run recorded so far, all ranks (for the main rank's progress bar); reads only what was
+        appended since the last call."""
+        for path in sorted(self.folder.glob("rank-*.jsonl")):
+            with open(path, "rb") as handle:
+                handle.seek(self.read_to.get(path, 0))
+                data = handle.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line being written is counted next time
+            self.read_to[path] = self.read_to.get(path, 0) + len(complete)
+            for line in complete.splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("run") == self.run and record.get("kind") == "output" and not record.get("sheet"):
+                    self.n_recorded += 1
+        return self.n_recorded
 
     def this_run(self) -> list[dict]:
         return [r for r in manifest_records(self.output_dir) if r.get("run") == self.run]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import inference_hf
 from inference.shard import MANIFEST_DIR, manifest_records
 
@@ -102,3 +104,23 @@ def test_rerun_renders_only_what_is_missing_and_refuses_other_settings(tmp_path,
     assert run("--gamma", "1.5") == 0 and "0 renders in" in capsys.readouterr().out  # resumes the new settings
     assert run("--K", "4", "--gamma", "1.5") == 0  # another K is another name: rendered beside the others
     assert "3 renders in" in capsys.readouterr().out and (out / "scene00_K4_f0.17.png").is_file()
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores: each rank loads the tiny SDXL stack
+def test_two_processes_render_the_tiny_bokehdiff_stack_as_one(tmp_path, one_thread):
+    """The default renderer (tiny SDXL stack on disk, published adapter layout): 2 processes write the same
+    renders and run_config.json as 1, bit for bit."""
+    from models.tiny import save_tiny_sdxl
+    from tests.tiny_weights import trained_tiny_stack, write_published_adapter
+
+    base = save_tiny_sdxl(tmp_path / "base", seed=0)
+    adapter = write_published_adapter(trained_tiny_stack(seed=2), tmp_path / "adapter")
+    argv = ["--renderer", "bokehdiff", "--test_data_dir", str(EBB), "--max_side", "64", "--K", "20", "--device",
+            "cpu", "--pretrained_model_name_or_path", str(base), "--adapter", str(adapter), "--no_contact_sheet"]
+    out = tmp_path / "out"
+    assert inference_hf.main([*argv, "--output_dir", str(out)]) == 0
+    one = files(out)
+    shutil.rmtree(out)
+    proc = torchrun(2, REPO / "inference_hf.py", *argv, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert files(out) == one and len(one) == 3 + 1
