@@ -162,10 +162,16 @@ class Job:
                     (record["output"], record["sha256"]))
 
     def begin(self, overwrite: bool) -> None:
-        """Main rank: drop old manifests on ``overwrite``, store the settings and a fresh run token."""
+        """Main rank: drop old manifests on ``overwrite``; else keep a finished run's records in
+        ``.manifests/rank-finished.jsonl`` (``run_config.json`` is rewritten during the run, without them).
+        Then store the settings and a fresh run token."""
         if overwrite and self.folder.is_dir():
             for path in self.folder.glob("rank-*.jsonl"):
                 path.unlink()
+        finished = {} if overwrite else finished_run(self.output_dir).get("output_records") or {}
+        if finished:
+            lines = [json.dumps({"kind": "output", "output": output, **record}) for output, record in finished.items()]
+            write_text_atomic(self.folder / "rank-finished.jsonl", "\n".join(lines) + "\n")
         write_text_atomic(self.folder / SETTINGS_NAME, json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
         write_text_atomic(self.folder / RUN_NAME, json.dumps({"run": uuid.uuid4().hex}) + "\n")
 

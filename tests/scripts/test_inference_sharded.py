@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import inference.batch
 import inference_hf
 from inference.shard import MANIFEST_DIR, manifest_records
 
@@ -79,7 +80,7 @@ def test_a_killed_rank_loses_nothing_and_the_rerun_renders_only_the_rest(tmp_pat
     assert {**config, "output_dir": None} == {**expected, "output_dir": None}
 
 
-def test_rerun_renders_only_what_is_missing_and_refuses_other_settings(tmp_path, capsys):
+def test_rerun_renders_only_what_is_missing_and_refuses_other_settings(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     run = lambda *extra: inference_hf.main([*ARGS, "--output_dir", str(out), *extra])  # noqa: E731
     assert run() == 0
@@ -93,6 +94,17 @@ def test_rerun_renders_only_what_is_missing_and_refuses_other_settings(tmp_path,
     assert run() == 0
     assert "2 renders in" in capsys.readouterr().out and files(out) == before
     assert run() == 0 and "0 renders in" in capsys.readouterr().out
+
+    # A rerun stopped before it wrote anything keeps the finished run's records (run_config.json is rewritten
+    # during a run): the next rerun renders only the missing file.
+    (out / "scene01_K6_f0.95.png").unlink()
+    with monkeypatch.context() as patch:
+        patch.setattr(inference.batch, "save_image", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    assert (out / MANIFEST_DIR).is_dir()
+    capsys.readouterr()
+    assert run() == 0 and "1 renders in" in capsys.readouterr().out and files(out) == before
 
     assert run("--gamma", "1.5") == 2  # another setting, same names: refused, nothing touched
     err = capsys.readouterr().err
