@@ -126,7 +126,7 @@ class Job:
     settings: dict
     ranks: Ranks
     run: str = ""
-    known: dict = field(default_factory=dict)  # (input identity, requested name) -> set of (output, sha256)
+    known: dict = field(default_factory=dict)  # (file_key, requested name) -> set of (output, sha256)
     read_to: dict = field(default_factory=dict)  # manifest -> bytes counted by renders_recorded
     n_recorded: int = 0
 
@@ -192,22 +192,23 @@ class Job:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def done(self, input_id: str, requested: str) -> Path | None:
-        """The existing file an earlier run recorded for this input and requested name, if its bytes are still
-        the recorded ones; else None."""
-        for output, sha in sorted(self.known.get((input_id, requested), ())):
+    def done(self, key: str, requested: str) -> Path | None:
+        """The existing file an earlier run recorded for ``key`` (:func:`file_key`) and the requested name, if
+        its bytes are still the recorded ones; else None."""
+        for output, sha in sorted(self.known.get((key, requested), ())):
             path = self.output_dir / output
             if path.is_file() and file_sha256(path) == sha:
                 return path
         return None
 
-    def record_output(self, index: int, name: str, input_id: str, requested: str, path: Path, *, reused: bool,
+    def record_output(self, index: int, name: str, key: str, requested: str, path: Path, *, reused: bool,
                       sheet: bool = False) -> None:
-        """Record one output file of input ``index`` (written now, or ``reused`` from an earlier run)."""
+        """Record one output file of input ``index`` made from ``key`` (:func:`file_key`; stored as
+        ``input_id``), written now or ``reused`` from an earlier run."""
         sha = file_sha256(path)
-        self.record({"kind": "output", "index": index, "input": name, "input_id": input_id, "requested": requested,
+        self.record({"kind": "output", "index": index, "input": name, "input_id": key, "requested": requested,
                      "output": path.name, "sha256": sha, "reused": reused, "sheet": sheet})
-        self.known.setdefault((input_id, requested), set()).add((path.name, sha))
+        self.known.setdefault((key, requested), set()).add((path.name, sha))
 
     def renders_recorded(self) -> int:
         """Renders this run recorded so far, all ranks (for the main rank's progress bar); reads only what was
