@@ -23,21 +23,24 @@ ARGS = ("--renderer", "classical", "--test_data_dir", str(EBB), "--max_side", "6
 N_RENDERS = 3 * 2  # three EBB scenes x two K, one focus plane each
 
 
-def torchrun(n_processes: int, script: Path, *args, env=None) -> subprocess.CompletedProcess:
-    """Run ``script args`` in ``n_processes`` processes started by torchrun (gloo on CPU)."""
+def torchrun(n_processes: int, script: Path, *args, env=None, accelerate: bool = False) -> subprocess.CompletedProcess:
+    """Run ``script args`` in ``n_processes`` processes started by torchrun, or by ``accelerate launch
+    --multi_gpu`` (torchrun underneath; its ``--cpu`` would start one process), gloo on CPU."""
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_processes), "--master_port",
-           port, str(script), *map(str, args)]
+    launcher = (["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n_processes),
+                 "--main_process_port", port] if accelerate else
+                ["torch.distributed.run", "--nproc_per_node", str(n_processes), "--master_port", port])
+    cmd = [sys.executable, "-m", *launcher, str(script), *map(str, args)]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def launch(n_processes: int, out: Path, *extra, script: Path = REPO / "inference_hf.py", env=None):
+def launch(n_processes: int, out: Path, *extra, script: Path = REPO / "inference_hf.py", env=None, accelerate=False):
     """``inference_hf.py`` (or ``script``) with :data:`ARGS` into ``out`` in ``n_processes`` processes."""
-    return torchrun(n_processes, script, *ARGS, "--output_dir", out, *extra, env=env)
+    return torchrun(n_processes, script, *ARGS, "--output_dir", out, *extra, env=env, accelerate=accelerate)
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -50,7 +53,7 @@ def test_two_processes_write_what_one_writes_bit_for_bit(tmp_path):
     assert inference_hf.main([*ARGS, "--output_dir", str(out)]) == 0
     one = files(out)
     shutil.rmtree(out)
-    proc = launch(2, out)
+    proc = launch(2, out, accelerate=True)  # accelerate launch here, torchrun in the other tests
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "by 2 processes (6 renders in all)" in proc.stdout
     assert files(out) == one  # renders, contact sheets and run_config.json (same --output_dir: same bytes)
