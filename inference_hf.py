@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from data.inference_io import MANIFEST_NAME, pair_inputs
+from data.ranks import join_ranks, rank_device
 from inference.batch import output_files, render_inputs, select_inputs, write_manifest
 from inference.options import HelpFormatter, build_parser, compatibility_notes, parse_args
 from inference.renderers import (
     CLASSICAL_GAMMA, DEFAULT_RENDERER, RENDERERS, ROW_PROGRESS_DELAY_S, RenderFn, build_bokehdiff, build_classical,
     build_gaussian, build_identity, classical_gamma, with_upsample,
 )
+from inference.shard import Job, render_settings
 from kernels.device import resolve_device
 
 # Names this script defined before the code moved to inference/: importable from here as before.
@@ -36,13 +38,15 @@ __all__ = [
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
+    ranks = join_ranks(device.type)  # one plain process, or a rank of accelerate launch / torchrun
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    compatibility_notes(args)
+    if ranks.is_main:
+        compatibility_notes(args)
     try:
         # The renderer is built first: --protocol auto is resolved from the adapter, and the test-set input
         # handling follows the resolved protocol.
-        render = with_upsample(RENDERERS[args.renderer](args, device), args.upsample)
+        render = with_upsample(RENDERERS[args.renderer](args, rank_device(ranks, device)), args.upsample)
         inputs = select_inputs(args)  # may redirect --output_dir (published --data_id meaning)
         output_dir = Path(args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -51,23 +55,42 @@ def main(argv: list[str] | None = None) -> int:
         if files.claim(MANIFEST_NAME) != output_dir / MANIFEST_NAME:
             raise FileExistsError(f"--output_dir '{output_dir}' holds an input file named {MANIFEST_NAME}, which "
                                   f"this run would replace by its own; choose another --output_dir")
-        write_manifest(files, config)
+        job = Job(output_dir, render_settings(config), ranks)
+        job.check(args.overwrite)  # every rank, before anything is written
     except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
         print(f"error: {error}", file=sys.stderr)
         return 2
+    ranks.barrier()
+    if ranks.is_main:
+        job.begin(args.overwrite)
+        write_manifest(files, config)
+    ranks.barrier()
+    job.attach()
 
-    report = render_inputs(inputs, args, render, device, files, config)
+    report = render_inputs(ranks.share(inputs), args, render, rank_device(ranks, device), files, config, job,
+                           main=ranks.is_main, n_inputs=len(inputs))
+    ranks.barrier()  # every rank's manifest is complete
+    failures = job.failures()
+    rendered, reused = job.counts()
+    ranks.barrier()  # all have read the manifests before the main rank merges and removes them
+    if not ranks.is_main:
+        return 1 if failures or not inputs else 0
+    job.finish(config, files.own_paths, args.overwrite)
 
-    print(f"{args.renderer}: {report.timer.summary(report.n_renders, report.megapixels)}; outputs in {output_dir}")
+    on_ranks = f" by {ranks.count} processes ({rendered} renders in all)" if ranks.count > 1 else ""
+    print(f"{args.renderer}: {report.timer.summary(report.n_renders, report.megapixels)}{on_ranks}; "
+          f"outputs in {output_dir}")
+    if reused:
+        print(f"resumed: {reused} render(s) already in --output_dir were kept (pass --overwrite to render them again)")
     for requested, given in files.renamed:
         print(f"note: '{requested}' would have replaced an input file or another output; written as '{given}'")
-    if report.n_inputs == 0:
+    if not inputs:
         print(f"error: no input found in --test_data_dir '{args.test_data_dir}'"
               + (f" matching --data_id '{args.data_id}'" if args.data_id else ""), file=sys.stderr)
         return 1
-    if report.failures:
-        print(f"{len(report.failures)} input(s) failed and were skipped:", file=sys.stderr)
-        for name, message in report.failures:
+    if failures:
+        print(f"{len(failures)} input(s) failed and were skipped:", file=sys.stderr)
+        for name, message in failures:
             print(f"  {name}: {message}", file=sys.stderr)
         return 1
     return 0

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import kernels.device
 from data.io import IMAGE_EXTENSIONS, write_text_atomic
+from data.ranks import join_ranks, rank_device
 from data.prepare import (
     CONFIG_NAME, Item, Layout, UsageError, check_no_input_replaced, copy_file, find_images, is_done, masks_each,
     process_batch, resolve_layout, run_by_size, save_disparity,
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
             raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
         layout = resolve_layout(args.input_dir, args.output_dir)
         device, dtype = resolve_device(args.device, args.fp16)
+        ranks = join_ranks(device.type)  # one plain process, or a rank of accelerate launch / torchrun
         if not args.no_mask:
             try:  # before any model loads: an unpinned hub id with remote code is refused (models/segment.py)
                 args.mask_revision = mask_model_revision(args.mask_model, args.mask_revision)  # recorded in the JSON
@@ -149,12 +151,14 @@ def main(argv=None) -> int:
         if not items and not clashes:
             raise UsageError(f"--input_dir '{args.input_dir}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         check_no_input_replaced(items, layout)
-        if others:
+        if others and ranks.is_main:
             shown = ", ".join(str(p) for p in others[:5]) + (" ..." if len(others) > 5 else "")
             print(f"note: {len(others)} file(s) without an image extension ({', '.join(IMAGE_EXTENSIONS)}) "
                   f"are not images and were left alone: {shown}", file=sys.stderr)
-        todo = [item for item in items if args.overwrite or not is_done(item, layout, not args.no_mask)]
-        depth_model, segmenter = build_models(args, device, dtype) if todo else (None, None)
+        # Every rank lists the same images and takes its block of them; each skips what is done already.
+        mine = [item for _, item in ranks.share(items)]
+        todo = [item for item in mine if args.overwrite or not is_done(item, layout, not args.no_mask)]
+        depth_model, segmenter = build_models(args, rank_device(ranks, device), dtype) if todo else (None, None)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -162,10 +166,11 @@ def main(argv=None) -> int:
     layout.root.mkdir(parents=True, exist_ok=True)
     resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     resolved.update(device=str(device), output_root=str(layout.root), copy_inputs=layout.copy_inputs)
-    write_text_atomic(layout.root / CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
+    if ranks.is_main:
+        write_text_atomic(layout.root / CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
 
-    failures = [(Path(clash), "two images share this name (outputs would collide); rename one") for clash in clashes]
-    with tqdm(total=len(todo), unit="img", desc="prepare_data") as progress:
+    failures = []
+    with tqdm(total=len(todo), unit="img", desc="prepare_data", disable=not ranks.is_main) as progress:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
             for path, message in process_batch(batch, layout, depth_model, segmenter, args.overwrite):
@@ -173,8 +178,15 @@ def main(argv=None) -> int:
                 failures.append((path, message))
             progress.update(len(batch))
 
-    n_failed_items = len(failures) - len(clashes)
-    print(f"prepared {len(todo) - n_failed_items} image(s), kept {len(items) - len(todo)} with "
+    # Every rank's counts and failures, reported once by the main rank; every rank exits with the same code.
+    shares = ranks.gather((len(todo), failures))
+    n_todo = sum(n for n, _ in shares)
+    n_failed_items = sum(len(f) for _, f in shares)
+    failures = [(Path(clash), "two images share this name (outputs would collide); rename one") for clash in clashes]
+    failures += [failure for _, share in shares for failure in share]
+    if not ranks.is_main:
+        return 1 if failures else 0
+    print(f"prepared {n_todo - n_failed_items} image(s), kept {len(items) - n_todo} with "
           f"existing outputs (--overwrite redoes them), {len(failures)} failed; outputs in '{layout.root}'",
           file=sys.stderr)
     for path, message in failures:

@@ -12,6 +12,7 @@ import argparse
 import glob
 import json
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from data.inference_io import (
 from data.io import InputWarning, save_image, write_text_atomic
 
 from .renderers import RenderFn
+from .shard import Job, file_key, input_identity, recorded_outputs
 
 
 def select_inputs(args: argparse.Namespace) -> list:
@@ -39,7 +41,7 @@ def select_inputs(args: argparse.Namespace) -> list:
                            normalise=args.disparity_normalise)
     protocol = getattr(args, "protocol_resolved", None) or ("published" if args.protocol == "published" else "corrected")
     # Renders an earlier run wrote among the inputs are outputs, not inputs (run_config.json lists them).
-    inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=previous_outputs(args.output_dir),
+    inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=earlier_outputs(args.output_dir),
                            protocol=protocol)
     if not inputs and args.data_id is not None and not glob.has_magic(args.data_id):
         # The published script's --data_id named the run (outputs in OUTPUT_DIR/DATA_ID); keep that meaning when
@@ -47,8 +49,15 @@ def select_inputs(args: argparse.Namespace) -> list:
         print(f"note: no input is named '{args.data_id}': reading --data_id as the run name (published meaning); "
               f"rendering every input into {Path(args.output_dir) / args.data_id}")
         args.output_dir = str(Path(args.output_dir) / args.data_id)
-        inputs = folder_inputs(args.test_data_dir, None, exclude=previous_outputs(args.output_dir), protocol=protocol)
+        inputs = folder_inputs(args.test_data_dir, None, exclude=earlier_outputs(args.output_dir),
+                               protocol=protocol)
     return inputs
+
+
+def earlier_outputs(output_dir) -> list[Path]:
+    """What earlier runs wrote into ``output_dir``: a finished run's (``run_config.json``), then a killed run's
+    (its rank manifests, :mod:`inference.shard`)."""
+    return list(dict.fromkeys(previous_outputs(output_dir) + recorded_outputs(output_dir)))
 
 
 def output_files(args: argparse.Namespace, inputs) -> OutputFiles:
@@ -56,7 +65,7 @@ def output_files(args: argparse.Namespace, inputs) -> OutputFiles:
     folders), never two outputs onto one path."""
     roots = input_roots(args.test_data_dir) if args.test_data_dir else []
     return OutputFiles(args.output_dir, protected=[path for pending in inputs for path in pending.sources],
-                       protected_dirs=roots, own=previous_outputs(args.output_dir))
+                       protected_dirs=roots, own=earlier_outputs(args.output_dir))
 
 
 def write_manifest(files: OutputFiles, config: dict) -> None:
@@ -68,18 +77,29 @@ def write_manifest(files: OutputFiles, config: dict) -> None:
 
 
 def render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress,
-                files: OutputFiles) -> dict:
-    """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG."""
+                files: OutputFiles, job: Job | None = None, index: int = 0, input_id: str = "",
+                reuse: bool = False) -> dict:
+    """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG.
+
+    With ``job``, each file is recorded in this rank's manifest; with ``reuse``, a render an earlier run already
+    wrote for this input (:meth:`inference.shard.Job.done`) is kept and left out of the returned dict."""
     image = torch.from_numpy(item.image)[None].to(device)
     disparity = torch.from_numpy(item.disparity)[None].to(device)
     renders = {}
     for K in args.K:
         for disp_focus, _ in focus:
-            with timer.stage("render"), torch.inference_mode():
-                out = render(image, disparity, K, disp_focus)[0].float().cpu().numpy()
-            with timer.stage("save"):
-                save_image(files.claim(output_name(item.name, K, disp_focus)), out)
-            renders[(K, disp_focus)] = out
+            requested = output_name(item.name, K, disp_focus)
+            path = files.claim(requested)
+            key = file_key(input_id, K, disp_focus)
+            earlier = job.done(key, requested) if job is not None and reuse else None
+            if earlier is None:
+                with timer.stage("render"), torch.inference_mode():
+                    out = render(image, disparity, K, disp_focus)[0].float().cpu().numpy()
+                with timer.stage("save"):
+                    save_image(path, out)
+                renders[(K, disp_focus)] = out
+            if job is not None:
+                job.record_output(index, item.name, key, requested, earlier or path, reused=earlier is not None)
             progress.update(1)
     return renders
 
@@ -97,30 +117,44 @@ def above_progress_bars(show):
 
 @dataclass
 class BatchReport:
-    """What :func:`render_inputs` did: inputs seen, renders written, megapixels rendered, ``(name, error)``
-    failures, and the per-stage timer."""
+    """What :func:`render_inputs` did: inputs seen, renders written, renders kept from an earlier run,
+    megapixels rendered, ``(name, error)`` failures, and the per-stage timer."""
 
     timer: StageTimer = field(default_factory=StageTimer)
     n_inputs: int = 0
     n_renders: int = 0
+    n_reused: int = 0
     megapixels: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def render_inputs(inputs, args: argparse.Namespace, render: RenderFn, device: torch.device, files: OutputFiles,
-                  config: dict) -> BatchReport:
-    """Render every input at every ``--K`` and focus, write the renders, contact sheets and ``run_config.json``
-    (rewritten after each input); a failing input is reported on stderr and skipped."""
+                  config: dict, job: Job | None = None, *, main: bool = True,
+                  n_inputs: int | None = None) -> BatchReport:
+    """Render every input at every ``--K`` and focus, write the renders, contact sheets and (``main``)
+    ``run_config.json`` (rewritten after each input); a failing input is reported on stderr and skipped.
+
+    ``inputs``: :class:`data.inference_io.PendingInput` s, or ``(global index, input)`` pairs (this rank's
+    share, :meth:`inference.shard.Ranks.share`). With ``job``, every file and failure is recorded in this
+    rank's manifest, and files an earlier run already made for the same input and settings are kept
+    (renders are reused only when the contact sheet is too: the sheet is drawn from unrounded renders).
+    ``n_inputs``: the job's inputs, all ranks: the main rank's progress bar then counts every rank's renders
+    (read from the manifests at most once a second)."""
     report = BatchReport()
     n_focus = 3 if args.focus_protocol == "published" else len(args.focus_disparity or args.focus_percentile or [None])
-    total = len(inputs) * len(args.K) * n_focus if isinstance(inputs, list) else None
+    total = (n_inputs if n_inputs is not None else len(inputs)) * len(args.K) * n_focus \
+        if isinstance(inputs, list) else None
+    whole_job = main and job is not None and n_inputs is not None and n_inputs != len(inputs)
+    synced = time.monotonic()
     single_input = not args.test_data_dir
-    with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer) as progress:
+    with warnings.catch_warnings(), tqdm(total=total, unit="render", desc=args.renderer, disable=not main) as progress:
         warnings.simplefilter("always", InputWarning)  # every repaired input is announced, not just the first
         warnings.showwarning = above_progress_bars(warnings.showwarning)  # restored by catch_warnings
-        for pending in inputs:
+        for position, entry in enumerate(inputs):
+            index, pending = entry if isinstance(entry, tuple) else (position, entry)
             report.n_inputs += 1
             try:
+                input_id = input_identity(pending.sources, pending.name) if job is not None else ""
                 with report.timer.stage("load"):
                     item = pending.load()
                     focus = unique_focus(choose_focus(item, focus_disparity=args.focus_disparity,
@@ -128,15 +162,32 @@ def render_inputs(inputs, args: argparse.Namespace, render: RenderFn, device: to
                                                       focus_protocol=args.focus_protocol),
                                          item.name)
                     item = limit_size(item, args.max_side)
-                renders = render_item(item, focus, args, render, device, report.timer, progress, files)
-                if not args.no_contact_sheet:
-                    with report.timer.stage("save"):
-                        sheet = item_contact_sheet(item, renders, args.K, focus)
-                        save_image(files.claim(sheet_name(item.name, single_input)), sheet)
+                sheet = None if args.no_contact_sheet else sheet_name(item.name, single_input)
+                sheet_key = file_key(input_id, args.K, focus)
+                sheet_done = job.done(sheet_key, sheet) if job is not None and sheet is not None else None
+                reuse = job is not None and (sheet is None or sheet_done is not None)
+                renders = render_item(item, focus, args, render, device, report.timer, progress, files, job, index,
+                                      input_id, reuse)
+                if sheet is not None:
+                    path = files.claim(sheet)
+                    if sheet_done is None:
+                        with report.timer.stage("save"):
+                            save_image(path, item_contact_sheet(item, renders, args.K, focus))
+                    if job is not None:
+                        job.record_output(index, item.name, sheet_key, sheet, sheet_done or path,
+                                          reused=sheet_done is not None, sheet=True)
                 report.n_renders += len(renders)
+                report.n_reused += len(args.K) * len(focus) - len(renders)
                 report.megapixels += len(renders) * item.image.shape[1] * item.image.shape[2] / 1e6
             except Exception as error:  # noqa: BLE001 - one bad input is reported and skipped (CONTRIBUTING)
                 report.failures.append((pending.name, f"{type(error).__name__}: {error}"))
                 progress.write(f"FAILED {pending.name}: {type(error).__name__}: {error}", file=sys.stderr)
-            write_manifest(files, config)
+                if job is not None:
+                    job.record({"kind": "failed", "index": index, "input": pending.name,
+                                "error": f"{type(error).__name__}: {error}"})
+            if main:
+                write_manifest(files, config)
+            if whole_job and time.monotonic() - synced > 1.0:
+                progress.n, synced = max(progress.n, job.renders_recorded()), time.monotonic()
+                progress.refresh()
     return report

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     run.add_argument("--seed", type=int, default=0, help="global RNG seed; bokehdiff: PISA's occlusion-sampling seed")
     run.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
+    run.add_argument("--overwrite", action="store_true",
+                     help="render everything again; without it a rerun into --output_dir with the same settings "
+                          "renders only what is missing, and one with other settings is refused")
     return parser
 
 
@@ -240,7 +243,8 @@ def compatibility_notes(args) -> None:
     if args.test_data_dir is not None and (args.depth or args.disparity_normalise != "auto"):
         print("note: --depth / --disparity_normalise apply to --image/--disparity; test-set layouts define their own")
     if args.local_rank != -1:
-        print("note: --local_rank is accepted for launcher compatibility; inference runs in one process")
+        print("note: --local_rank is accepted for launcher compatibility; ranks are read from the launcher's "
+              "environment (accelerate launch, torchrun)")
     if args.enable_xformers_memory_efficient_attention:
         print("note: --enable_xformers_memory_efficient_attention: PyTorch's fused scaled-dot-product attention is "
               "used (PISA layers pick their own kernel: sparse where the CoC bound skips enough pairs, else chunked); "

@@ -79,6 +79,8 @@ PARSE = {
         "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
     "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
     "--output_dir runs/published": _HUB + "; a GPU",
+    "accelerate launch --num_processes 8 inference_hf.py --test_data_dir prepared/mine --output_dir outputs/mine "
+    "--K 10 20": _HUB + "; 8 GPUs (tests/scripts/test_inference_sharded.py runs 2 CPU processes)",
 }
 
 MAKE = ["make demo", "make test", "make app", "make evaluate", "make evaluate-record", "make bench"]
@@ -116,7 +118,10 @@ def _split(command: str) -> tuple[str, list[str]]:
     """``(script, argv)``: ``python x.py A``, ``python -m pkg.mod A`` and ``accelerate launch x.py A``."""
     words = shlex.split(command)
     if words[:2] == ["accelerate", "launch"]:
-        words = ["python", *words[2:]]
+        words = words[2:]
+        while words and not words[0].endswith(".py"):  # the launcher's own options (--num_processes 8)
+            words = words[1:]
+        words = ["python", *words]
     assert words[0] == "python", command
     if words[1] == "-m":
         return words[2], words[3:]

@@ -272,3 +272,22 @@ def test_outputs_that_would_replace_an_input_image_are_refused(weights, tmp_path
     assert "would replace" in err and "astronaut.png" in err and "--output_dir" in err
     assert (root / "mask" / "astronaut.png").read_bytes() == before
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["mask", "mask/astronaut.png"]
+
+
+def test_two_processes_prepare_what_one_prepares(weights, photos, tmp_path, capsys):
+    """torchrun, 2 processes (gloo on CPU): each prepares its block of the photos; the files and the one
+    prepare_data.json equal a 1-process run's bit for bit; a rerun keeps everything."""
+    from tests.scripts.test_inference_sharded import REPO, torchrun
+
+    out = tmp_path / "prepared"
+    args = ["--depth_model", weights["depth"], "--mask_model", weights["mask"], "--device", "cpu",
+            "--depth_resolution", "28", "--mask_resolution", "32", "--input_dir", str(photos), "--output_dir", str(out)]
+    assert prepare_data.main(args) == 0
+    one = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    shutil.rmtree(out)
+    proc = torchrun(2, REPO / "tests" / "scripts" / "prepare_with_tiny_models.py", *args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "prepared 2 image(s), kept 0" in proc.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == one
+    assert prepare_data.main(args) == 0  # a rerun (here in one process) keeps what the two prepared
+    assert "prepared 0 image(s), kept 2" in capsys.readouterr().err
