@@ -120,10 +120,17 @@ def _read_tensor_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         from safetensors import safe_open
 
         tensors, metadata = {}, {}
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                metadata = dict(handle.metadata() or {})
+                for key in handle.keys():
+                    tensors[key] = handle.get_tensor(key)
+        except Exception as exc:  # safetensors' SafetensorError (empty, truncated, header only), or OSError
+            raise WeightLoadingError(
+                f"cannot read '{path}' as safetensors ({type(exc).__name__}: {exc}): the file is empty, truncated "
+                f"or not safetensors. Download or export it again."
+            ) from exc
+        _check_finite(tensors, path)
         return tensors, metadata
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -136,7 +143,16 @@ def _read_tensor_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightLoadingError(f"'{path}' does not hold a dict of tensors (found {type(obj).__name__}).")
+    _check_finite(obj, path)
     return dict(obj), {}
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or inf, by name: they load without complaint and render black images."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightLoadingError(f"'{path}' has non-finite (NaN or inf) values in {len(bad)} tensor(s): "
+                                 f"{_summarise(bad)}. The weights are broken (a diverged run?); use another checkpoint.")
 
 
 def _resolve_file(path_or_dir: str | os.PathLike, default_name: str | Sequence[str], what: str,
@@ -356,7 +372,11 @@ def read_lora_file(path_or_dir: str | os.PathLike, *, subfolder: str | None = No
         raise WeightLoadingError(f"LoRA file '{file}' holds no LoRA tensors.")
     info: dict = {}
     if _METADATA_KEY in metadata:
-        info = json.loads(metadata[_METADATA_KEY])
+        try:
+            info = json.loads(metadata[_METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise WeightLoadingError(f"LoRA file '{file}': its '{_METADATA_KEY}' metadata is not JSON ({exc}); "
+                                     f"re-export the adapter.") from exc
     elif DIFFUSERS_METADATA_KEY in metadata:  # written by diffusers >= 0.34 (LoraConfig as JSON)
         config = read_diffusers_metadata(metadata[DIFFUSERS_METADATA_KEY])
         info = {"rank": config.get("r"), "alpha": config.get("lora_alpha")}
