@@ -380,8 +380,27 @@ def read_lora_file(path_or_dir: str | os.PathLike, *, subfolder: str | None = No
     elif DIFFUSERS_METADATA_KEY in metadata:  # written by diffusers >= 0.34 (LoraConfig as JSON)
         config = read_diffusers_metadata(metadata[DIFFUSERS_METADATA_KEY])
         info = {"rank": config.get("r"), "alpha": config.get("lora_alpha")}
+    _check_module_set(state, info, file)
     info["file"] = str(file)
     return state, info
+
+
+def _check_module_set(state: Mapping[str, torch.Tensor], info: Mapping, file: Path) -> None:
+    """Every adapted module has both its ``lora_A`` and ``lora_B``, and there are as many modules as the
+    metadata says (``modules``, written by :func:`save_lora`): a file missing both tensors of a module would
+    otherwise load as "all verified", with that module silently unadapted."""
+    halves: dict[str, set[str]] = {}
+    for key in state:
+        module, _, rest = key.partition(".lora_")
+        halves.setdefault(module, set()).add(rest.split(".")[0])
+    incomplete = sorted(m for m, parts in halves.items() if parts != {"A", "B"})
+    if incomplete:
+        raise WeightLoadingError(f"LoRA file '{file}': {len(incomplete)} module(s) have only one of lora_A / lora_B "
+                                 f"({_summarise(incomplete)}); the file is incomplete, export it again.")
+    expected = info.get("modules")
+    if isinstance(expected, int) and expected != len(halves):
+        raise WeightLoadingError(f"LoRA file '{file}' holds {len(halves)} adapted modules but its metadata says "
+                                 f"{expected}: tensors are missing; export the adapter again.")
 
 
 def _infer_lora_config(state: Mapping[str, torch.Tensor], info: Mapping) -> tuple[int, float, dict[str, int], list[str]]:

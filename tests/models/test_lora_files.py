@@ -61,3 +61,17 @@ def test_non_finite_vae_weights_are_refused(tmp_path):
     torch.save(state, tmp_path / "vae.ckpt")
     with pytest.raises(WeightLoadingError, match="encoder.conv_in.weight"):
         load_vae_partial(vae, tmp_path / "vae.ckpt")
+
+
+def test_a_module_missing_from_the_file_is_refused(tmp_path):
+    import json
+
+    two = _lora(0.1) | {k.replace("to_q", "to_k"): v for k, v in _lora(0.1).items()}
+    folder = _write(tmp_path / "two", two, metadata={"bokehdiff_lora": json.dumps({"rank": 4, "modules": 2})})
+    assert len(read_lora_file(folder)[0]) == 4
+    one = _write(tmp_path / "one", _lora(0.1), metadata={"bokehdiff_lora": json.dumps({"rank": 4, "modules": 2})})
+    with pytest.raises(WeightLoadingError, match="holds 1 adapted modules but its metadata says 2"):
+        read_lora_file(one)
+    half = _write(tmp_path / "half", {f"{KEY}.lora_A.weight": torch.zeros(4, 8)})
+    with pytest.raises(WeightLoadingError, match="only one of lora_A / lora_B"):
+        read_lora_file(half)
