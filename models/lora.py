@@ -32,7 +32,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from data.io import atomic_write
 from .adapter import TRAINING_FORMAT
 from .lora_formats import DIFFUSERS_METADATA_KEY, diffusers_metadata, lora_config_dict, read_diffusers_metadata, \
     save_peft_adapter
+from .tensor_files import WeightLoadingError, check_module_set, read_tensor_file, summarise_keys
 
 __all__ = [
     "PAPER_LORA_TARGETS",
@@ -104,56 +105,9 @@ VAE_TRAINABLE_PREFIXES: tuple[str, ...] = ("encoder.conv_in.", "encoder.mid_bloc
 ADAPTER_DESCRIPTION = ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
 
 
-class WeightLoadingError(ValueError):
-    """Weights could not be loaded completely; the message lists missing and unexpected tensor names."""
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Reading files
 # ----------------------------------------------------------------------------------------------------------
-def _read_tensor_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a name -> tensor dict (safetensors, or a torch pickle read with ``weights_only=True``) on CPU.
-
-    Returns ``(state_dict, metadata)``; metadata is empty for torch pickles.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        tensors, metadata = {}, {}
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                metadata = dict(handle.metadata() or {})
-                for key in handle.keys():
-                    tensors[key] = handle.get_tensor(key)
-        except Exception as exc:  # safetensors' SafetensorError (empty, truncated, header only), or OSError
-            raise WeightLoadingError(
-                f"cannot read '{path}' as safetensors ({type(exc).__name__}: {exc}): the file is empty, truncated "
-                f"or not safetensors. Download or export it again."
-            ) from exc
-        _check_finite(tensors, path)
-        return tensors, metadata
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or a pickle with arbitrary objects
-        raise WeightLoadingError(
-            f"cannot read '{path}' as a tensor dictionary ({type(exc).__name__}: {exc}). Expected a safetensors "
-            f"file or a torch.save'd dict of tensors; re-export the checkpoint."
-        ) from exc
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightLoadingError(f"'{path}' does not hold a dict of tensors (found {type(obj).__name__}).")
-    _check_finite(obj, path)
-    return dict(obj), {}
-
-
-def _check_finite(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Refuse weights holding NaN or inf, by name: they load without complaint and render black images."""
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise WeightLoadingError(f"'{path}' has non-finite (NaN or inf) values in {len(bad)} tensor(s): "
-                                 f"{_summarise(bad)}. The weights are broken (a diverged run?); use another checkpoint.")
-
 
 def _resolve_file(path_or_dir: str | os.PathLike, default_name: str | Sequence[str], what: str,
                   subfolder: str | None) -> Path:
@@ -181,12 +135,6 @@ def _resolve_file(path_or_dir: str | os.PathLike, default_name: str | Sequence[s
         )
     raise FileNotFoundError(f"{what} not found: '{path}'. Pass an existing file or a folder containing "
                             f"{' or '.join(repr(n) for n in names)}.")
-
-
-def _summarise(keys: Iterable[str], limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{len(keys)}: {shown}" + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -351,7 +299,7 @@ def _raise_on_mismatch(header: str, *problems: tuple[str, list], hint: str) -> N
     """Raise one :class:`WeightLoadingError` listing every non-empty ``(label, keys)`` problem, or return."""
     found = [(label, keys) for label, keys in problems if keys]
     if found:
-        lines = [header] + [f"  {label} {_summarise(keys)}" for label, keys in found] + [hint]
+        lines = [header] + [f"  {label} {summarise_keys(keys)}" for label, keys in found] + [hint]
         raise WeightLoadingError("\n".join(lines))
 
 
@@ -360,12 +308,12 @@ def read_lora_file(path_or_dir: str | os.PathLike, *, subfolder: str | None = No
     the rank/alpha information found in its metadata (empty dict if none). Foreign keys raise
     :class:`WeightLoadingError`."""
     file = _resolve_file(path_or_dir, LORA_WEIGHT_NAME, "LoRA weights", subfolder)
-    raw, metadata = _read_tensor_file(file)
+    raw, metadata = read_tensor_file(file)
     state, foreign = _normalise_lora_keys(raw)
     if foreign:
         raise WeightLoadingError(
             f"LoRA file '{file}' has keys that are not UNet LoRA tensors, which would be ignored "
-            f"(unexpected {_summarise(foreign)}). Expected '<unet module>.lora_A.weight' / '.lora_B.weight', "
+            f"(unexpected {summarise_keys(foreign)}). Expected '<unet module>.lora_A.weight' / '.lora_B.weight', "
             f"with or without the 'unet.' prefix."
         )
     if not state:
@@ -380,27 +328,10 @@ def read_lora_file(path_or_dir: str | os.PathLike, *, subfolder: str | None = No
     elif DIFFUSERS_METADATA_KEY in metadata:  # written by diffusers >= 0.34 (LoraConfig as JSON)
         config = read_diffusers_metadata(metadata[DIFFUSERS_METADATA_KEY])
         info = {"rank": config.get("r"), "alpha": config.get("lora_alpha")}
-    _check_module_set(state, info, file)
+    check_module_set(state, info, file)
     info["file"] = str(file)
     return state, info
 
-
-def _check_module_set(state: Mapping[str, torch.Tensor], info: Mapping, file: Path) -> None:
-    """Every adapted module has both its ``lora_A`` and ``lora_B``, and there are as many modules as the
-    metadata says (``modules``, written by :func:`save_lora`): a file missing both tensors of a module would
-    otherwise load as "all verified", with that module silently unadapted."""
-    halves: dict[str, set[str]] = {}
-    for key in state:
-        module, _, rest = key.partition(".lora_")
-        halves.setdefault(module, set()).add(rest.split(".")[0])
-    incomplete = sorted(m for m, parts in halves.items() if parts != {"A", "B"})
-    if incomplete:
-        raise WeightLoadingError(f"LoRA file '{file}': {len(incomplete)} module(s) have only one of lora_A / lora_B "
-                                 f"({_summarise(incomplete)}); the file is incomplete, export it again.")
-    expected = info.get("modules")
-    if isinstance(expected, int) and expected != len(halves):
-        raise WeightLoadingError(f"LoRA file '{file}' holds {len(halves)} adapted modules but its metadata says "
-                                 f"{expected}: tensors are missing; export the adapter again.")
 
 
 def _infer_lora_config(state: Mapping[str, torch.Tensor], info: Mapping) -> tuple[int, float, dict[str, int], list[str]]:
@@ -453,7 +384,7 @@ def load_lora(
     if isinstance(path_or_dir, Mapping):
         state, foreign = _normalise_lora_keys(path_or_dir)
         if foreign:
-            raise WeightLoadingError(f"LoRA state dict has non-LoRA keys (unexpected {_summarise(foreign)}).")
+            raise WeightLoadingError(f"LoRA state dict has non-LoRA keys (unexpected {summarise_keys(foreign)}).")
         info: dict = {"file": "<state dict>"}
     else:
         state, info = read_lora_file(path_or_dir, subfolder=subfolder)
@@ -468,7 +399,7 @@ def load_lora(
         absent = [m for m in modules if m not in known]
         if absent:
             raise WeightLoadingError(
-                f"LoRA file '{source}' targets modules this UNet does not have (unexpected {_summarise(absent)}). "
+                f"LoRA file '{source}' targets modules this UNet does not have (unexpected {summarise_keys(absent)}). "
                 f"Is it an adapter for a different base model?"
             )
         # Exact module names as targets: peft matches a name equal to the target, so nothing else is wrapped.
@@ -499,7 +430,7 @@ def load_lora(
     loaded = {k[len(UNET_PREFIX):]: v for k, v in lora_state_dict(unet, adapter_name).items()}
     differ = [k for k, v in state.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype))]
     if differ:
-        raise WeightLoadingError(f"LoRA tensors from '{source}' were not applied to the UNet: {_summarise(differ)}.")
+        raise WeightLoadingError(f"LoRA tensors from '{source}' were not applied to the UNet: {summarise_keys(differ)}.")
     described = {k: info[k] for k in ADAPTER_DESCRIPTION
                  if k in info}  # what the file says of itself
     return dict(file=source, rank=rank, alpha=alpha, modules=len({k.rsplit(".lora_", 1)[0] for k in state}),
@@ -576,7 +507,7 @@ def load_vae_partial(
         raw, source = dict(path_or_dir), "<state dict>"
     else:
         file = _resolve_file(path_or_dir, VAE_WEIGHT_NAMES, "VAE weights", subfolder)
-        raw, _ = _read_tensor_file(file)
+        raw, _ = read_tensor_file(file)
         source = str(file)
     state = {}
     for key, value in raw.items():
@@ -602,9 +533,9 @@ def load_vae_partial(
     )
     result = vae.load_state_dict(state, strict=False)
     if result.unexpected_keys:  # cannot happen after the check above; kept so nothing is ever ignored silently
-        raise WeightLoadingError(f"VAE ignored keys from '{source}': {_summarise(result.unexpected_keys)}")
+        raise WeightLoadingError(f"VAE ignored keys from '{source}': {summarise_keys(result.unexpected_keys)}")
     after = vae.state_dict()
     differ = [k for k, v in state.items() if not torch.equal(after[k].detach().cpu(), v.to(after[k].dtype))]
     if differ:
-        raise WeightLoadingError(f"VAE tensors from '{source}' were not applied: {_summarise(differ)}.")
+        raise WeightLoadingError(f"VAE tensors from '{source}' were not applied: {summarise_keys(differ)}.")
     return dict(file=source, tensors=len(state))
