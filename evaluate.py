@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data.io import MAX_PIXELS, set_max_pixels
 from kernels.device import resolve_device
 from metrics.bands import BAND_THRESHOLD, BAND_WIDTH_PX
 from metrics.image import LEARNED_METRICS, PSNR_MAX_DB, load_learned_metrics
@@ -65,7 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--worst_k", type=int, default=WORST_K, help="images in the worst-case contact sheet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
+    parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                        help="largest image or map accepted (H x W px), checked from each file's header before decoding")
     args = parser.parse_args(argv)
+    if not args.max_pixels > 0:
+        parser.error(f"--max_pixels must be > 0, got {args.max_pixels}")
+    set_max_pixels(args.max_pixels)
     if "none" in args.learned:
         if len(args.learned) > 1:
             parser.error(f"--learned none excludes the other metrics, got {' '.join(args.learned)}")

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 import kernels.device
-from data.io import IMAGE_EXTENSIONS, write_text_atomic
+from data.io import IMAGE_EXTENSIONS, MAX_PIXELS, set_max_pixels, write_text_atomic
 from data.ranks import join_ranks, rank_device
 from data.prepare import (
     CONFIG_NAME, Item, Layout, UsageError, check_no_input_replaced, copy_file, find_images, is_done, masks_each,
@@ -89,11 +89,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="images per forward pass (same-size images are batched)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--fp16", action="store_true", help="run both models in float16 (CUDA only)")
+    parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                        help="largest photo accepted (H x W px), checked from each file's header before decoding")
     parser.add_argument("--depth_resolution", type=int, default=DEPTH_ANYTHING_INPUT_SIZE,
                         help="shorter side (px) of the image the depth network sees (rounded to its patch size)")
     parser.add_argument("--mask_resolution", type=int, default=BIREFNET_RESOLUTION,
                         help="square side (px) of the image the mask network sees")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.max_pixels > 0:
+        parser.error(f"--max_pixels must be > 0, got {args.max_pixels}")
+    set_max_pixels(args.max_pixels)
+    return args
 
 
 def resolve_device(name: str, fp16: bool) -> tuple[torch.device, torch.dtype]:

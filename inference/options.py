@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data.io import MAX_PIXELS, set_max_pixels
 from data.inference_io import DEFAULT_K, DEMO_FOCUS_PERCENTILES, DEMO_K, disparity_value, percentile, strength_K
 from kernels.colour import DEFAULT_GAMMA
 from kernels.device import resolve_device
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available")
     run.add_argument("--seed", type=int, default=0, help="global RNG seed; bokehdiff: PISA's occlusion-sampling seed")
     run.add_argument("--no_contact_sheet", action="store_true", help="skip the contact sheet")
+    run.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                     help="largest image or map accepted (H x W px), checked from each file's header before decoding")
     run.add_argument("--overwrite", action="store_true",
                      help="render everything again; without it a rerun into --output_dir with the same settings "
                           "renders only what is missing, and one with other settings is refused")
@@ -165,6 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate; invalid combinations exit with code 2 and a message naming the flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.max_pixels > 0:
+        parser.error(f"--max_pixels must be > 0, got {args.max_pixels}")
+    set_max_pixels(args.max_pixels)  # every reader of this process checks against it
     sources = [args.demo, args.image is not None, args.test_data_dir is not None]
     if sum(sources) != 1:
         parser.error("give exactly one input: --demo, --image PATH --disparity PATH, or --test_data_dir DIR")

@@ -391,3 +391,20 @@ def test_a_long_render_shows_its_progress_in_rows(tmp_path, monkeypatch, capsys)
     code, _ = _run(tmp_path, image_path, disparity_path, "--K", "3", "--focus_disparity", "0.5")
     err = capsys.readouterr().err
     assert code == 0 and "K=3 f=0.50" in err and f"/{H} [" in err and "row/s" in err, err
+
+
+def test_max_pixels_refuses_a_large_input_and_can_be_raised(tmp_path, capsys):
+    import data.io
+
+    image_path, disparity_path = tmp_path / "photo.png", tmp_path / "photo.npy"
+    save_image(image_path, np.full((3, 40, 60), 0.5, np.float32))
+    np.save(disparity_path, np.linspace(0, 1, 2400, dtype=np.float32).reshape(40, 60))
+    common = ["--renderer", "classical", "--image", str(image_path), "--disparity", str(disparity_path), "--K", "2",
+              "--no_contact_sheet"]
+    default = data.io.MAX_PIXELS
+    try:
+        assert inference_hf.main([*common, "--output_dir", str(tmp_path / "a"), "--max_pixels", "1000"]) == 1
+        assert "photo.png' declares 40 x 60" in capsys.readouterr().err
+        assert inference_hf.main([*common, "--output_dir", str(tmp_path / "b"), "--max_pixels", "2400"]) == 0
+    finally:
+        data.io.set_max_pixels(default)
