@@ -18,7 +18,6 @@ Shapes and units (docs/conventions.md): images ``(B, 3, H, W)`` sRGB in [0, 1]; 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -35,14 +34,16 @@ from .onestep import DEFAULT_PROMPT, DEFAULT_TIMESTEP, OneStepBokeh
 from .pipeline_files import COMPONENT_NAMES, is_saved_pipeline, save_components
 from .pipeline_load import (CTOR_KWARGS, DEFAULT_ADAPTER, DEFAULT_ADAPTER_VARIANT, DEFAULT_BASE_MODEL, LOAD_KWARGS,
                             PROTOCOLS, TILERS, cast_components, load_base_and_adapter, load_saved)
-from .pipeline_io import (OUTPUT_TYPES, BokehDiffPipelineOutput, as_batch, as_items, disparity_to_tensor, format_images,
+from .pipeline_devices import PipelineDevicesMixin, is_out_of_memory, release_cached_memory
+from .pipeline_io import (OUTPUT_TYPES, BokehDiffPipelineOutput, as_batch, as_items, checked_pair, coc_from_focus,
+                          disparity_to_tensor, format_images,
                           image_to_tensor, per_item, resolve_focus, seed_from_generator)
 from .pisa import install_pisa_processors
 from .pisa.published import drop_unused_geometry
 from .published_tiling import (
     PUBLISHED_TILE_LATENT, published_tile_starts, published_tile_window, published_time_ids,
 )
-from .sdxl import DTYPES, resolve_dtype
+from .sdxl import resolve_dtype
 from .tiling import (TILE_OVERLAP, TILE_SIZE, RenderPlan, Tiler, blend_window, estimate_bytes, pad_multiple, pad_to,
                      tile_starts)
 
@@ -86,7 +87,7 @@ def default_gamma(protocol: str, lora_info: Mapping | None = None) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------
-class BokehDiffPipeline(DiffusionPipeline):
+class BokehDiffPipeline(PipelineDevicesMixin, DiffusionPipeline):
     """One-step neural lens blur, as a diffusers pipeline.
 
     Build with :meth:`from_pretrained` (an SDXL base + an adapter, or a folder this class's
@@ -322,86 +323,6 @@ class BokehDiffPipeline(DiffusionPipeline):
         self._installed_seed = int(seed)
 
     # ------------------------------------------------------------------------------------------------------
-    # Devices and precision
-    # ------------------------------------------------------------------------------------------------------
-    def to(self, *args, **kwargs) -> "BokehDiffPipeline":
-        """Move the render modules (UNet, VAE, prompt embeddings) to a device and/or set their precision.
-
-        Accepts diffusers' forms: ``to("cuda")``, ``to(torch.bfloat16)``, ``to("cuda", torch.bfloat16)``,
-        ``to(device=..., dtype=...)``; ``dtype`` may also be a name (``"bf16"``, ``"fp16"``, ``"fp32"``, ``"no"``).
-        The dtype rule is :func:`cast_components` (the VAE stays float32 where its config says
-        ``force_upcast``). The text encoders stay where they are: they only computed the cached prompt
-        embeddings. Moving to a device ends :meth:`enable_model_cpu_offload`."""
-        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-        kwargs.pop("silence_dtype_warnings", None)  # diffusers' flag; we never warn about the VAE's upcast
-        if kwargs:
-            raise TypeError(f"BokehDiffPipeline.to got unknown keyword argument(s) {sorted(kwargs)}.")
-        for arg in args:
-            if isinstance(arg, torch.dtype) or (isinstance(arg, str) and arg in DTYPES):
-                dtype = arg
-            elif isinstance(arg, (str, torch.device, int)):
-                device = arg
-            else:
-                raise TypeError(f"BokehDiffPipeline.to: expected a device or a dtype, got {arg!r}.")
-        if device is not None:
-            self._offload_device = None
-            self.model.to(device)
-        if dtype is not None:
-            self.cast_precision(dtype)
-        return self
-
-    def cast_precision(self, dtype: str | torch.dtype) -> None:
-        """Set the UNet's precision and the VAE's (see :func:`cast_components`)."""
-        cast_components(self.model.unet, self.model.vae, resolve_dtype(dtype))
-
-    @property
-    def device(self) -> torch.device:
-        """Where inputs go and rendering runs (the execution device under :meth:`enable_model_cpu_offload`)."""
-        return self.model.prompt_embeds.device
-
-    @property
-    def _execution_device(self) -> torch.device:
-        return self.device
-
-    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
-        """Keep the UNet and VAE on the CPU and move each to the execution device only while it runs (VAE
-        encode, UNet, VAE decode), so at most one large module is on the accelerator at a time.
-
-        The execution device is ``device``, else the current accelerator (``torch.accelerator``; ``gpu_id``
-        picks its index), else the CPU: without an accelerator the modules simply stay on the CPU (logged
-        once), and rendering is unchanged. :meth:`to` with a device ends it."""
-        if device is None:
-            accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-            device = torch.device("cpu") if accelerator is None else torch.device(accelerator.type, gpu_id or 0)
-        device = torch.device(device)
-        if device.type == "cpu":
-            logger.info("enable_model_cpu_offload: no accelerator, so the UNet and the VAE stay on the CPU.")
-        self.model.to("cpu")
-        self.model.prompt_embeds = self.model.prompt_embeds.to(device)  # small: they stay on the device
-        self.model.pooled_prompt_embeds = self.model.pooled_prompt_embeds.to(device)
-        self._offload_device = device
-
-    @contextlib.contextmanager
-    def _on_device(self, module: torch.nn.Module):
-        """Under CPU offload: ``module`` on the execution device for the block, back on the CPU after it."""
-        if self._offload_device is None:
-            yield
-            return
-        module.to(self._offload_device)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-
-    def enable_vae_tiling(self) -> None:
-        """Tile the VAE in every later call that does not pass ``vae_tiling`` (default: decided by memory)."""
-        self._vae_tiling_default = True
-
-    def disable_vae_tiling(self) -> None:
-        """Never tile the VAE in later calls that do not pass ``vae_tiling``."""
-        self._vae_tiling_default = False
-
-    # ------------------------------------------------------------------------------------------------------
     # Planning
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -417,8 +338,10 @@ class BokehDiffPipeline(DiffusionPipeline):
     def _pisa_segments(self) -> int | None:
         return None if self.pisa_settings is None else int(self.pisa_settings.get("n_segments", 7))
 
-    def plan(self, height: int, width: int, mode: str = "auto", vae_tiling: bool | str = "auto") -> RenderPlan:
-        """Decide full frame vs tiled (and VAE tiling) for an ``height x width`` image: the tiler's plan.
+    def plan(self, height: int, width: int, mode: str = "auto", vae_tiling: bool | str = "auto",
+             batch: int = 1) -> RenderPlan:
+        """Decide full frame vs tiled (and VAE tiling) for an ``height x width`` image, ``batch`` renders per UNet
+        call (the memory estimate scales with it): the tiler's plan.
 
         Corrected (:meth:`models.tiling.Tiler.plan`), ``mode="auto"``: full frame when the estimated UNet
         activations fit in 80% of the free memory (and ``H * W <= full_frame_max_px`` if set); tiled otherwise.
@@ -427,21 +350,12 @@ class BokehDiffPipeline(DiffusionPipeline):
         """
         if mode not in ("auto", "full", "tiled"):
             raise ValueError(f"mode must be 'auto', 'full' or 'tiled', got {mode!r}.")
-        return self.tiler.plan(self.model, height, width, mode, vae_tiling, pisa_segments=self._pisa_segments())
+        return self.tiler.plan(self.model, height, width, mode, vae_tiling, pisa_segments=self._pisa_segments(),
+                               batch=batch)
 
     # ------------------------------------------------------------------------------------------------------
     # Rendering
     # ------------------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _vae_tiling(self, enabled: bool):
-        vae = self.model.vae
-        before = bool(getattr(vae, "use_tiling", False))
-        (vae.enable_tiling if enabled else vae.disable_tiling)()
-        try:
-            yield
-        finally:
-            (vae.enable_tiling if before else vae.disable_tiling)()
-
     @torch.inference_mode()
     def __call__(
         self,
@@ -524,64 +438,158 @@ class BokehDiffPipeline(DiffusionPipeline):
             return images_out, plans, used_focus
         return BokehDiffPipelineOutput(images=images_out, plans=plans, focus_disparity=used_focus)
 
+    def render_variants(self, image, disparity, *, output_type: str = "pt", **kwargs):
+        """Several renders of one image (an evaluation set's K x focus grid, refocusing): the image is VAE-encoded
+        once, and the renders go through the UNet (and the VAE decoder) ``batch_size`` at a time.
+
+        Keyword arguments are :meth:`iter_variants`'. ``output_type``: ``"pt"`` (default): ``(N, 3, H, W)``
+        float32 sRGB in [0, 1] on the model's device; ``"np"``: ``(N, H, W, 3)``; ``"pil"``: a list of images.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        chunks = [out for _, _, out in self.iter_variants(image, disparity, **kwargs)]
+        out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        return out if output_type == "pt" else format_images(list(out.split(1)), output_type, batched=True)
+
+    @torch.inference_mode()
+    def iter_variants(
+        self,
+        image,
+        disparity,
+        *,
+        K: float | Sequence[float],
+        disp_focus: float | Sequence[float] | None = None,
+        focus_disparity: float | Sequence[float] | None = None,
+        focus_xy: tuple[int, int] | None = None,
+        batch_size: int = 1,
+        mode: str = "auto",
+        vae_tiling: bool | str | None = None,
+        seed: int | None = None,
+        pisa_hardness: float | None = None,
+        tile_batch_size: int = 1,
+    ):
+        """Render one image at several (K, focus) settings, yielding each UNet batch as it is decoded.
+
+        Args:
+            image, disparity: one image and its disparity, in any form :meth:`__call__` takes for one item.
+            K: blur strength per render (px of CoC radius per unit disparity): a sequence, or one value for all.
+            disp_focus / focus_disparity: in-focus disparity in [0, 1] per render (a sequence, or one value), or
+            focus_xy: one ``(x, y)`` pixel to focus on for all renders. ``K`` and the focus broadcast against
+                each other (one of them may be a single value).
+            batch_size: renders per UNet call, taken in order: ``[0, b)``, ``[b, 2b)``, ...
+            mode, vae_tiling, seed, pisa_hardness, tile_batch_size: as :meth:`__call__`'s (tiled mode: each UNet
+                call takes ``tile_batch_size`` tiles of every render of the batch).
+
+        Yields:
+            ``(start, stop, images)``: renders ``start..stop-1`` as ``(stop - start, 3, H, W)`` float32 sRGB in
+            [0, 1] on the model's device. ``self.last_plan`` holds the plan and the timings so far.
+
+        With ``batch_size=1`` each render equals :meth:`__call__`'s bit for bit (the shared encode is the same
+        computation). With ``batch_size > 1`` they agree to float rounding only: the CPU and GPU matrix
+        libraries pick other kernels for other batch sizes (already the UNet's first linear layer differs in
+        the last bit between batch 1 and 6); docs/conventions.md gives the measured bound. Renders are a
+        deterministic function of the inputs, ``seed`` and ``batch_size``.
+        """
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        images, disparities, batched = as_items(image, disparity)
+        disp = as_batch(disparity_to_tensor(disparities[0], "disparity"), 1, "disparity")
+        img = as_batch(image_to_tensor(images[0], "image"), 3, "image")
+        if batched or len(images) != 1 or img.shape[0] != 1 or disp.shape[0] != 1:
+            raise ValueError("render_variants / iter_variants take one image and its disparity (call once per image).")
+        focus = resolve_focus(disp, disp_focus, focus_disparity, focus_xy)
+        if focus is None:
+            raise ValueError("pass a focus: disp_focus / focus_disparity (in [0, 1]) or focus_xy (a pixel).")
+        ks = torch.as_tensor(K, dtype=torch.float32).flatten()
+        fs = torch.as_tensor(focus, dtype=torch.float32).flatten()
+        if len(ks) != len(fs) and 1 not in (len(ks), len(fs)):
+            raise ValueError(f"K ({len(ks)} values) and the focus ({len(fs)} values) must have one value per render, "
+                             "or one of them a single value.")
+        ks, fs = torch.broadcast_tensors(ks, fs)
+        img, disp = checked_pair(img, disp, self.device)
+        yield from self._iter_run(img, disp, coc_from_focus(disp, ks, fs), mode=mode, vae_tiling=vae_tiling,
+                                  seed=seed, pisa_hardness=pisa_hardness, tile_batch_size=tile_batch_size,
+                                  batch_size=int(batch_size))
+
     def _render(self, image, disparity, *, K, disp_focus, coc_px, mode, vae_tiling, seed, pisa_hardness,
                 tile_batch_size) -> torch.Tensor:
         """One tensor batch: ``(B, 3, H, W)`` sRGB in [0, 1] -> ``(B, 3, H, W)`` float32 in [0, 1]."""
-        image = as_batch(image, 3, "image")
-        disparity = as_batch(disparity, 1, "disparity")
-        if disparity.shape[0] == 1 and image.shape[0] > 1:
-            disparity = disparity.expand(image.shape[0], -1, -1, -1)
-        if disparity.shape[0] != image.shape[0] or disparity.shape[-2:] != image.shape[-2:]:
-            raise ValueError(
-                f"disparity {tuple(disparity.shape)} must match the image {tuple(image.shape)} in batch and size "
-                f"(resize it to the image first, e.g. data.io.read_disparity(..., size=...))."
-            )
-        device = self.device
-        image, disparity = image.to(device, torch.float32), disparity.to(device, torch.float32)
-        batch, _, height, width = image.shape
+        image, disparity = checked_pair(image, disparity, self.device)
         if coc_px is None:
-            if K is None or disp_focus is None:
-                raise ValueError("pass either coc_px, or K (blur strength, px) and a focus: disp_focus / "
-                                 "focus_disparity (in [0, 1]) or focus_xy (a pixel).")
-            k = torch.as_tensor(K, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
-            focus = torch.as_tensor(disp_focus, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
-            if ((focus < 0) | (focus > 1)).any():
-                raise ValueError(f"disp_focus must be in [0, 1] (disparity units), got {focus.flatten().tolist()}.")
-            coc_px = k * (disparity - focus)
+            coc_px = coc_from_focus(disparity, K, disp_focus)
         else:
-            coc_px = as_batch(coc_px, 1, "coc_px").to(device, torch.float32)
+            coc_px = as_batch(coc_px, 1, "coc_px").to(self.device, torch.float32)
             if coc_px.shape != disparity.shape:
                 raise ValueError(f"coc_px {tuple(coc_px.shape)} must match disparity {tuple(disparity.shape)}.")
-        coc_px = self.tiler.prepare_coc(coc_px)  # what PISA receives (published: |CoC|)
+        chunks = [out for _, _, out in self._iter_run(image, disparity, coc_px, mode=mode, vae_tiling=vae_tiling,
+                                                      seed=seed, pisa_hardness=pisa_hardness,
+                                                      tile_batch_size=tile_batch_size)]
+        return chunks[0]
 
+    def _iter_run(self, image, disparity, coc_px, *, mode, vae_tiling, seed, pisa_hardness, tile_batch_size,
+                  batch_size: int | None = None):
+        """Render ``N`` CoC maps ``coc_px`` ``(N, 1, H, W)`` of ``image`` ``(N or 1, 3, H, W)`` with ``disparity``
+        ``(N or 1, 1, H, W)``: the images are encoded once; the UNet and the decoder take ``batch_size`` renders
+        at a time (``None``: all at once). Yields ``(start, stop, (stop - start, 3, H, W))`` float32 sRGB in
+        [0, 1] per batch."""
+        n, (_, _, height, width) = coc_px.shape[0], image.shape
+        coc_px = self.tiler.prepare_coc(coc_px)  # what PISA receives (published: |CoC|)
         # A per-call seed applies to this call only; later calls without one use the pipeline's seed again.
         wanted = self.seed if seed is None else int(seed)
         if self.pisa_settings is not None and wanted != self._installed_seed:
             self._install_pisa(wanted)
         if vae_tiling is None:
             vae_tiling = "auto" if self._vae_tiling_default is None else self._vae_tiling_default
-        plan = self.plan(height, width, mode, vae_tiling)
+        step = n if batch_size is None else min(int(batch_size), n)
+        plan = self.plan(height, width, mode, vae_tiling, batch=step)
         ph, pw = plan.padded_hw
         image_p, disp_p, coc_p = (pad_to(t, ph, pw) for t in (image, disparity, coc_px))
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-        t0 = time.perf_counter()
+        sync = torch.cuda.synchronize if image.device.type == "cuda" else (lambda: None)
+        timings = dict(encode_s=0.0, unet_s=0.0, decode_s=0.0)
         with self._vae_tiling(plan.vae_tiling):
+            t0 = time.perf_counter()
             with self._on_device(self.model.vae):
                 z = self.model.encode(image_p)
             sync()
-            t1 = time.perf_counter()
-            with self._on_device(self.model.unet):
-                if plan.mode == "full":
-                    x0 = self.model.predict_x0(z, disp_p, coc_p, pisa_hardness=pisa_hardness)
-                else:
-                    x0 = self.tiler.predict_tiled(self.model, z, disp_p, coc_p, plan, pisa_hardness, tile_batch_size)
-            sync()
-            t2 = time.perf_counter()
-            with self._on_device(self.model.vae):
-                out = self.model.decode(x0)
-            sync()
-            t3 = time.perf_counter()
-        plan.timings = dict(encode_s=t1 - t0, unet_s=t2 - t1, decode_s=t3 - t2, total_s=t3 - t0)
-        self.last_plan = plan
-        return out[..., :height, :width].clamp(0, 1)
+            timings["encode_s"] += time.perf_counter() - t0
+            for start in range(0, n, step):
+                stop = min(start + step, n)
+                one = z.shape[0] == 1 and n > 1  # one image, several renders: the latent is shared
+                z_c = z.expand(stop - start, -1, -1, -1).contiguous() if one else z[start:stop]
+                d_c = disp_p.expand(stop - start, -1, -1, -1) if disp_p.shape[0] == 1 and n > 1 else disp_p[start:stop]
+                t1 = time.perf_counter()
+                with self._on_device(self.model.unet):
+                    x0, plan = self._predict(z_c, d_c, coc_p[start:stop], plan, mode, pisa_hardness, tile_batch_size)
+                sync()
+                t2 = time.perf_counter()
+                with self._on_device(self.model.vae):
+                    out = self.model.decode(x0)[..., :height, :width].clamp(0, 1)
+                sync()
+                timings["unet_s"] += t2 - t1
+                timings["decode_s"] += time.perf_counter() - t2
+                plan.timings = dict(timings, total_s=sum(timings.values()))
+                self.last_plan = plan
+                yield start, stop, out
+
+    def _predict(self, z, disp, coc, plan: RenderPlan, mode: str, pisa_hardness, tile_batch_size):
+        """x0 for one UNet batch under ``plan``; returns ``(x0, plan)``. ``mode="auto"`` survives a wrong memory
+        estimate: a full-frame pass that runs out of memory is retried in tiles (one warning; later batches of
+        the call keep the tiles) when the image is larger than one tile."""
+        if plan.mode == "full":
+            try:
+                return self.model.predict_x0(z, disp, coc, pisa_hardness=pisa_hardness), plan
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
+                if mode != "auto" or not is_out_of_memory(error):
+                    raise
+                height, width = plan.padded_hw
+                tiled = self.plan(height, width, "tiled", plan.vae_tiling, batch=z.shape[0])
+                if tiled.n_tiles <= 1:
+                    raise
+                release_cached_memory(z.device)
+                logger.warning("full-frame render of %dx%d px ran out of memory (%s: %s); rendering it in %d tiles "
+                               "instead (pass mode='tiled' / --tile_mode tiled to skip the attempt)",
+                               width, height, type(error).__name__, str(error).splitlines()[0][:120], tiled.n_tiles)
+                tiled.reason = f"auto: tiled after the full-frame pass ran out of memory ({plan.reason})"
+                plan = tiled
+        x0 = self.tiler.predict_tiled(self.model, z, disp, coc, plan, pisa_hardness, tile_batch_size)
+        return x0, plan

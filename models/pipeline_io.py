@@ -23,6 +23,8 @@ __all__ = [
     "BokehDiffPipelineOutput",
     "as_batch",
     "as_items",
+    "checked_pair",
+    "coc_from_focus",
     "image_to_tensor",
     "disparity_to_tensor",
     "per_item",
@@ -200,3 +202,32 @@ def format_images(images: Sequence[torch.Tensor], output_type: str, batched: boo
     from PIL import Image
 
     return [Image.fromarray(np.round(a * 255).clip(0, 255).astype(np.uint8)) for a in arrays]
+
+
+def checked_pair(image: torch.Tensor, disparity: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` ``(B, 3, H, W)`` and ``disparity`` ``(B or 1, 1, H, W)`` checked (:func:`as_batch`), the
+    disparity broadcast over the batch, both moved to ``device`` as float32."""
+    image = as_batch(image, 3, "image")
+    disparity = as_batch(disparity, 1, "disparity")
+    if disparity.shape[0] == 1 and image.shape[0] > 1:
+        disparity = disparity.expand(image.shape[0], -1, -1, -1)
+    if disparity.shape[0] != image.shape[0] or disparity.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"disparity {tuple(disparity.shape)} must match the image {tuple(image.shape)} in batch and size "
+            f"(resize it to the image first, e.g. data.io.read_disparity(..., size=...))."
+        )
+    return image.to(device, torch.float32), disparity.to(device, torch.float32)
+
+
+def coc_from_focus(disparity: torch.Tensor, K, disp_focus) -> torch.Tensor:
+    """Signed CoC ``K * (disparity - focus)`` in px, ``(N, 1, H, W)``, from ``disparity`` ``(N or 1, 1, H, W)`` in
+    [0, 1] and ``K`` (px per unit disparity) / ``disp_focus`` (in [0, 1]) scalars or ``(N,)``."""
+    if K is None or disp_focus is None:
+        raise ValueError("pass either coc_px, or K (blur strength, px) and a focus: disp_focus / "
+                         "focus_disparity (in [0, 1]) or focus_xy (a pixel).")
+    device = disparity.device
+    k = torch.as_tensor(K, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
+    focus = torch.as_tensor(disp_focus, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
+    if ((focus < 0) | (focus > 1)).any():
+        raise ValueError(f"disp_focus must be in [0, 1] (disparity units), got {focus.flatten().tolist()}.")
+    return k * (disparity - focus)

@@ -88,7 +88,7 @@ class PublishedTiler(Tiler):
         return coc_px.abs()
 
     def plan(self, model, height: int, width: int, mode: str = "auto", vae_tiling: bool | str = "auto", *,
-             pisa_segments: int | None = None) -> RenderPlan:
+             pisa_segments: int | None = None, batch: int = 1) -> RenderPlan:
         """Pad to the VAE factor only; tiled (512-px tiles) when the latent has more than ``2 * 64^2`` pixels;
         the VAE's own tiling always enabled (it applies above the VAE config's size). No memory model."""
         f = model.vae_scale_factor

@@ -232,8 +232,9 @@ class Tiler:
         return coc_px
 
     def plan(self, model, height: int, width: int, mode: str = "auto", vae_tiling: bool | str = "auto", *,
-             pisa_segments: int | None = None) -> RenderPlan:
-        """Full frame vs tiled (and VAE tiling) for an ``height x width`` image (``mode`` already validated).
+             pisa_segments: int | None = None, batch: int = 1) -> RenderPlan:
+        """Full frame vs tiled (and VAE tiling) for ``batch`` renders of an ``height x width`` image per UNet call
+        (``mode`` already validated).
 
         ``mode="auto"``: full frame when the estimated UNet activations (:func:`estimate_bytes`) fit in 80% of
         the free memory (and ``H * W <= full_frame_max_px`` if set); tiled otherwise. ``vae_tiling="auto"``:
@@ -242,7 +243,7 @@ class Tiler:
         """
         m = pad_multiple(model)
         ph, pw = -(-height // m) * m, -(-width // m) * m
-        unet_b, vae_b = estimate_bytes(model, ph, pw, pisa_segments)
+        unet_b, vae_b = (batch * b for b in estimate_bytes(model, ph, pw, pisa_segments))
         free = available_bytes(model.prompt_embeds.device)
         budget = None if free is None else free * _MEMORY_HEADROOM
         reason = f"estimated UNet {unet_b / 2**30:.2f} GiB, VAE {vae_b / 2**30:.2f} GiB" + (
@@ -282,7 +283,7 @@ class Tiler:
         Each tile is conditioned as a training crop: ``original_size`` = the full padded image, ``crop_top_left``
         = the tile's pixel offset, ``target_size`` = the tile's pixel size; ``disp_coc`` is the tile's crop at
         image resolution, so PISA sees CoC radii in the same pixel units as in full-frame mode.
-        ``tile_batch_size`` tiles go through the UNet per call.
+        Each UNet call takes ``tile_batch_size`` tiles of every item of the batch.
         """
         f = model.vae_scale_factor
         align = pad_multiple(model) // f
@@ -293,31 +294,35 @@ class Tiler:
         norm = torch.zeros((1, 1, h, w), dtype=torch.float32, device=z.device)
         tiles = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
         full_size = (h * f, w * f)
-        for b in range(z.shape[0]):
-            for start in range(0, len(tiles), max(1, tile_batch_size)):
-                chunk = tiles[start:start + max(1, tile_batch_size)]
-                zs, ds, cs, offsets = [], [], [], []
+        batch = z.shape[0]
+        step = max(1, tile_batch_size)
+        # Each UNet call takes the same ``step`` tiles of every item of the batch (item-major): one item is
+        # tiles[start:start + step] as before; several items (renders of one image) share the call.
+        for start in range(0, len(tiles), step):
+            chunk = tiles[start:start + step]
+            zs, ds, cs, offsets = [], [], [], []
+            for b in range(batch):
                 for iy, ix in chunk:
                     y, x = ys[iy], xs[ix]
                     zs.append(z[b:b + 1, :, y:y + t_h, x:x + t_w])
                     ds.append(disp[b:b + 1, :, y * f:(y + t_h) * f, x * f:(x + t_w) * f])
                     cs.append(coc[b:b + 1, :, y * f:(y + t_h) * f, x * f:(x + t_w) * f])
                     offsets.append((y * f, x * f))
-                x0 = model.predict_x0(
-                    torch.cat(zs),
-                    torch.cat(ds),
-                    torch.cat(cs),
-                    original_size=full_size,
-                    crop_top_left=torch.tensor(offsets, dtype=torch.float32),
-                    target_size=(t_h * f, t_w * f),
-                    pisa_hardness=pisa_hardness,
-                )
-                for k, (iy, ix) in enumerate(chunk):
-                    y, x = ys[iy], xs[ix]
-                    wy = blend_window(ys, t_h, iy).to(z.device, torch.float32)
-                    wx = blend_window(xs, t_w, ix).to(z.device, torch.float32)
-                    weight = wy[:, None] * wx[None, :]
-                    acc[b:b + 1, :, y:y + t_h, x:x + t_w] += x0[k:k + 1] * weight
-                    if b == 0:
-                        norm[:, :, y:y + t_h, x:x + t_w] += weight
+            x0 = model.predict_x0(
+                torch.cat(zs),
+                torch.cat(ds),
+                torch.cat(cs),
+                original_size=full_size,
+                crop_top_left=torch.tensor(offsets, dtype=torch.float32),
+                target_size=(t_h * f, t_w * f),
+                pisa_hardness=pisa_hardness,
+            )
+            for k, (iy, ix) in enumerate(chunk):
+                y, x = ys[iy], xs[ix]
+                wy = blend_window(ys, t_h, iy).to(z.device, torch.float32)
+                wx = blend_window(xs, t_w, ix).to(z.device, torch.float32)
+                weight = wy[:, None] * wx[None, :]
+                for b in range(batch):
+                    acc[b:b + 1, :, y:y + t_h, x:x + t_w] += x0[b * len(chunk) + k:b * len(chunk) + k + 1] * weight
+                norm[:, :, y:y + t_h, x:x + t_w] += weight
         return acc / norm
