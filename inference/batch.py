@@ -26,7 +26,7 @@ from data.inference_io import (
 )
 from data.io import InputWarning, save_image, write_text_atomic
 
-from .renderers import RenderFn
+from .renderers import BatchedRender, RenderFn, batch_size_of, render_settings
 from .shard import Job, file_key, input_identity, recorded_outputs
 
 
@@ -76,31 +76,47 @@ def write_manifest(files: OutputFiles, config: dict) -> None:
     write_text_atomic(files.folder / MANIFEST_NAME, json.dumps({**config, "outputs": outputs}, indent=2) + "\n")
 
 
-def render_item(item: InputItem, focus, args, render: RenderFn, device, timer, progress,
+def render_item(item: InputItem, focus, args, render: RenderFn | BatchedRender, device, timer, progress,
                 files: OutputFiles, job: Job | None = None, index: int = 0, input_id: str = "",
                 reuse: bool = False) -> dict:
-    """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG.
+    """All (K, focus) renders of one item; returns {(K, focus): (3, H, W) numpy} and writes each PNG as soon as
+    it is rendered.
 
-    With ``job``, each file is recorded in this rank's manifest; with ``reuse``, a render an earlier run already
-    wrote for this input (:meth:`inference.shard.Job.done`) is kept and left out of the returned dict."""
+    The settings (``--K`` major, then focus) go to the renderer together (:func:`inference.renderers.render_settings`:
+    bokehdiff encodes the input once and takes ``--batch_size`` consecutive settings per UNet call). With
+    ``job``, each file is recorded in this rank's manifest; with ``reuse``, a render an earlier run already
+    wrote for this input (:meth:`inference.shard.Job.done`) is kept and left out of the returned dict. A batch
+    with any missing render is rendered whole, so a render's bytes never depend on what an earlier run finished."""
     image = torch.from_numpy(item.image)[None].to(device)
     disparity = torch.from_numpy(item.disparity)[None].to(device)
-    renders = {}
-    for K in args.K:
-        for disp_focus, _ in focus:
-            requested = output_name(item.name, K, disp_focus)
-            path = files.claim(requested)
-            key = file_key(input_id, K, disp_focus)
-            earlier = job.done(key, requested) if job is not None and reuse else None
-            if earlier is None:
-                with timer.stage("render"), torch.inference_mode():
-                    out = render(image, disparity, K, disp_focus)[0].float().cpu().numpy()
-                with timer.stage("save"):
-                    save_image(path, out)
-                renders[(K, disp_focus)] = out
-            if job is not None:
-                job.record_output(index, item.name, key, requested, earlier or path, reused=earlier is not None)
-            progress.update(1)
+    settings = [(K, disp_focus) for K in args.K for disp_focus, _ in focus]
+    entries = []  # (requested name, claimed path, file key, earlier file or None), in settings order
+    for K, disp_focus in settings:
+        requested = output_name(item.name, K, disp_focus)
+        key = file_key(input_id, K, disp_focus)
+        entries.append((requested, files.claim(requested), key,
+                        job.done(key, requested) if job is not None and reuse else None))
+    step = batch_size_of(render)
+    todo = [i for start in range(0, len(settings), step)
+            if any(entry[3] is None for entry in entries[start:start + step])
+            for i in range(start, min(start + step, len(settings)))]
+    chunks = render_settings(render, image, disparity, [settings[i] for i in todo]) if todo else iter(())
+    rendered, renders, wanted = {}, {}, set(todo)
+    for i, (requested, path, key, earlier) in enumerate(entries):
+        if i not in rendered and i in wanted:
+            with timer.stage("render"), torch.inference_mode():
+                start, stop, out = next(chunks)
+                out = out.float().cpu().numpy()
+            rendered.update(zip(todo[start:stop], out))
+        if earlier is None:
+            with timer.stage("save"):
+                save_image(path, rendered[i])
+            renders[settings[i]] = rendered.pop(i)
+        else:
+            rendered.pop(i, None)  # rendered again with its batch; the earlier file is kept
+        if job is not None:
+            job.record_output(index, item.name, key, requested, earlier or path, reused=earlier is not None)
+        progress.update(1)
     return renders
 
 
@@ -128,7 +144,7 @@ class BatchReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def render_inputs(inputs, args: argparse.Namespace, render: RenderFn, device: torch.device, files: OutputFiles,
+def render_inputs(inputs, args: argparse.Namespace, render: RenderFn | BatchedRender, device: torch.device, files: OutputFiles,
                   config: dict, job: Job | None = None, *, main: bool = True,
                   n_inputs: int | None = None) -> BatchReport:
     """Render every input at every ``--K`` and focus, write the renders, contact sheets and (``main``)

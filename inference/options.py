@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--tile_overlap", type=int, default=TILE_OVERLAP,
                     help="tile overlap in px (> the largest CoC radius)")
     bd.add_argument("--vae_tiling", choices=("auto", "on", "off"), default="auto", help="tiled VAE encode/decode")
+    bd.add_argument("--batch_size", type=int, default=1,
+                    help="renders of one input (its K x focus grid) per UNet call; the input is VAE-encoded once "
+                         "whatever this is. >1 is faster on a GPU; renders then agree with --batch_size 1 to float "
+                         "rounding, not bit for bit (docs/conventions.md)")
+    bd.add_argument("--tile_batch_size", type=int, default=1,
+                    help="tiles per UNet call in tiled mode (per render of the batch)")
     bd.add_argument("--pisa_hardness", type=float, default=None,
                     help=f"PISA CoC hardness (default {DEFAULT_PISA['hardness']:g}, as published)")
     bd.add_argument("--pisa_compat", choices=("auto", "on", "off"), default="auto",
@@ -196,6 +202,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--gamma must be > 0 ({DEFAULT_GAMMA:g} = sRGB-like, 1 = no linearisation), got {args.gamma}")
     if not args.upsample > 0:
         parser.error(f"--upsample must be > 0 (1 = render at input size), got {args.upsample}")
+    for flag in ("batch_size", "tile_batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.tile_size % 32 or args.tile_size < 64:
         parser.error(f"--tile_size must be a multiple of 32 and >= 64 px, got {args.tile_size}")
     if not 0 <= args.tile_overlap < args.tile_size or args.tile_overlap % 8:
@@ -234,7 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 CLASSICAL_FLAGS = ("blades", "rotation_deg", "highlight_threshold", "highlight_gain", "impl")
 BOKEHDIFF_FLAGS = ("pretrained_model_name_or_path", "adapter", "resume_from_checkpoint", "variant", "vae_weights",
                    "revision", "train_T", "mixed_precision", "allow_tf32", "tile_mode", "tile_size", "tile_overlap",
-                   "vae_tiling", "pisa_hardness", "pisa_compat", "no_pisa", "pisa_segments", "pisa_supersamples")
+                   "vae_tiling", "batch_size", "tile_batch_size", "pisa_hardness", "pisa_compat", "no_pisa",
+                   "pisa_segments", "pisa_supersamples")
 
 
 def compatibility_notes(args) -> None:

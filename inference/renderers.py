@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,40 @@ from kernels.colour import DEFAULT_GAMMA, linear_to_srgb, srgb_to_linear
 from models.tiling import TILE_OVERLAP, TILE_SIZE
 
 RenderFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+# ``many(image, disparity, settings)``: renders of one input at ``settings`` = [(K, focus), ...], yielded as
+# ``(start, stop, (stop - start, 3, H, W))`` batches in order (see :class:`BatchedRender`).
+RenderManyFn = Callable[[torch.Tensor, torch.Tensor, Sequence[tuple[float, float]]],
+                        Iterator[tuple[int, int, torch.Tensor]]]
+
+
+@dataclass
+class BatchedRender:
+    """A renderer that also renders several (K, focus) settings of one input at once (``many``), sharing work
+    between them (bokehdiff: one VAE encode per input, ``--batch_size`` renders per UNet call). ``batch_size``
+    is how many consecutive settings ``many`` renders together; called directly it renders one setting."""
+
+    one: RenderFn
+    many: RenderManyFn
+    batch_size: int = 1
+
+    def __call__(self, image, disparity, K, disp_focus):
+        return self.one(image, disparity, K, disp_focus)
+
+
+def render_settings(render: RenderFn | BatchedRender, image: torch.Tensor, disparity: torch.Tensor,
+                    settings: Sequence[tuple[float, float]]) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Renders of ``image`` ``(1, 3, H, W)`` at each ``(K, focus)`` of ``settings``, yielded as ``(start, stop,
+    (stop - start, 3, H, W))`` in order: through ``render.many`` where the renderer has it, else one by one."""
+    if isinstance(render, BatchedRender):
+        yield from render.many(image, disparity, settings)
+        return
+    for index, (K, disp_focus) in enumerate(settings):
+        yield index, index + 1, render(image, disparity, K, disp_focus)
+
+
+def batch_size_of(render: RenderFn | BatchedRender) -> int:
+    """Settings rendered together by ``render`` (1 for renderers without batching)."""
+    return render.batch_size if isinstance(render, BatchedRender) else 1
 
 # --gamma's default for the classical and gaussian renderers (linear light = srgb ** gamma).
 CLASSICAL_GAMMA = DEFAULT_GAMMA
@@ -50,7 +85,7 @@ def build_classical(args: argparse.Namespace, device: torch.device) -> RenderFn:
     return render
 
 
-def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
+def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> BatchedRender:
     """The BokehDiff one-step pipeline: base model + adapter loaded and verified once, then rendered per call."""
     from models.pipeline import BokehDiffPipeline
 
@@ -97,15 +132,27 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> RenderFn:
 
     reported = set()
 
-    def render(image, disparity, K, disp_focus):
-        out = pipe(image, disparity, K=K, disp_focus=disp_focus, mode=args.tile_mode, vae_tiling=vae_tiling)
+    def report(image):
         key = (tuple(image.shape[-2:]), pipe.last_plan.mode)
         if key not in reported:  # full frame vs tiles changes the output: say which ran, once per size
             reported.add(key)
             tqdm.write(f"bokehdiff: {image.shape[-1]}x{image.shape[-2]} rendered {pipe.last_plan.reason}")
+
+    def render(image, disparity, K, disp_focus):
+        out = pipe(image, disparity, K=K, disp_focus=disp_focus, mode=args.tile_mode, vae_tiling=vae_tiling,
+                   tile_batch_size=args.tile_batch_size)
+        report(image)
         return out
 
-    return render
+    def many(image, disparity, settings):
+        for chunk in pipe.iter_variants(image, disparity, K=[K for K, _ in settings],
+                                        disp_focus=[focus for _, focus in settings], batch_size=args.batch_size,
+                                        mode=args.tile_mode, vae_tiling=vae_tiling,
+                                        tile_batch_size=args.tile_batch_size):
+            report(image)
+            yield chunk
+
+    return BatchedRender(render, many, args.batch_size)
 
 
 def build_gaussian(args: argparse.Namespace, device: torch.device) -> RenderFn:
@@ -124,23 +171,37 @@ def build_identity(args: argparse.Namespace, device: torch.device) -> RenderFn:
     return lambda image, disparity, K, disp_focus: image.clone()
 
 
-def with_upsample(render: RenderFn, factor: float) -> RenderFn:
+def with_upsample(render: RenderFn | BatchedRender, factor: float) -> RenderFn | BatchedRender:
     """Render at ``factor`` x the input size (published ``--upsample``): the image is resized (bicubic), the
     disparity bilinearly, K is scaled by ``factor`` (CoC radii are pixels of the working resolution), and the
-    render is resized back to the input size (antialiased)."""
+    render is resized back to the input size (antialiased). A :class:`BatchedRender` stays one."""
     if factor == 1:
         return render
 
-    def wrapped(image, disparity, K, disp_focus):
+    def enlarge(image, disparity):
         height, width = image.shape[-2:]
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
         big = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=factor < 1).clamp(0, 1)
         disp = F.interpolate(disparity, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
-        out = render(big, disp.clamp(0, 1), K * factor, disp_focus)
-        return F.interpolate(out, size=(height, width), mode="bicubic", align_corners=False,
+        return big, disp.clamp(0, 1)
+
+    def shrink(out, like):
+        return F.interpolate(out, size=tuple(like.shape[-2:]), mode="bicubic", align_corners=False,
                              antialias=factor > 1).clamp(0, 1)
 
-    return wrapped
+    def wrapped(image, disparity, K, disp_focus):
+        big, disp = enlarge(image, disparity)
+        return shrink(render(big, disp, K * factor, disp_focus), image)
+
+    if not isinstance(render, BatchedRender):
+        return wrapped
+
+    def many(image, disparity, settings):
+        big, disp = enlarge(image, disparity)
+        for start, stop, out in render.many(big, disp, [(K * factor, focus) for K, focus in settings]):
+            yield start, stop, shrink(out, image)
+
+    return BatchedRender(wrapped, many, render.batch_size)
 
 
 RENDERERS: dict[str, Callable[[argparse.Namespace, torch.device], RenderFn]] = {
