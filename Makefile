@@ -47,6 +47,9 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_pipeline
 	$(PY) -m benchmarks.bench_train
 	$(PY) -m benchmarks.bench_app
+	$(PY) -m benchmarks.bench_batching
+	$(PY) -m benchmarks.bench_sharding
+	$(PY) -m benchmarks.bench_sdxl  # the real SDXL shape: ~40 min and ~20 GB on a CPU
 
 # Renders the seeded evaluation benchmark with every available method; results in outputs/benchmark/
 # (summary.md, per-method reports). The tracked BENCHMARKS.md is left alone.

@@ -6,13 +6,16 @@
 # (minutes). So this script stops itself after GPU_CHECK_BUDGET_S seconds (default 540, from its own start,
 # wheel install included), leaving the call's last minute as slack. Each step has its own time limit, cut to
 # what is left of the budget; a step that would get under 15 s is skipped and recorded as such. The limits
-# below, with 30 s for the wheel install and 10 s for nvidia-smi, sum to 530 s. Steps run most important first:
+# below, with 30 s for the wheel install and 10 s for nvidia-smi, sum to 540 s. Steps run most important first:
 #   pytest_gpu 90 s   every `gpu`-marked test (CUDA kernels, sparse/flex PISA vs the reference on CUDA)
-#   pisa_sparse 110 s PISA chunked vs sparse vs flex_sparse at 1024/2048 px and training settings
-#   pipeline 150 s    one-step pipeline latency and peak memory at 1024 and 2048 px (full frame, then tiled)
-#   train 50 s        one SDXL training step at 512 px, batch 1 and 4, with/without gradient checkpointing
-#   pisa 50 s         dense reference vs chunked PISA memory and time (the older PISA section)
-#   renderers 40 s    classical renderers, CPU and CUDA
+#   sdxl 180 s        the full SDXL architecture (random weights, bf16): inference at 512 and 1024x768 px, full
+#                     frame and tiled, both protocols, planner estimate vs peak; a training step at 512 px with
+#                     and without gradient checkpointing (BENCHMARKS.md "Full SDXL architecture", GPU rows)
+#   pisa_sparse 90 s  PISA chunked vs sparse vs flex_sparse at 1024/2048 px and training settings
+#   pipeline 60 s     one-step pipeline latency and peak memory at 2048 px (full frame, then tiled)
+#   train 30 s        one SDXL training step at 512 px, batch 4, with/without gradient checkpointing
+#   pisa 30 s         dense reference vs chunked PISA memory and time (the older PISA section)
+#   renderers 20 s    classical renderers, CPU and CUDA
 # Partial results survive a cut: every step logs to $OUT/NAME.log as it runs (the benchmarks print one JSON
 # row per measured setting, flushed), and $OUT/summary.tsv gets a line per step (exit status 124 = cut by its
 # limit) as soon as the step ends. Results land in $OUT (the device tool's folder) or outputs/gpu_check; merge
@@ -24,7 +27,7 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl diffusers==0.42.1 kornia==0.9.0 kornia-rs==0.2.0
+#       -d .whl diffusers==0.42.1 kornia==0.9.0 kornia-rs==0.2.0 lpips==0.1.4 piq==0.8.0
 # then run `bash benchmarks/gpu_check.sh` through the device tool with carry [".whl"] and timeout_s 600.
 # (Test modules that import a package the image lacks fail to collect; pytest_gpu carries on without them.)
 set -uo pipefail
@@ -61,13 +64,14 @@ step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, budget left), lo
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$limit" >> "$OUT/summary.tsv"
 }
 step pytest_gpu 90 python3 -m pytest -q -p no:cacheprovider -m gpu --continue-on-collection-errors tests
-step pisa_sparse 110 python3 -m benchmarks.bench_pisa --plan sparse --devices cuda --output "$OUT/BENCHMARKS.md" \
+step sdxl 180 python3 -m benchmarks.bench_sdxl --train_steps 2 --output "$OUT/BENCHMARKS.md" --json "$OUT/sdxl.json"
+step pisa_sparse 90 python3 -m benchmarks.bench_pisa --plan sparse --devices cuda --output "$OUT/BENCHMARKS.md" \
   --json "$OUT/pisa_sparse.json"
-step pipeline 150 python3 -m benchmarks.gpu_pipeline --sizes 1024 2048 --modes full tiled --repeats 2 \
+step pipeline 60 python3 -m benchmarks.gpu_pipeline --sizes 2048 --modes full tiled --repeats 1 \
   --json "$OUT/pipeline.json"
-step train 50 python3 -m benchmarks.gpu_train --batches 1 4 --repeats 3 --json "$OUT/train.json"
-step pisa 50 python3 -m benchmarks.bench_pisa --devices cuda --timeout 25 --output "$OUT/BENCHMARKS.md" \
+step train 30 python3 -m benchmarks.gpu_train --batches 4 --repeats 2 --json "$OUT/train.json"
+step pisa 30 python3 -m benchmarks.bench_pisa --devices cuda --timeout 15 --output "$OUT/BENCHMARKS.md" \
   --json "$OUT/pisa.json"
-step renderers 40 python3 -m benchmarks.bench_renderers --output "$OUT/BENCHMARKS.md"
+step renderers 20 python3 -m benchmarks.bench_renderers --output "$OUT/BENCHMARKS.md"
 echo "gpu_check done after ${SECONDS} s of the ${BUDGET} s budget; summary: $OUT/summary.tsv"
 cat "$OUT/summary.tsv"

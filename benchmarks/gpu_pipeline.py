@@ -29,45 +29,8 @@ from benchmarks.report import best_of
 from models.lora import add_lora
 from models.onestep import OneStepBokeh
 from models.pipeline import BokehDiffPipeline, resolve_dtype
+from models.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
 
-SDXL_UNET_CONFIG = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    downsample_padding=1,
-    mid_block_scale_factor=1,
-    act_fn="silu",
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    cross_attention_dim=2048,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    upcast_attention=False,
-)
-SDXL_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.13025,
-    force_upcast=True,
-)
 PROMPT_SHAPE, POOLED_DIM = (1, 77, 2048), 1280
 
 

@@ -4,7 +4,7 @@ without gradient checkpointing.
     python -m benchmarks.gpu_train [--batches 1 4] [--resolution 512] [--repeats 5] [--json out.json]
     python -m benchmarks.gpu_train --smoke     # CPU check of the script itself with the tiny stack, 64 px
 
-The UNet and VAE are built from SDXL's published configs (``benchmarks.gpu_pipeline.SDXL_UNET_CONFIG`` /
+The UNet and VAE are built from SDXL's published configs (``models.sdxl.SDXL_UNET_CONFIG`` /
 ``SDXL_VAE_CONFIG``, so nothing is downloaded) with random weights: speed and memory do not depend on the
 values. Prompt embeddings are random tensors of SDXL's shapes. The trained model is the paper's: PISA on
 ``down_blocks.1.attentions.0`` self-attention (training hardness), rank-8 LoRA on ``PAPER_LORA_TARGETS``
@@ -61,7 +61,7 @@ def _build(args, accelerator, smoke: bool):
         unet, vae = parts["unet"], parts["vae"]
         prompt_shape, pooled_dim = (1, 77, unet.config.cross_attention_dim), 32
     else:
-        from benchmarks.gpu_pipeline import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
+        from models.sdxl import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
 
         unet, vae = UNet2DConditionModel(**SDXL_UNET_CONFIG), AutoencoderKL(**SDXL_VAE_CONFIG)
         prompt_shape, pooled_dim = (1, 77, 2048), 1280
@@ -92,7 +92,8 @@ def _build(args, accelerator, smoke: bool):
                       lora_modules, pisa_layers)
 
 
-def _batch(batch: int, size: int, device) -> dict:
+def random_batch(batch: int, size: int, device) -> dict:
+    """A training batch of random ``(batch, 3|1, size, size)`` images, disparity in [0, 1] and CoC radii (px)."""
     g = torch.Generator().manual_seed(0)
     disparity = torch.rand(batch, 1, size, size, generator=g)
     return {k: v.to(device) for k, v in dict(
@@ -114,7 +115,7 @@ def measure(batch: int, checkpointing: bool, opts) -> dict:
     row = dict(batch=batch, resolution=opts.resolution, gradient_checkpointing=checkpointing, gan=opts.gan)
     try:
         c = _build(args, accelerator, opts.smoke)
-        data = _batch(batch, opts.resolution, accelerator.device)
+        data = random_batch(batch, opts.resolution, accelerator.device)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

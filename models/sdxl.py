@@ -11,7 +11,8 @@ import os
 
 import torch
 
-__all__ = ["DTYPES", "cast_unet", "load_sdxl_components", "resolve_dtype"]
+__all__ = ["DTYPES", "SDXL_TEXT_WIDTHS", "SDXL_UNET_CONFIG", "SDXL_VAE_CONFIG", "cast_unet", "load_sdxl_components",
+           "resolve_dtype"]
 
 # Precision names accepted by every CLI (--dtype, --mixed_precision): "no" is accelerate's name for float32.
 DTYPES = {
@@ -19,6 +20,52 @@ DTYPES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp16": torch.float16, "float16": torch.float16,
 }
+
+
+# The released architecture: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json and vae/config.json
+# (the fields that shape the networks), written out so the real architecture can be built with random weights
+# offline (benchmarks/bench_sdxl.py, benchmarks/gpu_*.py). diffusers' historical naming: `attention_head_dim`
+# is the number of heads per block (5, 10, 20; width 64 each). RealVisXL and the other SDXL fine-tunes share it.
+SDXL_UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=2048,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    upcast_attention=False,
+)
+SDXL_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
+    force_upcast=True,
+)
+# Text encoders: CLIP ViT-L (768) and OpenCLIP ViT-bigG (1280, pooled projection 1280); 768 + 1280 = 2048.
+SDXL_TEXT_WIDTHS = (768, 1280)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

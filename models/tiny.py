@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_tiny_sdxl", "save_tiny_sdxl", "TINY_UNET_CONFIG", "TINY_VAE_CONFIG"]
+__all__ = ["build_random_stack", "build_tiny_sdxl", "save_tiny_sdxl", "TINY_UNET_CONFIG", "TINY_VAE_CONFIG"]
 
 # Hidden sizes of the two text encoders. SDXL concatenates their penultimate hidden states along the
 # feature axis for cross-attention (768 + 1280 = 2048 there), and adds encoder 2's projected pooled output
@@ -160,9 +160,27 @@ def build_tiny_sdxl(seed: int = 0) -> dict:
         (CLIPTokenizer) and ``scheduler`` (EulerDiscreteScheduler): exactly the keyword arguments of
         ``StableDiffusionXLPipeline(**components)``. All modules are float32, on CPU, in eval mode.
     """
+    return build_random_stack(TINY_UNET_CONFIG, TINY_VAE_CONFIG, seed=seed)
+
+
+def build_random_stack(unet_config: dict, vae_config: dict, *, text_widths: tuple[int, int] = (_TEXT1_DIM, _TEXT2_DIM),
+                       pooled_width: int = _TEXT2_PROJ_DIM, text_layers: int = 2, text_heads: int = 2,
+                       text_intermediate: int = 64, seed: int = 0) -> dict:
+    """An SDXL-layout stack with *random* weights from the given UNet / VAE configs (the tiny ones, or SDXL's
+    published ones, :data:`models.sdxl.SDXL_UNET_CONFIG`, to measure the real architecture's time and memory).
+
+    The text encoders are small CLIPs of widths ``text_widths`` (SDXL: 768 + 1280, whose concatenation must be
+    the UNet's ``cross_attention_dim``) and pooled projection ``pooled_width`` (SDXL: 1280), ``text_layers``
+    deep, with the tiny BPE tokenizers: they compute the fixed prompt's embeddings once, so their depth does
+    not change a render. Seeding and return value as :func:`build_tiny_sdxl`. This is not a trained model:
+    its renders are noise-like, only its shapes, time and memory are SDXL's.
+    """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    if sum(text_widths) != unet_config["cross_attention_dim"]:
+        raise ValueError(f"text widths {text_widths} must sum to the UNet's cross_attention_dim "
+                         f"({unet_config['cross_attention_dim']}).")
     tok, tok2 = _build_tokenizers()
     vocab_size = len(tok.get_vocab())
     ids = dict(
@@ -172,9 +190,9 @@ def build_tiny_sdxl(seed: int = 0) -> dict:
     )
     text_common = dict(
         vocab_size=vocab_size,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        intermediate_size=text_intermediate,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
         max_position_embeddings=_MAX_TOKENS,
         hidden_act="gelu",
         **ids,
@@ -182,14 +200,15 @@ def build_tiny_sdxl(seed: int = 0) -> dict:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        unet = UNet2DConditionModel(**unet_config)
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        vae = AutoencoderKL(**vae_config)
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=_TEXT1_DIM, projection_dim=_TEXT1_DIM, **text_common))
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=text_widths[0], projection_dim=text_widths[0],
+                                                    **text_common))
         torch.manual_seed(seed + 3)
         text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(hidden_size=_TEXT2_DIM, projection_dim=_TEXT2_PROJ_DIM, **text_common)
+            CLIPTextConfig(hidden_size=text_widths[1], projection_dim=pooled_width, **text_common)
         )
     scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
     for module in (unet, vae, text_encoder, text_encoder_2):

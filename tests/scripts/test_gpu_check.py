@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 CALL_LIMIT_S = 600  # the device tool's longest single call
-PRIORITY = ["pytest_gpu", "pisa_sparse", "pipeline", "train", "pisa", "renderers"]
+PRIORITY = ["pytest_gpu", "sdxl", "pisa_sparse", "pipeline", "train", "pisa", "renderers"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils timeout")

@@ -171,3 +171,26 @@ def test_adapter_none_says_no_adapter_and_renders_the_base_unet(weights, tmp_pat
     assert "no adapter (base UNet: the renders are not bokeh)" in printed
     assert "adapter 'None'" not in printed and "all verified" not in printed
     assert len(list((tmp_path / "out").glob("scene00_K20_f*.png"))) == 1
+
+
+@pytest.mark.parametrize("tiles", [[], ["--tile_mode", "tiled", "--tile_size", "64", "--tile_overlap", "16",
+                                         "--tile_batch_size", "3"]])
+def test_batch_size_renders_the_same_files_within_rounding(weights, tmp_path, tiles):
+    """--batch_size 4 puts one input's 2 K x 2 focus renders through one UNet call: the same files as one by
+    one, each within one 8-bit level (batched float32 renders differ by <= 5e-4; docs/conventions.md)."""
+    base, adapter = weights
+    renders = {}
+    for batch in ("1", "4"):
+        out = tmp_path / f"b{batch}"
+        assert inference_hf.main(["--test_data_dir", str(EBB), "--output_dir", str(out), "--data_id", "scene01",
+                                  "--K", "10", "30", "--focus_disparity", "0.1", "0.9", "--batch_size", batch,
+                                  "--protocol", "corrected", *tiles, *_fast(base, adapter)]) == 0
+        renders[batch] = {p.name: read_image(p) for p in sorted(out.glob("*.png"))}
+        assert json.loads((out / "run_config.json").read_text())["batch_size"] == int(batch)
+    assert list(renders["1"]) == list(renders["4"]) == [
+        f"scene01_K{K}_f{f}.png" for K in (10, 30) for f in ("0.10", "0.90")]
+    for name, one in renders["1"].items():
+        assert np.abs(one - renders["4"][name]).max() <= 1 / 255 + 1e-6, name
+    # The four renders are four different images (each got its own K and focus; corrected protocol: CoC radii
+    # in pixels of this 64-px frame).
+    assert len({renders["4"][n].tobytes() for n in renders["4"]}) == 4
