@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from data.disk import DiskFullError
 from data.inference_io import MANIFEST_NAME, pair_inputs
+from data.interrupt import Interrupted, signals_raise
 from data.ranks import join_ranks, rank_device
-from inference.batch import output_files, render_inputs, select_inputs, write_manifest
+from inference.batch import output_files, render_inputs, select_inputs, stopped, write_manifest
 from inference.options import HelpFormatter, build_parser, compatibility_notes, parse_args
 from inference.renderers import (
     CLASSICAL_GAMMA, DEFAULT_RENDERER, RENDERERS, ROW_PROGRESS_DELAY_S, RenderFn, build_bokehdiff, build_classical,
     build_gaussian, build_identity, classical_gamma, with_upsample,
 )
-from inference.shard import Job, render_settings
+from inference.shard import FolderBusy, FolderLock, Job, render_settings
 from kernels.device import resolve_device
 
 # Names this script defined before the code moved to inference/: importable from here as before.
@@ -43,6 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     if ranks.is_main:
         compatibility_notes(args)
+    # Ctrl-C / SIGTERM end the run with one line and exit 130 / 143 (data.interrupt); a full disk stops it.
+    run = SimpleNamespace(files=None, config=None, job=None, lock=None)
+    with signals_raise():
+        try:
+            return _render(args, device, ranks, run)
+        except (Interrupted, DiskFullError) as stop:
+            return stopped(stop, files=run.files if ranks.is_main else None, config=run.config, job=run.job,
+                           output_dir=args.output_dir, rank=f"rank {ranks.index}: " if ranks.count > 1 else "")
+        finally:
+            if run.lock is not None:
+                run.lock.release()
+
+
+def _render(args, device, ranks, run: SimpleNamespace) -> int:
+    """The run; ``run`` holds what :func:`inference.batch.stopped` needs if a signal or a full disk stops it."""
     try:
         # The renderer is built first: --protocol auto is resolved from the adapter, and the test-set input
         # handling follows the resolved protocol.
@@ -55,17 +73,29 @@ def main(argv: list[str] | None = None) -> int:
         if files.claim(MANIFEST_NAME) != output_dir / MANIFEST_NAME:
             raise FileExistsError(f"--output_dir '{output_dir}' holds an input file named {MANIFEST_NAME}, which "
                                   f"this run would replace by its own; choose another --output_dir")
+        if ranks.is_main:  # one job per folder: a second run would interleave its records with this one's
+            run.lock = FolderLock(output_dir)
+        busy = ranks.gather(run.lock is not None and not run.lock.acquire())
+        if any(busy):
+            if run.lock is not None:
+                run.lock = None  # not ours
+            raise FolderBusy(f"--output_dir '{output_dir}' is in use by another inference_hf.py run; wait for it "
+                             f"to end (rerun then to resume it) or choose another --output_dir")
         job = Job(output_dir, render_settings(config), ranks)
         job.check(args.overwrite)  # every rank, before anything is written
     except (ImportError, RuntimeError, OSError, ValueError) as error:  # OSError: missing/unreachable weights
+        if isinstance(error, DiskFullError):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     ranks.barrier()
+    run.job = job
     if ranks.is_main:
         job.begin(args.overwrite)
         write_manifest(files, config)
     ranks.barrier()
     job.attach()
+    run.files, run.config = files, config
 
     report = render_inputs(ranks.share(inputs), args, render, rank_device(ranks, device), files, config, job,
                            main=ranks.is_main, n_inputs=len(inputs))
@@ -76,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ranks.is_main:
         return 1 if failures or not inputs else 0
     job.finish(config, files.own_paths, args.overwrite)
+    run.files = None  # run_config.json is final
 
     on_ranks = f" by {ranks.count} processes ({rendered} renders in all)" if ranks.count > 1 else ""
     print(f"{args.renderer}: {report.timer.summary(report.n_renders, report.megapixels)}{on_ranks}; "

@@ -25,6 +25,8 @@ import torch
 
 import cv2
 
+from data.disk import DiskFullError, disk_full_error, is_disk_full
+
 # The sRGB/linear transfer lives at the bottom of the stack (kernels.colour); re-exported here.
 from kernels.colour import linear_to_srgb, srgb_to_linear  # noqa: F401
 
@@ -250,7 +252,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` for a writer to fill; publish it as ``path`` when the block ends.
 
     An interrupted or failing write leaves the old file (or none), never a truncated one, and its temporary is
-    removed. The published file gets the mode of any other new file (:func:`new_file_mode`): some writers
+    removed; a full device, however the writer says so, becomes one :class:`data.disk.DiskFullError` naming the
+    folder. The published file gets the mode of any other new file (:func:`new_file_mode`): some writers
     (safetensors) create their file 0600, which would make published weights unreadable to others. The parent
     folder is created.
     """
@@ -258,15 +261,22 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name created exclusively (O_CREAT | O_EXCL, mode 0600): a file or symlink planted at a
     # predictable temporary name cannot redirect the write (a fixed ".name.tmp" would be followed).
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(error, path) from error
+        raise
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, Exception) and not isinstance(error, DiskFullError) and is_disk_full(error):
+            raise disk_full_error(error, path) from error
         raise
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from data.disk import DiskFullError
 from data.inference_io import (
     MANIFEST_NAME, InputItem, OutputFiles, StageTimer, choose_focus, demo_inputs, folder_inputs, input_roots,
     item_contact_sheet, limit_size, output_name, pair_inputs, previous_outputs, sheet_name, unique_focus,
 )
+from data.interrupt import Interrupted, protected
 from data.io import InputWarning, save_image, write_text_atomic
 
 from .renderers import BatchedRender, RenderFn, batch_size_of, render_settings
@@ -68,10 +70,11 @@ def output_files(args: argparse.Namespace, inputs) -> OutputFiles:
                        protected_dirs=roots, own=earlier_outputs(args.output_dir))
 
 
-def write_manifest(files: OutputFiles, config: dict) -> None:
+def write_manifest(files: OutputFiles, config: dict, *, all_ranks: bool = False) -> None:
     """``run_config.json``: the resolved arguments and every output written so far, with those of earlier runs
-    into this folder that still exist (a rerun into an input folder reads them as outputs, not as inputs)."""
-    paths = files.own_paths + files.claimed
+    into this folder that still exist (a rerun into an input folder reads them as outputs, not as inputs).
+    ``all_ranks``: also every other rank's outputs recorded in the manifests so far (a run that stops early)."""
+    paths = files.own_paths + files.claimed + (recorded_outputs(files.folder) if all_ranks else [])
     outputs = list(dict.fromkeys(path.name for path in paths if path.name != MANIFEST_NAME and path.exists()))
     write_text_atomic(files.folder / MANIFEST_NAME, json.dumps({**config, "outputs": outputs}, indent=2) + "\n")
 
@@ -108,14 +111,15 @@ def render_item(item: InputItem, focus, args, render: RenderFn | BatchedRender, 
                 start, stop, out = next(chunks)
                 out = out.float().cpu().numpy()
             rendered.update(zip(todo[start:stop], out))
-        if earlier is None:
-            with timer.stage("save"):
-                save_image(path, rendered[i])
-            renders[settings[i]] = rendered.pop(i)
-        else:
-            rendered.pop(i, None)  # rendered again with its batch; the earlier file is kept
-        if job is not None:
-            job.record_output(index, item.name, key, requested, earlier or path, reused=earlier is not None)
+        with protected():  # a file on disk is always in the manifest (a rerun never takes it for an input)
+            if earlier is None:
+                with timer.stage("save"):
+                    save_image(path, rendered[i])
+                renders[settings[i]] = rendered.pop(i)
+            else:
+                rendered.pop(i, None)  # rendered again with its batch; the earlier file is kept
+            if job is not None:
+                job.record_output(index, item.name, key, requested, earlier or path, reused=earlier is not None)
         progress.update(1)
     return renders
 
@@ -186,15 +190,18 @@ def render_inputs(inputs, args: argparse.Namespace, render: RenderFn | BatchedRe
                                       input_id, reuse)
                 if sheet is not None:
                     path = files.claim(sheet)
-                    if sheet_done is None:
-                        with report.timer.stage("save"):
-                            save_image(path, item_contact_sheet(item, renders, args.K, focus))
-                    if job is not None:
-                        job.record_output(index, item.name, sheet_key, sheet, sheet_done or path,
-                                          reused=sheet_done is not None, sheet=True)
+                    with protected():
+                        if sheet_done is None:
+                            with report.timer.stage("save"):
+                                save_image(path, item_contact_sheet(item, renders, args.K, focus))
+                        if job is not None:
+                            job.record_output(index, item.name, sheet_key, sheet, sheet_done or path,
+                                              reused=sheet_done is not None, sheet=True)
                 report.n_renders += len(renders)
                 report.n_reused += len(args.K) * len(focus) - len(renders)
                 report.megapixels += len(renders) * item.image.shape[1] * item.image.shape[2] / 1e6
+            except DiskFullError:
+                raise  # every later input would fail too: stop, keep what is finished (the caller says so)
             except Exception as error:  # noqa: BLE001 - one bad input is reported and skipped (CONTRIBUTING)
                 report.failures.append((pending.name, f"{type(error).__name__}: {error}"))
                 progress.write(f"FAILED {pending.name}: {type(error).__name__}: {error}", file=sys.stderr)
@@ -202,8 +209,32 @@ def render_inputs(inputs, args: argparse.Namespace, render: RenderFn | BatchedRe
                     job.record({"kind": "failed", "index": index, "input": pending.name,
                                 "error": f"{type(error).__name__}: {error}"})
             if main:
-                write_manifest(files, config)
+                with protected():
+                    write_manifest(files, config)
             if whole_job and time.monotonic() - synced > 1.0:
                 progress.n, synced = max(progress.n, job.renders_recorded()), time.monotonic()
                 progress.refresh()
     return report
+
+
+def stopped(stop: Interrupted | DiskFullError, *, files: OutputFiles | None, config: dict | None, job: Job | None,
+            output_dir, rank: str = "") -> int:
+    """A run stopped by a signal or a full disk: the main rank (``files`` given) lists in ``run_config.json``
+    every output written so far, all ranks (the manifests keep them too, for the rerun); one line on stderr
+    says what happened and what to do. Returns the exit code: ``128 + signal`` (130 SIGINT, 143 SIGTERM), or 1
+    for a full disk."""
+    if files is not None and config is not None:
+        try:
+            with protected():
+                write_manifest(files, config, all_ranks=True)
+        except DiskFullError:
+            pass  # the rank manifests (appended and synced as each file was written) hold the same list
+    done = job.counts()[0] if job is not None and job.run else 0
+    kept = (f"{done} render(s) of this run are written and recorded in '{output_dir}'" if job is not None and job.run
+            else "nothing was rendered yet")
+    if isinstance(stop, Interrupted):
+        print(f"{rank}interrupted by {stop.name}: {kept}; rerun the same command to render the rest", file=sys.stderr)
+        return stop.exit_code
+    print(f"{rank}error: {stop.strerror}. {kept}; free space there, then rerun the same command to render the rest",
+          file=sys.stderr)
+    return 1

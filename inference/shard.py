@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from data.disk import disk_full_error, is_disk_full
 from data.inference_io import MANIFEST_NAME
 from data.io import write_text_atomic
 from data.ranks import Ranks
@@ -36,6 +37,41 @@ RUN_ONLY = ("output_dir", "overwrite", "local_rank", "device", "data_id", "test_
             "mask", "no_contact_sheet", "outputs", "output_records",
             # K and focus are in each output's name, and each record carries its exact values (:func:`file_key`).
             "K", "focus_disparity", "focus_xy", "focus_percentile", "focus_protocol")
+
+
+class FolderBusy(RuntimeError):
+    """Another run holds ``--output_dir`` (:class:`FolderLock`)."""
+
+
+class FolderLock:
+    """An exclusive advisory lock (``flock``) on an output folder, held by one job's main rank from its start to
+    its end: a second run into the same folder (which would interleave manifests and list only its own outputs)
+    is refused instead. The kernel drops the lock when the process ends, however it ends. Where ``fcntl`` is
+    missing (Windows) nothing is locked."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
 
 
 class SettingsChanged(ValueError):
@@ -187,10 +223,15 @@ class Job:
     def record(self, record: dict) -> None:
         """Append one record to this rank's manifest, flushed to the OS at once (a killed rank keeps it)."""
         line = json.dumps({**record, "run": self.run, "rank": self.ranks.index}) + "\n"
-        with open(self.manifest, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.manifest, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            if is_disk_full(error):
+                raise disk_full_error(error, self.manifest) from error
+            raise
 
     def done(self, key: str, requested: str) -> Path | None:
         """The existing file an earlier run recorded for ``key`` (:func:`file_key`) and the requested name, if

@@ -52,6 +52,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from data.disk import is_disk_full
 from models.lora import LORA_WEIGHT_NAME, VAE_SAFETENSORS_NAME, VAE_WEIGHT_NAME
 from models.lora_formats import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME
 
@@ -359,20 +360,10 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
-# How a full disk shows up: OSError ENOSPC / EDQUOT; torch's zip writer failing mid-file (RuntimeError
-# "[enforce fail at inline_container.cc:672] . unexpected pos ..."); safetensors' SafetensorError "Error while
-# serializing: I/O error: No space left on device (os error 28)". Messages as measured on a full tmpfs.
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_MESSAGES = ("inline_container", "unexpected pos", "file write failed", "No space left on device",
-                       "Disk quota exceeded")
-
-
 def _raise_save_error(error: BaseException, accelerator, root: Path, tmp: Path, step: int) -> None:
     """Turn a disk-full failure of a checkpoint save into a :class:`CheckpointSaveError` (after removing the
     partial folder); return for any other error, which the caller re-raises unchanged."""
-    full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or any(
-        text in str(error) for text in _DISK_FULL_MESSAGES)
-    if not full:
+    if not is_disk_full(error):
         return
     free = shutil.disk_usage(root).free if root.exists() else 0
     if accelerator.is_main_process:
