@@ -124,6 +124,28 @@ def render_item(item: InputItem, focus, args, render: RenderFn | BatchedRender, 
     return renders
 
 
+def write_sheet(item: InputItem, renders: dict, args, focus, files: OutputFiles, sheet: str, sheet_done: Path | None,
+                job: Job | None, index: int, sheet_key: str, report: BatchReport, progress) -> None:
+    """Write (or keep, ``sheet_done``) the item's contact sheet and record it. A sheet is a preview: if drawing
+    or writing it fails, the renders (already written and recorded) stand, and the failure is one warning
+    line; a full disk or a signal still stops the run."""
+    path = files.claim(sheet)
+    try:
+        with protected():
+            if sheet_done is None:
+                with report.timer.stage("save"):
+                    save_image(path, item_contact_sheet(item, renders, args.K, focus))
+            if job is not None:
+                job.record_output(index, item.name, sheet_key, sheet, sheet_done or path,
+                                  reused=sheet_done is not None, sheet=True)
+    except DiskFullError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a preview never fails the renders it shows
+        report.sheet_failures.append((item.name, f"{type(error).__name__}: {error}"))
+        progress.write(f"warning: contact sheet '{sheet}' not written ({type(error).__name__}: {error}); "
+                       f"the renders of {item.name} are written", file=sys.stderr)
+
+
 def above_progress_bars(show):
     """``warnings.showwarning`` hook (the stdlib's documented extension point) that clears the progress bar
     before ``show`` prints and redraws it after: printed directly, a warning lands at the end of the bar's line."""
@@ -138,7 +160,8 @@ def above_progress_bars(show):
 @dataclass
 class BatchReport:
     """What :func:`render_inputs` did: inputs seen, renders written, renders kept from an earlier run,
-    megapixels rendered, ``(name, error)`` failures, and the per-stage timer."""
+    megapixels rendered, ``(name, error)`` failures (and contact sheets that could not be drawn), and the
+    per-stage timer."""
 
     timer: StageTimer = field(default_factory=StageTimer)
     n_inputs: int = 0
@@ -146,6 +169,7 @@ class BatchReport:
     n_reused: int = 0
     megapixels: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    sheet_failures: list[tuple[str, str]] = field(default_factory=list)  # contact sheets not written (warned)
 
 
 def render_inputs(inputs, args: argparse.Namespace, render: RenderFn | BatchedRender, device: torch.device, files: OutputFiles,
@@ -189,14 +213,8 @@ def render_inputs(inputs, args: argparse.Namespace, render: RenderFn | BatchedRe
                 renders = render_item(item, focus, args, render, device, report.timer, progress, files, job, index,
                                       input_id, reuse)
                 if sheet is not None:
-                    path = files.claim(sheet)
-                    with protected():
-                        if sheet_done is None:
-                            with report.timer.stage("save"):
-                                save_image(path, item_contact_sheet(item, renders, args.K, focus))
-                        if job is not None:
-                            job.record_output(index, item.name, sheet_key, sheet, sheet_done or path,
-                                              reused=sheet_done is not None, sheet=True)
+                    write_sheet(item, renders, args, focus, files, sheet, sheet_done, job, index, sheet_key,
+                                report, progress)
                 report.n_renders += len(renders)
                 report.n_reused += len(args.K) * len(focus) - len(renders)
                 report.megapixels += len(renders) * item.image.shape[1] * item.image.shape[2] / 1e6

@@ -408,3 +408,30 @@ def test_max_pixels_refuses_a_large_input_and_can_be_raised(tmp_path, capsys):
         assert inference_hf.main([*common, "--output_dir", str(tmp_path / "b"), "--max_pixels", "2400"]) == 0
     finally:
         data.io.set_max_pixels(default)
+
+
+def test_a_contact_sheet_that_cannot_be_drawn_never_fails_the_renders(tmp_path, monkeypatch, capsys):
+    """Issue 23 item 12: the renders are the results, the sheet a preview: its failure is one warning, exit 0."""
+    import inference.batch
+
+    def broken_sheet(*args, **kwargs):
+        raise ValueError("sheet tile of 320 x 746667 px")
+
+    monkeypatch.setattr(inference.batch, "item_contact_sheet", broken_sheet)
+    image_path, disparity_path = _scene(tmp_path)
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "4", "8", "--focus_disparity", "0.2")
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: contact sheet 'contact_sheet.png' not written (ValueError: sheet tile of 320 x 746667 px)" in err
+    assert sorted(p.name for p in out.glob("*.png")) == ["scene_K4_f0.20.png", "scene_K8_f0.20.png"]
+    assert json.loads((out / "run_config.json").read_text())["outputs"] == ["scene_K4_f0.20.png", "scene_K8_f0.20.png"]
+
+
+def test_a_very_thin_image_renders_with_a_bounded_sheet(tmp_path):
+    """A 3 x 700 px image (the issue's 7000 x 3 scaled down): rendered, and its sheet stays small."""
+    image_path, disparity_path = _scene(tmp_path, image=np.random.default_rng(1).random((3, 700, 3)).astype(np.float32),
+                                        disparity=np.full((700, 3), 0.5, np.float32))
+    code, out = _run(tmp_path, image_path, disparity_path, "--K", "4", "--focus_disparity", "0.5")
+    assert code == 0 and (out / "scene_K4_f0.50.png").is_file()
+    sheet = read_image(out / "contact_sheet.png")
+    assert sheet.shape[1] * sheet.shape[2] < 4000 * 1000
