@@ -90,7 +90,8 @@ _CHECKPOINT_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 # Checkpoints of versions before the marker are complete when these files are all there.
 _LEGACY_REQUIRED = (META_NAME, LORA_WEIGHT_NAME, "optimizer.bin", "random_states_0.pkl")
 # What a run leaves in its output_dir besides checkpoints: a fresh run must not overwrite them silently.
-RUN_FILES = ("train_log.jsonl", "validation.jsonl", "train_config.yaml", LORA_WEIGHT_NAME, VAE_WEIGHT_NAME,
+CONFIG_NAME = "train_config.yaml"
+RUN_FILES = ("train_log.jsonl", "validation.jsonl", CONFIG_NAME, LORA_WEIGHT_NAME, VAE_WEIGHT_NAME,
              VAE_SAFETENSORS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, META_NAME, "README.md")
 RUN_FOLDERS = ("validation",)  # the validation grids (training.tracking.VALIDATION_DIR)
 _FINISHED_RUN_FILES = (LORA_WEIGHT_NAME, META_NAME)  # the export written at the end of training
@@ -262,8 +263,8 @@ def check_fresh_output_dir(output_dir: str | os.PathLike, resume: str | None, ov
             f"were deleted); starting over would overwrite its logs and config. Choose a new --output_dir, or "
             f"pass --overwrite_output_dir to delete that run's files and start over."
         )
-    if not found and not files:
-        return
+    if not found and all(path.name == CONFIG_NAME for path in files):
+        return  # nothing, or only the config of a run that stopped before its first step: rewritten by this one
     if not overwrite:
         if found:
             steps = ", ".join(str(step) for step, _ in found)

@@ -85,6 +85,7 @@ def build_train_dataset(args, *, rank: int, total_samples: int) -> Dataset:
 
     options = dataset_options(args)
     probe = OnTheFlyDataset(args.train_data_dir, args.resolution, seed=args.seed, rank=rank, **options)
+    probe.check_usable()  # a data set that cannot give one sample fails here, before the run writes anything
     num_pairs = len(probe.fg_paths) * len(probe.bg_paths)
     dataset = OnTheFlyDataset(args.train_data_dir, args.resolution, seed=args.seed, rank=rank,
                               length=max(1, total_samples) * num_pairs,

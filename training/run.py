@@ -20,6 +20,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from data.synthesis.assets import TrainingDataError
 from metrics.image import psnr_from_mse
 from training.checkpoint import (CheckpointHooks, CheckpointSaveError, TrainProgress, check_fresh_output_dir,
                                  check_rng_state, export_inference, remove_stale_temporaries, resolve_resume_path,
@@ -103,7 +104,7 @@ def train(args) -> int:
         dataset = build_train_dataset(args, rank=accelerator.process_index,
                                       total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
         c = build_components(args, accelerator)
-    except OSError as error:  # missing data folder, weights not local/cached/reachable: the message names the fix
+    except (OSError, TrainingDataError) as error:  # missing/unusable data, weights not local/cached/reachable
         return refuse(error, accelerator)
     description = describe_run(args, c, accelerator.num_processes)
     progress = TrainProgress()

@@ -22,6 +22,11 @@ ALPHA_EPS = 1.0 / 255.0  # alpha below one 8-bit step counts as empty
 SKIP_REASONS = ("unreadable", "empty_alpha", "no_alpha", "fg_larger_than_bg", "bg_smaller_than_crop")
 
 
+class TrainingDataError(RuntimeError):
+    """``--train_data_dir`` cannot give a single training sample (an empty ``fg/`` or ``bg/``, no usable
+    foreground or background); the message names the folder, what is wrong with its files and the fix."""
+
+
 class BadSampleError(ValueError):
     """A foreground/background (pair) that cannot make a training sample; ``reason`` is a short key."""
 

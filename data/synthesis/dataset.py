@@ -17,7 +17,9 @@ from torch.utils.data import Dataset, get_worker_info
 from data.io import IMAGE_EXTENSIONS, InputWarning
 from kernels.colour import DEFAULT_GAMMA
 
-from .assets import SKIP_REASONS, BadSampleError, list_images, load_background, load_foreground
+from .assets import (
+    SKIP_REASONS, BadSampleError, TrainingDataError, list_images, load_background, load_foreground,
+)
 from .published import published_condition_K, published_scene_aperture_count
 from .render import composite_window, render_window, shift_planes
 from .scene import Scene, SceneConfig, margin_for, sample_scene
@@ -47,6 +49,19 @@ def largest_crop_size(data_root: str | Path) -> int:
         except (OSError, UnidentifiedImageError):  # reported as "unreadable" when a sample draws it
             continue
     return max(sides)
+
+
+_REASON_WORDS = {"no_alpha": "without an alpha channel (RGB or JPEG)", "empty_alpha": "fully transparent",
+                 "unreadable": "unreadable", "bg_smaller_than_crop": "smaller than {size}x{size} px"}
+
+
+def _describe(reasons: dict[str, list[str]], size: int) -> str:
+    """``{reason: [file names]}`` -> "2 files without an alpha channel (RGB or JPEG), e.g. 'fg1.jpg'"."""
+    parts = []
+    for reason, names in reasons.items():
+        words = _REASON_WORDS.get(reason, reason).format(size=size)
+        parts.append(f"{len(names)} file{'s' if len(names) != 1 else ''} {words}, e.g. '{names[0]}'")
+    return "; ".join(parts)
 
 
 class OnTheFlyDataset(Dataset):
@@ -142,10 +157,12 @@ class OnTheFlyDataset(Dataset):
                     "`python -m scripts.make_sample_data --out DIR` and pass DIR/otf."
                 )
         self.fg_paths, self.bg_paths = list_images(fg_dir), list_images(bg_dir)
-        for paths, folder in ((self.fg_paths, fg_dir), (self.bg_paths, bg_dir)):
+        for paths, folder, what in ((self.fg_paths, fg_dir, "RGBA foreground cut-outs (PNG with alpha)"),
+                                    (self.bg_paths, bg_dir, "background photos")):
             if not paths:
-                raise RuntimeError(
-                    f"OnTheFlyDataset: no image in '{folder}' (extensions {', '.join(IMAGE_EXTENSIONS)})."
+                raise TrainingDataError(
+                    f"OnTheFlyDataset: no image in '{folder}' (extensions {', '.join(IMAGE_EXTENSIONS)}); put "
+                    f"{what} there."
                 )
         lo, hi = brightness_range
         top = hi if brightness_cap is None else min(hi, brightness_cap)
@@ -224,6 +241,44 @@ class OnTheFlyDataset(Dataset):
             return as_dict(counts.sum(dim=0))
         names = ["main process"] + [f"DataLoader worker {w}" for w in range(SKIP_REPORT_WORKERS)]
         return {name: as_dict(row) for name, row in zip(names, counts) if int(row.sum())}
+
+    def check_usable(self) -> None:
+        """Raise :class:`TrainingDataError` unless one foreground and one background can make a sample.
+
+        Files are read in order and each scan stops at its first usable file, so a good data set costs two
+        reads; a bad one is described in one message (how many files fail and why, one example, the fix)
+        before a training run writes anything. Pair-specific problems (a foreground larger than a background)
+        are left to sampling, which skips them with a warning."""
+        problems = []
+        found_bg = False
+        bg_reasons: dict[str, list[str]] = {}
+        for path in self.bg_paths:
+            try:
+                background = load_background(path)
+            except BadSampleError as error:
+                bg_reasons.setdefault(error.reason, []).append(Path(path).name)
+                continue
+            if min(background.shape[1:]) < self.size:
+                bg_reasons.setdefault("bg_smaller_than_crop", []).append(Path(path).name)
+                continue
+            found_bg = True
+            break
+        if not found_bg:
+            problems.append(f"no usable background in bg/ ({_describe(bg_reasons, self.size)}); backgrounds must be "
+                            f"readable photos at least {self.size}x{self.size} px (the --resolution crop)")
+        fg_reasons: dict[str, list[str]] = {}
+        for path in self.fg_paths:
+            try:
+                load_foreground(path)
+            except BadSampleError as error:
+                fg_reasons.setdefault(error.reason, []).append(Path(path).name)
+                continue
+            break
+        else:
+            problems.append(f"no usable foreground in fg/ ({_describe(fg_reasons, self.size)}); foregrounds must be "
+                            f"cut-outs saved as PNG with an alpha channel that has visible pixels")
+        if problems:
+            raise TrainingDataError(f"--train_data_dir '{self.data_root}': " + "; ".join(problems) + ".")
 
     def _usable_left(self) -> bool:
         fg_ok = any(str(p) not in self._bad for p in self.fg_paths)

@@ -304,3 +304,73 @@ def test_a_kill_between_publishing_and_rotating_still_ends_within_the_limit(stac
     shutil.copytree(out / f"{CHECKPOINT_PREFIX}2", out / f"{CHECKPOINT_PREFIX}1")  # the one rotation did not delete
     assert train_lora_otf.main(train_argv(stack, out, *fast, "--resume_from_checkpoint", "latest")) == 0
     assert [s for s, _ in list_checkpoints(out)] == [2]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training data that cannot give one sample (issue 23 item 14): one error line, nothing written, no blocking
+# ------------------------------------------------------------------------------------------------------------
+def _rgb_only(data):
+    import cv2
+
+    for path in sorted((data / "fg").iterdir()):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        path.unlink()
+        cv2.imwrite(str(path.with_suffix(".jpg")), image[..., :3])
+
+
+def _emptied(sub):
+    def empty(data):
+        for path in (data / sub).iterdir():
+            path.unlink()
+    return empty
+
+
+def _transparent(data):
+    import cv2
+
+    for path in (data / "fg").iterdir():
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        image[..., 3] = 0
+        cv2.imwrite(str(path), image)
+
+
+def _tiny_backgrounds(data):
+    import cv2
+
+    for path in (data / "bg").iterdir():
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (8, 8)))
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (_rgb_only, r"no usable foreground in fg/ \(2 files without an alpha channel \(RGB or JPEG\), e\.g\. 'fg\d\.jpg'\)"
+                r"; foregrounds must be cut-outs saved as PNG with an alpha channel"),
+    (_emptied("fg"), r"no image in '.*/fg' .*put RGBA foreground cut-outs \(PNG with alpha\) there"),
+    (_emptied("bg"), r"no image in '.*/bg' .*put background photos there"),
+    (_transparent, r"no usable foreground in fg/ \(2 files fully transparent"),
+    (_tiny_backgrounds, r"no usable background in bg/ \(\d files smaller than 64x64 px.*at least 64x64 px"),
+], ids=["rgb_only", "empty_fg", "empty_bg", "transparent", "8x8_backgrounds"])
+def test_unusable_training_data_is_one_error_before_anything_is_written(stack, tmp_path, capsys, mutate, expected):
+    data = tmp_path / "data"
+    shutil.copytree(stack["data"], data)
+    mutate(data)
+    out = tmp_path / "run"
+    argv = train_argv({**stack, "data": str(data)}, out, "--max_train_steps", 1, "--validation_steps", 0)
+    assert train_lora_otf.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and re.search(expected, errors[0]), err
+    assert "Traceback" not in err and "skipping" not in err
+    assert str(data) in errors[0]
+    assert not out.exists() or list(out.iterdir()) == []  # no train_config.yaml to block the rerun
+    shutil.rmtree(data)
+    shutil.copytree(stack["data"], data)  # the data fixed, the same command runs
+    assert train_lora_otf.main(argv) == 0
+
+
+def test_a_folder_holding_only_a_config_does_not_block_a_fresh_run(tmp_path):
+    """A run that stopped before its first step wrote only train_config.yaml: the next run rewrites it."""
+    (tmp_path / "train_config.yaml").write_text("earlier")
+    check_fresh_output_dir(tmp_path, None, overwrite=False)
+    (tmp_path / "train_log.jsonl").write_text("{}\n")  # with a log, it is an earlier run
+    with pytest.raises(FileExistsError, match="earlier run"):
+        check_fresh_output_dir(tmp_path, None, overwrite=False)
