@@ -108,9 +108,11 @@ MAX_RADIUS_DIAGONALS = 2.0
 MIN_RADIUS_LIMIT_PX = 64.0
 
 
-def check_blur_radius(max_radius_px: float, height: int, width: int, op: str, hint: str = "lower K") -> None:
+def check_blur_radius(max_radius_px: float, height: int, width: int, op: str, hint: str = "lower K",
+                      clamp_hint: bool = True) -> None:
     """Refuse a blur radius (px) that is not finite or exceeds :data:`MAX_RADIUS_DIAGONALS` image diagonals
-    (or :data:`MIN_RADIUS_LIMIT_PX`, whichever is larger)."""
+    (or :data:`MIN_RADIUS_LIMIT_PX`, whichever is larger). ``clamp_hint``: the message also suggests the
+    renderer's ``max_coc_px`` clamp (the scatter renderers have one; the neural pipeline does not)."""
     limit = max(MAX_RADIUS_DIAGONALS * math.hypot(height, width), MIN_RADIUS_LIMIT_PX)
     if not math.isfinite(max_radius_px) or max_radius_px > limit:
         raise ValueError(
@@ -118,5 +120,5 @@ def check_blur_radius(max_radius_px: float, height: int, width: int, op: str, hi
             f"({MAX_RADIUS_DIAGONALS:g} x the {height} x {width} image's diagonal, at least "
             f"{MIN_RADIUS_LIMIT_PX:.0f} px): the frame is covered long before that and the "
             f"cost grows with the radius squared. {hint[0].upper() + hint[1:]} (K is the blur radius in px per "
-            f"unit of disparity), or pass max_coc_px to clamp."
+            f"unit of disparity)" + (", or pass max_coc_px to clamp." if clamp_hint else ".")
         )

@@ -27,6 +27,8 @@ from typing import Mapping, Sequence
 import torch
 from diffusers import DiffusionPipeline
 
+from kernels import check_blur_radius
+
 from .adapter import AdapterInfo, model_gamma_for, pisa_compat_for, protocol_for
 from .hub import WeightsUnavailableError
 from .lora import ADAPTER_DESCRIPTION
@@ -533,6 +535,9 @@ class BokehDiffPipeline(PipelineDevicesMixin, DiffusionPipeline):
         at a time (``None``: all at once). Yields ``(start, stop, (stop - start, 3, H, W))`` float32 sRGB in
         [0, 1] per batch."""
         n, (_, _, height, width) = coc_px.shape[0], image.shape
+        # The same bound as the physical renderers (kernels.check_blur_radius): a non-finite or absurd K is
+        # refused with the numbers (PISA's cost does not grow with K, but such a CoC gives no meaningful render).
+        check_blur_radius(float(coc_px.abs().max()), height, width, "BokehDiffPipeline", clamp_hint=False)
         coc_px = self.tiler.prepare_coc(coc_px)  # what PISA receives (published: |CoC|)
         # A per-call seed applies to this call only; later calls without one use the pipeline's seed again.
         wanted = self.seed if seed is None else int(seed)

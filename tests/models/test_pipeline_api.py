@@ -223,3 +223,16 @@ def test_a_built_one_step_model_still_constructs_a_pipeline(pipe):
     assert torch.equal(legacy(image, disparity, K=20, disp_focus=0.5), pipe(image, disparity, K=20, disp_focus=0.5))
     with pytest.raises(ValueError, match="text encoders"):
         legacy.save_pretrained("unused")
+
+
+@pytest.mark.parametrize("K", [1e30, float("inf"), 1e4])
+def test_an_absurd_blur_radius_is_refused_with_the_numbers(pipe, K):
+    """Issue 23 item 5: the physical renderers' bound (2 image diagonals, at least 64 px) holds for BokehDiff
+    too: K = 1e30 or inf is refused before any network runs, naming the radius and the limit."""
+    _, image, disparity = _inputs()
+    with pytest.raises(ValueError, match=r"BokehDiffPipeline: the largest blur radius is .* px, more than the limit "
+                                         r"of 231 px .*Lower K"):
+        pipe(image, disparity, K=K, disp_focus=0.0)
+    with pytest.raises(ValueError, match="largest blur radius"):
+        pipe.render_variants(image, disparity, K=[20.0, K], disp_focus=0.0)
+    assert torch.isfinite(pipe(image, disparity, K=100.0, disp_focus=0.0)).all()  # ordinary K: rendered
