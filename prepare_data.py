@@ -22,7 +22,7 @@ from data.io import IMAGE_EXTENSIONS, MAX_PIXELS, set_max_pixels, write_text_ato
 from data.ranks import join_ranks, rank_device
 from data.prepare import (
     CONFIG_NAME, Item, Layout, UsageError, check_no_input_replaced, copy_file, find_images, is_done, masks_each,
-    process_batch, resolve_layout, run_by_size, save_disparity,
+    nested_images, process_batch, resolve_layout, run_by_size, save_disparity,
 )
 from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, load_depth_estimator
 from models.hub import HubUnreachableError, WeightsUnavailableError, download_command
@@ -157,6 +157,9 @@ def main(argv=None) -> int:
         if not items and not clashes:
             raise UsageError(f"--input_dir '{args.input_dir}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         check_no_input_replaced(items, layout)
+        items, note = nested_images(items, args.input_dir, layout)
+        if note and ranks.is_main:
+            print(note, file=sys.stderr)
         if others and ranks.is_main:
             shown = ", ".join(str(p) for p in others[:5]) + (" ..." if len(others) > 5 else "")
             print(f"note: {len(others)} file(s) without an image extension ({', '.join(IMAGE_EXTENSIONS)}) "

@@ -36,7 +36,8 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One image: ``source`` file and its name relative to the input folder, without extension (posix)."""
+    """One image: ``source`` file and its output name (:func:`flat_name`: its path under the input folder, without
+    extension, folders joined by ``_``)."""
 
     source: Path
     name: str
@@ -97,10 +98,18 @@ def resolve_layout(input_dir: Path, output_dir: Path | None) -> Layout:
     return Layout(output_dir, copy_inputs=output_dir != in_place_root)
 
 
+def flat_name(relative: Path) -> str:
+    """The output name of an image at ``relative`` under ``--input_dir``: its stem, with the folders above it
+    joined by ``_`` (``trip/day1/a.jpg`` -> ``trip_day1_a``). The EBB layout inference reads is one level deep
+    (``input/<name>.<ext>``), so nested photos are prepared flat, never into subfolders it would not read."""
+    return "_".join(relative.with_suffix("").parts)
+
+
 def find_images(input_dir: Path, exclude: Path | None = None) -> tuple[list[Item], list[Path], list[str]]:
-    """Images under ``input_dir`` (sorted), non-image files, and name clashes (``a.jpg`` next to ``a.png``
-    would write the same outputs, so both are refused). Hidden entries and the ``exclude`` tree (an output
-    folder inside the input folder) are skipped."""
+    """Images under ``input_dir`` (sorted; those in subfolders named by :func:`flat_name`), non-image files, and
+    name clashes (``a.jpg`` next to ``a.png``, or ``x/a.jpg`` next to ``x_a.jpg``, would write the same outputs,
+    so both are refused). Hidden entries and the ``exclude`` tree (an output folder inside the input folder)
+    are skipped."""
     input_dir = input_dir.resolve()
     exclude = exclude.resolve() if exclude is not None else None
     images, others = [], []
@@ -115,10 +124,28 @@ def find_images(input_dir: Path, exclude: Path | None = None) -> tuple[list[Item
         (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
     by_name: dict[str, list[Path]] = {}
     for path in images:
-        by_name.setdefault(path.relative_to(input_dir).with_suffix("").as_posix(), []).append(path)
+        by_name.setdefault(flat_name(path.relative_to(input_dir)), []).append(path)
     items = [Item(paths[0], name) for name, paths in by_name.items() if len(paths) == 1]
-    clashes = [f"{name}: {', '.join(p.name for p in paths)}" for name, paths in by_name.items() if len(paths) > 1]
+    clashes = [f"{name}: {', '.join(p.relative_to(input_dir).as_posix() for p in paths)}"
+               for name, paths in by_name.items() if len(paths) > 1]
     return items, others, clashes
+
+
+def nested_images(items: list[Item], input_dir: Path, layout: Layout) -> tuple[list[Item], str | None]:
+    """Photos found in subfolders of ``input_dir``: copied into ``layout`` flat (:func:`flat_name`), or, in place
+    (an EBB input folder, where nothing is moved), left out, since inference reads only that folder's top level.
+    Returns the items to prepare and a note saying which happened (None when nothing is nested)."""
+    top = input_dir.resolve()
+    nested = [item for item in items if item.source.parent != top]
+    if not nested:
+        return items, None
+    example = nested[0].source.relative_to(top).as_posix()
+    if layout.copy_inputs:
+        return items, (f"note: {len(nested)} image(s) in subfolders of --input_dir are prepared flat, as the EBB "
+                       f"layout inference reads (e.g. '{example}' -> '{nested[0].name}')")
+    kept = [item for item in items if item.source.parent == top]
+    return kept, (f"note: {len(nested)} image(s) in subfolders of the EBB input folder are skipped (e.g. '{example}'): "
+                  f"inference reads only its top level; move them up, or pass --output_dir to prepare them flat")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -57,8 +57,8 @@ def test_folder_run_writes_the_ebb_layout(weights, photos, tmp_path):
     out = tmp_path / "prepared"
     assert run(weights, "--input_dir", photos, "--output_dir", out, "--batch_size", 2) == 0
     check_outputs(out, "astronaut", (128, 128))
-    check_outputs(out, "cats/chelsea", (100, 151))
-    assert (out / "input" / "cats" / "chelsea.JPG").read_bytes() == (photos / "cats" / "chelsea.JPG").read_bytes()
+    check_outputs(out, "cats_chelsea", (100, 151))  # nested photos are prepared flat (the EBB layout)
+    assert (out / "input" / "cats_chelsea.JPG").read_bytes() == (photos / "cats" / "chelsea.JPG").read_bytes()
     assert read_image(out / "input" / "astronaut.png").shape == (3, 128, 128)
     config = json.loads((out / "prepare_data.json").read_text())
     assert config["device"] == "cpu" and config["copy_inputs"] is True
@@ -161,7 +161,7 @@ def test_corrupt_and_clashing_files_are_reported_skipped_and_fail_the_run(weight
     out = tmp_path / "prepared"
     assert run(weights, "--input_dir", photos, "--output_dir", out) == 1
     check_outputs(out, "astronaut", (128, 128))
-    check_outputs(out, "cats/chelsea", (100, 151))
+    check_outputs(out, "cats_chelsea", (100, 151))
     assert not (out / "depth" / "broken_pred.npy").exists() and not (out / "depth" / "twin_pred.npy").exists()
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "cannot decode" in err
@@ -181,11 +181,14 @@ def test_existing_outputs_are_kept_unless_overwrite(weights, photos, tmp_path):
     np.testing.assert_array_equal(np.load(depth_file), computed)
 
 
-def test_in_place_next_to_an_ebb_input_folder(weights, photos, tmp_path):
+def test_in_place_next_to_an_ebb_input_folder(weights, photos, tmp_path, capsys):
     root = tmp_path / "EBB"
     shutil.copytree(photos, root / "input")
     assert run(weights, "--input_dir", root / "input", "--no_mask") == 0
-    assert np.load(root / "depth" / "cats" / "chelsea_pred.npy").shape == (100, 151)
+    # In place nothing is moved: a photo in a subfolder (which inference would not read) is left out, with a note.
+    assert sorted(p.name for p in (root / "depth").iterdir()) == ["astronaut_pred.npy"]
+    assert "1 image(s) in subfolders of the EBB input folder are skipped (e.g. 'cats/chelsea.JPG')" in \
+        capsys.readouterr().err
     assert sorted(p.name for p in root.iterdir()) == ["depth", "input", "prepare_data.json"]
     assert sorted(p.relative_to(root).as_posix() for p in (root / "input").rglob("*")) == [
         "input/astronaut.png", "input/cats", "input/cats/chelsea.JPG"]
@@ -195,7 +198,7 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(weights, photos)
     out = photos / "prepared"
     assert run(weights, "--input_dir", photos, "--output_dir", out) == 0
     assert run(weights, "--input_dir", photos, "--output_dir", out, "--overwrite") == 0
-    assert sorted(p.name for p in (out / "depth").rglob("*.npy")) == ["astronaut_pred.npy", "chelsea_pred.npy"]
+    assert sorted(p.name for p in (out / "depth").rglob("*.npy")) == ["astronaut_pred.npy", "cats_chelsea_pred.npy"]
 
 
 @pytest.mark.parametrize(
@@ -291,3 +294,30 @@ def test_two_processes_prepare_what_one_prepares(weights, photos, tmp_path, caps
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == one
     assert prepare_data.main(args) == 0  # a rerun (here in one process) keeps what the two prepared
     assert "prepared 0 image(s), kept 2" in capsys.readouterr().err
+
+
+def test_nested_and_every_extension_prepared_are_all_rendered(weights, tmp_path, capsys):
+    """Issue 23 item 9: what prepare_data accepts (.tif / .webp / .bmp, photos in subfolders), inference reads:
+    prepared 4 -> 4 renders, exit 0. Nested photos are written flat (the EBB layout is one level deep)."""
+    import inference_hf
+
+    photos = tmp_path / "photos"
+    source = read_image(Path(__file__).resolve().parents[2] / "test_data" / "ebb" / "input" / "scene00.png")
+    for relative in ("a.tif", "b.webp", "trip/day1/c.bmp", "trip/d.png"):
+        save_image(photos / relative, source)
+    out = tmp_path / "prepared"
+    assert run(weights, "--input_dir", photos, "--output_dir", out, "--no_mask") == 0
+    err = capsys.readouterr().err
+    assert "note: 2 image(s) in subfolders of --input_dir are prepared flat" in err
+    assert "'trip/d.png' -> 'trip_d'" in err or "'trip/day1/c.bmp' -> 'trip_day1_c'" in err
+    assert sorted(p.name for p in (out / "depth").iterdir()) == [
+        "a_pred.npy", "b_pred.npy", "trip_d_pred.npy", "trip_day1_c_pred.npy"]
+    renders = tmp_path / "renders"
+    assert inference_hf.main(["--renderer", "classical", "--test_data_dir", str(out), "--output_dir", str(renders),
+                              "--K", "8", "--focus_disparity", "0.5", "--no_contact_sheet"]) == 0
+    assert sorted(p.name for p in renders.glob("*.png")) == [
+        f"{name}_K8_f0.50.png" for name in ("a", "b", "trip_d", "trip_day1_c")]
+    # A nested name that flattens onto another photo's name is a clash: both refused, named by their paths.
+    save_image(photos / "trip_d.png", source)
+    assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "again", "--no_mask") == 1
+    assert "trip/d.png, trip_d.png" in capsys.readouterr().err
