@@ -18,6 +18,8 @@ import torch
 from tqdm import tqdm
 
 import kernels.device
+from data.disk import DiskFullError
+from data.interrupt import Interrupted, signals_raise
 from data.io import IMAGE_EXTENSIONS, MAX_PIXELS, set_max_pixels, write_text_atomic
 from data.ranks import join_ranks, rank_device
 from data.prepare import (
@@ -140,6 +142,22 @@ def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Ctrl-C / SIGTERM: one line and exit 130 / 143; a full disk stops the run. Each image's outputs are written
+    # whole before either stops it (data.prepare.process_batch), and a rerun prepares only what is missing.
+    with signals_raise():
+        try:
+            return _prepare(args)
+        except Interrupted as stop:
+            print(f"interrupted by {stop.name}: the images prepared so far are written; rerun the same command to "
+                  f"prepare the rest", file=sys.stderr)
+            return stop.exit_code
+        except DiskFullError as error:
+            print(f"error: {error.strerror}. The images prepared so far are written; free space there, then rerun "
+                  f"the same command to prepare the rest", file=sys.stderr)
+            return 1
+
+
+def _prepare(args) -> int:
     try:
         if args.batch_size < 1:
             raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.disk import DiskFullError
+from data.interrupt import protected
 from data.io import IMAGE_EXTENSIONS, atomic_write, read_image, replaced_inputs, save_image
 
 CONFIG_NAME = "prepare_data.json"  # the resolved options of the last run, in the EBB root
@@ -196,7 +198,8 @@ def process_batch(items: list[Item], layout: Layout, depth_model, segmenter, ove
     """Read, predict and write the outputs one batch of images still needs; returns ``(file, error)`` failures.
 
     Failures are per image: an unreadable file, or a prediction that is unusable for that image alone, fails
-    that image (none of its outputs is written) while the rest of the batch is written."""
+    that image (none of its outputs is written) while the rest of the batch is written. A full disk
+    (:class:`data.disk.DiskFullError`) is raised: it would fail every image after it."""
     failures, loaded, images = [], [], []
     for item in items:
         try:
@@ -218,12 +221,15 @@ def process_batch(items: list[Item], layout: Layout, depth_model, segmenter, ove
             failures.append((item.source, "; ".join(errors)))
             continue
         try:
-            if depth_needed:
-                save_disparity(layout.depth_path(item), disparity)
-            if mask_needed:
-                save_image(layout.mask_path(item), mask, bits=8)
-            if layout.copy_inputs and (overwrite or not layout.input_path(item).exists()):
-                copy_file(item.source, layout.input_path(item))
+            with protected():  # a signal waits for this image's outputs: none is left half-written
+                if depth_needed:
+                    save_disparity(layout.depth_path(item), disparity)
+                if mask_needed:
+                    save_image(layout.mask_path(item), mask, bits=8)
+                if layout.copy_inputs and (overwrite or not layout.input_path(item).exists()):
+                    copy_file(item.source, layout.input_path(item))
+        except DiskFullError:
+            raise  # every later image would fail too: the caller stops the run (finished images are kept)
         except (ValueError, OSError) as error:
             failures.append((item.source, f"cannot write outputs: {error}"))
     return failures

@@ -321,3 +321,43 @@ def test_nested_and_every_extension_prepared_are_all_rendered(weights, tmp_path,
     save_image(photos / "trip_d.png", source)
     assert run(weights, "--input_dir", photos, "--output_dir", tmp_path / "again", "--no_mask") == 1
     assert "trip/d.png, trip_d.png" in capsys.readouterr().err
+
+
+def test_a_signal_or_a_full_disk_stops_with_one_line_and_keeps_finished_images(weights, photos, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Issue 23 items 10-11 for prepare_data.py: SIGTERM after the first image's outputs -> exit 143, that image
+    complete; a full disk -> exit 1 naming the folder, no per-image noise; the rerun prepares the rest."""
+    import errno
+    import signal
+
+    import data.prepare
+    from data.io import atomic_write
+
+    out = tmp_path / "prepared"
+    real = data.prepare.save_disparity
+    calls = []
+
+    def save_then_signal(path, disparity):
+        calls.append(path)
+        real(path, disparity)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # held until this image's mask and copy are written too
+
+    monkeypatch.setattr(data.prepare, "save_disparity", save_then_signal)
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 143
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM: the images prepared so far are written" in err and "Traceback" not in err
+    assert len(list((out / "depth").iterdir())) == 1 and len(list((out / "mask").iterdir())) == 1
+    assert len([p for p in (out / "input").rglob("*") if p.is_file()]) == 1
+
+    def full(path, disparity):
+        with atomic_write(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.prepare, "save_disparity", full)
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 1
+    err = capsys.readouterr().err
+    assert f"error: no space left on the device holding '{out / 'depth'}'" in err and "failed:" not in err
+    monkeypatch.undo()
+    assert run(weights, "--input_dir", photos, "--output_dir", out) == 0
+    assert "prepared 1 image(s), kept 1" in capsys.readouterr().err
