@@ -16,8 +16,8 @@ the published protocol's tiles are its fixed 512 px). Training rows: ``training.
 ``train_step`` with ``configs/train_published.yaml`` (its LoRA targets, PISA at training hardness, LPIPS on a
 randomly initialised VGG, no GAN as at the recipe's start), batch 1, with and without gradient checkpointing.
 
-Each group runs in its own child process under an address-space cap (``--mem_cap_gib``), so a case that does
-not fit fails alone (recorded as such) instead of exhausting the machine. Measured per row:
+Each group runs in its own child process whose resident set is capped (``--mem_cap_gib``, watched by the
+parent), so a case that does not fit fails alone (recorded as such) instead of exhausting the machine. Measured per row:
 
 - time: wall seconds and process CPU seconds (user + system, all threads; less sensitive than wall time to
   other processes sharing the cores), one run after no warm-up on CPU (a warm-up on CUDA);
@@ -37,6 +37,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def child_infer(opts) -> None:
+    from models import tiling
     from models.lora import add_lora
     from models.pipeline import BokehDiffPipeline
 
@@ -171,6 +173,7 @@ def child_infer(opts) -> None:
                     estimate = max(unet_est, vae_est)
                     impls = sorted({k for p in processors for k in p.impl_counts})
                     row.update(status="ok", seconds=wall, cpu_seconds=cpu, tiles=plan.n_tiles,
+                               vae_bytes_per_px=tiling.VAE_BYTES_PER_PX_PER_ELEM,
                                vae_tiling=plan.vae_tiling, peak_gib=peak / GIB, unet_estimate_gib=unet_est / GIB,
                                vae_estimate_gib=vae_est / GIB, estimate_gib=estimate / GIB,
                                measured_over_estimate=peak / estimate, pisa="/".join(impls) or "none",
@@ -178,7 +181,7 @@ def child_infer(opts) -> None:
                 except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
                     if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                         raise
-                    row.update(status=f"out of memory under the {opts.mem_cap_gib:g} GiB cap: "
+                    row.update(status="out of memory: "
                                       f"{str(error).splitlines()[0][:120]}")
                 _emit(row)
 
@@ -214,6 +217,7 @@ def child_train(opts) -> None:
         lora_params = sum(p.numel() for p in c.lora_params)
         row.update(build_seconds=time.perf_counter() - t0, lora_layers=len(c.lora_modules), lora_params=lora_params,
                    pisa_layers=len(c.pisa_layers), weights_gib=probe.resident_bytes() / GIB)
+        _emit({**row, "kind": "train_build"})  # the parent completes it if the step outgrows the memory cap
         data = random_batch(1, size, accelerator.device)
         probe.start()
         times = []
@@ -229,7 +233,7 @@ def child_train(opts) -> None:
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
             raise
-        row.update(status=f"does not fit under the {opts.mem_cap_gib:g} GiB cap: {str(error).splitlines()[0][:120]}")
+        row.update(status=f"does not fit: {str(error).splitlines()[0][:120]}")
     _emit(row)
 
 
@@ -242,23 +246,42 @@ def _ddpm():
 # ----------------------------------------------------------------------------------------------------------
 # Parent
 # ----------------------------------------------------------------------------------------------------------
+def _resident_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _run_child(opts, extra: list[str]) -> list[dict]:
-    """Run one group in a child under the address-space cap; its rows (a child that dies keeps the rows it
-    printed, plus one row saying how it ended)."""
+    """Run one group in a child whose resident set is capped (``--mem_cap_gib``: the parent polls it every
+    0.1 s and kills the child above the cap, so a case that does not fit cannot exhaust the machine; an
+    address-space limit would refuse far too early, torch reserving much more address space than it touches).
+    Returns its rows; a child that dies keeps the rows it printed, plus one row saying how it ended."""
     cap = int(opts.mem_cap_gib * GIB)
-
-    def limit():
-        if opts.device == "cpu":
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
     cmd = [sys.executable, "-m", "benchmarks.bench_sdxl", "--device", opts.device, "--mem_cap_gib",
            str(opts.mem_cap_gib), "--tile_size", str(opts.tile_size), "--train_steps", str(opts.train_steps),
            "--sizes", *opts.sizes, "--protocols", *opts.protocols, "--modes", *opts.modes, *extra]
     if opts.smoke:
         cmd.append("--smoke")
     print("$", " ".join(cmd[2:]), flush=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=limit)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = {"at": 0}
+
+    def watch():
+        while proc.poll() is None:
+            resident = _resident_bytes(proc.pid)
+            if opts.device == "cpu" and resident > cap:
+                killed["at"] = resident
+                proc.kill()
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     rows, tail = [], []
     for line in proc.stdout:
         if line.startswith(ROW):
@@ -266,11 +289,31 @@ def _run_child(opts, extra: list[str]) -> list[dict]:
             print("  " + line[len(ROW):].rstrip(), flush=True)
         else:
             tail = (tail + [line.rstrip()])[-5:]
-    if proc.wait() != 0:
-        rows.append(dict(kind="error", group=" ".join(extra), status=f"child exit {proc.returncode}: "
+    code = proc.wait()
+    watcher.join()
+    if killed["at"]:
+        status = (f"does not fit: the resident set passed the {opts.mem_cap_gib:g} GiB cap "
+                  f"({killed['at'] / GIB:.1f} GiB when stopped)")
+        built = next((r for r in reversed(rows) if r["kind"] == "train_build"), None)
+        if built is not None:  # the training case that was running
+            rows.append({**built, "kind": "train", "status": status})
+        else:
+            rows.append(dict(kind="error", group=" ".join(extra), status=status))
+        print("  child stopped:", status, flush=True)
+    elif code != 0:
+        rows.append(dict(kind="error", group=" ".join(extra), status=f"child exit {code}: "
                          + " | ".join(tail)[-300:]))
         print("  child failed:", rows[-1]["status"], flush=True)
     return rows
+
+
+def recalibrated(row: dict, vae_bytes_per_px: float) -> dict:
+    """An inference row with the planner's estimate restated for another VAE constant
+    (``models.tiling.VAE_BYTES_PER_PX_PER_ELEM``; rows measured before it was calibrated ran with 750). The
+    VAE estimate is proportional to that constant, so this is what the planner would now say for the same plan."""
+    vae = row["vae_estimate_gib"] * vae_bytes_per_px / row.get("vae_bytes_per_px", 750)
+    estimate = max(row["unet_estimate_gib"], vae)
+    return {**row, "vae_estimate_gib": vae, "estimate_gib": estimate, "measured_over_estimate": row["peak_gib"] / estimate}
 
 
 def _gib(v) -> str:
@@ -287,13 +330,17 @@ def section(rows: list[dict], opts) -> str:
              f"{_gib(build.get('weights_gib'))} GiB), rank-8 LoRA; peak = the case's working memory over the "
              f"resident weights (CPU: resident-set high-water mark), estimate = the planner's "
              f"(`models.tiling.estimate_bytes`, the larger of the UNet and VAE working sets of the pass it plans). "
-             f"CPU seconds count every thread; each child ran under a {opts.mem_cap_gib:g} GiB address-space cap.", "",
+             f"CPU seconds count every thread; each child's resident set was capped at {opts.mem_cap_gib:g} GiB.", "",
              "| image (px) | protocol | mode | tiles | VAE tiling | PISA | wall s | CPU s | encode / UNet / decode s | "
              "peak GiB | estimate GiB (UNet / VAE) | peak / estimate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    from models.tiling import VAE_BYTES_PER_PX_PER_ELEM
+
     for r in rows:
         if r["kind"] != "infer":
             continue
+        if r["status"] == "ok":  # the VAE estimate is linear in its constant: restated with today's (exact)
+            r = recalibrated(r, VAE_BYTES_PER_PX_PER_ELEM)
         if r["status"] != "ok":
             lines.append(f"| {r['size']} | {r['protocol']} | {r['mode']} | | | | {r['status']} | | | | | |")
             continue
@@ -328,9 +375,12 @@ def main(argv=None) -> int:
     parser.add_argument("--protocols", nargs="+", default=["corrected", "published"])
     parser.add_argument("--modes", nargs="+", default=["full", "tiled"], choices=["full", "tiled"])
     parser.add_argument("--tile_size", type=int, default=512, help="corrected protocol's tile (px); overlap 1/4")
+    parser.add_argument("--infer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--merge_json", default=None,
+                        help="inference rows of an earlier run (its --json) to report with this run's (with --no-infer)")
     parser.add_argument("--train_steps", type=int, default=2, help="steps per training case (the first is warm-up)")
-    parser.add_argument("--mem_cap_gib", type=float, default=20.0, help="address-space cap of each child (CPU)")
+    parser.add_argument("--mem_cap_gib", type=float, default=20.0, help="resident-set cap of each child (CPU)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="BENCHMARKS.md to update, or none")
     parser.add_argument("--json", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny stack at 128 px (inference) / 64 px (training)")
@@ -344,7 +394,11 @@ def main(argv=None) -> int:
         child_train(opts)
         return 0
 
-    rows = _run_child(opts, ["--child", "infer"])
+    # An earlier run's inference rows (its --json), e.g. to report them with a --no-infer run's training rows.
+    rows = [r for r in json.loads(Path(opts.merge_json).read_text()) if r["kind"] in ("build", "infer")] \
+        if opts.merge_json else []
+    if opts.infer:
+        rows += _run_child(opts, ["--child", "infer"])
     if opts.train:
         for ckpt in (0, 1):
             rows += _run_child(opts, ["--child", "train", "--checkpointing", str(ckpt)])

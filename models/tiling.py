@@ -29,6 +29,8 @@ from .pisa import working_set_bytes
 __all__ = [
     "RenderPlan",
     "Tiler",
+    "UNET_BYTES_PER_LATENT_PX_PER_ELEM",
+    "VAE_BYTES_PER_PX_PER_ELEM",
     "available_bytes",
     "blend_window",
     "estimate_bytes",
@@ -37,18 +39,22 @@ __all__ = [
     "tile_starts",
 ]
 
-# Memory model for the automatic full-frame / tiled choice. Peak activation bytes of one UNet pass per latent
-# pixel per byte of element size, for SDXL's widths (320, 640, 1280); scaled linearly by the UNet's widths.
-# Estimated from SDXL's activation sizes at 1024 px (about 2 GB of live activations in bf16 with SDPA);
-# benchmarks/gpu_pipeline.py measures it -- refine it there.
+# Memory model for the automatic full-frame / tiled choice: peak working bytes of one UNet pass per latent
+# pixel per byte of element size, for SDXL's widths (320, 640, 1280), scaled linearly by the UNet's widths; and
+# of the VAE per image pixel per byte of element size, for its widths up to 512.
+# Calibrated on the full SDXL architecture (benchmarks/bench_sdxl.py, BENCHMARKS.md "Full SDXL architecture",
+# CPU float32, 2026-12-03): the UNet pass measured 57,000-57,400 B per latent px per element byte (512^2 and
+# 1024x768, sparse PISA included), so 60,000 stays ~5% above; the VAE (the peak of tiled renders, encode or
+# decode) measured 950-960 B per image px per element byte, above the first guess of 750, so 1,000. On every
+# measured row the planner's estimate is at or above the measured peak, by at most 35% (rows whose peak is the
+# smaller of the two passes). CUDA bf16 (SDPA kernels) is not measured yet: the headroom below covers it.
 # Default tile (px): SDXL's native side, and an overlap above the CoC radii of usual K (tiles must not cut a
 # blur disc; see Tiler.plan).
 TILE_SIZE = 1024
 TILE_OVERLAP = 256
-_UNET_BYTES_PER_LATENT_PX_PER_ELEM = 60_000
+UNET_BYTES_PER_LATENT_PX_PER_ELEM = 60_000
 _SDXL_WIDTH_SUM = 320 + 640 + 1280
-# VAE decoder: about six live 128..512-channel maps at full resolution (fp32: ~3 kB per image pixel).
-_VAE_BYTES_PER_PX_PER_ELEM = 750
+VAE_BYTES_PER_PX_PER_ELEM = 1_000
 _MEMORY_HEADROOM = 0.8  # use at most 80% of what is free: allocator fragmentation, PISA blocks, outputs
 
 
@@ -166,7 +172,7 @@ def estimate_bytes(model, height: int, width: int, pisa_segments: int | None = N
     widths = sum(config.block_out_channels) / _SDXL_WIDTH_SUM
     unet_elem = torch.finfo(model.unet.dtype).bits // 8
     vae_elem = torch.finfo(model.vae.dtype).bits // 8
-    unet = _UNET_BYTES_PER_LATENT_PX_PER_ELEM * unet_elem * widths * (height // f) * (width // f)
+    unet = UNET_BYTES_PER_LATENT_PX_PER_ELEM * unet_elem * widths * (height // f) * (width // f)
     if pisa_segments is not None:
         # PISA runs in down_blocks.1 (half the latent resolution); diffusers' SDXL config names the
         # number of heads "attention_head_dim".
@@ -176,7 +182,7 @@ def estimate_bytes(model, height: int, width: int, pisa_segments: int | None = N
         unet += working_set_bytes(tokens, 1, int(heads), config.block_out_channels[1] // int(heads),
                                   int(pisa_segments))
     vae_widths = max(model.vae.config.block_out_channels) / 512
-    vae = _VAE_BYTES_PER_PX_PER_ELEM * vae_elem * vae_widths * height * width
+    vae = VAE_BYTES_PER_PX_PER_ELEM * vae_elem * vae_widths * height * width
     return int(unet), int(vae)
 
 
