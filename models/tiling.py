@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
@@ -148,10 +149,19 @@ def pad_multiple(model) -> int:
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` (CUDA: the driver's free bytes; CPU: available physical pages), or ``None``."""
+    """Free memory on ``device`` (CUDA: the driver's free bytes; CPU: Linux's ``MemAvailable``, which counts the
+    page cache the kernel can drop, e.g. after reading 10 GB of weights; elsewhere the free physical pages), or
+    ``None``."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
     if device.type == "cpu" and hasattr(os, "sysconf"):
         try:
             return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
@@ -249,7 +259,8 @@ class Tiler:
         """
         m = pad_multiple(model)
         ph, pw = -(-height // m) * m, -(-width // m) * m
-        unet_b, vae_b = (batch * b for b in estimate_bytes(model, ph, pw, pisa_segments))
+        unet_b, vae_b = estimate_bytes(model, ph, pw, pisa_segments)
+        unet_b *= batch  # the VAE decodes one render at a time (BokehDiffPipeline._iter_run)
         free = available_bytes(model.prompt_embeds.device)
         budget = None if free is None else free * _MEMORY_HEADROOM
         reason = f"estimated UNet {unet_b / 2**30:.2f} GiB, VAE {vae_b / 2**30:.2f} GiB" + (

@@ -3,6 +3,8 @@ tiled vs full frame, planning, offline errors and bad inputs."""
 
 import warnings
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -321,3 +323,18 @@ def test_full_frame_render_takes_the_sparse_pisa_path_and_matches_chunked():
     assert (pisa_out["auto"] - pisa_out["chunked"]).abs().max() <= 1e-5
     assert (x0["auto"] - x0["chunked"]).abs().max() <= 1e-5
     assert (renders["auto"] - renders["chunked"]).abs().max() <= 1e-3
+
+
+def test_cpu_memory_counts_the_page_cache_the_kernel_can_drop():
+    """The planner's CPU budget is Linux's MemAvailable (free + reclaimable cache), never below the free pages:
+    after reading 10 GB of weights most memory is page cache, and MemFree alone would tile every render."""
+    import os
+
+    from models.tiling import available_bytes
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    mem_available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    available = available_bytes(torch.device("cpu"))
+    assert abs(available - mem_available) < 0.02 * total  # (read a moment apart)
+    assert int(meminfo["MemFree"].split()[0]) * 1024 <= available + 0.02 * total <= 1.02 * total

@@ -107,7 +107,8 @@ def test_one_encode_per_image_and_batch_size_renders_per_unet_call(pipes, monkey
     chunks = list(pipe.iter_variants(image, disparity, K=[K for K, _ in SETTINGS],
                                      disp_focus=[f for _, f in SETTINGS], batch_size=4, mode="full"))
     assert encodes.calls == [1]
-    assert unet.calls == [4, 2] and decodes.calls == [4, 2]
+    assert unet.calls == [4, 2]
+    assert decodes.calls == [1] * 6  # the decoder takes one render at a time (its rounding does not depend on b)
     assert [(start, stop) for start, stop, _ in chunks] == [(0, 4), (4, 6)]
     assert pipe.last_plan.timings["encode_s"] > 0 and pipe.last_plan.timings["unet_s"] > 0
 
