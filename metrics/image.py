@@ -9,6 +9,10 @@ per-pixel map over the mask (PSNR: MSE over the masked pixels, then ``10 log10(1
   infinite PSNR would make the mean over images infinite and hide every other image.
 - SSIM: ``kornia.metrics.ssim`` with an 11-px Gaussian window (Wang et al., TIP 2004) and 'same' padding,
   so the SSIM map has the image size and can be masked; the full-image value is the mean of that map.
+
+:func:`psnr_per_image` and :func:`ssim_per_image` are the whole-image values: ``evaluate.py`` (through
+:func:`metrics.report.score`) and training validation (:func:`training.loop.validate`) both report these, so a
+validation number and an evaluation number of the same image pair are the same number.
 - LPIPS (Zhang et al., CVPR 2018), VGG and AlexNet trunks, via the ``lpips`` package, with its spatial map.
 - DISTS (Ding et al., TPAMI 2020) via ``piq``; a global score only, so it has no band/outside values.
 
@@ -41,6 +45,18 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SSIM map ``(B, 1, H, W)`` (channel mean of kornia's per-channel map), values in [-1, 1]."""
     _check_pair(pred, target)
     return kornia.metrics.ssim(pred.float(), target.float(), SSIM_WINDOW, max_val=1.0).mean(dim=1, keepdim=True)
+
+
+def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whole-image PSNR in dB per image, ``(B,)``: :func:`psnr_from_mse` of the mean of :func:`mse_map`
+    (capped at :data:`PSNR_MAX_DB`). Inputs ``(B, 3, H, W)`` sRGB in [0, 1]."""
+    return psnr_from_mse(masked_mean(mse_map(pred, target), None))
+
+
+def ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whole-image SSIM per image, ``(B,)`` in [-1, 1]: the mean of :func:`ssim_map` over all pixels.
+    Inputs ``(B, 3, H, W)`` sRGB in [0, 1], at least :data:`SSIM_WINDOW` px on each side."""
+    return masked_mean(ssim_map(pred, target), None)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

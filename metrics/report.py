@@ -181,6 +181,8 @@ def score(
     ``band`` is a boolean ``(B, 1, H, W)`` mask or None (band and outside values are then NaN).
     """
     masks = {"": None, "_band": band, "_outside": None if band is None else ~band}
+    # One map per metric for all three regions; the whole-image region (mask None) is then exactly
+    # metrics.image.psnr_per_image / ssim_per_image, the values training validation reports.
     maps = {"mse": mse_map(pred, gt), "ssim": ssim_map(pred, gt)}
     out = {}
     for region, mask in masks.items():

@@ -10,6 +10,7 @@ Modules (import them by path; this package re-exports nothing so importing one s
 - :mod:`training.loop`: ``build_models``, ``build_optimizers``, ``train_step``, the PISA hardness schedule,
   the non-finite-loss guard and ``validate``.
 - :mod:`training.tracking`: validation grids as ``validation/step-<step>.png`` and in TensorBoard / wandb.
+- :mod:`training.plots`: the run's curves as ``training_curves.png`` (``python -m scripts.plot_run RUN_DIR``).
 - :mod:`training.model_card`: the run's ``README.md`` (``python -m training.model_card RUN_DIR``).
 - :mod:`training.publish`: ``--push_to_hub``, checked before training and uploaded at the end.
 """

@@ -89,10 +89,10 @@ COMPLETE_NAME = "checkpoint_complete"
 _CHECKPOINT_RE = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 # Checkpoints of versions before the marker are complete when these files are all there.
 _LEGACY_REQUIRED = (META_NAME, LORA_WEIGHT_NAME, "optimizer.bin", "random_states_0.pkl")
-# What a run leaves in its output_dir besides checkpoints: a fresh run must not overwrite them silently.
+# What a run leaves besides checkpoints (the PNG: training.plots.CURVES_NAME); a fresh run must not overwrite them.
 CONFIG_NAME = "train_config.yaml"
 RUN_FILES = ("train_log.jsonl", "validation.jsonl", CONFIG_NAME, LORA_WEIGHT_NAME, VAE_WEIGHT_NAME,
-             VAE_SAFETENSORS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, META_NAME, "README.md")
+             VAE_SAFETENSORS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, META_NAME, "README.md", "training_curves.png")
 RUN_FOLDERS = ("validation",)  # the validation grids (training.tracking.VALIDATION_DIR)
 _FINISHED_RUN_FILES = (LORA_WEIGHT_NAME, META_NAME)  # the export written at the end of training
 

@@ -404,14 +404,17 @@ def validate(model: nn.Module, batches: list[dict], *, hardness: float | None, d
     with ``seed`` so per-call random draws (PISA's occlusion jitter with ``--pisa_seed`` null) are the same at
     every validation: metrics of different steps differ by the weights only.
 
+    PSNR and SSIM are ``metrics.image.psnr_per_image`` / ``ssim_per_image``, the whole-image values that
+    ``evaluate.py`` reports, so a validation number and an evaluation number of one image pair agree. (Until
+    issue 22 SSIM came from ``piq.ssim``, which averages only the interior where the 11-px window fits and
+    average-pools images over 256 px first; kornia's 'same'-padded map here covers every pixel.)
+
     Returns:
-        ``(metrics, grid)``: ``{"psnr" (dB, capped at metrics.image.PSNR_MAX_DB), "ssim" in [0, 1], "l1" in
+        ``(metrics, grid)``: ``{"psnr" (dB, capped at metrics.image.PSNR_MAX_DB), "ssim" in [-1, 1], "l1" in
         [0, 1]}`` averaged over images, and a ``(3, rows * H, 4 * W)`` grid in [0, 1] whose rows are
         AIF | prediction | target | disparity.
     """
-    import piq
-
-    from metrics.image import mse_map, psnr_from_mse
+    from metrics.image import psnr_per_image, ssim_per_image
 
     was_training = model.training
     model.eval()
@@ -425,8 +428,8 @@ def validate(model: nn.Module, batches: list[dict], *, hardness: float | None, d
                              crop_top_left=b["crop_top_left"], pisa_hardness=hardness).float().clamp(0, 1)
                 target = b["bokeh"].float().clamp(0, 1)
                 n = pred.shape[0]
-                psnr += float(psnr_from_mse(mse_map(pred, target).flatten(1).mean(1)).sum())  # capped, as evaluate.py
-                ssim += float(piq.ssim(pred, target, data_range=1.0, reduction="sum"))
+                psnr += float(psnr_per_image(pred, target).sum())  # capped; evaluate.py's definition
+                ssim += float(ssim_per_image(pred, target).sum())
                 l1 += float((pred - target).abs().flatten(1).mean(1).sum())
                 count += n
                 for i in range(n):

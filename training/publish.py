@@ -1,8 +1,8 @@
 """``--push_to_hub``: checked before training (hub reachable, a token), the run folder uploaded at the end.
 
 What is uploaded: the export (LoRA with diffusers' metadata, peft's adapter files, the VAE part), the model card
-``README.md``, ``bokehdiff_checkpoint.json``, the logs, the resolved config and ``validation/*.png``; never the
-resumable ``checkpoint-*`` folders or interrupted-save leftovers.
+``README.md``, ``bokehdiff_checkpoint.json``, the logs and ``training_curves.png``, the resolved config and
+``validation/*.png``; never the resumable ``checkpoint-*`` folders or interrupted-save leftovers.
 """
 
 from __future__ import annotations

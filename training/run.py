@@ -30,6 +30,7 @@ from training.data import build_train_dataset, build_validation_set, make_train_
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
                            describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
 from training.model_card import write_model_card
+from training.plots import write_training_curves
 from training.publish import check_push_to_hub, push_run, upload_command
 from training.tracking import log_validation_grid, write_validation_grid
 
@@ -79,6 +80,19 @@ def refuse(error: Exception, accelerator=None) -> int:
     if accelerator is not None:
         accelerator.end_training()
     return 2
+
+
+def plot_curves(out: Path) -> Path | None:
+    """Write ``out/training_curves.png`` (:mod:`training.plots`); a failure is a warning, never a failed run (the
+    logs it draws from are complete either way). Returns the path, or None when it could not be drawn."""
+    try:
+        path = write_training_curves(out)
+    except Exception as error:  # noqa: BLE001 - matplotlib, fonts, disk: the run's own outputs are unaffected
+        logger.warning("the training curves could not be drawn (%s: %s); redraw them with `python -m scripts.plot_run "
+                       "%s`", type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", out)
+        return None
+    logger.info("training curves written to %s", path)
+    return path
 
 
 def train(args) -> int:
@@ -192,6 +206,8 @@ def train(args) -> int:
                 run_validation()
     except NonFiniteLossError as error:
         logger.error("%s", error)
+        if accelerator.is_main_process:
+            plot_curves(out)  # the curves up to the stop show where the loss went non-finite
         accelerator.end_training()
         return 2
     except CheckpointSaveError as error:  # disk full: said as such, the previous checkpoint kept
@@ -215,6 +231,7 @@ def train(args) -> int:
         card = write_model_card(out, license=args.model_card_license,
                                 repo_id=hub_target.repo_id if hub_target else None)
         logger.info("model card written to %s", card)
+        plot_curves(out)  # before the upload, which takes the whole folder
         if hub_target is not None:
             try:
                 logger.info("pushed to the hub: %s", push_run(out, hub_target))

@@ -18,7 +18,7 @@ import evaluate
 import inference_hf
 import prepare_data
 import train_lora_otf
-from scripts import make_benchmark, make_sample_data, run_benchmark
+from scripts import make_benchmark, make_sample_data, plot_run, run_benchmark
 from training.config import build_parser as train_parser
 
 REPO = Path(inference_hf.__file__).resolve().parent
@@ -44,7 +44,7 @@ def _all_parsers(monkeypatch) -> dict[str, argparse.ArgumentParser]:
                "app.py": app.build_parser()}
     for name, parse in (("evaluate.py", evaluate.parse_args), ("prepare_data.py", prepare_data.parse_args),
                         ("dataset.py", dataset.parse_args), ("make_sample_data", make_sample_data.parse_args),
-                        ("make_benchmark", make_benchmark.parse_args), ("run_benchmark", run_benchmark.parse_args)):
+                        ("make_benchmark", make_benchmark.parse_args), ("run_benchmark", run_benchmark.parse_args), ("plot_run", plot_run.parse_args)):
         parsers[name] = _parser(parse, monkeypatch)
     for action in parsers["dataset.py"]._actions:  # the preview / inspect subcommands
         if isinstance(action, argparse._SubParsersAction):

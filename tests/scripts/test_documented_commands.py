@@ -38,6 +38,7 @@ RUN = [
     "python -c \"from models.tiny import save_tiny_sdxl; save_tiny_sdxl('outputs/tiny_sdxl')\"",
     "python train_lora_otf.py --config configs/train_tiny.yaml --pretrained_model_name_or_path outputs/tiny_sdxl "
     "--train_data_dir test_data/otf --output_dir outputs/tiny_run",
+    "python -m scripts.plot_run outputs/tiny_run",
     "python inference_hf.py --pretrained_model_name_or_path outputs/tiny_sdxl --adapter outputs/tiny_run "
     "--test_data_dir test_data/ebb --output_dir outputs/tiny_render",
 ]
@@ -75,6 +76,8 @@ PARSE = {
     "python -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks":
         "minutes of CPU; tests/scripts/test_run_benchmark.py runs it on a small benchmark",
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
+    "python -m scripts.plot_run RUN_DIR [--out PNG]": "a placeholder folder; the smoke run's `python -m "
+        "scripts.plot_run outputs/tiny_run` runs (RUN), tests/scripts/test_plot_run.py covers --out and the errors",
     "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
         "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
     "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
@@ -104,14 +107,14 @@ def _parsers():
     import evaluate
     import inference_hf
     import prepare_data
-    from scripts import compare_recipes, make_benchmark, make_sample_data, run_benchmark
+    from scripts import compare_recipes, make_benchmark, make_sample_data, plot_run, run_benchmark
     from training.config import parse_args as train_args
 
     return {"app.py": app.parse_args, "inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
             "evaluate.py": evaluate.parse_args, "train_lora_otf.py": train_args,
             "scripts.make_sample_data": make_sample_data.parse_args,
             "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args,
-            "scripts.compare_recipes": compare_recipes.parse_args}
+            "scripts.compare_recipes": compare_recipes.parse_args, "scripts.plot_run": plot_run.parse_args}
 
 
 def _split(command: str) -> tuple[str, list[str]]:
@@ -168,7 +171,7 @@ def _run_in_process(command: str) -> int:
     import dataset
     import inference_hf
     import train_lora_otf
-    from scripts import make_sample_data
+    from scripts import make_sample_data, plot_run
 
     words = shlex.split(command)
     if words[:2] == ["python", "-c"]:
@@ -176,7 +179,7 @@ def _run_in_process(command: str) -> int:
         return 0
     script, argv = _split(command)
     main = {"dataset.py": dataset.main, "inference_hf.py": inference_hf.main, "train_lora_otf.py": train_lora_otf.main,
-            "scripts.make_sample_data": make_sample_data.main}[script]
+            "scripts.make_sample_data": make_sample_data.main, "scripts.plot_run": plot_run.main}[script]
     try:
         return main(argv) or 0
     except SystemExit as exit_:  # --help
@@ -193,6 +196,8 @@ def test_offline_commands_run_as_written(workdir, monkeypatch, capsys):
     assert (workdir / "prepared" / "otf" / "fg").is_dir() and (workdir / "prepared" / "ebb" / "meta.json").is_file()
     assert len(list((workdir / "outputs" / "one").glob("photo_K*_f*.png"))) == 2
     assert (workdir / "outputs" / "tiny_run" / "pytorch_lora_weights.safetensors").is_file()
+    with Image.open(workdir / "outputs" / "tiny_run" / "training_curves.png") as curves:  # redrawn by plot_run
+        assert curves.format == "PNG" and curves.size == (1600, 750)
     assert len(list((workdir / "outputs" / "tiny_render").glob("scene0*_K*.png"))) == 3
     # make demo's outputs as the README lists them: six motorcycle_K<K>_f<focus>.png, the sheet, the config.
     demo = sorted(p.name for p in (workdir / "outputs" / "demo").iterdir())

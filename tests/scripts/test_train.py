@@ -24,7 +24,8 @@ import yaml
 
 import train_lora_otf
 import training.run
-from tests.training.helpers import PATHS, REPO, FakeAccelerator, build_stack, read_log, train_argv
+from tests.training.helpers import (PATHS, REPO, FakeAccelerator, build_stack, check_png, read_log,
+                                   train_argv)
 from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, check_fresh_output_dir, list_checkpoints,
                                  resolve_resume_path, save_checkpoint)
 from training.config import dump_config, parse_args
@@ -220,6 +221,7 @@ def test_nonfinite_losses_skip_updates_and_stop_with_nonzero_exit(stack, tmp_pat
     log = read_log(out)  # strict JSON: the NaN loss is written as null, the step's "skipped" says why
     assert [r["skipped"] for r in log] == [True, True]
     assert [r["total"] for r in log] == [None, None] and all(math.isfinite(r["mse"]) for r in log)
+    check_png(out / "training_curves.png")  # a stopped run is plotted too: the curves show where it went wrong
     from safetensors.torch import load_file
 
     lora = load_file(str(out / f"{CHECKPOINT_PREFIX}2" / "pytorch_lora_weights.safetensors"))
@@ -292,6 +294,20 @@ def test_a_refused_resume_keeps_the_runs_config_and_the_gamma_alias_resumes_as_i
     assert train_lora_otf.main(train_argv(stack, out, "--model_gamma", 2.2, "--synthesis_gamma", 2.2, "--max_train_steps",
                                      4, "--validation_steps", 0, "--resume_from_checkpoint", "latest")) == 0
     assert [s for s, _ in list_checkpoints(out)] == [2, 4] and read_log(out)[-1]["step"] == 4
+    check_png(out / "training_curves.png")  # drawn at the end of the run, also of a resumed one
+
+
+def test_a_plotting_failure_is_a_warning_not_a_failed_run(stack, tmp_path, monkeypatch, caplog):
+    def broken(run_dir, out=None):
+        raise RuntimeError("no fonts here")
+
+    monkeypatch.setattr(training.run, "write_training_curves", broken)
+    out = tmp_path / "run"
+    assert train_lora_otf.main(train_argv(stack, out, "--max_train_steps", 1, "--validation_steps", 0,
+                                          "--lambda_gan", 0, "--no-edge")) == 0
+    assert "training curves could not be drawn (RuntimeError: no fonts here)" in caplog.text
+    assert f"python -m scripts.plot_run {out}" in caplog.text
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and not (out / "training_curves.png").exists()
 
 
 def test_a_kill_between_publishing_and_rotating_still_ends_within_the_limit(stack, tmp_path):

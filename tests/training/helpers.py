@@ -1,5 +1,6 @@
-"""Shared pieces of the training tests (here and in tests/scripts/test_train.py): a tiny fg/bg folder, the tiny
-preset's command line, strict-JSON log readers and a stand-in for accelerate's ``save_state``."""
+"""Shared pieces of the training tests (here and in tests/scripts/): a tiny fg/bg folder, the tiny preset's
+command line, strict-JSON log readers, a stand-in for accelerate's ``save_state``, and a run folder's logs with
+the check of its training-curves PNG."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from training.checkpoint import META_NAME
+from training.loop import StepLog
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "train_tiny.yaml")
@@ -77,3 +79,30 @@ class FakeAccelerator:
         if self.crash:
             raise KeyboardInterrupt("killed while saving")
         (Path(folder) / "optimizer.bin").write_bytes(b"x" * 10)
+
+
+def write_run(run, steps: int = 12, *, validation_every: int | None = 4, nan_step: int | None = 5):
+    """Logs as train_lora_otf.py writes them: StepLog lines with training.run's keys (a skipped non-finite step's
+    loss is null), validation at step 0 and every ``validation_every`` steps (None: no validation.jsonl)."""
+    run.mkdir(parents=True, exist_ok=True)
+    train = StepLog(run / "train_log.jsonl", -1, True)
+    for step in range(1, steps + 1):
+        mse = 0.05 / step
+        train.write({"step": step, "total": float("nan") if step == nan_step else mse + 0.02, "mse": mse,
+                     "edge": 0.02, "gan_g": 0.7 if step > 2 else None, "gan_d": 1.3, "skipped": step == nan_step,
+                     "psnr": float(10 * np.log10(1 / mse)), "lr": 1e-3 * min(1.0, step / 2), "grad_norm": 1.0 / step})
+    if validation_every:
+        validation = StepLog(run / "validation.jsonl", -1, True)
+        for step in range(0, steps + 1, validation_every):
+            validation.write({"step": step, "psnr": 20.0 + step, "ssim": 0.5 + step / 100, "l1": 0.1 - step / 1000})
+    return run
+
+
+def check_png(path, size=(1600, 750)):
+    """A complete PNG of the figure's size (16 x 7.5 in at 100 dpi) with something drawn on it."""
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == size
+        image.verify()
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # lines and text, not a blank page

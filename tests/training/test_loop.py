@@ -1,4 +1,5 @@
-"""training/loop.py's pieces: the run description, the models it builds, the non-finite guard, the step log."""
+"""training/loop.py's pieces: the run description, the models it builds, the non-finite guard, the step log,
+and validation's metrics (the same numbers as evaluate.py's)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from tests.training.helpers import PATHS, strict_json, train_argv
 from training.checkpoint import TrainProgress
 from training.config import parse_args
-from training.loop import NonFiniteGuard, NonFiniteLossError, describe_run
+from training.loop import NonFiniteGuard, NonFiniteLossError, describe_run, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,3 +82,58 @@ def test_logs_are_strict_json_and_resume_reads_older_non_strict_lines(tmp_path):
     new = strict_json(lines[-1])
     assert new == {"step": 3, "psnr": PSNR_MAX_DB, "total": None, "grad_norm": None, "terms": [1.0, None],
                    "skipped": True}
+
+
+class _FixedRender(torch.nn.Module):
+    """Stands in for the one-step model: ``validate`` calls it like ``OneStepBokeh`` and gets ``pred``."""
+
+    def __init__(self, pred: torch.Tensor):
+        super().__init__()
+        self.pred = pred
+
+    def forward(self, aif, disparity, coc_px, *, original_size, crop_top_left, pisa_hardness):
+        return self.pred.to(aif.device)
+
+
+def test_validation_and_evaluation_report_the_same_psnr_and_ssim(tmp_path):
+    """One SSIM and one PSNR (issue 22): validation (training.loop.validate) and evaluation (metrics.report's
+    per-image scoring, through PNG files as evaluate.py reads them) give the same numbers on one pair.
+
+    Validation used to take SSIM from piq.ssim, which averages only the interior where the 11-px window fits
+    (here 54 x 70 of 64 x 80 px) and average-pools images wider than 256 px; metrics.image's kornia map covers
+    every pixel ('same' reflect padding), so the reported value changed (measured on this pair: piq 0.76734,
+    metrics.image 0.74128; the interior of metrics.image's map averages to piq's 0.76735)."""
+    import piq
+
+    from data.io import save_image
+    from metrics.image import SSIM_WINDOW, psnr_per_image, ssim_map, ssim_per_image
+    from metrics.report import Pair, evaluate_pairs
+
+    generator = torch.Generator().manual_seed(22)
+    # A smooth random image and a noisy copy, on the 8-bit grid so the PNGs hold exactly these values.
+    target = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 10, generator=generator), size=(64, 80),
+                                             mode="bilinear", align_corners=False)
+    pred = (target + 0.05 * torch.randn(target.shape, generator=generator)).clamp(0, 1)
+    target, pred = (target * 255).round() / 255, (pred * 255).round() / 255
+
+    batch = {"aif": torch.rand(1, 3, 64, 80, generator=generator), "disparity": torch.rand(1, 1, 64, 80),
+             "coc_px": torch.zeros(1, 1, 64, 80), "original_size": [(64, 80)], "crop_top_left": [(0, 0)],
+             "bokeh": target}
+    metrics, grid = validate(_FixedRender(pred), [batch], hardness=None, device=torch.device("cpu"))
+    assert grid.shape == (3, 64, 4 * 80)
+
+    evaluation = evaluate_pairs([Pair("pair", save_image(tmp_path / "pred.png", pred[0]),
+                                      save_image(tmp_path / "gt.png", target[0]))])
+    row = evaluation.rows[0]
+    assert not evaluation.failures
+    assert metrics["ssim"] == pytest.approx(row["ssim"], rel=1e-6, abs=1e-7)
+    assert metrics["psnr"] == pytest.approx(row["psnr"], rel=1e-6)
+    assert metrics["ssim"] == pytest.approx(float(ssim_per_image(pred, target)[0]), rel=1e-6)
+    assert metrics["psnr"] == pytest.approx(float(psnr_per_image(pred, target)[0]), rel=1e-6)
+    assert 0.5 < metrics["ssim"] < 0.95 and 20 < metrics["psnr"] < 35  # a pair that is similar, not equal
+
+    old = float(piq.ssim(pred, target, data_range=1.0))  # what validation reported before
+    assert abs(old - metrics["ssim"]) > 1e-2, (old, metrics["ssim"])
+    # Why: piq averages the same SSIM map over the interior only (no padding; no pooling below 256 px).
+    half = SSIM_WINDOW // 2
+    assert old == pytest.approx(float(ssim_map(pred, target)[..., half:-half, half:-half].mean()), abs=1e-4)
