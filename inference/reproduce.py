@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from data.io import read_image, save_image, write_text_atomic
+from data.io import atomic_write, read_image, save_image, write_text_atomic
 from metrics import benchmark_report as report
 from metrics.bands import BAND_THRESHOLD, BAND_WIDTH_PX, discontinuity_band
 from metrics.image import LearnedMetric
@@ -129,15 +129,15 @@ def run_peer(method: Method, case_name: str, inputs: dict[str, Path], K: float, 
         raise CaseError(f"peer '{method.name}' exited 0 on '{case_name}' but wrote no '{out}' (its {{out}})")
 
 
-def _peer_inputs(data: dict, case: Case, folder: Path) -> dict[str, Path]:
-    """The case's input as files a peer reads, written once per scene: 8-bit sRGB PNG, float32 ``.npy``."""
-    stem = f"{case.scene}"
-    image, disparity = folder / f"{stem}.png", folder / f"{stem}_disparity.npy"
-    if not image.is_file():
+def _peer_inputs(data: dict, case: Case, folder: Path, written: set) -> dict[str, Path]:
+    """The case's input as files a peer reads: 8-bit sRGB PNG, float32 ``.npy``. Written once per scene and
+    run (``written`` holds the scenes done), so files left by an earlier run on other data are never used."""
+    image, disparity = folder / f"{case.scene}.png", folder / f"{case.scene}_disparity.npy"
+    if case.scene not in written:
         save_image(image, data["image"])
-    if not disparity.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(disparity, data["disparity"][0].numpy().astype(np.float32))
+        with atomic_write(disparity) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, data["disparity"][0].numpy().astype(np.float32))
+        written.add(case.scene)
     return {"image": image, "disparity": disparity}
 
 
@@ -170,13 +170,15 @@ def run_cases(
     out_dir = Path(out_dir)
     result = RunResult()
     manifests = {m.name: RenderManifest(out_dir / m.name) for m in methods}
+    peer_scenes: set = set()
     for m in methods:
         result.seconds[m.name], result.rendered[m.name], result.reused[m.name] = 0.0, 0, 0
     for number, case in enumerate(cases, start=1):
         try:
             data = case.load()
         except (OSError, ValueError, RuntimeError, KeyError) as error:
-            result.failures.append({"method": None, "name": case.name, "reason": f"{type(error).__name__}: {error}"})
+            result.failures.append({"method": None, "name": case.name, "level": case.level,
+                                    "reason": f"{type(error).__name__}: {error}"})
             log(f"error: {case.benchmark}: {case.name}: {error}")
             continue
         gt = data["gt"][None].to(device)
@@ -191,7 +193,7 @@ def run_cases(
             if not fresh and method.command is None and method._built is None:
                 try:
                     method.renderer()
-                except (OSError, WeightLoadingError) as error:  # weights unavailable: report, run the others
+                except (OSError, WeightLoadingError, ValueError, RuntimeError) as error:  # report it, run the others
                     result.unavailable[method.name] = str(error).split(". ")[0][:200]
                     log(f"warning: {method.name} unavailable: {error}")
                     continue
@@ -200,7 +202,7 @@ def run_cases(
                     result.reused[method.name] += 1
                 else:
                     if method.command is not None:
-                        inputs = _peer_inputs(data, case, out_dir / "inputs")
+                        inputs = _peer_inputs(data, case, out_dir / "inputs", peer_scenes)
                         start = time.perf_counter()
                         run_peer(method, case.name, inputs, data["K"], data["disp_focus"], output, peer_timeout_s)
                         result.seconds[method.name] += time.perf_counter() - start
@@ -214,7 +216,8 @@ def run_cases(
                                     f"{data['gt'].shape[2]}x{data['gt'].shape[1]}; render at the input's size")
                 values = score(torch.from_numpy(prediction)[None].to(device), gt, band, learned)
             except (CaseError, OSError, ValueError, RuntimeError) as error:  # this case only; the run goes on
-                result.failures.append({"method": method.name, "name": case.name, "reason": str(error)})
+                result.failures.append({"method": method.name, "name": case.name, "level": case.level,
+                                        "reason": str(error)})
                 log(f"error: {method.name}: {case.name}: {error}")
                 continue
             row = {"benchmark": case.benchmark, "method": method.name, "scene": case.scene, "name": case.name,

@@ -75,8 +75,8 @@ def level_tables(benchmark: str, rows: Sequence[dict], methods: Sequence[str], *
                   "|---|" + "---|" * (len(header) + 1)]
         for method in methods:
             values = means.get((method, level))
-            if values is None:
-                continue
+            if values is None:  # unavailable, or every image failed (listed below): a visible row, not a gap
+                values = {"n": 0}
             cells = [_fmt(values.get(m, math.nan), m) for m in metrics]
             cells += [_fmt(values.get(f"{m}_band", math.nan), m) for m in metrics if not m.startswith("dists")]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {values['n']} |")

@@ -51,6 +51,7 @@ def test_all_benchmarks_end_to_end_then_a_rerun_reuses_every_render(data, tmp_pa
     assert sorted({r["level"] for r in by_method["fake"]}) == ["1"]  # K 3.75 ran; K 7.5 (level 2) failed
     tables = (out / "blb" / "tables.md").read_text()
     assert "### blb, level 1" in tables and "### blb, level 2" in tables
+    assert "| fake | n/a | n/a | n/a | n/a | 0 |" in tables.split("### blb, level 2")[1]  # all failed: shown, not dropped
     assert "| method | psnr ↑ | ssim ↑ | psnr band ↑ | ssim band ↑ | images |" in tables
     assert str(data["blb"] / "s3_no_info" / "info.json") in tables and "not valid JSON" in tables
     assert "peer 'fake' exited with status 3 on 's1_bokeh_01_00'" in tables and "K 7.5 is above 7.0" in tables
