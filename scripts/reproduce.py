@@ -59,14 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="data folder: one DIR for one benchmark, or NAME=DIR each (layered defaults to "
                         f"{DEFAULT_LAYERED}, built when missing)")
     parser.add_argument("--out", type=Path, required=True, help="folder for renders, tables, CSVs and charts")
-    parser.add_argument("--levels", type=int, nargs="+", default=None, help="only these levels (default: all)")
+    parser.add_argument("--levels", type=int, nargs="+", default=None, help="only these levels (BLB: k + 1 of bokeh_<k>_<f>; EBB: position in --ebb_K; layered: rank of the largest CoC); all when omitted")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, help="our renderers to score")
     parser.add_argument("--method", action="append", default=[], metavar="NAME='CMD ...'",
                         help="an external peer: NAME=command template with {image} {disparity} {K} {focus} {out}")
     parser.add_argument("--bokehdiff_args", default="", help="extra inference_hf.py flags for bokehdiff (quoted)")
     parser.add_argument("--ebb_K", type=float, nargs="+", default=list(benchmark_cases.EBB_DEFAULT_K),
                         help="EBB: K values to render (px of CoC radius per unit disparity); each is a level")
-    parser.add_argument("--ebb_gt", type=Path, default=None, help="EBB: ground-truth bokeh folder (default DIR/bokeh)")
+    parser.add_argument("--ebb_gt", type=Path, default=None, help="EBB: ground-truth bokeh folder; DIR/bokeh when omitted")
     parser.add_argument("--learned", nargs="*", default=sorted(LEARNED_METRICS), choices=sorted(LEARNED_METRICS),
                         help="learned metrics to compute (a bare --learned: only PSNR/SSIM)")
     parser.add_argument("--band_width", type=int, default=BAND_WIDTH_PX, help="discontinuity band half-width (px)")
