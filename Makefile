@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test app browser bench evaluate evaluate-record
+.PHONY: setup demo test app browser bench evaluate evaluate-record reproduce
 
 setup: $(STAMP)
 
@@ -59,3 +59,16 @@ evaluate: $(STAMP)
 # The same, and records the table in the Evaluation section of BENCHMARKS.md (run on an idle machine).
 evaluate-record: $(STAMP)
 	$(PY) -m scripts.run_benchmark --data benchmark_data --out outputs/benchmark --write_benchmarks
+
+# The paper's benchmarks in one command (PROTOCOLS.md): BLB, EBB pairs and the layered set, every method, tables,
+# CSVs, charts and worst cases in $(REPRODUCE_OUT). Point the variables at the downloaded sets, e.g.
+# `make reproduce BLB_DATA=/data/BLB EBB_DATA=/data/ebb_prepared BOKEHDIFF_ARGS="--adapter zcx65535/bokehdiff"`.
+# Rerunning reuses every finished render.
+BLB_DATA ?= data_sets/BLB
+EBB_DATA ?= data_sets/ebb_prepared
+LAYERED_DATA ?= benchmark_data
+REPRODUCE_OUT ?= outputs/reproduce
+BOKEHDIFF_ARGS ?=
+reproduce: $(STAMP)
+	$(PY) -m scripts.reproduce --benchmark all --data blb=$(BLB_DATA) ebb=$(EBB_DATA) layered=$(LAYERED_DATA) \
+	  --bokehdiff_args "$(BOKEHDIFF_ARGS)" --out $(REPRODUCE_OUT)

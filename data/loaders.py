@@ -293,28 +293,57 @@ _BLB_GT = re.compile(r"^bokeh_(\d+)_(\d+)\.exr$", re.IGNORECASE)
 def _list_blb(root: Path) -> list[dict]:
     entries = []
     for scene in sorted(p for p in root.iterdir() if p.is_dir()):
-        info_path = scene / "info.json"
-        if not info_path.is_file():
+        if not (scene / "info.json").is_file():
             warnings.warn(f"folder '{scene}' has no info.json (BLB's per-scene blur parameters); skipped.", InputWarning)
             continue
+        entries += list_blb_scene(scene)
+    return entries
+
+
+def list_blb_scene(scene: str | Path) -> list[dict]:
+    """The entries of one BLB scene folder (module docstring): one per ground truth ``bokeh_<k>_<f>.exr``
+    (``blur_index`` k, ``focus_index`` f, ``K`` = ``blur_parameters[k]``, ``focus_distance`` =
+    ``focus_distances[f]``, both as stored), or one without a GT when the scene has none.
+
+    Raises:
+        FileNotFoundError: ``info.json``, ``image.exr`` or ``depth.exr`` is missing (the message names it).
+        ValueError: ``info.json`` is not JSON, lacks a list, or a GT names an index it does not list.
+    """
+    scene = Path(scene)
+    info_path = scene / "info.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"BLB scene '{scene}' has no info.json (its blur_parameters and focus_distances); "
+                                f"expected '{info_path}': copy it from the BLB release")
+    try:
         info = json.loads(info_path.read_text())
-        for key in ("blur_parameters", "focus_distances"):
-            if key not in info:
-                raise ValueError(f"'{info_path}' has no '{key}' list; BLB's info.json needs blur_parameters and focus_distances")
-        base = {"input_name": scene.name, "image": _require(scene / "image.exr", "BLB image", scene),
-                "disparity": _require(scene / "depth.exr", "BLB depth", scene)}
-        gts = sorted((p for p in scene.iterdir() if _BLB_GT.match(p.name)),
-                     key=lambda p: tuple(int(g) for g in _BLB_GT.match(p.name).groups()))
-        if not gts:
-            entries.append(base | {"name": scene.name})
-        for gt in gts:
-            k_index, f_index = (int(g) for g in _BLB_GT.match(gt.name).groups())
-            try:
-                K, distance = float(info["blur_parameters"][k_index]), float(info["focus_distances"][f_index])
-            except IndexError as error:
-                raise ValueError(f"'{gt}' refers to blur parameter {k_index} / focus distance {f_index}, which "
-                                 f"'{info_path}' does not list") from error
-            entries.append(base | {"name": f"{scene.name}_{gt.stem}", "gt": gt, "K": K, "focus_distance": distance})
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"'{info_path}' is not valid JSON ({error}); re-download it from the BLB release") from error
+    for key in ("blur_parameters", "focus_distances"):
+        if not isinstance(info, dict) or not isinstance(info.get(key), list):
+            raise ValueError(f"'{info_path}' has no '{key}' list; BLB's info.json needs blur_parameters and "
+                             "focus_distances (lists of numbers)")
+    base = {"input_name": scene.name, "image": _require(scene / "image.exr", "BLB image", scene),
+            "disparity": _require(scene / "depth.exr", "BLB depth", scene)}
+    gts = sorted((p for p in scene.iterdir() if _BLB_GT.match(p.name)),
+                 key=lambda p: tuple(int(g) for g in _BLB_GT.match(p.name).groups()))
+    if not gts:
+        return [base | {"name": scene.name}]
+    entries = []
+    for gt in gts:
+        k_index, f_index = (int(g) for g in _BLB_GT.match(gt.name).groups())
+        try:
+            K, distance = float(info["blur_parameters"][k_index]), float(info["focus_distances"][f_index])
+        except IndexError as error:
+            raise ValueError(f"'{gt}' refers to blur parameter {k_index} / focus distance {f_index}, which "
+                             f"'{info_path}' does not list") from error
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"'{info_path}': blur_parameters[{k_index}] / focus_distances[{f_index}] is not a "
+                             f"number ({error})") from error
+        if not (np.isfinite(K) and np.isfinite(distance) and K >= 0 and distance > 0):
+            raise ValueError(f"'{info_path}': blur_parameters[{k_index}] = {K} must be >= 0 and "
+                             f"focus_distances[{f_index}] = {distance} must be > 0")
+        entries.append(base | {"name": f"{scene.name}_{gt.stem}", "gt": gt, "K": K, "focus_distance": distance,
+                               "blur_index": k_index, "focus_index": f_index})
     return entries
 
 

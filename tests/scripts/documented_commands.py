@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Documents whose commands a user copies: the README and the scripts' module docstrings (their --help text).
 DOCSTRING_SCRIPTS = ("inference_hf.py", "train_lora_otf.py", "prepare_data.py", "dataset.py", "evaluate.py",
                      "scripts/make_sample_data.py", "scripts/make_benchmark.py", "scripts/run_benchmark.py",
-                     "scripts/compare_recipes.py", "scripts/plot_run.py")
+                     "scripts/compare_recipes.py", "scripts/plot_run.py", "scripts/reproduce.py")
 # Further documents under docs/ whose code blocks a user copies (same rules as the README's).
 DOCS = ("docs/training_recipe.md", "docs/conventions.md")
 _STARTS = ("python ", "python3", "make ", "accelerate launch ", "pip ", "conda ", ".venv/")

@@ -78,6 +78,12 @@ PARSE = {
     "python -m scripts.run_benchmark --bokehdiff_args \"--pretrained_model_name_or_path DIR --adapter DIR\"": _HUB,
     "python -m scripts.plot_run RUN_DIR [--out PNG]": "a placeholder folder; the smoke run's `python -m "
         "scripts.plot_run outputs/tiny_run` runs (RUN), tests/scripts/test_plot_run.py covers --out and the errors",
+    "python -m scripts.reproduce --benchmark blb --data DIR --out outputs/reproduce":
+        "placeholder folder (BLB is downloaded by the user); tests/scripts/test_reproduce.py runs it on a tiny BLB",
+    "python -m scripts.reproduce --benchmark all --data blb=DIR ebb=DIR layered=benchmark_data --out outputs/reproduce":
+        "placeholder folders; tests/scripts/test_reproduce.py runs all three on tiny sets",
+    "python -m scripts.reproduce --benchmark layered --data benchmark_data --methods identity gaussian classical "
+    "--out outputs/reproduce": "minutes of CPU (builds the benchmark); tests/scripts/test_reproduce.py runs a tiny one",
     "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
         "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
     "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
@@ -86,7 +92,8 @@ PARSE = {
     "--K 10 20": _HUB + "; 8 GPUs (tests/scripts/test_inference_sharded.py runs 2 CPU processes)",
 }
 
-MAKE = ["make demo", "make test", "make app", "make evaluate", "make evaluate-record", "make bench"]
+MAKE = ["make demo", "make test", "make app", "make evaluate", "make evaluate-record", "make bench",
+        "make reproduce BLB_DATA=DIR EBB_DATA=DIR"]
 
 FILES = {
     "python3.11 -m venv .venv && .venv/bin/pip install -r requirements.txt -r requirements-gpu.txt":
@@ -107,14 +114,15 @@ def _parsers():
     import evaluate
     import inference_hf
     import prepare_data
-    from scripts import compare_recipes, make_benchmark, make_sample_data, plot_run, run_benchmark
+    from scripts import compare_recipes, make_benchmark, make_sample_data, plot_run, reproduce, run_benchmark
     from training.config import parse_args as train_args
 
     return {"app.py": app.parse_args, "inference_hf.py": inference_hf.parse_args, "prepare_data.py": prepare_data.parse_args,
             "evaluate.py": evaluate.parse_args, "train_lora_otf.py": train_args,
             "scripts.make_sample_data": make_sample_data.parse_args,
             "scripts.make_benchmark": make_benchmark.parse_args, "scripts.run_benchmark": run_benchmark.parse_args,
-            "scripts.compare_recipes": compare_recipes.parse_args, "scripts.plot_run": plot_run.parse_args}
+            "scripts.compare_recipes": compare_recipes.parse_args, "scripts.plot_run": plot_run.parse_args,
+            "scripts.reproduce": reproduce.parse_args}
 
 
 def _split(command: str) -> tuple[str, list[str]]:

@@ -1,0 +1,116 @@
+"""``python -m scripts.reproduce`` end to end on tiny BLB / EBB / layered folders in their public formats:
+every artefact written, the classical renderer reproduces its own ground truth, failures stay local, reruns
+reuse renders."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scripts import make_benchmark, reproduce
+from tests.benchmark_fixtures import make_blb, make_ebb
+
+FAKE_PEER = Path(__file__).resolve().parent / "fake_peer.py"
+ARTEFACTS = ("tables.md", "per_image.csv", "per_scene.csv", "chart.png", "worst_cases.png", "results.json")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce_data")
+    make_benchmark.main(["--out", str(root / "layered"), "--n_scenes", "1", "--height", "32", "--width", "40",
+                         "--max_coc_px", "2", "4"])
+    return {"blb": make_blb(root / "blb"), "ebb": make_ebb(root / "ebb"), "layered": root / "layered"}
+
+
+def _argv(data, out, *extra):
+    peer = f"fake={sys.executable} {FAKE_PEER} {{image}} {{disparity}} {{K}} {{focus}} {{out}} --fail_above_K 7"
+    return ["--benchmark", "all", "--data", *(f"{k}={v}" for k, v in data.items()), "--methods", "identity",
+            "gaussian", "classical", "--method", peer, "--ebb_K", "4", "--learned", "--device", "cpu",
+            "--out", str(out), *extra]
+
+
+def test_all_benchmarks_end_to_end_then_a_rerun_reuses_every_render(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert reproduce.main(_argv(data, out)) == 1  # two broken BLB scenes and the peer's K > 7 cases failed
+    for benchmark in ("blb", "ebb", "layered"):
+        for name in ARTEFACTS:
+            assert (out / benchmark / name).is_file(), (benchmark, name)
+        for picture in ("chart.png", "worst_cases.png"):
+            with Image.open(out / benchmark / picture) as image:
+                assert image.format == "PNG" and min(image.size) > 100
+    rows = list(csv.DictReader((out / "blb" / "per_image.csv").open()))
+    by_method = {m: [r for r in rows if r["method"] == m] for m in ("identity", "gaussian", "classical", "fake")}
+    assert len(by_method["classical"]) == 6 and len(by_method["identity"]) == 6  # 2 scenes x 3 GTs
+    assert all(float(r["psnr"]) >= 60 and float(r["psnr_band"]) >= 60 for r in by_method["classical"])
+    assert all(float(r["psnr"]) < 45 for r in by_method["identity"])
+    assert sorted({r["level"] for r in by_method["fake"]}) == ["1"]  # K 3.75 ran; K 7.5 (level 2) failed
+    tables = (out / "blb" / "tables.md").read_text()
+    assert "### blb, level 1" in tables and "### blb, level 2" in tables
+    assert "| fake | n/a | n/a | n/a | n/a | 0 |" in tables.split("### blb, level 2")[1]  # all failed: shown, not dropped
+    assert "| method | psnr ↑ | ssim ↑ | psnr band ↑ | ssim band ↑ | images |" in tables
+    assert str(data["blb"] / "s3_no_info" / "info.json") in tables and "not valid JSON" in tables
+    assert "peer 'fake' exited with status 3 on 's1_bokeh_01_00'" in tables and "K 7.5 is above 7.0" in tables
+    ebb = list(csv.DictReader((out / "ebb" / "per_image.csv").open()))
+    assert {r["focus_source"] for r in ebb} == {"mask_median"} and len(ebb) == 8  # 2 pairs x 4 methods
+    per_scene = list(csv.DictReader((out / "layered" / "per_scene.csv").open()))
+    assert {r["level"] for r in per_scene} == {"1", "2"} and all(int(r["images"]) == 2 for r in per_scene
+                                                                 if r["method"] == "classical")
+    summary = (out / "summary.md").read_text()
+    assert all(f"## {b}" in summary for b in ("blb", "ebb", "layered"))
+    first = json.loads((out / "blb" / "results.json").read_text())
+    assert first["rendered"]["classical"] == 6 and first["reused"]["classical"] == 0
+    capsys.readouterr()
+
+    assert reproduce.main(_argv(data, out, "--levels", "1")) == 1
+    again = json.loads((out / "blb" / "results.json").read_text())
+    assert again["rendered"] == {"identity": 0, "gaussian": 0, "classical": 0, "fake": 0}
+    assert again["reused"]["classical"] == 2 and again["reused"]["fake"] == 2
+    assert "### blb, level 2" not in (out / "blb" / "tables.md").read_text()
+    again_rows = {(r["method"], r["name"]): r["psnr"] for r in csv.DictReader((out / "blb" / "per_image.csv").open())}
+    assert all(again_rows[(r["method"], r["name"])] == r["psnr"] for r in rows if r["level"] == "1")
+
+
+def test_usage_errors_exit_2(data, tmp_path, capsys):
+    for argv in (["--benchmark", "blb", "ebb", "--data", str(data["blb"]), "--out", str(tmp_path)],
+                 ["--benchmark", "blb", "--data", str(data["blb"]), "--method", "p=echo {image}", "--out", str(tmp_path)],
+                 ["--benchmark", "blb", "--data", str(data["blb"]), "--method", "classical=x {out}", "--out", str(tmp_path)],
+                 ["--benchmark", "ebb", "--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_:
+            reproduce.parse_args(argv)
+        assert exit_.value.code == 2
+    errors = capsys.readouterr().err
+    assert "NAME=DIR" in errors and "no {out}" in errors and "must be new" in errors and "--data ebb=DIR" in errors
+    code = reproduce.main(["--benchmark", "blb", "--data", str(tmp_path / "nowhere"), "--methods", "identity",
+                           "--learned", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert code == 2 and f"BLB folder '{tmp_path / 'nowhere'}' does not exist" in capsys.readouterr().err
+
+
+def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
+    from models.tiny import save_tiny_sdxl
+    from tests.tiny_weights import trained_tiny_stack, write_published_adapter
+
+    base = save_tiny_sdxl(tmp_path / "base", seed=0)
+    adapter = write_published_adapter(trained_tiny_stack(seed=2), tmp_path / "adapter")  # the released layout
+    blb = make_blb(tmp_path / "blb", size=(48, 64))  # the tiny UNet needs a few tokens per side
+    out, psnr = tmp_path / "out", {}
+    for protocol in ("published", "corrected"):
+        argv = ["--benchmark", "blb", "--data", str(blb), "--methods", "bokehdiff", "--levels", "1", "--learned",
+                "--bokehdiff_args", f"--pretrained_model_name_or_path {base} --adapter {adapter} --protocol {protocol}",
+                "--device", "cpu", "--out", str(out)]
+        assert reproduce.main(argv) == 1  # the two broken scenes
+        assert f"--protocol {protocol} -> {protocol}" in capsys.readouterr().out
+        results = json.loads((out / "blb" / "results.json").read_text())
+        assert results["rendered"] == {"bokehdiff": 2} and results["unavailable"] == {}  # a new spec: rendered again
+        psnr[protocol] = [r["psnr"] for r in csv.DictReader((out / "blb" / "per_image.csv").open())]
+    assert len(psnr["published"]) == 2 and psnr["published"] != psnr["corrected"]  # gamma 1 vs 2.2
+    missing = ["--benchmark", "blb", "--data", str(blb), "--methods", "bokehdiff", "identity", "--learned",
+               "--bokehdiff_args", f"--pretrained_model_name_or_path {tmp_path / 'none'}", "--device", "cpu",
+               "--out", str(tmp_path / "o2")]
+    assert reproduce.main(missing) == 1
+    results = json.loads((tmp_path / "o2" / "blb" / "results.json").read_text())
+    assert "bokehdiff" in results["unavailable"] and results["scored"] == 6  # identity still scored
