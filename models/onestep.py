@@ -393,6 +393,12 @@ class OneStepBokeh(nn.Module):
         linear = (self.vae.decode(latent.to(self.vae.dtype)).sample.float() + 1) / 2
         return gamma_out(linear, self.gamma) if to_srgb else linear
 
+    def decode_each(self, x0: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` (sRGB) one latent at a time: a render's bytes then do not depend on the batch it came in
+        (batched, the decoder's convolutions alone rounded 5e-3 apart on CPU; docs/conventions.md), and the
+        decoder's peak memory is one render's."""
+        return torch.cat([self.decode(x0[i:i + 1]) for i in range(len(x0))])
+
     def forward(
         self,
         aif_srgb: torch.Tensor,

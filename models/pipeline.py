@@ -535,8 +535,7 @@ class BokehDiffPipeline(PipelineDevicesMixin, DiffusionPipeline):
         at a time (``None``: all at once). Yields ``(start, stop, (stop - start, 3, H, W))`` float32 sRGB in
         [0, 1] per batch."""
         n, (_, _, height, width) = coc_px.shape[0], image.shape
-        # The same bound as the physical renderers (kernels.check_blur_radius): a non-finite or absurd K is
-        # refused with the numbers (PISA's cost does not grow with K, but such a CoC gives no meaningful render).
+        # The physical renderers' bound on the blur radius: a non-finite or absurd K is refused with the numbers.
         check_blur_radius(float(coc_px.abs().max()), height, width, "BokehDiffPipeline", clamp_hint=False)
         coc_px = self.tiler.prepare_coc(coc_px)  # what PISA receives (published: |CoC|)
         # A per-call seed applies to this call only; later calls without one use the pipeline's seed again.
@@ -568,11 +567,7 @@ class BokehDiffPipeline(PipelineDevicesMixin, DiffusionPipeline):
                 sync()
                 t2 = time.perf_counter()
                 with self._on_device(self.model.vae):
-                    # One render at a time: a batched decoder's convolutions round differently by batch size
-                    # (measured 5e-3 in sRGB on CPU against 4e-4 from the batched UNet), and its peak memory
-                    # stays that of one render.
-                    out = torch.cat([self.model.decode(x0[i:i + 1]) for i in range(x0.shape[0])])
-                    out = out[..., :height, :width].clamp(0, 1)
+                    out = self.model.decode_each(x0)[..., :height, :width].clamp(0, 1)
                 sync()
                 timings["unet_s"] += t2 - t1
                 timings["decode_s"] += time.perf_counter() - t2
