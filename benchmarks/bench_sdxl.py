@@ -330,7 +330,12 @@ def section(rows: list[dict], opts) -> str:
              f"{_gib(build.get('weights_gib'))} GiB), rank-8 LoRA; peak = the case's working memory over the "
              f"resident weights (CPU: resident-set high-water mark), estimate = the planner's "
              f"(`models.tiling.estimate_bytes`, the larger of the UNet and VAE working sets of the pass it plans). "
-             f"CPU seconds count every thread; each child's resident set was capped at {opts.mem_cap_gib:g} GiB.", "",
+             f"CPU seconds count every thread; each child's resident set was capped at {opts.mem_cap_gib:g} GiB."
+             + (" Rows measured when the planner's VAE constant was 750 B / px / element byte are restated with "
+                "today's (the VAE estimate is proportional to it)."
+                if any(r["kind"] == "infer" and "vae_bytes_per_px" not in r for r in rows) else "")
+             + (f" Rows merged from an earlier run: `--merge_json {Path(opts.merge_json).name}`." if opts.merge_json
+                else ""), "",
              "| image (px) | protocol | mode | tiles | VAE tiling | PISA | wall s | CPU s | encode / UNet / decode s | "
              "peak GiB | estimate GiB (UNet / VAE) | peak / estimate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -378,7 +383,8 @@ def main(argv=None) -> int:
     parser.add_argument("--infer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--merge_json", default=None,
-                        help="inference rows of an earlier run (its --json) to report with this run's (with --no-infer)")
+                        help="rows of an earlier run (its --json) to report with this run's (pass --no-infer / --no-train "
+                             "for what they hold)")
     parser.add_argument("--train_steps", type=int, default=2, help="steps per training case (the first is warm-up)")
     parser.add_argument("--mem_cap_gib", type=float, default=20.0, help="resident-set cap of each child (CPU)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="BENCHMARKS.md to update, or none")
@@ -394,9 +400,9 @@ def main(argv=None) -> int:
         child_train(opts)
         return 0
 
-    # An earlier run's inference rows (its --json), e.g. to report them with a --no-infer run's training rows.
-    rows = [r for r in json.loads(Path(opts.merge_json).read_text()) if r["kind"] in ("build", "infer")] \
-        if opts.merge_json else []
+    # An earlier run's rows (its --json), e.g. its inference rows with a --no-infer run's training rows, or the
+    # report alone again (--no-infer --no-train).
+    rows = json.loads(Path(opts.merge_json).read_text()) if opts.merge_json else []
     if opts.infer:
         rows += _run_child(opts, ["--child", "infer"])
     if opts.train:
