@@ -41,7 +41,7 @@ def test_inference_child_measures_each_protocol_and_mode():
     assert by["corrected", "full"]["tiles"] == 1 and by["corrected", "tiled"]["tiles"] > 1
     # Each row names the PISA implementation that ran (both protocols run PISA, in their own discretisation).
     assert all(r["pisa"] in {"sparse", "chunked", "chunked/sparse"} for r in infer)
-    section = bench_sdxl.section(rows, argparse.Namespace(mem_cap_gib=20.0))
+    section = bench_sdxl.section(rows, argparse.Namespace(mem_cap_gib=20.0, merge_json=None))
     assert section.startswith("## Full SDXL architecture")
     assert sum(line.startswith("| 128x128 |") for line in section.splitlines()) == 4
 
