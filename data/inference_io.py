@@ -45,6 +45,8 @@ DEMO_FOCUS_PERCENTILES = (90.0, 50.0, 10.0)
 DEMO_K = (10.0, 20.0)
 # Default strength for user inputs; the published BokehDiff README uses K = 20 as well.
 DEFAULT_K = (20.0,)
+# Layouts whose input handling --protocol published reproduces (data/published.py).
+PUBLISHED_LAYOUTS = ("EBB", "BLB")
 
 
 @dataclass
@@ -53,8 +55,9 @@ class InputItem:
 
     Attributes:
         name: file-name-safe identifier used to name outputs.
-        image: ``(3, H, W)`` float32, sRGB in [0, 1].
-        disparity: ``(1, H, W)`` float32 in [0, 1], 1 = nearest, same H, W as ``image``.
+        image: ``(3, H, W)`` float32, sRGB in [0, 1] (published BLB: unclipped, >= 0).
+        disparity: ``(1, H, W)`` float32 in [0, 1], 1 = nearest, same H, W as ``image`` (published BLB: raw
+            ``1 / depth``, may exceed 1).
         mask: optional subject mask ``(1, H, W)`` float32 in [0, 1] (focus target when no focus is given).
         focus: optional focal disparity decided by the input protocol (``--protocol published`` test sets:
             the released code's mask median / central box, :mod:`data.published`); used when no focus flag
@@ -243,9 +246,10 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     into the input folder, :func:`previous_outputs`) are not inputs. Folder-level problems (missing folder,
     unknown layout, no items) raise at once; a bad or missing file fails only its own item.
 
-    ``protocol="published"``: EBB folders are read as the released code reads them (:mod:`data.published`:
-    resized to multiples of 8 instead of padded, its disparity normalisation, its focus in ``item.focus``);
-    other layouts are read as usual (a warning says so).
+    ``protocol="published"``: EBB and BLB folders are read as the released code reads them
+    (:mod:`data.published`; EBB: resized to multiples of 8 instead of padded, its disparity normalisation;
+    BLB: ``bokeh_04_*`` only, unclipped ``x ** (1 / 2.2)`` images, raw ``1 / depth`` disparity; the focus in
+    ``item.focus``); other layouts are read as usual (a warning says so).
     """
     from data.loaders import load_test_set
 
@@ -255,11 +259,22 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     for root in roots:
         test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
         prefix = f"{Path(root).name}_" if len(roots) > 1 else ""
-        published = protocol == "published" and test_set.layout == "EBB"
+        published = protocol == "published" and test_set.layout in PUBLISHED_LAYOUTS
         if protocol == "published" and not published:
-            warnings.warn(f"'{root}': layout {test_set.layout}: the published input protocol is implemented for EBB "
-                          "folders only; reading it with this repository's loader.", InputWarning)
-        for index, entry in enumerate(test_set.entries):
+            warnings.warn(f"'{root}': layout {test_set.layout}: the published input protocol is implemented for "
+                          f"{' and '.join(PUBLISHED_LAYOUTS)} folders; reading it with this repository's loader.",
+                          InputWarning)
+        entries = list(enumerate(test_set.entries))
+        if published and test_set.layout == "BLB":
+            from data.published import PUBLISHED_BLB_BLUR_INDEX as k
+
+            # The released BLB loader lists only the bokeh_04_* ground truths, one input per focus distance.
+            test_set = load_test_set(root, "BLB")
+            entries = [(i, e) for i, e in enumerate(test_set.entries) if e.get("blur_index") == k]
+            if not entries:
+                raise ValueError(f"'{root}': no bokeh_{k:02d}_<f>.exr ground truths; the published BLB protocol "
+                                 f"renders one input per bokeh_{k:02d}_* file (use --protocol corrected otherwise)")
+        for index, entry in entries:
             name = str(entry["name"])
             if data_id is not None and not (name == data_id or fnmatch.fnmatchcase(name, data_id)):
                 continue
@@ -275,9 +290,12 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
 
 def _published_loader(entry: dict, name: str) -> Callable[[], InputItem]:
     def load() -> InputItem:
-        from data.published import load_published_ebb
+        from data.published import load_published_blb, load_published_ebb
 
-        image, disparity, focus = load_published_ebb(entry["image"], entry["disparity"], entry.get("mask"))
+        if "focus_distance" in entry:  # a BLB ground truth's input
+            image, disparity, focus = load_published_blb(entry["image"], entry["disparity"], entry["focus_distance"])
+        else:
+            image, disparity, focus = load_published_ebb(entry["image"], entry["disparity"], entry.get("mask"))
         return InputItem(name, image, disparity, None, focus)
 
     return load

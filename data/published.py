@@ -24,6 +24,13 @@ released adapter sees its inputs exactly as its authors fed them:
   and ``f + 0.6 max s`` (towards the far end, the subject, towards the near end).
 
 Shapes: image ``(3, H, W)`` float32 sRGB in [0, 1]; disparity ``(1, H, W)`` float32 in [0, 1], 1 = near.
+
+BLB (BokehMe's Blender set, :func:`load_published_blb`), as the released ``TestDataset(organization="blb")``
+reads it: the linear EXR image encoded as ``x ** (1 / 2.2)`` with **no clipping** (highlights above 1 reach the
+VAE as they are), disparity ``1 / (depth + 1e-10)`` with **no normalisation** (sky, ``65504``, becomes
+1.5e-5; a surface nearer than one scene unit has disparity above 1), focus ``1 / focus_distances[f]`` from
+``info.json``, no resize. The released script lists the ``bokeh_04_*`` ground truths only (its ``blb_K = 4``)
+and renders each at its ``--K``; ``blur_parameters[4]`` is read but not used.
 """
 
 from __future__ import annotations
@@ -41,12 +48,18 @@ __all__ = [
     "published_focus",
     "published_focus_planes",
     "load_published_ebb",
+    "load_published_blb",
+    "PUBLISHED_BLB_BLUR_INDEX",
+    "PUBLISHED_BLB_GAMMA",
     "PUBLISHED_MULTIPLE",
     "PUBLISHED_PLANE_FRACTION",
 ]
 
 PUBLISHED_MULTIPLE = 8  # image sides are resized (not padded) to multiples of this
 PUBLISHED_PLANE_FRACTION = 0.6  # the two extra focus planes move 60% of the way to the map's extremes
+PUBLISHED_BLB_BLUR_INDEX = 4  # the released BLB loader lists bokeh_04_* only
+PUBLISHED_BLB_GAMMA = 2.2  # its EXR encoding, x ** (1 / 2.2)
+PUBLISHED_BLB_DEPTH_EPS = 1e-10  # its disparity 1 / (depth + 1e-10)
 
 
 def published_disparity(raw: np.ndarray) -> np.ndarray:
@@ -125,6 +138,46 @@ def load_published_ebb(image_path: str | Path, depth_path: str | Path,
         disp_t = F.interpolate(disp_t[None], (size[1], size[0]), mode="bilinear", align_corners=False)[0]
     rgb = (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
     return np.ascontiguousarray(rgb), disp_t.numpy(), focus
+
+
+def load_published_blb(image_path: str | Path, depth_path: str | Path,
+                       focus_distance: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """One BLB scene as the released code reads it (module docstring).
+
+    Args:
+        image_path, depth_path: the scene's ``image.exr`` (linear RGB) and ``depth.exr`` (first channel used).
+        focus_distance: ``info.json``'s ``focus_distances[f]`` for the ground truth (scene units, > 0).
+
+    Returns:
+        ``(image, disparity, focus)``: ``(3, H, W)`` float32 ``linear ** (1 / 2.2)``, unclipped (>= 0);
+        ``(1, H, W)`` float32 ``1 / (depth + 1e-10)`` in 1 / scene units (not normalised; may exceed 1);
+        ``1 / focus_distance`` on that scale.
+
+    Raises:
+        ValueError: negative or non-finite image values (the released power gives NaN there), a depth map of
+        another size, a non-positive or non-finite depth, or a non-positive focus distance.
+    """
+    from data.exr import read_exr_array
+
+    linear = read_exr_array(image_path)[:, :, :3].astype(np.float32)
+    if linear.shape[2] == 1:
+        linear = np.repeat(linear, 3, axis=2)
+    if not np.isfinite(linear).all() or linear.min() < 0:
+        raise ValueError(f"'{image_path}' has negative or non-finite values; the published encoding "
+                         "x ** (1 / 2.2) is undefined there (read it with --protocol corrected, which clips)")
+    image = linear ** np.float32(1 / PUBLISHED_BLB_GAMMA)
+    depth = read_exr_array(depth_path)[:, :, 0].astype(np.float32)
+    if depth.shape != image.shape[:2]:
+        raise ValueError(f"'{depth_path}' is {depth.shape[1]}x{depth.shape[0]}, the image "
+                         f"{image.shape[1]}x{image.shape[0]}; the published BLB path does not resize")
+    if not np.isfinite(depth).all() or depth.min() <= 0:
+        raise ValueError(f"'{depth_path}' has non-positive or non-finite depths; BLB stores distances > 0 "
+                         "(65504 for the sky)")
+    if not (np.isfinite(focus_distance) and focus_distance > 0):
+        raise ValueError(f"focus distance {focus_distance} must be > 0 (info.json focus_distances)")
+    disparity = 1 / (depth + np.float32(PUBLISHED_BLB_DEPTH_EPS))
+    return (np.ascontiguousarray(image.transpose(2, 0, 1)), disparity[None].astype(np.float32),
+            1.0 / float(focus_distance))
 
 
 def export_published_ebb(src: str | Path, dst: str | Path) -> list[str]:

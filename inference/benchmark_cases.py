@@ -34,7 +34,10 @@ EBB_DEFAULT_K = (20.0,)  # the released inference's --K (README "Protocols"); EB
 @dataclass
 class Case:
     """One ground truth of a benchmark (module docstring). ``source`` names the files it reads (recorded in
-    the render manifests, so a changed input invalidates a render)."""
+    the render manifests, so a changed input invalidates a render). ``load_published`` (BLB) returns the input
+    as the released code feeds it (:func:`data.published.load_published_blb`: ``image``, ``disparity``, ``K`` =
+    the blur parameter as its ``--K``, ``disp_focus``); a renderer under ``--protocol published`` renders that,
+    and is scored against ``load()``'s GT like every other method."""
 
     benchmark: str
     scene: str
@@ -42,6 +45,7 @@ class Case:
     level: int
     load: Callable[[], dict] = field(repr=False)
     source: dict = field(default_factory=dict)
+    load_published: Callable[[], dict] | None = field(default=None, repr=False)
 
 
 def blb_level(blur_index: int) -> int:
@@ -85,10 +89,22 @@ def blb_cases(root: str | Path, levels: Sequence[int] | None = None) -> tuple[li
             cases.append(Case("blb", scene.name, entry["name"], level,
                               load=lambda t=test_set, i=index: _item(t, i),
                               source={"gt": str(entry["gt"]), "blur_parameter": entry["K"],
-                                      "focus_distance": entry["focus_distance"]}))
+                                      "focus_distance": entry["focus_distance"]},
+                              load_published=lambda e=entry: _published_blb_item(e)))
     if not scenes:
         raise ValueError(f"BLB folder '{root}' has no scene folders (<scene>/image.exr, depth.exr, info.json)")
     return cases, failures
+
+
+def _published_blb_item(entry: dict) -> dict:
+    """The released code's BLB input (unclipped sRGB, raw ``1 / depth``, ``1 / focus_distance``) with the
+    scene's blur parameter as its ``--K`` (the released loader reads ``blur_parameters``; its script takes K
+    from the command line, so ``--K blur_parameters[k]`` reproduces this)."""
+    from data.published import load_published_blb
+
+    image, disparity, focus = load_published_blb(entry["image"], entry["disparity"], entry["focus_distance"])
+    return {"image": torch.from_numpy(image), "disparity": torch.from_numpy(disparity), "K": float(entry["K"]),
+            "disp_focus": focus}
 
 
 def _ebb_item(test_set: TestSet, index: int, gt_path: Path, K: float) -> dict:

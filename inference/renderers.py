@@ -36,6 +36,7 @@ class BatchedRender:
     one: RenderFn
     many: RenderManyFn
     batch_size: int = 1
+    protocol: str | None = None  # bokehdiff: the resolved --protocol (published renders want published inputs)
 
     def __call__(self, image, disparity, K, disp_focus):
         return self.one(image, disparity, K, disp_focus)
@@ -152,7 +153,7 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> BatchedRe
             report(image)
             yield chunk
 
-    return BatchedRender(render, many, args.batch_size)
+    return BatchedRender(render, many, args.batch_size, protocol=pipe.protocol)
 
 
 def build_gaussian(args: argparse.Namespace, device: torch.device) -> RenderFn:

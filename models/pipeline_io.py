@@ -221,13 +221,16 @@ def checked_pair(image: torch.Tensor, disparity: torch.Tensor, device: torch.dev
 
 def coc_from_focus(disparity: torch.Tensor, K, disp_focus) -> torch.Tensor:
     """Signed CoC ``K * (disparity - focus)`` in px, ``(N, 1, H, W)``, from ``disparity`` ``(N or 1, 1, H, W)`` in
-    [0, 1] and ``K`` (px per unit disparity) / ``disp_focus`` (in [0, 1]) scalars or ``(N,)``."""
+    [0, 1] and ``K`` (px per unit disparity) / ``disp_focus`` (in [0, 1]) scalars or ``(N,)``.
+
+    A map that exceeds 1 (the published BLB protocol feeds raw ``1 / depth``) admits a focus up to its maximum."""
     if K is None or disp_focus is None:
         raise ValueError("pass either coc_px, or K (blur strength, px) and a focus: disp_focus / "
                          "focus_disparity (in [0, 1]) or focus_xy (a pixel).")
     device = disparity.device
     k = torch.as_tensor(K, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
     focus = torch.as_tensor(disp_focus, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
-    if ((focus < 0) | (focus > 1)).any():
+    top = max(1.0, float(disparity.max()))
+    if not bool(torch.isfinite(focus).all()) or ((focus < 0) | (focus > top)).any():
         raise ValueError(f"disp_focus must be in [0, 1] (disparity units), got {focus.flatten().tolist()}.")
     return k * (disparity - focus)

@@ -6,7 +6,7 @@ paper's code (:mod:`models.pisa.occlusion`, :mod:`models.pisa.coc`) only calls t
 What differs from :class:`models.pisa.geometry.Discretisation`, one method each:
 
 1. Segment step factor (index mix-up): the query's ray disparity in ``(1 - t)/t``, the key's in
-   ``d/(1 - d)``, thresholded against the key's ray; ``1 - d_j`` clamped to 1e-6.
+   ``d/(1 - d)``, thresholded against the key's ray; ``|1 - d_j|`` floored at 1e-6 (the sign kept).
 2. Token distances on ``linspace(0, 1, n)`` per axis (a token step of ``px_per_token * n / (n - 1)``); with
    ``published_geometry`` on a frame of 512 px per axis whatever its size, and the released occlusion grid.
 3. Disparity outside the image reads 0 (grid_sample zero padding) and no blocking margin.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .geometry import CORRECTED, Discretisation, positions_from_axes
 
 PUBLISHED_FRAME_PX = 512.0  # released protocol: every frame PISA sees spans 512 px per axis (51.2 x 10 px)
-ONE_MINUS_D_MIN = 1e-6  # clamp of 1 - d_j in the released step factor (it divides by zero at d_j = 1)
+ONE_MINUS_D_MIN = 1e-6  # |1 - d_j| floor in the released step factor (it divides by zero at d_j = 1)
 
 
 def token_positions_published_px(h: int, w: int, px_per_token: float, device,
@@ -72,10 +72,13 @@ class PublishedDiscretisation(Discretisation):
     def segment_fraction(self, ps: torch.Tensor, d_q: torch.Tensor, d_k: torch.Tensor,
                          t_k: torch.Tensor) -> torch.Tensor:
         """The released step factor ``(1 - t_q) d_k / (t_q (1 - d_k))`` with the query's ray ``t_q`` (index
-        mix-up). ``1 - d_k`` is clamped: the released code yields inf/nan at ``d_k = 1``; the clamp sends those
-        samples far off the image, i.e. "not blocked", which zero padding gave for inf."""
+        mix-up). ``|1 - d_k| < 1e-6`` is replaced by 1e-6: the released code yields inf/nan at ``d_k = 1``; this
+        sends those samples far off the image, i.e. "not blocked", which zero padding gave for inf. A map above 1
+        (published BLB: raw ``1 / depth``) keeps the released negative factor there."""
         t_q = ps * d_q + (1.0 - ps)
-        return (1.0 - t_q) * d_k / (t_q * (1.0 - d_k).clamp_min(ONE_MINUS_D_MIN))
+        one_minus = 1.0 - d_k
+        one_minus = torch.where(one_minus.abs() < ONE_MINUS_D_MIN, one_minus.new_tensor(ONE_MINUS_D_MIN), one_minus)
+        return (1.0 - t_q) * d_k / (t_q * one_minus)
 
     def resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

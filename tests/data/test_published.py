@@ -107,3 +107,58 @@ def test_shipped_sample_set_in_the_released_format(tmp_path):
         assert np.array_equal(depth, np.load(tmp_path / "depth" / f"{name}_pred.npy"))
         assert (shipped / "mask" / f"{name}.png").is_file()
         assert (shipped / "input" / f"{name}.png").read_bytes() == (src / "input" / f"{name}.png").read_bytes()
+
+
+def _blb_scene(root: Path, gts=("bokeh_04_00", "bokeh_04_01", "bokeh_00_00"), size=(16, 24)) -> Path:
+    import json
+
+    from data.exr import write_exr
+
+    h, w = size
+    scene = root / "277"
+    linear = np.full((h, w, 3), 0.25, np.float32)
+    linear[2, 3] = 4.0  # a highlight above 1: the released encoding does not clip it
+    depth = np.full((h, w), 3.0, np.float32)
+    depth[:, : w // 2] = 0.8  # nearer than one scene unit: disparity 1.25
+    depth[:2] = 65504.0  # sky
+    rgb = {c: linear[:, :, i] for i, c in enumerate("RGB")}
+    write_exr(scene / "image.exr", rgb)
+    write_exr(scene / "depth.exr", {c: depth for c in "RGB"})  # three equal channels; the first is read
+    (scene / "info.json").write_text(json.dumps({"blur_parameters": [10, 20, 30, 40, 50],
+                                                 "focus_distances": [0.8, 3.0]}))
+    for gt in gts:
+        write_exr(scene / f"{gt}.exr", rgb)
+    return scene
+
+
+def test_blb_as_released_unclipped_image_raw_disparity_focus_from_info(tmp_path):
+    from data.published import load_published_blb
+
+    scene = _blb_scene(tmp_path)
+    image, disparity, focus = load_published_blb(scene / "image.exr", scene / "depth.exr", 0.8)
+    assert image.shape == (3, 16, 24) and disparity.shape == (1, 16, 24)
+    assert image[:, 2, 3] == pytest.approx([4.0 ** (1 / 2.2)] * 3, rel=1e-6)  # above 1, as the VAE gets it
+    assert image[0, 5, 5] == pytest.approx(0.25 ** (1 / 2.2), rel=1e-6)
+    assert disparity[0, 5, 0] == pytest.approx(1.25, rel=1e-6) and disparity[0, 5, -1] == pytest.approx(1 / 3, rel=1e-6)
+    assert disparity[0, 0, 0] == pytest.approx(1 / 65504.0, rel=1e-5)  # the sky is not exactly 0
+    assert focus == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="focus distance"):
+        load_published_blb(scene / "image.exr", scene / "depth.exr", 0.0)
+
+
+def test_blb_published_folder_inputs_are_the_bokeh_04_ground_truths_with_their_focus(tmp_path):
+    _blb_scene(tmp_path)
+    pending = folder_inputs(str(tmp_path), protocol="published")
+    assert [p.name for p in pending] == ["277_bokeh_04_00", "277_bokeh_04_01"]  # bokeh_00_* is not listed
+    items = [p.load() for p in pending]
+    assert [i.focus for i in items] == pytest.approx([1.25, 1 / 3])
+    planes = choose_focus(items[1], focus_protocol="published")
+    s = items[1].disparity - 1 / 3
+    assert [f for f, _ in planes] == pytest.approx([1 / 3 + 0.6 * s.min(), 1 / 3, 1 / 3 + 0.6 * s.max()], rel=1e-6)
+    assert [p.name for p in folder_inputs(str(tmp_path), protocol="corrected")] == ["277"]  # one input per scene
+
+
+def test_blb_published_without_bokeh_04_names_the_files_it_needs(tmp_path):
+    _blb_scene(tmp_path, gts=("bokeh_00_00",))
+    with pytest.raises(ValueError, match="bokeh_04_<f>.exr"):
+        folder_inputs(str(tmp_path), protocol="published")

@@ -234,6 +234,10 @@ def test_bad_inputs():
         pipe(image, disp)
     with pytest.raises(ValueError, match="disp_focus must be in"):
         pipe(image, disp, K=5, disp_focus=1.5)
+    raw = disp * 1.6 / disp.max()  # a raw 1 / depth map (published BLB) admits a focus up to its maximum
+    assert pipe(image, raw, K=5, disp_focus=1.5).shape == image.shape
+    with pytest.raises(ValueError, match="disp_focus must be in"):
+        pipe(image, raw, K=5, disp_focus=1.7)
     bad = disp.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

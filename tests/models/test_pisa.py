@@ -305,3 +305,17 @@ def test_processor_token_grid_and_px_per_token_non_square():
     with pytest.raises(ValueError, match="disp_coc"):
         proc(attn, hidden)
     assert math.isclose(proc.config()["hardness"], 50.0)
+
+
+def test_published_step_factor_keeps_its_sign_above_one_and_is_floored_at_one():
+    """The released factor (1 - t_q) d_k / (t_q (1 - d_k)): a raw BLB disparity above 1 gives its negative
+    value (as released), |1 - d_k| < 1e-6 is floored at +1e-6 (the released code gives inf/nan there)."""
+    from models.pisa.published import ONE_MINUS_D_MIN, PUBLISHED
+
+    ps, d_q = torch.tensor([0.1, 0.5, 0.9]), torch.tensor(0.4)
+    t_q = ps * d_q + (1 - ps)
+    for d_k in (0.3, 1.25, 2.0):
+        got = PUBLISHED.segment_fraction(ps, d_q, torch.tensor(d_k), None)
+        assert torch.allclose(got, (1 - t_q) * d_k / (t_q * (1 - d_k)), rtol=1e-6)
+    at_one = PUBLISHED.segment_fraction(ps, d_q, torch.tensor(1.0), None)
+    assert torch.allclose(at_one, (1 - t_q) / (t_q * ONE_MINUS_D_MIN)) and bool((at_one > 0).all())

@@ -278,3 +278,11 @@ def test_huge_scores_widen_the_reach_to_the_whole_frame():
     # Scores of ~1e4: float32 rounding of the scores alone is ~1e-3 relative; no pair may be missing.
     assert (out - ref).abs().max() <= 1e-2 * ref.abs().max()
     assert (auto - ref).abs().max() <= 1e-5
+
+
+def test_sparse_equals_reference_on_a_raw_map_above_one_published():
+    """The published BLB protocol feeds raw 1 / depth (here up to 1.4): sparse still matches the reference."""
+    q, k, v, disparity, coc, lookup = _inputs(h=13, w=15, seed=4)
+    disparity = disparity * 1.4
+    lookup = F.interpolate(disparity[:, None], scale_factor=3, mode="bilinear")[:, 0]
+    _compare((q, k, v, disparity, coc, lookup), 1e7, compat=True)

@@ -97,8 +97,9 @@ def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
     base = save_tiny_sdxl(tmp_path / "base", seed=0)
     adapter = write_published_adapter(trained_tiny_stack(seed=2), tmp_path / "adapter")  # the released layout
     blb = make_blb(tmp_path / "blb", size=(48, 64))  # the tiny UNet needs a few tokens per side
-    out, psnr = tmp_path / "out", {}
+    psnr = {}
     for protocol in ("published", "corrected"):
+        out = tmp_path / f"out_{protocol}"
         argv = ["--benchmark", "blb", "--data", str(blb), "--methods", "bokehdiff", "--levels", "1", "--learned",
                 "--bokehdiff_args", f"--pretrained_model_name_or_path {base} --adapter {adapter} --protocol {protocol}",
                 "--device", "cpu", "--out", str(out)]
@@ -108,6 +109,26 @@ def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
         assert results["rendered"] == {"bokehdiff": 2} and results["unavailable"] == {}  # a new spec: rendered again
         psnr[protocol] = [r["psnr"] for r in csv.DictReader((out / "blb" / "per_image.csv").open())]
     assert len(psnr["published"]) == 2 and psnr["published"] != psnr["corrected"]  # gamma 1 vs 2.2
+    # Under published, bokehdiff renders the released code's BLB input (unclipped x ** (1/2.2), raw 1 / depth up
+    # to 1.25 here, focus 1 / 0.8 = 1.25, K = the blur parameter), not the corrected loader's rescaled one.
+    import numpy as np
+    import torch
+
+    from data.io import read_image
+    from data.published import load_published_blb
+    from models.pipeline import BokehDiffPipeline
+
+    pipe = BokehDiffPipeline.from_pretrained(base, adapter=adapter, protocol="published")
+    scene = blb / "s1"
+    image, disparity, focus = load_published_blb(scene / "image.exr", scene / "depth.exr", 0.8)
+    assert disparity.max() == pytest.approx(1.25) and focus == pytest.approx(1.25)
+    with torch.no_grad():
+        direct = pipe(torch.from_numpy(image)[None], torch.from_numpy(disparity)[None], K=3.0,
+                      disp_focus=focus)[0].clamp(0, 1).numpy()
+    written = read_image(tmp_path / "out_published" / "blb" / "bokehdiff" / "s1_bokeh_00_00.png")
+    assert np.abs(written - direct).max() <= 1 / 65535  # 16-bit PNG of the same render
+    corrected = read_image(tmp_path / "out_corrected" / "blb" / "bokehdiff" / "s1_bokeh_00_00.png")
+    assert np.abs(corrected - direct).max() > 0.01
     missing = ["--benchmark", "blb", "--data", str(blb), "--methods", "bokehdiff", "identity", "--learned",
                "--bokehdiff_args", f"--pretrained_model_name_or_path {tmp_path / 'none'}", "--device", "cpu",
                "--out", str(tmp_path / "o2")]
