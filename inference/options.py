@@ -14,7 +14,9 @@ from data.inference_io import DEFAULT_K, DEMO_FOCUS_PERCENTILES, DEMO_K, dispari
 from kernels.colour import DEFAULT_GAMMA
 from kernels.device import resolve_device
 from models.onestep import DEFAULT_TIMESTEP
-from models.pipeline import DEFAULT_ADAPTER, DEFAULT_ADAPTER_VARIANT, DEFAULT_BASE_MODEL, DEFAULT_PISA
+# Light modules only: parsing (and --help) must not import diffusers.
+from models.pipeline_load import DEFAULT_ADAPTER, DEFAULT_ADAPTER_VARIANT, DEFAULT_BASE_MODEL
+from models.pisa import DEFAULT_PISA
 from models.tiling import TILE_OVERLAP, TILE_SIZE
 
 from .renderers import CLASSICAL_GAMMA, DEFAULT_RENDERER, RENDERERS

@@ -40,7 +40,7 @@ from .pipeline_devices import PipelineDevicesMixin, is_out_of_memory, release_ca
 from .pipeline_io import (OUTPUT_TYPES, BokehDiffPipelineOutput, as_batch, as_items, checked_pair, coc_from_focus,
                           disparity_to_tensor, format_images,
                           image_to_tensor, per_item, resolve_focus, seed_from_generator)
-from .pisa import install_pisa_processors
+from .pisa import DEFAULT_PISA, install_pisa_processors
 from .pisa.published import drop_unused_geometry
 from .published_tiling import (
     PUBLISHED_TILE_LATENT, published_tile_starts, published_tile_window, published_time_ids,
@@ -70,9 +70,6 @@ __all__ = [
     "published_time_ids",
     "PUBLISHED_TILE_LATENT",
 ]
-
-# Inference hardness of the published model (a near-hard CoC step).
-DEFAULT_PISA = dict(hardness=1e7, n_segments=7, n_supersamples=5, occlusion=True)
 
 logger = logging.getLogger(__name__)
 

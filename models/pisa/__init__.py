@@ -44,7 +44,7 @@ from .published import (
 )
 from .reference import pisa_reference
 from .sparse import DENSE_FRACTION, SPARSE_TOL, SparsePlan, plan_for_call, sparse_pisa, working_set_bytes
-from .spec import PISASpec, make_spec
+from .spec import DEFAULT_PISA, PISASpec, make_spec
 from .terms import gate, logits
 
 __all__ = ["pisa_attention", "PISAAttnProcessor", "PassthroughAttnProcessor", "install_pisa_processors"]

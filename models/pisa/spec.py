@@ -10,6 +10,9 @@ import torch
 
 from .geometry import CORRECTED, Discretisation
 
+# PISA settings of the published model at inference (a near-hard CoC step; the released occlusion sampling).
+DEFAULT_PISA = dict(hardness=1e7, n_segments=7, n_supersamples=5, occlusion=True)
+
 
 @dataclass(frozen=True)
 class PISASpec:

@@ -41,7 +41,4 @@ def test_plot_run_as_a_module(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "scripts.plot_run", str(run)], cwd=REPO, capture_output=True,
                         text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
-    check_png(run / "training_curves.png")
-    bad = subprocess.run([sys.executable, "-m", "scripts.plot_run", str(tmp_path / "nowhere")], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "nowhere' does not exist" in bad.stderr
+    check_png(run / "training_curves.png")  # (exit 2 on errors: main()'s status, tested in-process below)
