@@ -84,6 +84,9 @@ PARSE = {
         "placeholder folders; tests/scripts/test_reproduce.py runs all three on tiny sets",
     "python -m scripts.reproduce --benchmark layered --data benchmark_data --methods identity gaussian classical "
     "--out outputs/reproduce": "minutes of CPU (builds the benchmark); tests/scripts/test_reproduce.py runs a tiny one",
+    "python -m scripts.reproduce --benchmark layered --data layered=outputs/layered --methods identity gaussian "
+    "classical --learned --out outputs/reproduce": "7 min of CPU (wrote docs/reproduce_layered_chart.png); "
+        "tests/scripts/test_reproduce.py runs a tiny one",
     "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
         "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
     "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
