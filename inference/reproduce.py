@@ -75,17 +75,23 @@ class RunResult:
     reused: dict[str, int] = field(default_factory=dict)
 
 
-class RenderManifest:
-    """``<folder>/manifest.json``: ``{case name: settings}`` of the renders in ``folder``."""
+MANIFEST = "manifest.json"
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / "manifest.json"
-        self.records = {}
-        if self.path.is_file():
-            try:
-                self.records = json.loads(self.path.read_text())
-            except json.JSONDecodeError:  # a damaged manifest only costs re-rendering
-                self.records = {}
+
+def _read_records(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged manifest only costs re-rendering
+        return {}
+
+
+class RenderManifest:
+    """``<folder>/manifest.json``: ``{case name: settings}`` of the renders in ``folder``. ``name`` another file
+    (a rank's ``manifest.rank<i>.json`` in a sharded run): it is written, and ``manifest.json`` read as well."""
+
+    def __init__(self, folder: Path, name: str = MANIFEST):
+        self.path = Path(folder) / name
+        self.records = _read_records(Path(folder) / MANIFEST) | _read_records(self.path)
 
     def fresh(self, name: str, settings: dict, output: Path) -> bool:
         return output.is_file() and self.records.get(name) == settings
@@ -168,12 +174,16 @@ def run_cases(
     device: torch.device | str | None = None,
     peer_timeout_s: float = PEER_TIMEOUT_S,
     log: Callable[[str], None] = print,
+    score_renders: bool = True,
+    manifest_name: str = MANIFEST,
 ) -> RunResult:
     """Render (or reuse) and score every case with every method (module docstring). Never raises for one
-    case or one method: failures and unavailable methods are collected in the result."""
+    case or one method: failures and unavailable methods are collected in the result. ``score_renders=False``
+    only renders (a rank's share in :func:`run_sharded`; no rows); ``manifest_name`` is the file renders are
+    recorded in (:class:`RenderManifest`)."""
     out_dir = Path(out_dir)
     result = RunResult()
-    manifests = {m.name: RenderManifest(out_dir / m.name) for m in methods}
+    manifests = {m.name: RenderManifest(out_dir / m.name, manifest_name) for m in methods}
     peer_scenes: set = set()
     for m in methods:
         result.seconds[m.name], result.rendered[m.name], result.reused[m.name] = 0.0, 0, 0
@@ -185,8 +195,10 @@ def run_cases(
                                     "reason": f"{type(error).__name__}: {error}"})
             log(f"error: {case.benchmark}: {case.name}: {error}")
             continue
-        gt = data["gt"][None].to(device)
-        band = discontinuity_band(data["disparity"][None], width_px=band_width_px, threshold=band_threshold).to(device)
+        if score_renders:
+            gt = data["gt"][None].to(device)
+            band = discontinuity_band(data["disparity"][None], width_px=band_width_px,
+                                      threshold=band_threshold).to(device)
         for method in methods:
             if method.name in result.unavailable:
                 continue
@@ -214,6 +226,8 @@ def run_cases(
                         result.seconds[method.name] += _render_ours(method, case, data, output)
                     manifests[method.name].record(case.name, settings)
                     result.rendered[method.name] += 1
+                if not score_renders:
+                    continue
                 prediction = read_image(output)
                 if prediction.shape != tuple(data["gt"].shape):
                     raise CaseError(f"'{output}' is {prediction.shape[2]}x{prediction.shape[1]}, the ground truth "
@@ -233,6 +247,47 @@ def run_cases(
             log(f"{cases[0].benchmark}: {number}/{len(cases)} ground truths")
     return result
 
+
+
+def merge_rank_manifests(out_dir: str | Path, method_names: list[str]) -> None:
+    """Fold every ``<out_dir>/<method>/manifest.rank<i>.json`` into that folder's ``manifest.json`` (atomically)
+    and remove them."""
+    for name in method_names:
+        folder = Path(out_dir) / name
+        parts = sorted(folder.glob("manifest.rank*.json"))
+        if not parts:
+            continue
+        records = _read_records(folder / MANIFEST)
+        for part in parts:
+            records |= _read_records(part)
+        write_text_atomic(folder / MANIFEST, json.dumps(records, indent=1, sort_keys=True))
+        for part in parts:
+            part.unlink()
+
+
+def run_sharded(cases: list[Case], methods: list[Method], out_dir: str | Path, ranks, **kwargs) -> RunResult | None:
+    """:func:`run_cases` over the processes of ``ranks`` (:class:`data.ranks.Ranks`): each renders its block of
+    ``cases`` (recording them in its own manifest file), then the main process merges the manifests and scores
+    everything, reusing every render (a case a rank failed is tried again there and reported). Returns the
+    result on the main process and ``None`` on the others. One process: :func:`run_cases` itself."""
+    if ranks.count == 1:
+        return run_cases(cases, methods, out_dir, **kwargs)
+    mine = [case for _, case in ranks.share(cases)]
+    share = run_cases(mine, methods, out_dir, **kwargs, score_renders=False,
+                      manifest_name=f"manifest.rank{ranks.index}.json")
+    kwargs.get("log", print)(f"process {ranks.index + 1} of {ranks.count}: {len(mine)} ground truths, "
+                             f"{sum(share.rendered.values())} renders")
+    shares = ranks.gather((share.rendered, share.seconds))  # a collective: also the barrier before merging
+    if not ranks.is_main:
+        return None
+    merge_rank_manifests(out_dir, [m.name for m in methods])
+    result = run_cases(cases, methods, out_dir, **kwargs)
+    for rendered, seconds in shares:  # the ranks' renders count as rendered (the scoring pass reused them)
+        for name, n in rendered.items():
+            result.rendered[name] += n
+            result.reused[name] -= n
+            result.seconds[name] += seconds[name]
+    return result
 
 
 def write_benchmark_reports(benchmark: str, cases: list[Case], result: RunResult, methods: list[str],

@@ -16,6 +16,9 @@ Methods: identity, gaussian, classical, bokehdiff (``--bokehdiff_args "--pretrai
 inference/reproduce.py for what each placeholder is). Rerunning reuses every render whose file exists and
 whose settings the method's manifest.json records.
 
+Sharded: ``torchrun --nproc_per_node N -m scripts.reproduce ...`` (or ``accelerate launch -m``): each process renders its
+block of the ground truths, then the main process scores them all (reusing every render) and writes the reports.
+
 Writes ``<out>/<benchmark>/{tables.md, per_image.csv, per_scene.csv, chart.png, worst_cases.png,
 results.json}``, the renders under ``<out>/<benchmark>/<method>/`` and ``<out>/summary.md`` (every table).
 Exit code: 0 every ground truth scored by every available method, 1 some failed (listed in tables.md),
@@ -35,9 +38,10 @@ import warnings
 from pathlib import Path
 
 from data.io import InputWarning, write_text_atomic
+from data.ranks import join_ranks, rank_device
 from inference import benchmark_cases
 from inference.options import parse_args as inference_args
-from inference.reproduce import PEER_TIMEOUT_S, Method, run_cases, write_benchmark_reports
+from inference.reproduce import PEER_TIMEOUT_S, Method, run_sharded, write_benchmark_reports
 from kernels.device import resolve_device
 from metrics.bands import BAND_WIDTH_PX
 from metrics.image import LEARNED_METRICS, load_learned_metrics
@@ -123,14 +127,17 @@ def _peers(parser, items: list[str]) -> dict[str, str]:
     return peers
 
 
-def _cases(benchmark: str, data: Path, args):
+def _cases(benchmark: str, data: Path, args, ranks):
     if benchmark == "blb":
         return benchmark_cases.blb_cases(data, args.levels)
     if benchmark == "ebb":
         return benchmark_cases.ebb_cases(data, args.ebb_K, gt_dir=args.ebb_gt, levels=args.levels)
-    if not (data / "ebb" / "meta.json").is_file():
-        print(f"building the layered benchmark in {data} (scripts.make_benchmark defaults)")
-        make_benchmark.main(["--out", str(data)])
+    try:
+        if ranks.is_main and not (data / "ebb" / "meta.json").is_file():
+            print(f"building the layered benchmark in {data} (scripts.make_benchmark defaults)")
+            make_benchmark.main(["--out", str(data)])
+    finally:
+        ranks.barrier()  # the other processes list it once it is built (or fail to, as the main one did)
     return benchmark_cases.layered_cases(data, args.levels)
 
 
@@ -147,6 +154,9 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    ranks = join_ranks(device.type)  # one process, or a rank of accelerate launch / torchrun
+    device = rank_device(ranks, device)
+    args.device = str(device)  # our renderers are built on this rank's device
     learned, unavailable_metrics = load_learned_metrics(args.learned, device)
     for name, reason in unavailable_metrics.items():
         print(f"warning: {name} unavailable ({reason})", file=sys.stderr)
@@ -156,21 +166,24 @@ def main(argv=None) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", InputWarning)
-                cases, scene_failures = _cases(benchmark, data, args)
+                cases, scene_failures = _cases(benchmark, data, args, ranks)
         except (OSError, ValueError) as error:
-            print(f"error: {benchmark}: {error}", file=sys.stderr)
+            if ranks.is_main:
+                print(f"error: {benchmark}: {error}", file=sys.stderr)
             sections.append(f"## {benchmark}\n\nnot run: {error}\n")
             failed = True
             continue
         listed += 1
-        for scene, reason in scene_failures.items():
+        for scene, reason in scene_failures.items() if ranks.is_main else ():
             print(f"error: {benchmark}: {scene}: {reason}", file=sys.stderr)
         methods = _methods(args, data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InputWarning)  # repairs of the inputs are the protocol's, stated once
-            result = run_cases(cases, methods, args.out / benchmark, learned=learned, band_width_px=args.band_width,
-                               device=device, peer_timeout_s=args.peer_timeout,
-                               log=lambda line: print(line, file=sys.stderr if line.startswith("error") else sys.stdout))
+            result = run_sharded(cases, methods, args.out / benchmark, ranks, learned=learned,
+                                 band_width_px=args.band_width, device=device, peer_timeout_s=args.peer_timeout,
+                                 log=lambda line: print(line, file=sys.stderr if line.startswith("error") else sys.stdout))
+        if result is None:  # not the main process: it rendered its share; the main process scores and reports
+            continue
         notes = [f"{len(cases)} ground truths from `{data}`; {len(result.rows)} (method, image) pairs scored."]
         if unavailable_metrics:
             notes.append("Not computed (weights unavailable here): " + ", ".join(unavailable_metrics) + ".")
@@ -179,6 +192,8 @@ def main(argv=None) -> int:
         sections.append(paths["tables"].read_text())
         failed |= bool(result.failures or scene_failures)
         print(f"{benchmark}: wrote {', '.join(str(p) for p in paths.values())}")
+    if not ranks.is_main:
+        return 0
     summary = write_text_atomic(args.out / "summary.md", "# Reproduced benchmarks\n\n" + "\n".join(sections))
     print(summary.read_text())
     print(f"wrote {summary}")

@@ -135,3 +135,28 @@ def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
     assert reproduce.main(missing) == 1
     results = json.loads((tmp_path / "o2" / "blb" / "results.json").read_text())
     assert "bokehdiff" in results["unavailable"] and results["scored"] == 6  # identity still scored
+
+
+def test_two_processes_write_what_one_writes(data, tmp_path):
+    """torchrun, 2 processes (gloo): each renders its block, the main process scores all; renders, manifests and
+    tables equal those of one process, and no rank's manifest file is left behind."""
+    from tests.scripts.test_inference_sharded import files, torchrun
+
+    sets = {k: data[k] for k in ("blb", "layered")}
+    args = ["--benchmark", "blb", "layered", "--data", *(f"{k}={v}" for k, v in sets.items()), "--methods",
+            "identity", "classical", "--learned", "--device", "cpu"]
+    assert reproduce.main([*args, "--out", str(tmp_path / "one")]) == 1  # the two broken BLB scenes
+    proc = torchrun(2, "-m", "scripts.reproduce", *args, "--out", tmp_path / "two")
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    # layered: 4 GTs, 2 per process, 2 methods (the broken BLB scenes are not cases)
+    assert "process 1 of 2: 2 ground truths, 4 renders" in proc.stdout
+    assert "process 2 of 2: 2 ground truths, 4 renders" in proc.stdout
+    for benchmark in sets:
+        for method in ("identity", "classical"):
+            one, two = (files(tmp_path / run / benchmark / method) for run in ("one", "two"))
+            assert one == two and len(one) > 3  # every render byte for byte, and manifest.json
+        for name in ("tables.md", "per_image.csv"):  # (the CSV names each render's path)
+            one, two = ((tmp_path / run / benchmark / name).read_text() for run in ("one", "two"))
+            assert one.replace(str(tmp_path / "one"), "OUT") == two.replace(str(tmp_path / "two"), "OUT")
+        results = json.loads((tmp_path / "two" / benchmark / "results.json").read_text())
+        assert results["reused"] == {"identity": 0, "classical": 0}  # every render counted as rendered once
