@@ -16,7 +16,7 @@ Methods: identity, gaussian, classical, bokehdiff (``--bokehdiff_args "--pretrai
 inference/reproduce.py for what each placeholder is). Rerunning reuses every render whose file exists and
 whose settings the method's manifest.json records.
 
-Sharded: ``torchrun --nproc_per_node N -m scripts.reproduce ...`` (or ``accelerate launch -m``): each process renders its
+Sharded: ``torchrun --nproc_per_node N -m scripts.reproduce ...`` (or accelerate's launcher with its module flag): each process renders its
 block of the ground truths, then the main process scores them all (reusing every render) and writes the reports.
 
 Writes ``<out>/<benchmark>/{tables.md, per_image.csv, per_scene.csv, chart.png, worst_cases.png,

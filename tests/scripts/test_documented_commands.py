@@ -87,8 +87,6 @@ PARSE = {
     "python -m scripts.reproduce --benchmark layered --data layered=outputs/layered --methods identity gaussian "
     "classical --learned --out outputs/reproduce": "7 min of CPU (wrote docs/reproduce_layered_chart.png); "
         "tests/scripts/test_reproduce.py runs a tiny one",
-    "torchrun --nproc_per_node 8 -m scripts.reproduce --benchmark blb --data DIR --out outputs/reproduce":
-        "8 GPUs and BLB; tests/scripts/test_reproduce.py runs it in 2 CPU processes",
     "python -m scripts.compare_recipes --out outputs/recipes --markdown outputs/recipes/table.md":
         "minutes of CPU (one tiny training run per variant); tests/scripts/test_compare_recipes.py runs one variant",
     "accelerate launch train_lora_otf.py --config configs/train_published.yaml --train_data_dir prepared/otf "
