@@ -182,9 +182,11 @@ def with_upsample(render: RenderFn | BatchedRender, factor: float) -> RenderFn |
     def enlarge(image, disparity):
         height, width = image.shape[-2:]
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
-        big = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=factor < 1).clamp(0, 1)
+        big = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=factor < 1)
         disp = F.interpolate(disparity, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
-        return big, disp.clamp(0, 1)
+        # Bicubic overshoot is clipped to the input's range, [0, 1] or above it (published BLB: HDR, raw 1 / depth).
+        top = (max(1.0, float(image.max())), max(1.0, float(disparity.max())))
+        return big.clamp(0, top[0]), disp.clamp(0, top[1])
 
     def shrink(out, like):
         return F.interpolate(out, size=tuple(like.shape[-2:]), mode="bicubic", align_corners=False,

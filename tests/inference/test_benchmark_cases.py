@@ -79,3 +79,4 @@ def test_layered_levels_rank_the_largest_coc(tmp_path):
         assert case.level == (1 if by_gt[case.name]["max_coc_px"] == 2 else 2)
         item = case.load()
         assert item["K"] == pytest.approx(by_gt[case.name]["K"]) and np.isfinite(item["disp_focus"])
+
