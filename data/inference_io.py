@@ -29,6 +29,7 @@ import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
 
 import cv2
@@ -45,8 +46,8 @@ DEMO_FOCUS_PERCENTILES = (90.0, 50.0, 10.0)
 DEMO_K = (10.0, 20.0)
 # Default strength for user inputs; the published BokehDiff README uses K = 20 as well.
 DEFAULT_K = (20.0,)
-# Layouts whose input handling --protocol published reproduces (data/published.py).
-PUBLISHED_LAYOUTS = ("EBB", "BLB")
+# Layouts whose input handling --protocol published reproduces (data/published.py): all of data.loaders.LAYOUTS.
+PUBLISHED_LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
 
 
 @dataclass
@@ -62,6 +63,11 @@ class InputItem:
         focus: optional focal disparity decided by the input protocol (``--protocol published`` test sets:
             the released code's mask median / central box, :mod:`data.published`); used when no focus flag
             is given.
+        output_size: optional ``(h, w)`` the renders are resized to before they are written
+            (:func:`data.published.published_resize_output`; published ``folder`` / ``pngdepth``: the
+            disparity's stored size, where the released script writes them). None: the image's size.
+        disparity_range: optional ``(min, max)`` the published focus planes span (published ``folder`` /
+            ``pngdepth``: the stored map's, before it is resized to the image). None: ``disparity``'s.
     """
 
     name: str
@@ -69,6 +75,8 @@ class InputItem:
     disparity: np.ndarray
     mask: np.ndarray | None = None
     focus: float | None = None
+    output_size: tuple[int, int] | None = None
+    disparity_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -246,24 +254,27 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     into the input folder, :func:`previous_outputs`) are not inputs. Folder-level problems (missing folder,
     unknown layout, no items) raise at once; a bad or missing file fails only its own item.
 
-    ``protocol="published"``: EBB and BLB folders are read as the released code reads them
-    (:mod:`data.published`; EBB: resized to multiples of 8 instead of padded, its disparity normalisation;
-    BLB: ``bokeh_04_*`` only, unclipped ``x ** (1 / 2.2)`` images, raw ``1 / depth`` disparity; the focus in
-    ``item.focus``); other layouts are read as usual (a warning says so).
+    ``protocol="published"``: every layout is read as the released code reads it (:mod:`data.published`;
+    EBB: resized to multiples of 8 instead of padded, its disparity normalisation; BLB: ``bokeh_04_*`` only,
+    unclipped ``x ** (1 / 2.2)`` images, raw ``1 / depth`` disparity; folder / pngdepth: its mask and
+    disparity rules, the long side enlarged to at least 1024 px, renders written at the disparity's size; the
+    focus in ``item.focus``).
     """
-    from data.loaders import load_test_set
+    from data.loaders import detect_layout, load_test_set
 
     roots = input_roots(test_data_dir)
     excluded = {path_key(path) for path in exclude}
     found = []
     for root in roots:
-        test_set = load_test_set(root, inputs_only=True)  # indexes files only; decoding happens in load()
+        layout = detect_layout(root)
+        published = protocol == "published" and layout in PUBLISHED_LAYOUTS
+        if published and layout == "pngdepth":  # the released pairing by sort order (data.published)
+            from data.published import list_published_pngdepth
+
+            test_set = SimpleNamespace(layout=layout, entries=list_published_pngdepth(root))
+        else:
+            test_set = load_test_set(root, layout, inputs_only=True)  # indexes files only; load() decodes
         prefix = f"{Path(root).name}_" if len(roots) > 1 else ""
-        published = protocol == "published" and test_set.layout in PUBLISHED_LAYOUTS
-        if protocol == "published" and not published:
-            warnings.warn(f"'{root}': layout {test_set.layout}: the published input protocol is implemented for "
-                          f"{' and '.join(PUBLISHED_LAYOUTS)} folders; reading it with this repository's loader.",
-                          InputWarning)
         entries = list(enumerate(test_set.entries))
         if published and test_set.layout == "BLB":
             from data.published import PUBLISHED_BLB_BLUR_INDEX as k
@@ -281,24 +292,46 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
             if path_key(entry["image"]) in excluded:
                 continue
             sources = tuple(Path(entry[key]) for key in ("image", "disparity", "mask") if entry.get(key) is not None)
+            if published and test_set.layout == "folder":
+                sources += _published_folder_sources(entry)
             found.append((prefix + name, test_set, index, sources, published))
     names = unique_names([name for name, *_ in found])
-    return [PendingInput(name, _published_loader(test_set.entries[index], name) if published
+    return [PendingInput(name, _published_loader(test_set.layout, test_set.entries[index], name) if published
                          else _set_item_loader(test_set, index, name), sources)
             for name, (_, test_set, index, sources, published) in zip(names, found)]
 
 
-def _published_loader(entry: dict, name: str) -> Callable[[], InputItem]:
+def _published_loader(layout: str, entry: dict, name: str) -> Callable[[], InputItem]:
     def load() -> InputItem:
-        from data.published import load_published_blb, load_published_ebb
+        from data import published as pub
 
-        if "focus_distance" in entry:  # a BLB ground truth's input
-            image, disparity, focus = load_published_blb(entry["image"], entry["disparity"], entry["focus_distance"])
+        if layout == "BLB":  # a ground truth's input
+            image, disparity, focus = pub.load_published_blb(entry["image"], entry["disparity"],
+                                                             entry["focus_distance"])
+        elif layout == "EBB":
+            image, disparity, focus = pub.load_published_ebb(entry["image"], entry["disparity"], entry.get("mask"))
         else:
-            image, disparity, focus = load_published_ebb(entry["image"], entry["disparity"], entry.get("mask"))
+            for note in entry.get("notes", ()):
+                warnings.warn(note, InputWarning)
+            read = pub.load_published_folder if layout == "folder" else pub.load_published_pngdepth
+            got = read(entry["image"], entry["disparity"], entry.get("mask"))
+            return InputItem(name, got.image, got.disparity, None, got.focus, got.output_size, got.disparity_range)
         return InputItem(name, image, disparity, None, focus)
 
     return load
+
+
+def _published_folder_sources(entry: dict) -> tuple[Path, ...]:
+    """The files the released code reads for a folder input besides the layout's (``disp_refine.jpg``,
+    ``mask_portrait.jpg``); none when it refuses the input (its loader then fails that item alone)."""
+    from data.published import published_folder_files
+
+    try:
+        disparity, mask, _ = published_folder_files(entry["image"], entry["disparity"], entry.get("mask"))
+    except (ValueError, FileNotFoundError):
+        return ()
+    listed = (entry["image"], entry["disparity"], entry.get("mask"))
+    return tuple(path for path in (disparity, mask) if path is not None and path not in listed)
 
 
 def _set_item_loader(test_set, index: int, name: str) -> Callable[[], InputItem]:
@@ -356,7 +389,8 @@ def choose_focus(
         from data.published import published_focus_planes
 
         (value, _), = choose_focus(item)
-        planes = published_focus_planes(item.disparity, value)
+        planes = published_focus_planes(item.disparity if item.disparity_range is None
+                                        else np.asarray(item.disparity_range, np.float32), value)
         return list(zip(planes, ("far", "subject", "near")))
     if focus_disparity:
         return [(focus_from_value(v), "given") for v in focus_disparity]

@@ -72,7 +72,7 @@ BLB_INFINITY = 65504.0  # largest float16: BLB's depth for "no surface" (sky)
 # ----------------------------------------------------------------------------------------------------------
 # Layout detection and listing
 # ----------------------------------------------------------------------------------------------------------
-def _images_in(folder: Path, *, report: bool = False) -> list[Path]:
+def list_images(folder: Path, *, report: bool = False) -> list[Path]:
     """The images directly in ``folder``, sorted. With ``report``, anything else there (sub-folders, files of
     other types) is named in one warning: a prepared set whose inputs are skipped must not look complete."""
     entries = sorted(folder.iterdir())
@@ -104,7 +104,8 @@ def input_names(images: list[Path]) -> dict[Path, str]:
     return names
 
 
-def _find(folder: Path, stem: str, suffixes=_IMAGE_SUFFIXES) -> Path | None:
+def find_file(folder: Path, stem: str, suffixes=_IMAGE_SUFFIXES) -> Path | None:
+    """``folder/<stem><suffix>`` for the first of ``suffixes`` (lower or upper case) that exists, else None."""
     for suffix in suffixes:
         for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
             if candidate.is_file():
@@ -124,7 +125,7 @@ def detect_layout(root: str | Path) -> str:
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     if any((d / "info.json").is_file() and (d / "image.exr").is_file() for d in subdirs):
         return "BLB"
-    if any((d / "depth.npy").is_file() for d in subdirs) or any(p.with_suffix(".npy").is_file() for p in _images_in(root)):
+    if any((d / "depth.npy").is_file() for d in subdirs) or any(p.with_suffix(".npy").is_file() for p in list_images(root)):
         return "folder"
     raise ValueError(
         f"cannot tell the layout of '{root}'. Expected one of: EBB (input/ + depth/<name>_pred.npy), "
@@ -223,7 +224,7 @@ def _list_ebb(root: Path) -> list[dict]:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     absolute = bool(meta.get("_disparity_absolute", False))
     entries = []
-    images = _images_in(root / "input", report=True)
+    images = list_images(root / "input", report=True)
     names = input_names(images)
     for image in images:
         name = image.stem
@@ -231,7 +232,7 @@ def _list_ebb(root: Path) -> list[dict]:
             "input_name": names[image],
             "image": image,
             "disparity": root / "depth" / f"{name}_pred.npy",
-            "mask": _find(root / "mask", name) if (root / "mask").is_dir() else None,
+            "mask": find_file(root / "mask", name) if (root / "mask").is_dir() else None,
             "normalise": "auto" if absolute else "always",
         }
         # A missing file fails its own items when they are loaded, not the listing of the whole set.
@@ -244,7 +245,7 @@ def _list_ebb(root: Path) -> list[dict]:
                                        "disp_focus": float(record["disp_focus"]),
                                        "missing_gt": _missing(gt_path, f"GT listed in '{meta_path}'", root)})
         else:
-            gt_path = _find(root / "bokeh", name) if (root / "bokeh").is_dir() else None
+            gt_path = find_file(root / "bokeh", name) if (root / "bokeh").is_dir() else None
             entries.append(base | {"name": names[image], "gt": gt_path})
     return entries
 
@@ -252,7 +253,7 @@ def _list_ebb(root: Path) -> list[dict]:
 def _list_folder(root: Path) -> list[dict]:
     entries = []
     for scene in sorted(p for p in root.iterdir() if p.is_dir()):
-        image = _find(scene, "image")
+        image = find_file(scene, "image")
         missing = [what for what, absent in (("image.jpg|png", image is None),
                                              ("depth.npy", not (scene / "depth.npy").is_file())) if absent]
         if missing:
@@ -262,7 +263,7 @@ def _list_folder(root: Path) -> list[dict]:
         masks = sorted(p for p in scene.iterdir() if p.stem.startswith("mask") and p.suffix.lower() in _IMAGE_SUFFIXES)
         entries.append({"name": scene.name, "input_name": scene.name, "image": image, "disparity": scene / "depth.npy",
                         "mask": masks[0] if masks else None, "normalise": "always"})
-    images = [image for image in _images_in(root) if not image.stem.endswith("_mask")]
+    images = [image for image in list_images(root) if not image.stem.endswith("_mask")]
     names = input_names(images)
     for image in images:
         disparity = image.with_suffix(".npy")
@@ -270,18 +271,18 @@ def _list_folder(root: Path) -> list[dict]:
             warnings.warn(f"'{image}' has no disparity '{disparity.name}' next to it; skipped.", InputWarning)
             continue
         entries.append({"name": names[image], "input_name": names[image], "image": image, "disparity": disparity,
-                        "mask": _find(root, f"{image.stem}_mask"), "normalise": "always"})
+                        "mask": find_file(root, f"{image.stem}_mask"), "normalise": "always"})
     return entries
 
 
 def _list_pngdepth(root: Path) -> list[dict]:
     entries = []
-    images = _images_in(root / "original", report=True)
+    images = list_images(root / "original", report=True)
     names = input_names(images)
     for image in images:
-        depth = _require(_find(root / "depth", image.stem, (".png",)) or root / "depth" / f"{image.stem}.png",
+        depth = _require(find_file(root / "depth", image.stem, (".png",)) or root / "depth" / f"{image.stem}.png",
                          f"depth PNG for '{image.name}'", root)
-        mask = _find(root / "mask", image.stem) if (root / "mask").is_dir() else None
+        mask = find_file(root / "mask", image.stem) if (root / "mask").is_dir() else None
         entries.append({"name": names[image], "input_name": names[image], "image": image, "disparity": depth,
                         "mask": mask, "depth_png": True})
     return entries

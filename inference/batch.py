@@ -27,6 +27,7 @@ from data.inference_io import (
 )
 from data.interrupt import Interrupted, protected
 from data.io import InputWarning, save_image, write_text_atomic
+from data.published import published_resize_output
 
 from .renderers import BatchedRender, RenderFn, batch_size_of, render_settings
 from .shard import Job, file_key, input_identity, recorded_outputs
@@ -88,7 +89,8 @@ def render_item(item: InputItem, focus, args, render: RenderFn | BatchedRender, 
     The settings (``--K`` major, then focus) go to the renderer together (:func:`inference.renderers.render_settings`:
     bokehdiff encodes the input once and takes ``--batch_size`` consecutive settings per UNet call). With
     ``job``, each file is recorded in this rank's manifest; with ``reuse``, a render an earlier run already
-    wrote for this input (:meth:`inference.shard.Job.done`) is kept and left out of the returned dict. A batch
+    wrote for this input (:meth:`inference.shard.Job.done`) is kept and left out of the returned dict. Renders
+    are resized to ``item.output_size`` when it is set (published folder / pngdepth inputs). A batch
     with any missing render is rendered whole, so a render's bytes never depend on what an earlier run finished."""
     image = torch.from_numpy(item.image)[None].to(device)
     disparity = torch.from_numpy(item.disparity)[None].to(device)
@@ -110,6 +112,8 @@ def render_item(item: InputItem, focus, args, render: RenderFn | BatchedRender, 
             with timer.stage("render"), torch.inference_mode():
                 start, stop, out = next(chunks)
                 out = out.float().cpu().numpy()
+                if item.output_size is not None:  # published folder / pngdepth: the disparity's stored size
+                    out = [published_resize_output(one, item.output_size) for one in out]
             rendered.update(zip(todo[start:stop], out))
         with protected():  # a file on disk is always in the manifest (a rerun never takes it for an input)
             if earlier is None:

@@ -435,3 +435,31 @@ def test_a_very_thin_image_renders_with_a_bounded_sheet(tmp_path):
     assert code == 0 and (out / "scene_K4_f0.50.png").is_file()
     sheet = read_image(out / "contact_sheet.png")
     assert sheet.shape[1] * sheet.shape[2] < 4000 * 1000
+
+
+def test_published_pngdepth_renders_are_written_at_the_disparity_size(tmp_path):
+    # --protocol published reads pngdepth as the released code does: the 48 x 24 image is rendered at
+    # 1024 x 512 (long side >= 1024) and each render is resized back to the depth PNG's 48 x 24.
+    from PIL import Image
+
+    root = tmp_path / "set"
+    for sub in ("original", "depth", "mask"):
+        (root / sub).mkdir(parents=True)
+    image = (np.random.default_rng(0).random((24, 48, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(root / "original" / "a.png")
+    Image.fromarray(np.tile(np.linspace(20, 230, 48).astype(np.uint8), (24, 1))).save(root / "depth" / "a_depth.png")
+    Image.fromarray(np.full((24, 48), 255, np.uint8)).save(root / "mask" / "a.png")
+    out = tmp_path / "out"
+    code = inference_hf.main(["--renderer", "identity", "--test_data_dir", str(root), "--output_dir", str(out),
+                              "--protocol", "published", "--focus_protocol", "published", "--K", "5",
+                              "--device", "cpu", "--no_contact_sheet"])
+    assert code == 0
+    renders = sorted(out.glob("a_K5_*.png"))
+    assert len(renders) == 3  # far, subject, near
+    rendered = read_image(renders[0])
+    assert rendered.shape == (3, 24, 48)
+    from data.published import published_resize_output
+
+    up = np.asarray(Image.fromarray(image).resize((1024, 512), Image.Resampling.LANCZOS), np.float32) / 255
+    expected = published_resize_output(up.transpose(2, 0, 1), (24, 48))  # identity: up to 1024 x 512 and back
+    assert np.abs(rendered - expected).max() <= 0.5 / 255 + 1e-6
