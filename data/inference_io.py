@@ -27,7 +27,7 @@ import time
 import unicodedata
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
@@ -343,19 +343,20 @@ def _set_item_loader(test_set, index: int, name: str) -> Callable[[], InputItem]
 
 
 def limit_size(item: InputItem, max_side: int | None) -> InputItem:
-    """Shrink an item (area interpolation) so its longer side is at most ``max_side`` pixels; never enlarges."""
+    """Shrink an item (area interpolation) so its longer side is at most ``max_side`` pixels; never enlarges.
+    The focus and disparity range the input protocol chose are kept; renders are then written at the shrunk
+    size (``output_size`` dropped: ``--max_side`` asks for smaller outputs)."""
     height, width = item.image.shape[1:]
     if not max_side or max(height, width) <= max_side:
         return item
     scale = max_side / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     mask = None if item.mask is None else resize_map(item.mask, size, interpolation=cv2.INTER_NEAREST)
-    return InputItem(
-        item.name,
-        np.clip(resize_map(item.image, size, interpolation=cv2.INTER_AREA), 0, 1),
-        np.clip(resize_map(item.disparity, size, interpolation=cv2.INTER_AREA), 0, 1),
-        mask,
-    )
+
+    def shrink(x):  # area interpolation stays in the map's range: [0, 1], or above 1 (published BLB)
+        return np.clip(resize_map(x, size, interpolation=cv2.INTER_AREA), 0, max(1.0, float(x.max())))
+
+    return replace(item, image=shrink(item.image), disparity=shrink(item.disparity), mask=mask, output_size=None)
 
 
 # ----------------------------------------------------------------------------------------------------------

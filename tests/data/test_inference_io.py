@@ -107,3 +107,16 @@ def test_output_files_never_hand_out_an_input_or_a_path_twice(tmp_path):
     assert files.claim("a.png") == tmp_path / "a.png" and files.claim("a.png") == tmp_path / "a-2.png"
     assert files.claim("old.png") == tmp_path / "old.png"
     assert files.renamed == [("contact_sheet.png", "contact_sheet-2.png"), ("a.png", "a-2.png")]
+
+
+def test_limit_size_keeps_the_protocols_focus_and_a_raw_maps_range():
+    """--max_side on a published input: its focus and focus-plane range survive, a raw map above 1 (published
+    BLB) is not clipped to 1, and the renders are written at the shrunk size."""
+    from dataclasses import replace
+
+    item = _item(h=40, w=80)
+    item = replace(item, disparity=item.disparity * 1.5 + 0.1, focus=1.2, output_size=(40, 80),
+                   disparity_range=(0.1, 1.6))
+    small = limit_size(item, 20)
+    assert small.focus == 1.2 and small.disparity_range == (0.1, 1.6) and small.output_size is None
+    assert float(small.disparity.max()) > 1.0
