@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) inference_hf.py --renderer classical --demo --output_dir outputs/demo
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 app: $(STAMP)
 	$(PY) app.py
