@@ -14,6 +14,8 @@ instead of silently training against a random network. Tests pass ``pretrained_b
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -27,16 +29,30 @@ from losses._checks import check_images
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 
-def _build_lpips_vgg() -> nn.Module:
-    """The ``lpips`` package model with its bundled lin weights and a random VGG trunk (no download)."""
+# Seed of the random VGG trunk (tests, and the lin/trunk shapes before pretrained weights are loaded).
+_TRUNK_SEED = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _lpips_vgg_template() -> nn.Module:
+    """The ``lpips`` package model with its bundled lin weights and a random VGG trunk (no download), built
+    once per process: torchvision initialises the whole VGG-16 (about 2.7 s of CPU, mostly its 120M-parameter
+    classifier, which lpips drops). The trunk is drawn from its own seeded generator, so the global RNG is left
+    as it was and every copy is the same network."""
     import lpips
 
     # lpips 0.1.4 calls torchvision's deprecated `pretrained=` argument; the warning is about lpips' own
     # call, not ours, so it is silenced only around this constructor.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TRUNK_SEED)
         warnings.filterwarnings("ignore", message=".*pretrained.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*weight enum.*", category=UserWarning)
         return lpips.LPIPS(pretrained=True, net="vgg", version="0.1", pnet_rand=True, verbose=False)
+
+
+def _build_lpips_vgg() -> nn.Module:
+    """A fresh copy of :func:`_lpips_vgg_template` (the caller may load weights into it or move it)."""
+    return copy.deepcopy(_lpips_vgg_template())
 
 
 def _load_vgg_state_dict(vgg_weights_path: str | os.PathLike | None) -> dict[str, torch.Tensor]:

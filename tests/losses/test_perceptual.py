@@ -67,3 +67,20 @@ def test_small_images_raise(lpips_loss):
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(ValueError, match="16x16"):
         lpips_loss(x, x)
+
+
+def test_random_trunk_leaves_the_global_rng_alone_and_each_loss_owns_its_network():
+    """The random VGG trunk comes from its own seeded generator (built once per process, copied per loss): the
+    global RNG draws the same numbers with or without building one, two losses are the same network, and loading
+    weights into one leaves the other as it was."""
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first, second = LPIPSLoss(pretrained_backbone=False), LPIPSLoss(pretrained_backbone=False)
+    assert torch.equal(torch.rand(4), expected)
+    one, two = first.net.state_dict(), second.net.state_dict()
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    weight = next(iter(first.net.net.parameters()))
+    with torch.no_grad():
+        weight.add_(1.0)
+    assert not torch.equal(weight, next(iter(second.net.net.parameters())))
