@@ -181,7 +181,8 @@ def write_training_curves(run_dir: str | Path, out: str | Path | None = None) ->
     out = run_dir / CURVES_NAME if out is None else Path(out)
 
     loss_terms = [k for k in dict.fromkeys(k for r in train for k in r) if k not in _NOT_LOSS_TERMS + _GAN_TERMS]
-    figure = Figure(figsize=(16, 7.5), dpi=100, layout="constrained")
+    figure = Figure(figsize=(16, 7.5), dpi=100)
+    figure.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9, wspace=0.3, hspace=0.35)
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 4)
     _draw(axes[0, 0], train, loss_terms, title="loss terms (training batches)", ylabel="loss", log=True)
