@@ -15,6 +15,7 @@ import pytest
 import inference.batch
 import inference_hf
 from inference.shard import MANIFEST_DIR, manifest_records
+from tests.forked_ranks import one_forkserver
 
 REPO = Path(__file__).resolve().parents[2]
 EBB = REPO / "test_data" / "ebb"
@@ -121,11 +122,13 @@ def test_rerun_renders_only_what_is_missing_and_refuses_other_settings(tmp_path,
     assert "3 renders in" in capsys.readouterr().out and (out / "scene00_K4_f0.17.png").is_file()
 
 
-@pytest.mark.slow  # ~30 s on 2 shared cores: each rank loads the tiny SDXL stack
+@one_forkserver
 def test_two_processes_render_the_tiny_bokehdiff_stack_as_one(tmp_path, one_thread):
-    """The default renderer (tiny SDXL stack on disk, published adapter layout): 2 processes write the same
-    renders and run_config.json as 1, bit for bit."""
+    """The default renderer (tiny SDXL stack on disk, published adapter layout): 2 ranks (tests/forked_ranks.py:
+    forks of a process that imported diffusers once) write the same renders and run_config.json as 1, bit for
+    bit."""
     from models.tiny import save_tiny_sdxl
+    from tests.forked_ranks import run_ranks
     from tests.tiny_weights import trained_tiny_stack, write_published_adapter
 
     base = save_tiny_sdxl(tmp_path / "base", seed=0)
@@ -136,6 +139,6 @@ def test_two_processes_render_the_tiny_bokehdiff_stack_as_one(tmp_path, one_thre
     assert inference_hf.main([*argv, "--output_dir", str(out)]) == 0
     one = files(out)
     shutil.rmtree(out)
-    proc = torchrun(2, REPO / "inference_hf.py", *argv, "--output_dir", out)
+    proc = run_ranks(2, REPO / "inference_hf.py", *argv, "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert files(out) == one and len(one) == 3 + 1

@@ -14,6 +14,7 @@ from skimage import data as skdata
 
 import prepare_data
 from data.io import read_disparity, read_image, save_image
+from tests.forked_ranks import one_forkserver
 from tests.models.test_depth import save_tiny_depth_anything
 from tests.models.test_segment import save_tiny_segmenter
 
@@ -277,10 +278,11 @@ def test_outputs_that_would_replace_an_input_image_are_refused(weights, tmp_path
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["mask", "mask/astronaut.png"]
 
 
+@one_forkserver
 def test_two_processes_prepare_what_one_prepares(weights, photos, tmp_path, capsys):
-    """torchrun, 2 processes (gloo on CPU): each prepares its block of the photos; the files and the one
+    """2 ranks (gloo on CPU; tests/forked_ranks.py): each prepares its block of the photos; the files and the one
     prepare_data.json equal a 1-process run's bit for bit; a rerun keeps everything."""
-    from tests.scripts.test_inference_sharded import REPO, torchrun
+    from tests.forked_ranks import REPO, run_ranks
 
     out = tmp_path / "prepared"
     args = ["--depth_model", weights["depth"], "--mask_model", weights["mask"], "--device", "cpu",
@@ -288,7 +290,7 @@ def test_two_processes_prepare_what_one_prepares(weights, photos, tmp_path, caps
     assert prepare_data.main(args) == 0
     one = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     shutil.rmtree(out)
-    proc = torchrun(2, REPO / "tests" / "scripts" / "prepare_with_tiny_models.py", *args)
+    proc = run_ranks(2, REPO / "tests" / "scripts" / "prepare_with_tiny_models.py", *args)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "prepared 2 image(s), kept 0" in proc.stderr
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == one

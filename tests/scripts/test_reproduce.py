@@ -12,6 +12,7 @@ from PIL import Image
 
 from scripts import make_benchmark, reproduce
 from tests.benchmark_fixtures import make_blb, make_ebb
+from tests.forked_ranks import one_forkserver
 
 FAKE_PEER = Path(__file__).resolve().parent / "fake_peer.py"
 ARTEFACTS = ("tables.md", "per_image.csv", "per_scene.csv", "chart.png", "worst_cases.png", "results.json")
@@ -137,21 +138,26 @@ def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
     assert "bokehdiff" in results["unavailable"] and results["scored"] == 6  # identity still scored
 
 
+@one_forkserver
 def test_two_processes_write_what_one_writes(data, tmp_path):
-    """torchrun, 2 processes (gloo): each renders its block, the main process scores all; renders, manifests and
+    """2 ranks (gloo; tests/forked_ranks.py): each renders its block, the main process scores all; renders, manifests and
     tables equal those of one process, and no rank's manifest file is left behind."""
-    from tests.scripts.test_inference_sharded import files, torchrun
+    from tests.forked_ranks import run_ranks
+    from tests.scripts.test_inference_sharded import files
 
     sets = {k: data[k] for k in ("blb", "layered")}
     args = ["--benchmark", "blb", "layered", "--data", *(f"{k}={v}" for k, v in sets.items()), "--methods",
             "identity", "classical", "--learned", "--device", "cpu"]
     assert reproduce.main([*args, "--out", str(tmp_path / "one")]) == 1  # the two broken BLB scenes
-    proc = torchrun(2, "-m", "scripts.reproduce", *args, "--out", tmp_path / "two")
+    proc = run_ranks(2, "-m", "scripts.reproduce", *args, "--out", tmp_path / "two")
     assert proc.returncode == 1, proc.stderr[-4000:]
     # layered: 4 GTs, 2 per process, 2 methods (the broken BLB scenes are not cases)
     assert "process 1 of 2: 2 ground truths, 4 renders" in proc.stdout
     assert "process 2 of 2: 2 ground truths, 4 renders" in proc.stdout
+    launched = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     for benchmark in sets:
+        assert all((tmp_path / "two" / benchmark / name).is_file() for name in ("tables.md", "per_image.csv",
+                                                                               "results.json")), launched
         for method in ("identity", "classical"):
             one, two = (files(tmp_path / run / benchmark / method) for run in ("one", "two"))
             assert one == two and len(one) > 3  # every render byte for byte, and manifest.json

@@ -1,0 +1,149 @@
+"""Run a script as N ranks of a gloo job, forked from a process that has already imported the heavy libraries.
+
+Why: a fresh Python that imports torch, diffusers, peft and transformers spends about 11 s of CPU before the
+script's first line; a 2-rank test under ``torchrun`` pays that twice (plus torchrun's own start), and those
+imports were most of the suite's multi-process time on 2 cores. Here one ``multiprocessing`` forkserver per
+test process imports them once (:data:`PRELOAD`); each rank is a fork of it that runs the script as
+``__main__`` with the environment ``torchrun --nproc_per_node N`` gives its workers (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). The scripts find
+their rank exactly as under a launcher (``accelerate.PartialState`` / ``Accelerator`` read those variables)
+and set up the same gloo process group.
+
+What this does not cover, and where it is covered: the launchers themselves (``torchrun``'s agent and
+``accelerate launch``) start real processes in tests/scripts/test_inference_sharded.py (torchrun and
+``accelerate launch --multi_gpu`` on the classical renderer, whose start-up is cheap, and a rank killed by a
+signal).
+
+    proc = run_ranks(2, REPO / "inference_hf.py", "--test_data_dir", ..., env={"X": "1"})
+    proc.returncode, proc.stdout, proc.stderr  # as subprocess.run(..., capture_output=True, text=True) gives
+
+``stdout`` / ``stderr`` are the ranks' outputs one after the other (rank 0 first); ``returncode`` is 0 when
+every rank exited 0, else the first non-zero rank's code (torchrun says 1 for any failed rank).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Mark for the tests that call run_ranks: under `pytest -n N --dist loadgroup` (make test) they all run in one
+# worker, which then starts (and preloads) the one forkserver.
+one_forkserver = pytest.mark.xdist_group("forked_ranks")
+# Imported once by the forkserver: the libraries whose import dominates a rank's start, and the scripts' packages.
+PRELOAD = ["torch", "accelerate", "transformers", "peft", "diffusers", "diffusers.models", "safetensors.torch",
+           "models.pipeline", "training.run", "inference.reproduce", "data.ranks"]
+# The environment the forkserver starts with: libraries read some of it once, at import (thread count, offline hub).
+BASE_ENV = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+_context = None
+
+
+def _forkserver():
+    """This process's forkserver context, started (and preloaded) on first use with :data:`BASE_ENV`."""
+    global _context
+    if _context is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        saved = {key: os.environ.get(key) for key in BASE_ENV}
+        os.environ.update(BASE_ENV)
+        try:
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # the server inherits os.environ as it is now
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        _context = context
+    return _context
+
+
+def _rank_main(script: str, args: list[str], env: dict[str, str], cwd: str, out_path: str, err_path: str) -> None:
+    """One rank (in the forked child): redirect fds 1 and 2 to files, set the launcher's environment, run
+    ``script`` (a path, or ``-m module``) as ``__main__``, run the exit handlers a normal exit runs, and exit
+    with the script's code."""
+    import atexit
+    import runpy
+    import traceback
+
+    for fd, path in ((1, out_path), (2, err_path)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    os.environ.update(env)
+    os.chdir(cwd)
+    import torch
+
+    torch.set_num_threads(1)
+    code = 0
+    try:
+        if script == "-m":
+            sys.argv = [args[0], *args[1:]]
+            runpy.run_module(args[0], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [script, *args]
+            sys.path.insert(0, str(Path(script).parent))
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, (int, type(None))):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - reported as an uncaught exception would be, exit 1
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()  # what interpreter shutdown runs (logging.shutdown, accelerate's cleanup)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_ranks(n_ranks: int, script, *args, env: dict | None = None, timeout: float = 300,
+              cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``script args`` (``script`` a path, or ``"-m"`` with the module name first in ``args``) as
+    ``n_ranks`` ranks of one gloo job; returns what ``subprocess.run(capture_output=True, text=True)`` would.
+
+    Raises:
+        subprocess.TimeoutExpired: the ranks ran longer than ``timeout`` seconds (every rank is killed first).
+    """
+    context = _forkserver()
+    with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    args = [str(arg) for arg in args]
+    with tempfile.TemporaryDirectory(prefix="ranks-") as logs:
+        ranks = []
+        for rank in range(n_ranks):
+            rank_env = {**BASE_ENV, **(env or {}), "RANK": str(rank), "LOCAL_RANK": str(rank),
+                        "WORLD_SIZE": str(n_ranks), "LOCAL_WORLD_SIZE": str(n_ranks), "GROUP_RANK": "0",
+                        "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(n_ranks), "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": port}
+            paths = (os.path.join(logs, f"{rank}.out"), os.path.join(logs, f"{rank}.err"))
+            process = context.Process(target=_rank_main, args=(str(script), args, rank_env, str(cwd), *paths))
+            process.start()
+            ranks.append((process, paths))
+        deadline = time.monotonic() + timeout
+        for process, _ in ranks:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                for other, _ in ranks:
+                    other.kill()
+                raise subprocess.TimeoutExpired([str(script), *args], timeout)
+        outputs = [tuple(Path(path).read_text(errors="replace") for path in paths) for _, paths in ranks]
+    codes = [process.exitcode for process, _ in ranks]
+    returncode = next((code for code in codes if code != 0), 0)
+    return subprocess.CompletedProcess([str(script), *args], returncode, "".join(out for out, _ in outputs),
+                                       "".join(err for _, err in outputs))
