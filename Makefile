@@ -19,8 +19,11 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) inference_hf.py --renderer classical --demo --output_dir outputs/demo
 
+# One pytest-xdist worker per core; --dist loadgroup keeps the tests that fork ranks (tests/forked_ranks.py) in
+# one worker. Bytecode caches are written (gitignored) even where PYTHONDONTWRITEBYTECODE is set, so the Python
+# processes the suite starts do not each recompile the repository.
 test: $(STAMP) browser
-	$(PY) -m pytest -q -n auto
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n auto --dist loadgroup
 
 app: $(STAMP)
 	$(PY) app.py

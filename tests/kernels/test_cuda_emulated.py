@@ -437,6 +437,7 @@ def test_scatter_cuda_on_an_empty_image_returns_it_like_torch(cuda_emulation):
     assert cuda_emulation == []
 
 
+@pytest.mark.slow
 def test_kernels_stay_inside_their_buffers(tmp_path):
     """The scatter and layer comparisons again, in a child pytest with the kernels built with
     -fsanitize=address (libasan preloaded into that Python): any out-of-bounds access fails the test."""

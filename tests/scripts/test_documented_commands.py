@@ -197,6 +197,7 @@ def _run_in_process(command: str) -> int:
         return exit_.code or 0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_offline_commands_run_as_written(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)

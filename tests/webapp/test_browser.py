@@ -147,6 +147,7 @@ def _clicked_pixel(driver) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+@pytest.mark.slow
 def test_click_to_focus_and_bad_upload(server, driver, tmp_path):
     _, disparity = load_motorcycle()
     driver.get(server["url"])
