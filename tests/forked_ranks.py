@@ -18,7 +18,8 @@ signal).
     proc.returncode, proc.stdout, proc.stderr  # as subprocess.run(..., capture_output=True, text=True) gives
 
 ``stdout`` / ``stderr`` are the ranks' outputs one after the other (rank 0 first); ``returncode`` is 0 when
-every rank exited 0, else the first non-zero rank's code (torchrun says 1 for any failed rank).
+every rank exited 0, else the first failed rank's exit code (torchrun says 1 for any failed rank). As under
+torchrun, a rank that fails stops the others.
 """
 
 from __future__ import annotations
@@ -111,6 +112,36 @@ def _rank_main(script: str, args: list[str], env: dict[str, str], cwd: str, out_
         os._exit(code)
 
 
+def _wait(ranks: list, timeout: float, cmd: list[str]) -> int:
+    """Wait for every rank, as torchrun's agent does: when one exits non-zero the others are stopped (SIGTERM,
+    then SIGKILL after 5 s), since they would otherwise wait in their next collective until gloo's timeout.
+    Returns the exit code of the rank that failed first (0 when none did)."""
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + timeout
+    running = [process for process, _ in ranks]
+    while running:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            for process in running:
+                process.kill()
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        wait([process.sentinel for process in running], timeout=left)
+        done = [process for process in running if process.exitcode is not None]
+        running = [process for process in running if process.exitcode is None]
+        failed = [process.exitcode for process in done if process.exitcode != 0]
+        if failed:
+            for process in running:
+                process.terminate()
+            for process in running:
+                process.join(5)
+                if process.exitcode is None:
+                    process.kill()
+                    process.join()
+            return next((code for code in failed if code > 0), failed[0])
+    return 0
+
+
 def run_ranks(n_ranks: int, script, *args, env: dict | None = None, timeout: float = 300,
               cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``script args`` (``script`` a path, or ``"-m"`` with the module name first in ``args``) as
@@ -135,15 +166,8 @@ def run_ranks(n_ranks: int, script, *args, env: dict | None = None, timeout: flo
             process = context.Process(target=_rank_main, args=(str(script), args, rank_env, str(cwd), *paths))
             process.start()
             ranks.append((process, paths))
-        deadline = time.monotonic() + timeout
-        for process, _ in ranks:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.exitcode is None:
-                for other, _ in ranks:
-                    other.kill()
-                raise subprocess.TimeoutExpired([str(script), *args], timeout)
-        outputs = [tuple(Path(path).read_text(errors="replace") for path in paths) for _, paths in ranks]
-    codes = [process.exitcode for process, _ in ranks]
-    returncode = next((code for code in codes if code != 0), 0)
+        returncode = _wait(ranks, timeout, [str(script), *args])
+        outputs = [tuple(Path(path).read_text(errors="replace") if Path(path).is_file() else "" for path in paths)
+                   for _, paths in ranks]
     return subprocess.CompletedProcess([str(script), *args], returncode, "".join(out for out, _ in outputs),
                                        "".join(err for _, err in outputs))
