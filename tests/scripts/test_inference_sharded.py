@@ -15,7 +15,7 @@ import pytest
 import inference.batch
 import inference_hf
 from inference.shard import MANIFEST_DIR, manifest_records
-from tests.forked_ranks import one_forkserver
+from tests.forked_ranks import one_forkserver, run_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 EBB = REPO / "test_data" / "ebb"
@@ -128,7 +128,6 @@ def test_two_processes_render_the_tiny_bokehdiff_stack_as_one(tmp_path, one_thre
     forks of a process that imported diffusers once) write the same renders and run_config.json as 1, bit for
     bit."""
     from models.tiny import save_tiny_sdxl
-    from tests.forked_ranks import run_ranks
     from tests.tiny_weights import trained_tiny_stack, write_published_adapter
 
     base = save_tiny_sdxl(tmp_path / "base", seed=0)

@@ -22,7 +22,7 @@ import yaml
 
 import train_lora_otf
 import training.run
-from tests.forked_ranks import one_forkserver
+from tests.forked_ranks import one_forkserver, run_ranks
 from tests.training.helpers import (PATHS, REPO, FakeAccelerator, build_stack, check_png, read_log,
                                    train_argv)
 from training.checkpoint import (CHECKPOINT_PREFIX, META_NAME, check_fresh_output_dir, list_checkpoints,
@@ -232,12 +232,10 @@ def test_nonfinite_losses_skip_updates_and_stop_with_nonzero_exit(stack, tmp_pat
 def test_two_processes_gloo_keep_lora_identical(stack, tmp_path):
     """Two ranks (gloo; tests/forked_ranks.py gives them torchrun's environment): gradient accumulation over
     2 micro-batches, a checkpoint with each rank's random state, and the same LoRA on both ranks."""
-    from tests.forked_ranks import run_ranks
-
     out = tmp_path / "ddp"
-    proc = run_ranks(2, REPO / "train_lora_otf.py", *train_argv(stack, out, "--max_train_steps", 3, "--validation_steps",
-                                                                0, "--gradient_accumulation_steps", 2,
-                                                                "--checkpointing_steps", 3))
+    argv = train_argv(stack, out, "--max_train_steps", 3, "--validation_steps", 0, "--gradient_accumulation_steps", 2,
+                      "--checkpointing_steps", 3)
+    proc = run_ranks(2, REPO / "train_lora_otf.py", *argv)
     assert proc.returncode == 0, proc.stderr[-4000:]
     meta = json.loads((out / META_NAME).read_text())
     assert meta["num_processes"] == 2 and len(meta["rank_checksums"]) == 2
