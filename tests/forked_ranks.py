@@ -33,12 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
-# Mark for the tests that call run_ranks: under `pytest -n N --dist loadgroup` (make test) they all run in one
-# worker, which then starts (and preloads) the one forkserver.
-one_forkserver = pytest.mark.xdist_group("forked_ranks")
 # Imported once by the forkserver: the libraries whose import dominates a rank's start, and the scripts' packages.
 PRELOAD = ["torch", "accelerate", "transformers", "peft", "diffusers", "diffusers.models", "safetensors.torch",
            "models.pipeline", "training.run", "inference.reproduce", "data.ranks"]

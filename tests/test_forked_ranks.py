@@ -4,7 +4,7 @@ one gloo group, output and exit codes come back as from subprocess.run, and a fa
 import textwrap
 import time
 
-from tests.forked_ranks import one_forkserver, run_ranks
+from tests.forked_ranks import run_ranks
 
 _SCRIPT = textwrap.dedent("""
     import os, sys, time
@@ -26,7 +26,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-@one_forkserver
 def test_ranks_join_one_group_and_a_failed_rank_stops_the_others(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(_SCRIPT)

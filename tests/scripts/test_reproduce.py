@@ -12,7 +12,7 @@ from PIL import Image
 
 from scripts import make_benchmark, reproduce
 from tests.benchmark_fixtures import make_blb, make_ebb
-from tests.forked_ranks import one_forkserver, run_ranks
+from tests.forked_ranks import run_ranks
 
 FAKE_PEER = Path(__file__).resolve().parent / "fake_peer.py"
 ARTEFACTS = ("tables.md", "per_image.csv", "per_scene.csv", "chart.png", "worst_cases.png", "results.json")
@@ -138,7 +138,6 @@ def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
     assert "bokehdiff" in results["unavailable"] and results["scored"] == 6  # identity still scored
 
 
-@one_forkserver
 def test_two_processes_write_what_one_writes(data, tmp_path):
     """2 ranks (gloo; tests/forked_ranks.py): each renders its block, the main process scores all; renders,
     manifests and tables equal those of one process, and no rank's manifest file is left behind."""
