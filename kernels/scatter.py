@@ -168,15 +168,17 @@ def _inv_normaliser(radius: torch.Tensor, offsets, apothem: float, max_radius: f
     return n.reciprocal_().to(radius.dtype)
 
 
-def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 18, progress=None):
+def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 17, progress=None):
     """Fast gather: the model and results of ``_scatter_torch_reference`` up to float rounding.
 
     The reference makes ~12 elementwise passes over full-image tensors per offset (~830 offsets at radius
     16), so it is memory bound. Here:
 
     * targets are processed in strips of full rows, about ``strip_elems / K`` pixels for K = 2 R + 1
-      offsets per row, so the (K, strip) temporaries stay in cache while each op is long enough to
-      amortise its dispatch and thread start-up (measured: 4K-16K pixel strips beat 2K and 64K);
+      offsets per row, so the (K, strip) temporaries stay in cache (the 4-channel product is 2 MB at
+      2^17 float32 elements, a core's L2 on the CI machine) while each op is long enough to amortise its
+      dispatch and thread start-up. Measured on the demo (741x500, K 20, one thread, 2 shared cores), s per
+      render: 2^15 1.8, 2^16 1.2, 2^17 1.1-1.2, 2^18 1.3-2.1 (slower when the other core is busy), 2^19 1.7-2.8;
     * all offsets of one row offset ``dy`` are handled by one set of tensor ops: the sources for
       ``dx = hi, hi - 1, ..., lo`` are one strided window (column stride 1) of the padded sources, giving
       (K, B, C, rows, W) views without copies; the K weighted contributions are summed at once;

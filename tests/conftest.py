@@ -1,4 +1,5 @@
-"""Shared test setup: offline hubs, deterministic threads, the `gpu` marker, and slow tests scheduled first."""
+"""Shared test setup: offline hubs, deterministic threads, the `gpu` marker, and the order and grouping of tests
+under pytest-xdist (grouped and slow tests first; `xdist_group` honoured, see tests/xdist_groups.py)."""
 
 import os
 
@@ -18,6 +19,10 @@ if XDIST_WORKER:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests import forked_ranks, xdist_groups  # noqa: E402
+
+pytest_plugins = ["tests.xdist_groups"]
+
 if XDIST_WORKER:
     torch.set_num_threads(1)
 
@@ -26,15 +31,23 @@ def _cuda_ok() -> bool:
     return torch.cuda.is_available()
 
 
+# Under xdist a group is one unit of work, handed out when its first test comes up: the groups first, then the
+# `slow` tests, so that the long units start early instead of leaving one worker busy at the end.
+_FIRST = {forked_ranks.GROUP: 0, "gradio": 1}
+
+
 def pytest_collection_modifyitems(config, items):
-    # The `slow` tests first: under xdist they then start early instead of leaving one worker busy at the end.
-    items.sort(key=lambda item: "slow" not in item.keywords)
+    items.sort(key=lambda item: (_FIRST.get(xdist_groups.group_of(item), len(_FIRST)), "slow" not in item.keywords))
     if _cuda_ok():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; run on a GPU machine with `pytest -m gpu`")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_runtest_setup(item):
+    forked_ranks.current_group = xdist_groups.group_of(item)  # run_ranks refuses to start outside its group
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,12 @@ PRELOAD = ["torch", "accelerate", "transformers", "peft", "diffusers", "diffuser
 BASE_ENV = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
+# The tests that call run_ranks carry @pytest.mark.xdist_group(GROUP), so that under `pytest -n` one worker
+# holds the forkserver (preloading it costs about 13 s of CPU per process); tests/conftest.py sets
+# current_group to the running test's group, and run_ranks refuses to run outside it.
+GROUP = "forkserver"
+current_group: str | None = None
+
 _context = None
 
 
@@ -143,8 +149,12 @@ def run_ranks(n_ranks: int, script, *args, env: dict | None = None, timeout: flo
     ``n_ranks`` ranks of one gloo job; returns what ``subprocess.run(capture_output=True, text=True)`` would.
 
     Raises:
+        RuntimeError: the calling test is not marked ``@pytest.mark.xdist_group(GROUP)``.
         subprocess.TimeoutExpired: the ranks ran longer than ``timeout`` seconds (every rank is killed first).
     """
+    if current_group != GROUP:
+        raise RuntimeError(f"run_ranks: mark the test @pytest.mark.xdist_group({GROUP!r}) (from tests.forked_ranks "
+                           f"import GROUP), so that under pytest -n the forkserver is preloaded by one worker only")
     context = _forkserver()
     with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
         sock.bind(("127.0.0.1", 0))

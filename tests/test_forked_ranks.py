@@ -4,7 +4,12 @@ one gloo group, output and exit codes come back as from subprocess.run, and a fa
 import textwrap
 import time
 
-from tests.forked_ranks import run_ranks
+import pytest
+
+from tests import forked_ranks
+from tests.forked_ranks import GROUP, run_ranks
+
+pytestmark = pytest.mark.xdist_group(GROUP)
 
 _SCRIPT = textwrap.dedent("""
     import os, sys, time
@@ -37,3 +42,10 @@ def test_ranks_join_one_group_and_a_failed_rank_stops_the_others(tmp_path):
     failed = run_ranks(2, script, "--fail", timeout=120)
     assert failed.returncode == 3 and "rank 1 fails" in failed.stderr
     assert time.monotonic() - start < 60  # rank 0 was stopped, not waited for
+
+
+def test_a_test_outside_the_forkserver_group_is_refused(monkeypatch):
+    """Under pytest -n only the worker that runs the group preloads a forkserver (tests/xdist_groups.py)."""
+    monkeypatch.setattr(forked_ranks, "current_group", None)
+    with pytest.raises(RuntimeError, match="xdist_group"):
+        run_ranks(1, "-m", "json.tool", "--help")

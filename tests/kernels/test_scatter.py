@@ -200,7 +200,7 @@ def test_aperture_orientation_follows_the_sign_of_coc(blades):
 
 def test_progress_reports_rows_of_long_renders():
     """Long renders report their progress in target rows: increasing, ending at H, with intermediate steps
-    when the image takes several strips (here 72 rows of 256 px at radius 8: strips of 60 rows)."""
+    when the image takes several strips (here 72 rows of 256 px at radius 8: strips of 30 rows)."""
     from kernels.scatter import render_scatter
 
     g = torch.Generator().manual_seed(0)
@@ -208,6 +208,6 @@ def test_progress_reports_rows_of_long_renders():
     coc = torch.rand(1, 1, 72, 256, generator=g) * 16 - 8
     calls = []
     out = render_scatter(image, coc, impl="torch", progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(60, 72), (72, 72)]
+    assert calls == [(30, 72), (60, 72), (72, 72)]
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert torch.equal(out, render_scatter(image, coc, impl="torch"))  # reporting changes nothing

@@ -10,6 +10,8 @@ import kernels
 from data.inference_io import DEMO_FOCUS_PERCENTILES, DEMO_K
 from webapp.core import RenderOptions
 
+pytestmark = pytest.mark.xdist_group("gradio")  # imports gradio: one worker (tests/xdist_groups.py)
+
 
 def test_defaults_are_the_offline_demo_with_the_classical_renderer():
     args, render_args, names = app.parse_args([])

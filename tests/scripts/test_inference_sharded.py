@@ -15,6 +15,7 @@ import pytest
 import inference.batch
 import inference_hf
 from inference.shard import MANIFEST_DIR, manifest_records
+from tests.forked_ranks import GROUP as FORKED
 from tests.forked_ranks import run_ranks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +123,7 @@ def test_rerun_renders_only_what_is_missing_and_refuses_other_settings(tmp_path,
     assert "3 renders in" in capsys.readouterr().out and (out / "scene00_K4_f0.17.png").is_file()
 
 
+@pytest.mark.xdist_group(FORKED)
 def test_two_processes_render_the_tiny_bokehdiff_stack_as_one(tmp_path, one_thread):
     """The default renderer (tiny SDXL stack on disk, published adapter layout): 2 ranks (tests/forked_ranks.py:
     forks of a process that imported diffusers once) write the same renders and run_config.json as 1, bit for

@@ -14,6 +14,7 @@ from skimage import data as skdata
 
 import prepare_data
 from data.io import read_disparity, read_image, save_image
+from tests.forked_ranks import GROUP as FORKED
 from tests.models.test_depth import save_tiny_depth_anything
 from tests.models.test_segment import save_tiny_segmenter
 
@@ -277,6 +278,7 @@ def test_outputs_that_would_replace_an_input_image_are_refused(weights, tmp_path
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["mask", "mask/astronaut.png"]
 
 
+@pytest.mark.xdist_group(FORKED)
 def test_two_processes_prepare_what_one_prepares(weights, photos, tmp_path, capsys):
     """2 ranks (gloo on CPU; tests/forked_ranks.py): each prepares its block of the photos; the files and the one
     prepare_data.json equal a 1-process run's bit for bit; a rerun keeps everything."""

@@ -12,6 +12,7 @@ from PIL import Image
 
 from scripts import make_benchmark, reproduce
 from tests.benchmark_fixtures import make_blb, make_ebb
+from tests.forked_ranks import GROUP as FORKED
 from tests.forked_ranks import run_ranks
 
 FAKE_PEER = Path(__file__).resolve().parent / "fake_peer.py"
@@ -138,6 +139,7 @@ def test_bokehdiff_on_the_tiny_stack_under_both_protocols(tmp_path, capsys):
     assert "bokehdiff" in results["unavailable"] and results["scored"] == 6  # identity still scored
 
 
+@pytest.mark.xdist_group(FORKED)
 def test_two_processes_write_what_one_writes(data, tmp_path):
     """2 ranks (gloo; tests/forked_ranks.py): each renders its block, the main process scores all; renders,
     manifests and tables equal those of one process, and no rank's manifest file is left behind."""

@@ -22,6 +22,7 @@ import yaml
 
 import train_lora_otf
 import training.run
+from tests.forked_ranks import GROUP as FORKED
 from tests.forked_ranks import run_ranks
 from tests.training.helpers import (PATHS, REPO, FakeAccelerator, build_stack, check_png, read_log,
                                    train_argv)
@@ -227,6 +228,7 @@ def test_nonfinite_losses_skip_updates_and_stop_with_nonzero_exit(stack, tmp_pat
     assert all(torch.count_nonzero(v) == 0 for k, v in lora.items() if "lora_B" in k), "a NaN step updated LoRA"
 
 
+@pytest.mark.xdist_group(FORKED)
 @pytest.mark.slow
 def test_two_processes_gloo_keep_lora_identical(stack, tmp_path):
     """Two ranks (gloo; tests/forked_ranks.py gives them torchrun's environment): gradient accumulation over

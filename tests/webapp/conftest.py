@@ -1,4 +1,8 @@
-"""Small scenes and the app's classical renderer for the webapp tests."""
+"""Small scenes, the app's classical renderer and its page module for the webapp tests.
+
+The tests that import gradio (through ``webapp.ui``) are the ``gradio`` xdist group: they run on one worker, and
+they import it in fixtures and tests, not at module level, so that collecting them costs the other worker nothing
+(tests/xdist_groups.py)."""
 
 import numpy as np
 import pytest
@@ -21,6 +25,14 @@ def layered_scene(height: int = 40, width: int = 60) -> Scene:
 @pytest.fixture
 def scene() -> Scene:
     return layered_scene()
+
+
+@pytest.fixture(scope="session")
+def ui():
+    """``webapp.ui`` (the page and its callbacks), imported on first use: importing gradio takes about 6 s."""
+    import webapp.ui
+
+    return webapp.ui
 
 
 @pytest.fixture(scope="session")

@@ -11,26 +11,26 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from gradio.utils import get_upload_folder
 
 import app
 from webapp.serve import CACHE_ALIAS, DELETE_CACHE, HostOriginGuard, is_loopback, launch_options
-from webapp.ui import Callbacks, build_app
+
+pytestmark = pytest.mark.xdist_group("gradio")  # imports gradio: one worker (tests/xdist_groups.py)
 
 CONTROLS = ["classical", 12.0, 0, 0.0, 0.0, 0.8]  # renderer, K, blades, rotation, highlight gain, threshold
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, factories):
+def server(tmp_path_factory, factories, ui):
     from tests.webapp.conftest import layered_scene
 
     out = tmp_path_factory.mktemp("app") / "out"
-    callbacks = Callbacks(factories, out, initial_scene=layered_scene(), preview_side=32)
+    callbacks = ui.Callbacks(factories, out, initial_scene=layered_scene(), preview_side=32)
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    page = build_app(callbacks).queue()
+    page = ui.build_app(callbacks).queue()
     page.launch(prevent_thread_lock=True, server_port=port, quiet=True,
                 **launch_options("127.0.0.1", out, max_upload_mb=1))
     try:
@@ -40,10 +40,10 @@ def server(tmp_path_factory, factories):
 
 
 @pytest.fixture
-def callbacks_for_errors(tmp_path, factories):
+def callbacks_for_errors(tmp_path, factories, ui):
     from tests.webapp.conftest import layered_scene
 
-    return Callbacks(factories, tmp_path / "out", initial_scene=layered_scene(), preview_side=32)
+    return ui.Callbacks(factories, tmp_path / "out", initial_scene=layered_scene(), preview_side=32)
 
 
 def call(base: str, api: str, data: list) -> tuple[list, str]:
@@ -64,6 +64,8 @@ def test_each_session_writes_into_its_own_folder_that_no_client_can_fetch(server
     assert len(written) == 2 and len({p.parent for p in written}) == 2  # renders/<token>/<name>.png, one per session
     assert all(len(p.parent.name) >= 20 for p in written)  # secrets.token_urlsafe(16): not guessable
     tokens = {p.parent.name for p in written} | {p.parent.name for p in (out / "focus_pulls").rglob("*.gif")}
+    from gradio.utils import get_upload_folder
+
     cache = str(Path(get_upload_folder()).resolve())
     for text in (text_a, text_b):  # no server path (output folder, Gradio's cache) and no token is ever sent
         assert str(out) not in text and cache not in text and not any(token in text for token in tokens)
@@ -83,6 +85,8 @@ def test_each_session_writes_into_its_own_folder_that_no_client_can_fetch(server
 
 
 def test_foreign_origin_and_host_are_refused_on_loopback(server):
+    from gradio.utils import get_upload_folder
+
     base, _ = server
     files = {"files": ("x.npy", b"\x93NUMPY" + b"0" * 100, "application/octet-stream")}
     local = httpx.post(f"{base}/gradio_api/upload", files=files, headers={"Origin": base})
@@ -111,7 +115,7 @@ def test_foreign_origin_and_host_are_refused_on_loopback(server):
     assert httpx.post(f"{base}/gradio_api/upload", files=big, headers={"Origin": base}).status_code == 413
 
 
-def test_guard_rules_and_launch_options(tmp_path, capsys, callbacks_for_errors):
+def test_guard_rules_and_launch_options(tmp_path, capsys, callbacks_for_errors, ui):
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("evil.example")
     shared = HostOriginGuard(None, "0.0.0.0")  # on the network: any host, but only same-origin requests
@@ -123,7 +127,7 @@ def test_guard_rules_and_launch_options(tmp_path, capsys, callbacks_for_errors):
     outside = launch_options("127.0.0.1", "/nonexistent_root_dir/out")
     assert options["server_name"] == "127.0.0.1"
     assert outside["allowed_paths"] == ["/nonexistent_root_dir/out/renders", "/nonexistent_root_dir/out/focus_pulls"]
-    assert build_app(callbacks_for_errors).delete_cache == DELETE_CACHE  # uploads and served copies expire
+    assert ui.build_app(callbacks_for_errors).delete_cache == DELETE_CACHE  # uploads and served copies expire
     with pytest.raises(SystemExit):
         app.parse_args(["--max_upload_mb", "0"])
     assert "--max_upload_mb must be >= 1" in capsys.readouterr().err

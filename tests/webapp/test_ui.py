@@ -10,7 +10,8 @@ from PIL import Image
 from data.focus import focus_from_pixel
 from data.io import read_image, save_image
 from webapp.core import RenderOptions, render, to_uint8
-from webapp.ui import Callbacks, Session, build_app
+
+pytestmark = pytest.mark.xdist_group("gradio")  # imports gradio: one worker (tests/xdist_groups.py)
 
 DISC = ("classical", 12.0, 0, 0.0, 0.0, 0.8)  # renderer, K, blades, rotation, highlight gain, threshold
 
@@ -20,12 +21,14 @@ def no_progress(*args, **kwargs):
 
 
 @pytest.fixture
-def callbacks(tmp_path, scene, factories):
-    return Callbacks(factories, tmp_path / "out", initial_scene=scene, preview_side=32)
+def callbacks(tmp_path, scene, factories, ui):
+    return ui.Callbacks(factories, tmp_path / "out", initial_scene=scene, preview_side=32)
 
 
 def _skipped(value) -> bool:
     """gr.skip(): the output is left as it is."""
+    from webapp.ui import Session
+
     return not isinstance(value, (np.ndarray, str, float, int, Session, type(None)))
 
 
@@ -99,15 +102,15 @@ def test_full_resolution_and_focus_pull_write_only_into_the_output_folder(tmp_pa
     assert _skipped(failed[0]) and "K must be in" in failed[1]
 
 
-def test_callbacks_need_the_classical_renderer(tmp_path, scene, factories):
+def test_callbacks_need_the_classical_renderer(tmp_path, scene, factories, ui):
     with pytest.raises(ValueError, match="classical"):
-        Callbacks({}, tmp_path, initial_scene=scene)
+        ui.Callbacks({}, tmp_path, initial_scene=scene)
     with pytest.raises(ValueError, match="preview_side"):
-        Callbacks(factories, tmp_path, initial_scene=scene, preview_side=4)
+        ui.Callbacks(factories, tmp_path, initial_scene=scene, preview_side=4)
 
 
-def test_page_builds_with_every_event(callbacks):
-    page = build_app(callbacks)
+def test_page_builds_with_every_event(callbacks, ui):
+    page = ui.build_app(callbacks)
     ids = {block.elem_id for block in page.blocks.values() if getattr(block, "elem_id", None)}
     assert {"photo", "render", "disparity", "focus_value", "status", "K", "blades", "rotation", "highlight_gain",
             "full_button", "pull_button", "upload_photo", "upload_disparity"} <= ids
