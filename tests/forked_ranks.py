@@ -17,6 +17,9 @@ signal).
     proc = run_ranks(2, REPO / "inference_hf.py", "--test_data_dir", ..., env={"X": "1"})
     proc.returncode, proc.stdout, proc.stderr  # as subprocess.run(..., capture_output=True, text=True) gives
 
+``run_forked(script, *args)`` runs one such process without the launcher's environment, for tests of a script's
+own start (``python -m scripts.plot_run``, what a run prints on stderr).
+
 ``stdout`` / ``stderr`` are the ranks' outputs one after the other (rank 0 first); ``returncode`` is 0 when
 every rank exited 0, else the first failed rank's exit code (torchrun says 1 for any failed rank). As under
 torchrun, a rank that fails stops the others.
@@ -152,23 +155,36 @@ def run_ranks(n_ranks: int, script, *args, env: dict | None = None, timeout: flo
         RuntimeError: the calling test is not marked ``@pytest.mark.xdist_group(GROUP)``.
         subprocess.TimeoutExpired: the ranks ran longer than ``timeout`` seconds (every rank is killed first).
     """
+    with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launcher = {"WORLD_SIZE": str(n_ranks), "LOCAL_WORLD_SIZE": str(n_ranks), "GROUP_RANK": "0",
+                "ROLE_WORLD_SIZE": str(n_ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    return _run([{**launcher, "RANK": str(rank), "LOCAL_RANK": str(rank), "ROLE_RANK": str(rank)}
+                 for rank in range(n_ranks)], script, args, env, timeout, cwd)
+
+
+def run_forked(script, *args, env: dict | None = None, timeout: float = 300,
+               cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``script args`` once, as ``python script args`` (or ``python -m``) would, but forked from the
+    preloaded forkserver: no launcher environment. For tests of a script's own start (``-m`` entry, output
+    streams) that would otherwise pay a fresh interpreter's imports. Returns like :func:`run_ranks`."""
+    return _run([{}], script, args, env, timeout, cwd)
+
+
+def _run(rank_envs: list[dict], script, args, env, timeout, cwd) -> subprocess.CompletedProcess:
+    """One forked process per entry of ``rank_envs`` (its launcher variables), waited for by :func:`_wait`."""
     if current_group != GROUP:
         raise RuntimeError(f"run_ranks: mark the test @pytest.mark.xdist_group({GROUP!r}) (from tests.forked_ranks "
                            f"import GROUP), so that under pytest -n the forkserver is preloaded by one worker only")
     context = _forkserver()
-    with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     args = [str(arg) for arg in args]
     with tempfile.TemporaryDirectory(prefix="ranks-") as logs:
         ranks = []
-        for rank in range(n_ranks):
-            rank_env = {**BASE_ENV, **(env or {}), "RANK": str(rank), "LOCAL_RANK": str(rank),
-                        "WORLD_SIZE": str(n_ranks), "LOCAL_WORLD_SIZE": str(n_ranks), "GROUP_RANK": "0",
-                        "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(n_ranks), "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": port}
+        for rank, launcher in enumerate(rank_envs):
             paths = (os.path.join(logs, f"{rank}.out"), os.path.join(logs, f"{rank}.err"))
-            process = context.Process(target=_rank_main, args=(str(script), args, rank_env, str(cwd), *paths))
+            process = context.Process(target=_rank_main, args=(str(script), args, {**BASE_ENV, **(env or {}),
+                                                                                     **launcher}, str(cwd), *paths))
             process.start()
             ranks.append((process, paths))
         returncode = _wait(ranks, timeout, [str(script), *args])

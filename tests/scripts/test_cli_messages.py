@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ import inference_hf
 import prepare_data
 import train_lora_otf
 from scripts import make_benchmark, make_sample_data, plot_run, run_benchmark
+from tests.forked_ranks import GROUP as FORKED
+from tests.forked_ranks import run_forked
 from training.config import build_parser as train_parser
 
 REPO = Path(inference_hf.__file__).resolve().parent
@@ -123,6 +124,7 @@ def test_train_reports_missing_data_as_one_error_line(argv, expected, tmp_path, 
     assert "python -m scripts.make_sample_data --out DIR" in err or "required" in err
 
 
+@pytest.mark.xdist_group(FORKED)
 def test_warnings_are_not_printed_into_the_progress_bar_line(tmp_path):
     """A repaired input's warning appears while the bar is drawn: it must be on its own displayed line (the
     text after the last carriage return), not appended to the bar."""
@@ -130,10 +132,9 @@ def test_warnings_are_not_printed_into_the_progress_bar_line(tmp_path):
     disparity = np.full((24, 32), 0.5, np.float32)
     disparity[0, 0] = np.nan  # repaired with an InputWarning while loading, after the bar is drawn
     np.save(tmp_path / "disp.npy", disparity)
-    result = subprocess.run([sys.executable, "inference_hf.py", "--renderer", "classical", "--image",
-                             str(tmp_path / "photo.png"), "--disparity", str(tmp_path / "disp.npy"), "--K", "1",
-                             "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = run_forked(REPO / "inference_hf.py", "--renderer", "classical", "--image", tmp_path / "photo.png",
+                        "--disparity", tmp_path / "disp.npy", "--K", "1", "--output_dir", tmp_path / "out",
+                        timeout=120)  # as `python inference_hf.py ...`, forked (tests/forked_ranks.py)
     assert result.returncode == 0, result.stderr
     displayed = [line.split("\r")[-1] for line in result.stderr.split("\n")]
     warned = [line for line in displayed if "InputWarning" in line]

@@ -11,10 +11,12 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.forked_ranks import GROUP as FORKED
+from tests.forked_ranks import run_forked
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
@@ -72,13 +74,13 @@ def _help(module: str) -> str:
     return buffer.getvalue()
 
 
+@pytest.mark.xdist_group(FORKED)
 def test_every_flag_a_step_passes_exists(tmp_path):
     argvs, _, _ = _run(tmp_path, budget=540)
     for argv in argvs:
         assert argv[0] == "-m", argv
         if argv[1] == "pytest":
-            text = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=REPO, capture_output=True,
-                                  text=True, timeout=60).stdout
+            text = run_forked("-m", "pytest", "--help", timeout=60).stdout  # `python -m pytest --help`
         else:
             text = _help(argv[1])
         flags = [word for word in argv[2:] if word.startswith("--")]

@@ -5,10 +5,7 @@ folder, keeping what was finished."""
 
 import errno
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,8 @@ import inference_hf
 from data.disk import DiskFullError, is_disk_full
 from data.io import atomic_write, save_image
 from inference.shard import FolderLock
+from tests.forked_ranks import GROUP as FORKED
+from tests.forked_ranks import run_forked
 
 REPO = Path(__file__).resolve().parents[2]
 EBB = REPO / "test_data" / "ebb"
@@ -33,17 +32,16 @@ def _listed(folder: Path) -> list[str]:
     return sorted(json.loads((folder / "run_config.json").read_text())["outputs"])
 
 
+@pytest.mark.xdist_group(FORKED)
 @pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_ends_the_run_with_one_line_and_the_shell_code(tmp_path, signal_name, code):
-    """The signal arrives as file 3 starts to be written: it is finished and recorded, then the run ends."""
+    """The signal arrives as file 3 starts to be written: it is finished and recorded, then the run ends.
+    The run is a process of its own (forked from the preloaded forkserver: tests/forked_ranks.py)."""
     data = tmp_path / "ebb"
     shutil.copytree(EBB, data)
     out = data / "input"  # rendering into the input folder: the rerun must not read outputs as inputs
-    env = dict(os.environ, DIE_SIGNAL=signal_name, DIE_AT_SAVE="3", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "die_on_save.py"), "--test_data_dir",
-                           str(data), "--output_dir", str(out), *ARGS], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_forked(REPO / "tests" / "scripts" / "die_on_save.py", "--test_data_dir", data, "--output_dir", out,
+                      *ARGS, env={"DIE_SIGNAL": signal_name, "DIE_AT_SAVE": "3"}, timeout=120)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "interrupted" in line]

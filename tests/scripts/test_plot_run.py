@@ -1,14 +1,15 @@
 """python -m scripts.plot_run RUN_DIR [--out PNG]: the run's curves as a PNG; a missing folder, a missing or empty
-train_log.jsonl: one error line naming it, exit status 2. As a subprocess once (the ``-m`` entry point), else
+train_log.jsonl: one error line naming it, exit status 2. As a process of its own once (the ``-m`` entry point, forked: tests/forked_ranks.py), else
 in-process through ``main(argv)``."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import pytest
 
 from scripts import plot_run
-from tests.training.helpers import REPO, check_png, write_run
+from tests.forked_ranks import GROUP as FORKED
+from tests.forked_ranks import run_forked
+from tests.training.helpers import check_png, write_run
 
 
 def test_plot_run_writes_the_png_into_the_run_folder_or_out(tmp_path, capsys):
@@ -36,9 +37,9 @@ def test_plot_run_errors_name_the_file_and_exit_2(tmp_path, capsys):
     assert not (run / "training_curves.png").exists()
 
 
+@pytest.mark.xdist_group(FORKED)
 def test_plot_run_as_a_module(tmp_path):
     run = write_run(tmp_path / "run", steps=3)
-    ok = subprocess.run([sys.executable, "-m", "scripts.plot_run", str(run)], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+    ok = run_forked("-m", "scripts.plot_run", run)  # `python -m scripts.plot_run RUN`, forked (tests/forked_ranks.py)
     assert ok.returncode == 0, ok.stderr
     check_png(run / "training_curves.png")  # (exit 2 on errors: main()'s status, tested in-process below)
