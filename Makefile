@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(PY) inference_hf.py --renderer classical --demo --output_dir outputs/demo
 
 # One pytest-xdist worker per core. Bytecode caches are written (gitignored) even where PYTHONDONTWRITEBYTECODE is
-# set, so the Python processes the suite starts do not each recompile the repository. (No --dist loadgroup:
-# pytest-xdist 3.8 sets the group on `item._nodeid`, which pytest 9 no longer reads, so groups are ignored.)
+# set, so the Python processes the suite starts do not each recompile the repository. Tests marked xdist_group run
+# on one worker (tests/xdist_groups.py; pytest-xdist 3.8's own --dist loadgroup does nothing with pytest 9).
 test: $(STAMP) browser
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n auto
 
