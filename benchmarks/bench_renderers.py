@@ -1,7 +1,10 @@
 """Benchmark the bokeh renderers: ms per megapixel at max CoC radius 4, 16, 32 px (CPU, and CUDA when
 present); the ray tracer also per aperture sample. Writes the "Renderers" section of BENCHMARKS.md.
+``--strips`` instead times the CPU gather's strip size (``_scatter_torch(strip_elems=...)``) on the demo photo
+and writes the "Scatter strips" section.
 
     python -m benchmarks.bench_renderers [--size 512] [--repeats 2] [--no-write]
+    python -m benchmarks.bench_renderers --strips [--threads 1 2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import argparse
 import datetime
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +27,8 @@ from kernels.colour import DEFAULT_GAMMA
 
 RADII = (4, 16, 32)
 SECTION = "## Renderers"
+STRIPS_SECTION = "## Scatter strips"
+STRIP_EXPONENTS = (15, 16, 17, 18, 19)  # strip_elems = 2 ** e
 
 
 def _fast_vs_reference(img, coc, repeats: int, sync) -> tuple[float, float]:
@@ -144,15 +151,90 @@ def render_section(rows: list[dict], size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+_BUSY = "import torch\ntorch.set_num_threads(1)\nx = torch.randn(1500, 1500)\nwhile True:\n    x @ x\n"
+
+
+def run_strips(threads: list[int], repeats: int, busy: bool = True) -> list[dict]:
+    """Median seconds of ``_scatter_torch`` on the demo photo (demo K = 20, focus at the median disparity:
+    |CoC| up to ~20 px) per strip size, the sizes interleaved within each repeat so that load on the shared
+    machine hits all alike; each time is also given relative to the default strip size, in the same runs.
+    With ``busy``, one thread also runs again while another process multiplies matrices on one core (as under
+    ``make test``: one worker per core)."""
+    from data.demo import load_motorcycle
+
+    image, disparity = load_motorcycle()
+    img = torch.from_numpy(image).float()[None].clamp(0.0, 1.0) ** DEFAULT_GAMMA
+    disp = torch.from_numpy(disparity).float()[None]
+    coc = 20.0 * (disp - disp.median())
+    offsets = scatter_mod._offsets(float(coc.abs().max()), 0, 0.0)
+    apothem = aperture.apothem_ratio(0)
+    rows = []
+    before = torch.get_num_threads()
+    settings = [(n, False) for n in threads] + ([(1, True)] if busy else [])
+    try:
+        for n, loaded in settings:
+            other = subprocess.Popen([sys.executable, "-c", _BUSY]) if loaded else None
+            torch.set_num_threads(n)
+            default = scatter_mod._default_strip_elems()
+            scatter_mod._scatter_torch(img, coc, offsets, apothem)  # warm-up
+            times = {e: [] for e in STRIP_EXPONENTS}
+            try:
+                for _ in range(repeats):
+                    for e in STRIP_EXPONENTS:
+                        start = time.perf_counter()
+                        scatter_mod._scatter_torch(img, coc, offsets, apothem, strip_elems=2 ** e)
+                        times[e].append(time.perf_counter() - start)
+            finally:
+                if other is not None:
+                    other.kill()
+                    other.wait()
+            base = statistics.median(times[default.bit_length() - 1])
+            for e in STRIP_EXPONENTS:
+                t = statistics.median(times[e])
+                rows.append(dict(threads=n, busy=loaded, exponent=e, default=2 ** e == default, s=t, ratio=t / base,
+                                 spread=(min(times[e]), max(times[e]))))
+                print(rows[-1], flush=True)
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def render_strips(rows: list[dict], repeats: int) -> str:
+    lines = [
+        STRIPS_SECTION,
+        "",
+        f"Measured {datetime.date.today().isoformat()} by `python -m benchmarks.bench_renderers --strips` on "
+        f"{machine_description()}; load average {load_average()}.",
+        "The CPU gather (`kernels/scatter.py` `_scatter_torch`) on the demo photo (741x500, CoC = 20 (disparity "
+        "- median) px, |CoC| up to about 20 px), per strip size `strip_elems` (elements of one (offsets, strip) "
+        f"temporary); median of {repeats} runs with the sizes interleaved, min-max in brackets; `x default` is "
+        "relative to the default strip size in the same runs. \"Other core busy\": another process multiplies "
+        "matrices on one thread meanwhile, as the other worker of `make test` does.",
+        "",
+        "| threads | other core | strip_elems | s per render | x default |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        lines.append(f"| {r['threads']} | {'busy' if r['busy'] else 'idle'} | 2^{r['exponent']}{mark} | {r['s']:.2f} ({r['spread'][0]:.2f}-"
+                     f"{r['spread'][1]:.2f}) | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="square image side in px (default 512)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting, best is kept")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
+    parser.add_argument("--strips", action="store_true", help="time the CPU gather's strip sizes instead")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads for --strips")
+    parser.add_argument("--no-busy", action="store_true", help="--strips without the run beside a busy core")
     args = parser.parse_args(argv)
-    rows = run(args.size, args.repeats)
-    text = render_section(rows, args.size)
+    if args.strips:
+        text = render_strips(run_strips(args.threads, args.repeats, busy=not args.no_busy), args.repeats)
+    else:
+        text = render_section(run(args.size, args.repeats), args.size)
     print(text)
     if not args.no_write:
         replace_section(text, args.output)

@@ -168,17 +168,25 @@ def _inv_normaliser(radius: torch.Tensor, offsets, apothem: float, max_radius: f
     return n.reciprocal_().to(radius.dtype)
 
 
-def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 17, progress=None):
+_STRIP_ELEMS_PER_THREAD = 1 << 17  # the 4-channel float32 product of one thread's share: 2 MB, a core's L2
+
+
+def _default_strip_elems() -> int:
+    """Elements of one (offsets, strip) temporary of ``_scatter_torch``: 2^17 per torch thread, as each op's
+    elements are split between the threads (BENCHMARKS.md, "Scatter strips", demo photo: on one thread 2^16 to
+    2^18 are within 3%, smaller or larger strips slower; on two threads 2^18 is 1.2x faster than 2^17)."""
+    return _STRIP_ELEMS_PER_THREAD * max(1, torch.get_num_threads())
+
+
+def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int | None = None, progress=None):
     """Fast gather: the model and results of ``_scatter_torch_reference`` up to float rounding.
 
     The reference makes ~12 elementwise passes over full-image tensors per offset (~830 offsets at radius
     16), so it is memory bound. Here:
 
     * targets are processed in strips of full rows, about ``strip_elems / K`` pixels for K = 2 R + 1
-      offsets per row, so the (K, strip) temporaries stay in cache (the 4-channel product is 2 MB at
-      2^17 float32 elements, a core's L2 on the CI machine) while each op is long enough to amortise its
-      dispatch and thread start-up. Measured on the demo (741x500, K 20, one thread, 2 shared cores), s per
-      render: 2^15 1.8, 2^16 1.2, 2^17 1.1-1.2, 2^18 1.3-2.1 (slower when the other core is busy), 2^19 1.7-2.8;
+      offsets per row (default :func:`_default_strip_elems`), so the (K, strip) temporaries stay in a
+      core's cache while each op is long enough to amortise its dispatch and thread start-up;
     * all offsets of one row offset ``dy`` are handled by one set of tensor ops: the sources for
       ``dx = hi, hi - 1, ..., lo`` are one strided window (column stride 1) of the padded sources, giving
       (K, B, C, rows, W) views without copies; the K weighted contributions are summed at once;
@@ -194,6 +202,7 @@ def _scatter_torch(colour, coc, offsets, apothem, strip_elems: int = 1 << 17, pr
     ``progress(done_rows, H)``, if given, is called after each strip of target rows.
     """
     b, _, h, w = colour.shape
+    strip_elems = _default_strip_elems() if strip_elems is None else strip_elems
     radius = coc.abs()
     max_radius = float(radius.max()) if radius.numel() else 0.0
     inv_norm = _inv_normaliser(radius, offsets, apothem, max_radius)

@@ -198,9 +198,9 @@ def test_aperture_orientation_follows_the_sign_of_coc(blades):
         assert (fast - ref).abs().max().item() < 1e-12
 
 
-def test_progress_reports_rows_of_long_renders():
+def test_progress_reports_rows_of_long_renders(one_thread):
     """Long renders report their progress in target rows: increasing, ending at H, with intermediate steps
-    when the image takes several strips (here 72 rows of 256 px at radius 8: strips of 30 rows)."""
+    when the image takes several strips (here 72 rows of 256 px at radius 8, one thread: strips of 30 rows)."""
     from kernels.scatter import render_scatter
 
     g = torch.Generator().manual_seed(0)
@@ -211,3 +211,27 @@ def test_progress_reports_rows_of_long_renders():
     assert calls == [(30, 72), (60, 72), (72, 72)]
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert torch.equal(out, render_scatter(image, coc, impl="torch"))  # reporting changes nothing
+
+
+def test_strip_size_changes_speed_not_the_render():
+    """The strip size follows the thread count (2^17 elements per thread); any size gives the same render up to
+    float rounding (strips bound which offsets a row visits, never which sources reach a target)."""
+    from kernels import aperture
+    from kernels.scatter import _default_strip_elems, _offsets, _scatter_torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _default_strip_elems()
+        torch.set_num_threads(2)
+        assert (one, _default_strip_elems()) == (1 << 17, 1 << 18)
+    finally:
+        torch.set_num_threads(before)
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, 40, 64, generator=g)
+    coc = torch.rand(1, 1, 40, 64, generator=g) * 12 - 6
+    offsets, apothem = _offsets(6.0, 0, 0.0), aperture.apothem_ratio(0)
+    outputs = [_scatter_torch(image, coc, offsets, apothem, strip_elems=n) for n in (1, 1 << 12, 1 << 30)]
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
