@@ -183,14 +183,18 @@ def test_batch_size_renders_the_same_files_within_rounding(weights, tmp_path, ti
     for batch in ("1", "4"):
         out = tmp_path / f"b{batch}"
         assert inference_hf.main(["--test_data_dir", str(EBB), "--output_dir", str(out), "--data_id", "scene01",
-                                  "--K", "10", "30", "--focus_disparity", "0.1", "0.9", "--batch_size", batch,
+                                  "--K", "30", "60", "--focus_disparity", "0.1", "0.9", "--batch_size", batch,
                                   "--protocol", "corrected", *tiles, *_fast(base, adapter)]) == 0
         renders[batch] = {p.name: read_image(p) for p in sorted(out.glob("*.png"))}
         assert json.loads((out / "run_config.json").read_text())["batch_size"] == int(batch)
     assert list(renders["1"]) == list(renders["4"]) == [
-        f"scene01_K{K}_f{f}.png" for K in (10, 30) for f in ("0.10", "0.90")]
+        f"scene01_K{K}_f{f}.png" for K in (30, 60) for f in ("0.10", "0.90")]
     for name, one in renders["1"].items():
         assert np.abs(one - renders["4"][name]).max() <= 1 / 255 + 1e-6, name
-    # The four renders are four different images (each got its own K and focus; corrected protocol: CoC radii
-    # in pixels of this 64-px frame).
-    assert len({renders["4"][n].tobytes() for n in renders["4"]}) == 4
+    # Each render got its own K and focus: any two of the four differ by far more than the batching tolerance, so
+    # a batch that swapped or shared parameters would fail above. (Corrected protocol: CoC radii in pixels of this
+    # 64-px frame. At K 10 the two focus planes differ by one 8-bit level on some CPUs, too little to tell apart.)
+    names = list(renders["1"])
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert np.abs(renders["1"][a] - renders["1"][b]).max() > 0.1, (a, b)
