@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 PRELOAD = ["torch", "accelerate", "transformers", "peft", "diffusers", "diffusers.models", "safetensors.torch",
            "models.pipeline", "training.run", "inference.reproduce", "data.ranks"]
 # The environment the forkserver starts with: libraries read some of it once, at import (thread count, offline hub).
-BASE_ENV = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1",
+# No ACCELERATE_USE_CPU: the scripts themselves must form a gloo group on a CPU-only host, as a user's torchrun does.
+BASE_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 # The tests that call run_ranks carry @pytest.mark.xdist_group(GROUP), so that under `pytest -n` one worker

@@ -38,12 +38,17 @@ logger = logging.getLogger("train_lora_otf")  # the name the log lines have alwa
 
 
 def setup_accelerator(args):
-    """Accelerator with trackers, seeded; TF32 and the xformers flag handled with a message."""
+    """Accelerator with trackers, seeded; TF32 and the xformers flag handled with a message.
+
+    Without CUDA it runs on the CPU (``cpu=True``): several processes started by ``torchrun`` or ``accelerate
+    launch --multi_gpu`` then form one gloo process group. Left to itself, accelerate on a CPU-only host without
+    ``ACCELERATE_USE_CPU`` treats every rank as a job of its own, and the ranks race on one output folder."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
     report_to = None if args.report_to in (None, "", "none") else args.report_to
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=report_to, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         project_config=ProjectConfiguration(project_dir=args.output_dir,

@@ -28,7 +28,7 @@ N_RENDERS = 3 * 2  # three EBB scenes x two K, one focus plane each
 def torchrun(n_processes: int, script: Path, *args, env=None, accelerate: bool = False) -> subprocess.CompletedProcess:
     """Run ``script args`` in ``n_processes`` processes started by torchrun, or by ``accelerate launch
     --multi_gpu`` (torchrun underneath; its ``--cpu`` would start one process), gloo on CPU."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1",
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     with socket.socket() as sock:  # a free port: a fixed one fails when another run on the machine holds it
         sock.bind(("127.0.0.1", 0))
