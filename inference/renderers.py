@@ -125,6 +125,9 @@ def build_bokehdiff(args: argparse.Namespace, device: torch.device) -> BatchedRe
           f"{pipe.model.x0_clip}, PISA {pipe.pisa_settings})")
     if "protocol_reason" in pipe.info:  # --protocol auto: which and why, as the API logs it
         print(f"bokehdiff: {pipe.info['protocol_reason']}")
+    for note in ("pisa_off_reason", "vae_note"):
+        if note in pipe.info:
+            print(f"bokehdiff: {pipe.info[note]}")
     if not args.no_pisa and "pisa_compat" in pipe.info:
         print(f"bokehdiff: PISA with the {'published' if pipe.info['pisa_compat'] else 'corrected'} occlusion "
               f"discretisation (--pisa_compat {args.pisa_compat})")

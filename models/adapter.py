@@ -29,12 +29,18 @@ class AdapterInfo:
         model_gamma: the model gamma it records (the VAE saw ``srgb ** gamma``); ``None`` if none.
         pisa_compat: the PISA discretisation it was trained with (``models.pisa``'s ``compat``): as recorded
             for adapters trained here (default corrected), the published one for any other adapter.
+        pisa_trained: it was trained with PISA layers in the UNet (``False`` only when an adapter trained here
+            records ``pisa.enabled: false``, i.e. ``train_lora_otf.py --no-pisa``, the paper's ablation).
+        vae_trained: it comes with fine-tuned VAE encoder tensors (``False`` only when an adapter trained here
+            records an empty ``vae_trainable``, i.e. ``--opt_vae 0``: the base encoder is what it was trained with).
     """
 
     present: bool = False
     trained_here: bool = False
     model_gamma: float | None = None
     pisa_compat: bool = False
+    pisa_trained: bool = True
+    vae_trained: bool = True
 
     @classmethod
     def from_metadata(cls, lora_info: Mapping | None) -> "AdapterInfo":
@@ -45,8 +51,10 @@ class AdapterInfo:
         if lora_info.get("format") != TRAINING_FORMAT:
             return cls(present=True, pisa_compat=True)
         gamma = next((float(lora_info[k]) for k in ("model_gamma", "gamma") if lora_info.get(k) is not None), None)
-        return cls(present=True, trained_here=True, model_gamma=gamma,
-                   pisa_compat=bool(lora_info.get("pisa", {}).get("compat", False)))
+        pisa = lora_info.get("pisa") or {}
+        return cls(present=True, trained_here=True, model_gamma=gamma, pisa_compat=bool(pisa.get("compat", False)),
+                   pisa_trained=bool(pisa.get("enabled", True)),
+                   vae_trained=bool(lora_info.get("vae_trainable", True)))
 
     @property
     def protocol(self) -> str:

@@ -102,7 +102,8 @@ VAE_TRAINABLE_PREFIXES: tuple[str, ...] = ("encoder.conv_in.", "encoder.mid_bloc
 
 
 #: The metadata keys by which an adapter describes how it was trained (models.adapter reads them).
-ADAPTER_DESCRIPTION = ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma")
+ADAPTER_DESCRIPTION = ("format", "pisa", "base_model", "model_gamma", "synthesis_gamma", "gamma",
+                       "vae_trainable")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,7 +373,7 @@ def load_lora(
 
     Returns:
         ``{"file", "rank", "alpha", "modules", "tensors"}`` describing what was loaded, plus ``format``,
-        ``pisa``, ``base_model``, ``model_gamma``, ``synthesis_gamma`` and ``gamma`` when the file's metadata
+        ``pisa``, ``base_model``, ``model_gamma``, ``synthesis_gamma``, ``gamma`` and ``vae_trainable`` when the file's metadata
         records them (adapters written by our training).
 
     Raises:

@@ -263,10 +263,14 @@ class BokehDiffPipeline(PipelineDevicesMixin, DiffusionPipeline):
                 stays float32. Use :meth:`to` to move to a device.
             revision, base_variant: hub revision and weight variant of the base.
             require_vae_weights: an adapter without ``vae.ckpt`` is an error (the paper fine-tunes the VAE
-                encoder); set ``False`` to accept it with a warning.
+                encoder); set ``False`` to accept it with a warning. An adapter trained here with ``--opt_vae 0``
+                (metadata ``vae_trainable: []``) needs none: the base encoder is the one it was trained with.
             protocol: ``"published"``, ``"corrected"`` or ``"auto"`` (:func:`protocol_for` the adapter's
                 metadata; logged with the reason, and in ``info["protocol_reason"]``).
             prompt, timestep, gamma, pisa, seed, tile_size, tile_overlap, full_frame_max_px: as the constructor's.
+                ``pisa`` ``True`` or ``{}`` (the default) follows the adapter: one trained here with ``--no-pisa``
+                (metadata ``pisa.enabled: false``) renders without PISA (``info["pisa_off_reason"]`` says so); a
+                non-empty dict installs PISA anyway, with a warning.
                 ``gamma`` None or absent: :func:`default_gamma` (published: 1; corrected: the adapter's
                 recorded model gamma, else 2.2). ``info["gamma"]`` is the gamma in use.
 

@@ -121,6 +121,16 @@ def load_base_and_adapter(
         kwargs["gamma"] = tiler.model_gamma(described)
     if lora_file is not None:
         pisa = kwargs.get("pisa", True)
+        if pisa in (True, None, {}) and not described.pisa_trained:
+            # Trained without PISA (the ablation): rendering it with PISA would not be the model that was trained.
+            # Explicit PISA settings (a non-empty dict) still install it, with a warning.
+            pisa = kwargs["pisa"] = False
+            info["pisa_off_reason"] = (f"PISA off: adapter '{adapter}' was trained without PISA (its metadata says "
+                                       f"pisa.enabled false); pass PISA settings (--pisa_compat, --pisa_hardness) to "
+                                       f"render it with PISA anyway")
+        elif pisa is not False and not described.pisa_trained:
+            warnings.warn(f"adapter '{adapter}' was trained without PISA (pisa.enabled false), and PISA settings were "
+                          f"given: rendering it with PISA layers it was not trained with.")
         if pisa is not False:
             settings = dict(pisa) if isinstance(pisa, Mapping) else {}
             settings.setdefault("compat", tiler.pisa_compat(described))
@@ -128,6 +138,9 @@ def load_base_and_adapter(
             info["pisa_compat"] = settings["compat"]
         if vae_file is not None:
             info["vae"] = load_vae_partial(components["vae"], vae_file)
+        elif not described.vae_trained:  # trained with --opt_vae 0: the base encoder is the one it was trained with
+            info["vae_note"] = (f"adapter '{adapter}' was trained with the base VAE encoder (its metadata records no "
+                                f"trainable VAE tensors): the base encoder is used")
         elif require_vae_weights:
             raise FileNotFoundError(
                 f"adapter '{adapter}' has no {VAE_WEIGHT_NAME} (the fine-tuned VAE encoder). Pass vae_weights=... "

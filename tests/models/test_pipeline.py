@@ -93,6 +93,35 @@ def test_pisa_is_installed_by_default_and_compat_follows_the_adapter(tiny_dir, p
     assert forced.info["pisa_compat"] is False
 
 
+def test_an_adapter_trained_without_pisa_or_vae_renders_as_it_was_trained(tiny_dir, published_adapter, tmp_path,
+                                                                          recwarn):
+    """``train_lora_otf.py --no-pisa --opt_vae 0`` (the ablations) writes ``pisa.enabled: false`` and
+    ``vae_trainable: []``: by default the pipeline then installs no PISA and needs no VAE file (both were errors
+    or silently different: PISA was installed and the render differed from the trained model by up to 234/255).
+    Explicit PISA settings still install it, with a warning."""
+    _, stack = published_adapter
+    save_lora(stack["unet"], tmp_path, extra_metadata={"format": "bokehdiff-train", "pisa": {"enabled": False},
+                                                       "vae_trainable": []})
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    for pisa in (True, {}):
+        plain = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=lora, pisa=pisa)
+        assert not _pisa_processors(plain) and plain.pisa_settings is None
+        assert "trained without PISA" in plain.info["pisa_off_reason"] and "vae" not in plain.info
+        assert "base VAE encoder" in plain.info["vae_note"]
+    assert not [w for w in recwarn if "base weights" in str(w.message)]  # needing no VAE file is not a warning
+    image, disp = _inputs()
+    off = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=lora, pisa=False)
+    assert torch.equal(plain(image, disp, K=30, disp_focus=0.3), off(image, disp, K=30, disp_focus=0.3))
+    with pytest.warns(UserWarning, match="trained without PISA"):
+        forced = BokehDiffPipeline.from_pretrained(tiny_dir, adapter=lora, pisa={"compat": False})
+    assert _pisa_processors(forced) and "pisa_off_reason" not in forced.info
+    # An adapter trained with PISA and the VAE (no such metadata, or enabled / non-empty) is unchanged.
+    save_lora(stack["unet"], tmp_path / "with", extra_metadata={"format": "bokehdiff-train", "pisa": {"enabled": True},
+                                                                "vae_trainable": ["encoder.conv_in."]})
+    with pytest.raises(FileNotFoundError, match="vae.ckpt"):
+        BokehDiffPipeline.from_pretrained(tiny_dir, adapter=tmp_path / "with" / "pytorch_lora_weights.safetensors")
+
+
 def test_focus_changes_the_render_and_a_per_call_seed_does_not_stick(published_adapter):
     _, stack = published_adapter
     pipe = BokehDiffPipeline.from_components(**stack, pisa=_FAST_PISA, seed=0)

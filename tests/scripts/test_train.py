@@ -307,6 +307,27 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(stack, tmp_path, monke
     assert (out / "pytorch_lora_weights.safetensors").is_file() and not (out / "training_curves.png").exists()
 
 
+def test_an_ablation_adapter_renders_as_it_was_trained(stack, tmp_path, capsys):
+    """``--no-pisa --opt_vae 0`` (the paper's ablations): inference_hf.py renders the export without PISA and
+    with the base VAE encoder, and says so. It used to install PISA (a different model from the one trained)
+    and to refuse the adapter for its missing vae.ckpt, with no flag to accept it."""
+    import inference_hf
+
+    out = tmp_path / "run"
+    assert train_lora_otf.main(train_argv(stack, out, "--max_train_steps", 1, "--validation_steps", 0, "--lambda_gan",
+                                          0, "--no-edge", "--no-pisa", "--opt_vae", 0)) == 0
+    assert not (out / "vae.safetensors").exists() and not (out / "vae.ckpt").exists()
+    capsys.readouterr()
+    renders = tmp_path / "renders"
+    assert inference_hf.main(["--pretrained_model_name_or_path", stack["sdxl"], "--adapter", str(out), "--device", "cpu",
+                              "--test_data_dir", str(REPO / "test_data" / "ebb"), "--data_id", "scene00",
+                              "--max_side", "32", "--no_contact_sheet", "--output_dir", str(renders)]) == 0
+    printed = capsys.readouterr().out
+    assert "PISA off: adapter" in printed and "trained without PISA" in printed
+    assert "trained with the base VAE encoder" in printed and "PISA with the" not in printed
+    assert len(list(renders.glob("scene00_K*.png"))) == 1
+
+
 def test_a_kill_between_publishing_and_rotating_still_ends_within_the_limit(stack, tmp_path):
     """Killed after the last checkpoint was published but before the rolling limit deleted the oldest one: the
     resume at the last step saves nothing more, and the finished run used to keep limit + 1 checkpoints."""
