@@ -167,7 +167,7 @@ def unique_names(names: Sequence[str]) -> list[str]:
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read a subject mask as ``(1, H, W)`` float32 in [0, 1] at ``size = (H, W)`` (nearest-neighbour resize,
     with a warning, if it differs). Colour masks are averaged over channels."""
-    mask = read_image(path).mean(axis=0, keepdims=True)
+    mask = read_image(path, exr_linear=False).mean(axis=0, keepdims=True)  # coverage, not colour
     return fit_map_to_image(mask, size, source=f"mask '{path}'", interpolation=cv2.INTER_NEAREST, how="nearest")
 
 

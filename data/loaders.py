@@ -39,6 +39,8 @@ Layouts (``layout="auto"`` picks one from the folder's contents, see :func:`dete
   Disparity is ``1 / depth``, divided by its maximum when that exceeds 1, and K and disp_focus are scaled
   by the same factor, so ``coc_px = K * (disparity - disp_focus)`` is exactly the set's CoC.
 
+Images may be EXR (scene-linear): they are encoded to sRGB by :func:`data.io.encode_linear_exr`, as BLB's.
+
 Sub-folders that lack a required file (``folder``: ``image.*`` or ``depth.npy``; ``BLB``: ``info.json``) and
 flat images without a disparity are skipped with an :class:`~data.io.InputWarning` naming them.
 
@@ -60,7 +62,8 @@ import torch
 
 from data.exr import read_exr_array
 from data.focus import focus_from_gt
-from data.io import IMAGE_EXTENSIONS, InputWarning, clean_disparity, fit_map_to_image, linear_to_srgb, read_disparity, read_image, resize_map
+from data.io import (IMAGE_EXTENSIONS, InputWarning, clean_disparity, encode_linear_exr, fit_map_to_image, read_disparity,
+                     read_image, resize_map)
 from kernels.colour import DEFAULT_GAMMA
 
 LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
@@ -392,7 +395,7 @@ def _read_disparity_affine(path: Path, size, normalise: str) -> tuple[np.ndarray
 
 
 def _read_mask(path: Path, size) -> np.ndarray:
-    mask = read_image(path)[:1]
+    mask = read_image(path, exr_linear=False)[:1]  # coverage, not colour
     if mask.shape[1:] != size:
         warnings.warn(f"mask '{path}' resized (nearest) to the image size {size[1]}x{size[0]}.", InputWarning)
         mask = resize_map(mask, size, interpolation=cv2.INTER_NEAREST)
@@ -411,8 +414,8 @@ def _load_blb(entry: dict, gamma: float) -> dict:
         linear = read_exr_array(path)[:, :, :3]
         if linear.shape[2] == 1:
             linear = np.repeat(linear, 3, axis=2)
-        # BLB stores linear HDR; clip to the displayable range before encoding (no tone mapping).
-        return linear_to_srgb(np.clip(linear, 0, 1), gamma).transpose(2, 0, 1).astype(np.float32).copy()
+        # BLB stores linear HDR: clipped to the displayable range, then encoded (no tone mapping), as every EXR photo.
+        return encode_linear_exr(linear, gamma).transpose(2, 0, 1).astype(np.float32).copy()
 
     image = srgb(entry["image"])
     depth = read_exr_array(entry["disparity"])[:, :, 0].astype(np.float64)

@@ -298,3 +298,14 @@ def test_ebb_reads_every_image_format_and_names_what_it_skips(tmp_path):
         test_set = load_test_set(tmp_path, "EBB", inputs_only=True)
     assert sorted(e["name"] for e in test_set.entries) == ["one", "three", "two"]
     assert test_set[1]["image"].shape == (3, 12, 12)
+
+
+def test_folder_layout_reads_an_exr_photo_as_linear_light(tmp_path):
+    """``<name>.exr`` in a folder set is scene-linear: encoded like BLB's images, it matches its sRGB PNG."""
+    srgb = np.random.default_rng(6).random((3, 10, 14)).astype(np.float32)
+    save_image(tmp_path / "png" / "a.png", srgb, bits=16)
+    _write_exr(tmp_path / "exr" / "a.exr", srgb.transpose(1, 2, 0) ** 2.2)
+    for sub in ("png", "exr"):
+        np.save(tmp_path / sub / "a.npy", np.zeros((10, 14), np.float32))
+    from_png, from_exr = (load_test_set(tmp_path / sub, "folder")[0]["image"] for sub in ("png", "exr"))
+    np.testing.assert_allclose(from_exr.numpy(), from_png.numpy(), atol=1e-4)
