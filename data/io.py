@@ -344,6 +344,14 @@ def fill_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return values[iy, ix]
 
 
+#: What each ``normalise`` mode of :func:`clean_disparity` does (``inference_hf.py --disparity_normalise``).
+NORMALISE_MODES = {
+    "auto": "a map already in [0, 1] is kept, one outside it is min-max normalised with a warning",
+    "always": "every map is min-max normalised to [0, 1] (relative disparity)",
+    "never": "kept as stored",
+}
+
+
 def clean_disparity(
     values: np.ndarray, *, source: str = "disparity", is_depth: bool = False, normalise: str = "auto",
     depth_hint: str | None = None,
