@@ -99,10 +99,9 @@ PAIR_NORMALISE = "auto"
 
 def exr_note(path: str | os.PathLike) -> tuple[str, ...]:
     """The note for an input photo that is an EXR (read as scene-linear, :func:`data.io.encode_linear_exr`), or ()."""
-    if not is_exr(path):
-        return ()
-    return (f"EXR input photos (e.g. '{Path(path).name}') are taken as scene-linear light: clipped to [0, 1] and "
-            f"encoded as x ** (1 / {EXR_GAMMA:g}), as the BLB loader encodes its EXR images",)
+    return () if not is_exr(path) else (f"EXR input photos (e.g. '{Path(path).name}') are taken as scene-linear "
+                                        f"light: clipped to [0, 1] and encoded as x ** (1 / {EXR_GAMMA:g}), as the "
+                                        "BLB loader encodes its EXR images",)
 
 
 def input_notes(inputs: Sequence[PendingInput]) -> tuple[list[str], list[str]]:
@@ -465,6 +464,17 @@ def format_value(value: float, digits: int = 2) -> str:
 def output_name(name: str, K: float, disp_focus: float) -> str:
     """``<name>_K<K>_f<focus>.png``, e.g. ``motorcycle_K20_f0.88.png`` (focus with two decimals, fixed)."""
     return f"{name}_K{format_value(K)}_f{disp_focus:.2f}.png"
+
+
+# <name>_K<K>_f<focus>, optionally -<n> (a render written beside an input of the same name, OutputFiles.claim).
+_OUTPUT_STEM = re.compile(r"^(?P<name>.+)_K(?P<K>\d+(?:\.\d+)?)_f(?P<focus>-?\d+\.\d\d)(?:-\d+)?$")
+
+
+def parse_output_name(stem: str) -> tuple[str, float, float] | None:
+    """``(name, K, disp_focus)`` of a render's file stem as :func:`output_name` writes it (``a_K20_f0.50`` ->
+    ``("a", 20.0, 0.5)``; K and focus as rounded in the name), or None for any other stem."""
+    match = _OUTPUT_STEM.match(stem)
+    return None if match is None else (match["name"], float(match["K"]), float(match["focus"]))
 
 
 def unique_focus(focus: list[tuple[float, str]], name: str) -> list[tuple[float, str]]:
