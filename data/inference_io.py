@@ -244,7 +244,7 @@ def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth
     :data:`PAIR_NORMALISE` (``auto``). An EXR photo is scene-linear (:func:`data.io.read_image`).
     """
     name = safe_name(Path(image).stem)
-    source = "--disparity_normalise" if normalise is not None else "the default for --image; --disparity_normalise changes it"
+    source = "--disparity_normalise" if normalise else "the default for --image; --disparity_normalise changes it"
     normalise = PAIR_NORMALISE if normalise is None else normalise
     meaning = NORMALISE_MODES[normalise]
     if is_depth and normalise == "auto":  # 1 / depth has no absolute scale (data.io.clean_disparity)

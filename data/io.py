@@ -221,9 +221,8 @@ def read_image(path: str | os.PathLike, *, with_alpha: bool = False, exr_linear:
     else:
         raise ValueError(f"image '{path}' has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
     if rgb.max(initial=0) > 1.0 + 1e-6 or rgb.min(initial=0) < -1e-6:
-        warnings.warn(f"image '{path}' has values outside [0, 1] (float file); clipping"
-                      f"{' (linear light, before the sRGB encoding; no tone mapping)' if exr_linear and is_exr(path) else ''}.",
-                      InputWarning)
+        linear = " (linear light, before the sRGB encoding; no tone mapping)" if exr_linear and is_exr(path) else ""
+        warnings.warn(f"image '{path}' has values outside [0, 1] (float file); clipping{linear}.", InputWarning)
     rgb = encode_linear_exr(rgb) if exr_linear and is_exr(path) else np.clip(rgb, 0, 1)
     rgb = rgb.astype(np.float32).transpose(2, 0, 1).copy()
     if with_alpha:

@@ -151,8 +151,8 @@ class TestSet:
     Build with :func:`load_test_set`. ``entries`` lists what each item will read (paths and metadata).
     """
 
-    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1, gamma: float = DEFAULT_GAMMA,
-                 disparity_rule: str = ""):
+    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1,
+                 gamma: float = DEFAULT_GAMMA, disparity_rule: str = ""):
         self.root, self.layout, self.entries = root, layout, entries
         self.multiple_of, self.gamma = int(multiple_of), float(gamma)
         self.disparity_rule = disparity_rule  # how the items' disparity is read (one line, for notes and records)
