@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from data.inference_io import DEMO_K
+from data.inference_io import DEMO_K, PAIR_NORMALISE
 from kernels.device import resolve_device
 from webapp.core import RenderOptions, upload_scene
 from webapp.options import build_parser, parse_args
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         scene = None
         if render_args.image is not None:
             scene = upload_scene(render_args.image, render_args.disparity, is_depth=render_args.depth,
-                                 normalise=render_args.disparity_normalise)
+                                 normalise=render_args.disparity_normalise or PAIR_NORMALISE)
         first = {key: getattr(render_args, key)[:1] if getattr(render_args, key) else None
                  for key in ("focus_disparity", "focus_percentile")}
         callbacks = Callbacks(

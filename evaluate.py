@@ -25,7 +25,10 @@ from metrics.report import WORST_K, evaluate_pairs, find_dataset_pairs, find_pai
 DESCRIPTION = ("Score bokeh renders against ground truth: PSNR, SSIM, LPIPS (VGG, Alex), DISTS, per image and mean, "
                "over the whole image and inside / outside the depth-discontinuity band.")
 EPILOG = f"""\
-Pairing: with --gt_dir, predictions and ground truth are matched by relative path without extension and the
+Pairing: with --gt_dir, predictions and ground truth are matched by relative path without extension, or, for a
+ground truth <name> without such a prediction, with the render inference_hf.py wrote of it,
+<name>_K<K>_f<focus>.png, when there is exactly one; several renders of one ground truth (several K or focus
+values) are refused, listing them: keep one per ground truth with --pred_glob (e.g. '*_K20_f0.50.png'). The
 disparity of <name> is --disparity_dir/<name>.npy (or <name>_pred.npy). With --dataset (an EBB folder with
 meta.json, as scripts/make_benchmark.py writes), each ground truth is paired with the prediction named like it
 or named as inference_hf.py names a render of that scene, K and focus, and with its scene's disparity.
@@ -50,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     truth = parser.add_mutually_exclusive_group(required=True)
     truth.add_argument("--gt_dir", type=Path, help="ground-truth bokeh images (same names as the predictions)")
     truth.add_argument("--dataset", type=Path, help="EBB folder with meta.json (ground truth, disparity, K, focus)")
+    parser.add_argument("--pred_glob", default=None,
+                        help="with --gt_dir: only predictions whose path relative to --pred_dir matches this pattern "
+                             "(fnmatch, e.g. '*_K20_f0.50.png': one render per ground truth)")
     parser.add_argument(
         "--disparity_dir", type=Path, default=None,
         help="disparity maps <name>.npy or <name>_pred.npy (EBB layout); needed for the band metrics",
@@ -76,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if len(args.learned) > 1:
             parser.error(f"--learned none excludes the other metrics, got {' '.join(args.learned)}")
         args.learned = []
+    if args.pred_glob is not None and args.dataset is not None:
+        parser.error("--pred_glob selects predictions for --gt_dir; with --dataset each ground truth's prediction is "
+                     "named by its K and focus (meta.json): drop --pred_glob")
     if args.band_width < 0:
         parser.error(f"--band_width must be >= 0, got {args.band_width}")
     if args.band_threshold <= 0:
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
         if args.dataset is not None:
             pairs, problems = find_dataset_pairs(args.dataset, args.pred_dir)
         else:
-            pairs, problems = find_pairs(args.pred_dir, args.gt_dir, args.disparity_dir)
+            pairs, problems = find_pairs(args.pred_dir, args.gt_dir, args.disparity_dir, pred_glob=args.pred_glob)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

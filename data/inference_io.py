@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 
 from data.focus import focus_from_mask, focus_from_pixel, focus_from_value
-from data.io import (InputWarning, clean_disparity, contact_sheet, fit_map_to_image, path_key, read_disparity,
-                     read_image, resize_map)
+from data.io import (EXR_GAMMA, NORMALISE_MODES, InputWarning, clean_disparity, contact_sheet, fit_map_to_image,
+                     is_exr, path_key, read_disparity, read_image, resize_map)
 
 # Demo focus planes as disparity percentiles of the motorcycle's map (1 = near): the 90th lies on the
 # motorcycle's front (fairing and wheel), the 50th on its rear and the seat, the 10th on the back wall.
@@ -82,11 +82,33 @@ class InputItem:
 @dataclass
 class PendingInput:
     """An input that is not read yet: ``load()`` returns an :class:`InputItem` or raises for this item only.
-    ``sources`` are the files it reads (no output may replace them)."""
+    ``sources`` are the files it reads (no output may replace them). ``disparity_rule``: how its disparity is
+    read (one line; :func:`input_notes`); ``notes``: what else its reading decides that a user must know (an
+    EXR read as linear light). Inputs of one folder share them, so a run prints each once."""
 
     name: str
     load: Callable[[], InputItem]
     sources: tuple[Path, ...] = ()
+    disparity_rule: str = ""
+    notes: tuple[str, ...] = ()
+
+
+#: ``--disparity_normalise`` when it is not given, for ``--image`` / ``--disparity`` (and the app's uploads).
+PAIR_NORMALISE = "auto"
+
+
+def exr_note(path: str | os.PathLike) -> tuple[str, ...]:
+    """The note for an input photo that is an EXR (read as scene-linear, :func:`data.io.encode_linear_exr`), or ()."""
+    return () if not is_exr(path) else (f"EXR input photos (e.g. '{Path(path).name}') are taken as scene-linear "
+                                        f"light: clipped to [0, 1] and encoded as x ** (1 / {EXR_GAMMA:g}), as the "
+                                        "BLB loader encodes its EXR images",)
+
+
+def input_notes(inputs: Sequence[PendingInput]) -> tuple[list[str], list[str]]:
+    """``(disparity rules, notes)`` of ``inputs``, each distinct line once, in the order first seen."""
+    rules = list(dict.fromkeys(p.disparity_rule for p in inputs if p.disparity_rule))
+    notes = list(dict.fromkeys(note for p in inputs for note in p.notes))
+    return rules, notes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,7 +189,7 @@ def unique_names(names: Sequence[str]) -> list[str]:
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read a subject mask as ``(1, H, W)`` float32 in [0, 1] at ``size = (H, W)`` (nearest-neighbour resize,
     with a warning, if it differs). Colour masks are averaged over channels."""
-    mask = read_image(path).mean(axis=0, keepdims=True)
+    mask = read_image(path, exr_linear=False).mean(axis=0, keepdims=True)  # coverage, not colour
     return fit_map_to_image(mask, size, source=f"mask '{path}'", interpolation=cv2.INTER_NEAREST, how="nearest")
 
 
@@ -213,14 +235,21 @@ def demo_inputs() -> list[PendingInput]:
 
 
 def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth: bool = False,
-                normalise: str = "auto") -> list[PendingInput]:
+                normalise: str | None = None) -> list[PendingInput]:
     """One user image + disparity (``.npy``, ``.npz``, 8/16-bit PNG, EXR) and optional subject mask.
 
     A disparity (or mask) of another size but the same aspect ratio is resized to the image with a warning,
     one of another aspect ratio (e.g. transposed) is refused; depth maps (``is_depth``) become disparity; see
-    :func:`data.io.read_disparity`.
+    :func:`data.io.read_disparity`. ``normalise``: a mode of :data:`data.io.NORMALISE_MODES`; None is
+    :data:`PAIR_NORMALISE` (``auto``). An EXR photo is scene-linear (:func:`data.io.read_image`).
     """
     name = safe_name(Path(image).stem)
+    source = "--disparity_normalise" if normalise else "the default for --image; --disparity_normalise changes it"
+    normalise = PAIR_NORMALISE if normalise is None else normalise
+    meaning = NORMALISE_MODES[normalise]
+    if is_depth and normalise == "auto":  # 1 / depth has no absolute scale (data.io.clean_disparity)
+        meaning = "min-max normalised to [0, 1], depth having no absolute scale"
+    rule = f"--image: {'1 / depth (--depth), then ' if is_depth else ''}{normalise} ({meaning}), {source}"
 
     def load() -> InputItem:
         rgb = read_image(image)
@@ -229,7 +258,7 @@ def pair_inputs(image: str, disparity: str, *, mask: str | None = None, is_depth
         return InputItem(name, rgb, disp, read_mask(mask, size) if mask else None)
 
     sources = tuple(Path(p) for p in (image, disparity, mask) if p)
-    return [PendingInput(name, load, sources)]
+    return [PendingInput(name, load, sources, rule, exr_note(image))]
 
 
 def input_roots(test_data_dir: str) -> list[Path]:
@@ -244,7 +273,8 @@ def input_roots(test_data_dir: str) -> list[Path]:
 
 
 def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
-                  exclude: Iterable[str | os.PathLike] = (), protocol: str = "corrected") -> list[PendingInput]:
+                  exclude: Iterable[str | os.PathLike] = (), protocol: str = "corrected",
+                  disparity_normalise: str | None = None) -> list[PendingInput]:
     """Inputs of one or more test-set folders (a glob may match several), indexed by
     :func:`data.loaders.load_test_set` (layout detected; one item per input image, GTs ignored).
 
@@ -259,9 +289,18 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
     unclipped ``x ** (1 / 2.2)`` images, raw ``1 / depth`` disparity; folder / pngdepth: its mask and
     disparity rules, the long side enlarged to at least 1024 px, renders written at the disparity's size; the
     focus in ``item.focus``).
+
+    ``disparity_normalise`` (``--disparity_normalise``): None reads each layout's disparity by its own rule;
+    a mode replaces the EBB and folder rules (:func:`data.loaders.load_test_set`, which refuses it for pngdepth
+    and BLB). ``protocol="published"`` refuses it: the released input handling is reproduced unchanged.
+    Each input's ``disparity_rule`` says which rule it is read with.
     """
     from data.loaders import detect_layout, load_test_set
 
+    if protocol == "published" and disparity_normalise is not None:
+        raise ValueError(f"--disparity_normalise {disparity_normalise}: --protocol published reads test sets as the "
+                         "released code does (its own disparity normalisation, data/published.py), which no flag "
+                         "changes; drop --disparity_normalise, or pass --protocol corrected to choose the rule")
     roots = input_roots(test_data_dir)
     excluded = {path_key(path) for path in exclude}
     found = []
@@ -273,7 +312,10 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
 
             test_set = SimpleNamespace(layout=layout, entries=list_published_pngdepth(root))
         else:
-            test_set = load_test_set(root, layout, inputs_only=True)  # indexes files only; load() decodes
+            # Indexes files only; load() decodes.
+            test_set = load_test_set(root, layout, inputs_only=True, disparity_normalise=disparity_normalise)
+        rule = (f"{layout} layout: the released code's rule (data/published.py), --protocol published" if published
+                else test_set.disparity_rule)
         prefix = f"{Path(root).name}_" if len(roots) > 1 else ""
         entries = list(enumerate(test_set.entries))
         if published and test_set.layout == "BLB":
@@ -294,11 +336,13 @@ def folder_inputs(test_data_dir: str, data_id: str | None = None, *,
             sources = tuple(Path(entry[key]) for key in ("image", "disparity", "mask") if entry.get(key) is not None)
             if published and test_set.layout == "folder":
                 sources += _published_folder_sources(entry)
-            found.append((prefix + name, test_set, index, sources, published))
+            # The released loaders read no EXR photo (PIL); ours encode every one as linear light.
+            notes = () if published else exr_note(entry["image"])
+            found.append((prefix + name, test_set, index, sources, published, rule, notes))
     names = unique_names([name for name, *_ in found])
     return [PendingInput(name, _published_loader(test_set.layout, test_set.entries[index], name) if published
-                         else _set_item_loader(test_set, index, name), sources)
-            for name, (_, test_set, index, sources, published) in zip(names, found)]
+                         else _set_item_loader(test_set, index, name), sources, rule, notes)
+            for name, (_, test_set, index, sources, published, rule, notes) in zip(names, found)]
 
 
 def _published_loader(layout: str, entry: dict, name: str) -> Callable[[], InputItem]:
@@ -420,6 +464,17 @@ def format_value(value: float, digits: int = 2) -> str:
 def output_name(name: str, K: float, disp_focus: float) -> str:
     """``<name>_K<K>_f<focus>.png``, e.g. ``motorcycle_K20_f0.88.png`` (focus with two decimals, fixed)."""
     return f"{name}_K{format_value(K)}_f{disp_focus:.2f}.png"
+
+
+# <name>_K<K>_f<focus>, optionally -<n> (a render written beside an input of the same name, OutputFiles.claim).
+_OUTPUT_STEM = re.compile(r"^(?P<name>.+)_K(?P<K>\d+(?:\.\d+)?)_f(?P<focus>-?\d+\.\d\d)(?:-\d+)?$")
+
+
+def parse_output_name(stem: str) -> tuple[str, float, float] | None:
+    """``(name, K, disp_focus)`` of a render's file stem as :func:`output_name` writes it (``a_K20_f0.50`` ->
+    ``("a", 20.0, 0.5)``; K and focus as rounded in the name), or None for any other stem."""
+    match = _OUTPUT_STEM.match(stem)
+    return None if match is None else (match["name"], float(match["K"]), float(match["focus"]))
 
 
 def unique_focus(focus: list[tuple[float, str]], name: str) -> list[tuple[float, str]]:

@@ -3,6 +3,7 @@
 Conventions (see docs/conventions.md):
 - images are float32 arrays/tensors in [0, 1], channel-first ``(3, H, W)``, sRGB-encoded unless a name says
   ``linear``; linear light is ``srgb ** gamma`` (:mod:`kernels.colour`; gamma 2.2 by default, 1 disables);
+  EXR files are scene-linear and are encoded on reading (:func:`encode_linear_exr`);
 - disparity is float32 ``(1, H, W)`` in [0, 1] with **1 = nearest**; depth inputs become ``1 / depth``;
   invalid values (NaN, inf, depth <= 0) are filled from the nearest valid pixel, never propagated.
 
@@ -28,7 +29,7 @@ import cv2
 from data.disk import DiskFullError, disk_full_error, is_disk_full
 
 # The sRGB/linear transfer lives at the bottom of the stack (kernels.colour); re-exported here.
-from kernels.colour import linear_to_srgb, srgb_to_linear  # noqa: F401
+from kernels.colour import DEFAULT_GAMMA, linear_to_srgb, srgb_to_linear  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
 DISPARITY_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff", ".exr")
@@ -173,13 +174,36 @@ def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
     raise ValueError(f"image '{path}' has unsupported pixel type {array.dtype}; save it as 8- or 16-bit PNG.")
 
 
-def read_image(path: str | os.PathLike, *, with_alpha: bool = False):
-    """Read an image file as float32 ``(3, H, W)`` in [0, 1] (sRGB-encoded as stored).
+#: The gamma of :func:`encode_linear_exr` when an EXR is read as a photo (:func:`read_image`), the BLB loader's
+#: default too: the file format's convention, independent of a renderer's ``--gamma``.
+EXR_GAMMA = DEFAULT_GAMMA
 
-    Grayscale is replicated to three channels; 8- and 16-bit integers are scaled by their maximum; float
-    files (EXR, float TIFF) are clipped to [0, 1] with a warning if they exceed it. With ``with_alpha`` the
-    result is ``(rgb, alpha)`` where alpha is ``(1, H, W)`` (ones for images without an alpha channel);
-    without it, an alpha channel is dropped with a warning (colours are used as stored, not composited).
+
+def encode_linear_exr(linear: np.ndarray, gamma: float = EXR_GAMMA) -> np.ndarray:
+    """Scene-linear colour (an EXR's RGB: linear light, HDR values above 1 allowed) -> sRGB-encoded values in
+    [0, 1], any shape: clipped to [0, 1] first (no tone mapping: highlights above 1 become 1, negative values
+    0), then ``x ** (1 / gamma)`` (gamma 2.2 by default; 1 keeps the clipped linear values). The one encoding
+    of EXR photos in this repository: :func:`read_image` and the BLB loader (:mod:`data.loaders`) use it, so a
+    photo saved as a linear EXR (``srgb ** 2.2``) reads back as its sRGB original."""
+    return linear_to_srgb(np.clip(linear, 0.0, 1.0), gamma)
+
+
+def is_exr(path: str | os.PathLike) -> bool:
+    """Whether :func:`read_image` reads ``path`` as an EXR (scene-linear colour), by its extension."""
+    return Path(path).suffix.lower() == ".exr"
+
+
+def read_image(path: str | os.PathLike, *, with_alpha: bool = False, exr_linear: bool = True):
+    """Read an image file as float32 ``(3, H, W)`` in [0, 1], sRGB-encoded.
+
+    Grayscale is replicated to three channels; 8- and 16-bit integers are scaled by their maximum and kept as
+    stored (sRGB-encoded). EXR files hold scene-linear light by the format's convention: their colour is
+    encoded with :func:`encode_linear_exr` (clipped to [0, 1], then ``x ** (1 / 2.2)``; a warning names a
+    file with values above 1). ``exr_linear=False`` takes an EXR's values as stored (masks and other
+    non-colour data). Other float files (float TIFF) are clipped to [0, 1] with a warning if they exceed it.
+    With ``with_alpha`` the result is ``(rgb, alpha)`` where alpha is ``(1, H, W)`` (ones for images without
+    an alpha channel; an EXR's alpha is coverage, never gamma-encoded); without it, an alpha channel is
+    dropped with a warning (colours are used as stored, not composited).
     """
     path = _require_file(path, "image")
     array = _to_unit_float(_imread_any(path), path)
@@ -197,8 +221,10 @@ def read_image(path: str | os.PathLike, *, with_alpha: bool = False):
     else:
         raise ValueError(f"image '{path}' has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
     if rgb.max(initial=0) > 1.0 + 1e-6 or rgb.min(initial=0) < -1e-6:
-        warnings.warn(f"image '{path}' has values outside [0, 1] (float file); clipping.", InputWarning)
-    rgb = np.clip(rgb, 0, 1).transpose(2, 0, 1).copy()
+        linear = " (linear light, before the sRGB encoding; no tone mapping)" if exr_linear and is_exr(path) else ""
+        warnings.warn(f"image '{path}' has values outside [0, 1] (float file); clipping{linear}.", InputWarning)
+    rgb = encode_linear_exr(rgb) if exr_linear and is_exr(path) else np.clip(rgb, 0, 1)
+    rgb = rgb.astype(np.float32).transpose(2, 0, 1).copy()
     if with_alpha:
         alpha = np.ones_like(rgb[:1]) if alpha is None else np.clip(alpha, 0, 1).transpose(2, 0, 1).copy()
         return rgb, alpha
@@ -315,6 +341,14 @@ def fill_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     _, (iy, ix) = distance_transform_edt(~valid, return_indices=True)
     return values[iy, ix]
+
+
+#: What each ``normalise`` mode of :func:`clean_disparity` does (``inference_hf.py --disparity_normalise``).
+NORMALISE_MODES = {
+    "auto": "a map already in [0, 1] is kept, one outside it is min-max normalised with a warning",
+    "always": "every map is min-max normalised to [0, 1] (relative disparity)",
+    "never": "kept as stored",
+}
 
 
 def clean_disparity(

@@ -30,7 +30,9 @@ Layouts (``layout="auto"`` picks one from the folder's contents, see :func:`dete
   the stored one.
 * ``folder``: ``<root>/<name>.jpg|png`` with ``<root>/<name>.npy`` (disparity) and optional
   ``<root>/<name>_mask.png``; or one scene per subfolder, ``<scene>/image.jpg|png``, ``<scene>/depth.npy``
-  (disparity, the public code's naming) and optional ``<scene>/mask*.png|jpg``.
+  (disparity, the public code's naming) and optional ``<scene>/mask*.png|jpg``. Disparity is always min-max
+  normalised (the layout's rule: such folders hold relative maps, as monocular estimators write them), so
+  ``K`` and a focus disparity refer to the normalised map.
 * ``pngdepth``: ``original/<name>.jpg|png`` with ``depth/<name>.png`` (8/16-bit, **bright = far**, as the public
   code reads it: ``disparity = normalise(1 - png)``), optional ``mask/<name>.png``.
 * ``BLB`` (BokehMe's Blender set, Peng et al. CVPR 2022): ``<scene>/image.exr`` (linear), ``<scene>/depth.exr``
@@ -38,6 +40,14 @@ Layouts (``layout="auto"`` picks one from the folder's contents, see :func:`dete
   ``focus_distances``, GTs ``<scene>/bokeh_<k>_<f>.exr`` (k indexes ``blur_parameters``, f ``focus_distances``).
   Disparity is ``1 / depth``, divided by its maximum when that exceeds 1, and K and disp_focus are scaled
   by the same factor, so ``coc_px = K * (disparity - disp_focus)`` is exactly the set's CoC.
+
+Disparity rule: ``load_test_set(disparity_normalise=...)`` (``inference_hf.py --disparity_normalise``) replaces
+the EBB and folder rules above by one mode of :func:`data.io.clean_disparity` (``auto``: keep a map already in
+[0, 1], normalise one outside it, with a warning; ``always``; ``never``); metadata K and focus follow the map
+as above. pngdepth and BLB define their disparity physically and refuse it. ``TestSet.disparity_rule`` says
+which rule the set's items are read with.
+
+Images may be EXR (scene-linear): they are encoded to sRGB by :func:`data.io.encode_linear_exr`, as BLB's.
 
 Sub-folders that lack a required file (``folder``: ``image.*`` or ``depth.npy``; ``BLB``: ``info.json``) and
 flat images without a disparity are skipped with an :class:`~data.io.InputWarning` naming them.
@@ -60,7 +70,8 @@ import torch
 
 from data.exr import read_exr_array
 from data.focus import focus_from_gt
-from data.io import IMAGE_EXTENSIONS, InputWarning, clean_disparity, fit_map_to_image, linear_to_srgb, read_disparity, read_image, resize_map
+from data.io import (IMAGE_EXTENSIONS, NORMALISE_MODES, InputWarning, clean_disparity, encode_linear_exr, fit_map_to_image, read_disparity,
+                     read_image, resize_map)
 from kernels.colour import DEFAULT_GAMMA
 
 LAYOUTS = ("EBB", "folder", "pngdepth", "BLB")
@@ -140,9 +151,11 @@ class TestSet:
     Build with :func:`load_test_set`. ``entries`` lists what each item will read (paths and metadata).
     """
 
-    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1, gamma: float = DEFAULT_GAMMA):
+    def __init__(self, root: Path, layout: str, entries: list[dict], *, multiple_of: int = 1,
+                 gamma: float = DEFAULT_GAMMA, disparity_rule: str = ""):
         self.root, self.layout, self.entries = root, layout, entries
         self.multiple_of, self.gamma = int(multiple_of), float(gamma)
+        self.disparity_rule = disparity_rule  # how the items' disparity is read (one line, for notes and records)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -170,6 +183,7 @@ def load_test_set(
     multiple_of: int = 1,
     gamma: float = DEFAULT_GAMMA,
     inputs_only: bool = False,
+    disparity_normalise: str | None = None,
 ) -> TestSet:
     """Index a test set (nothing is decoded until an item is accessed).
 
@@ -180,6 +194,11 @@ def load_test_set(
         gamma: BLB only: its EXR images are linear light; they are encoded to sRGB as ``x ** (1 / gamma)``.
         inputs_only: one item per input and no GT (for inference); by default a set with GTs gives one
             item per (input, GT) pair.
+        disparity_normalise: None keeps the layout's own disparity rule (module docstring); ``"auto"``,
+            ``"always"`` or ``"never"`` (:data:`data.io.NORMALISE_MODES`) replaces it for EBB and folder.
+
+    Raises:
+        ValueError: an unknown layout or mode, ``disparity_normalise`` for a pngdepth or BLB set, no items.
     """
     root = Path(root)
     if layout == "auto":
@@ -190,8 +209,17 @@ def load_test_set(
     layout = canonical[layout.lower()]
     if not root.is_dir():
         raise FileNotFoundError(f"test set folder '{root}' does not exist")
+    if disparity_normalise is not None and disparity_normalise not in NORMALISE_MODES:
+        raise ValueError(f"disparity_normalise must be None (the layout's rule) or one of {sorted(NORMALISE_MODES)}, "
+                         f"got {disparity_normalise!r}")
+    if disparity_normalise is not None and layout in _PHYSICAL_RULES:
+        raise ValueError(f"--disparity_normalise {disparity_normalise}: test set '{root}' is a {layout} folder, whose "
+                         f"disparity rule is part of the layout ({_PHYSICAL_RULES[layout]}); it cannot be changed. "
+                         f"Drop --disparity_normalise (it applies to --image and to EBB and folder test sets)")
     lister = {"EBB": _list_ebb, "folder": _list_folder, "pngdepth": _list_pngdepth, "BLB": _list_blb}[layout]
     entries = lister(root)
+    if disparity_normalise is not None:
+        entries = [entry | {"normalise": disparity_normalise} for entry in entries]
     if inputs_only:
         seen, unique = set(), []
         for entry in entries:
@@ -202,7 +230,29 @@ def load_test_set(
         entries = unique
     if not entries:
         raise ValueError(f"no items found in '{root}' (layout {layout}); see data/loaders.py for the expected files")
-    return TestSet(root, layout, entries, multiple_of=multiple_of, gamma=gamma)
+    return TestSet(root, layout, entries, multiple_of=multiple_of, gamma=gamma,
+                   disparity_rule=_disparity_rule(layout, entries, explicit=disparity_normalise is not None))
+
+
+# The layouts whose disparity has a physical definition of its own (module docstring): no mode replaces it.
+_PHYSICAL_RULES = {
+    "pngdepth": "1 - the depth PNG, min-max normalised",
+    "BLB": "1 / depth, divided by its maximum when that exceeds 1, K and focus scaled alike",
+}
+
+
+def _disparity_rule(layout: str, entries: list[dict], *, explicit: bool) -> str:
+    """One line saying how ``entries``' disparity is read: the mode and where it comes from."""
+    if layout in _PHYSICAL_RULES:
+        return f"{layout} layout: {_PHYSICAL_RULES[layout]} (the layout's rule)"
+    modes = sorted({entry["normalise"] for entry in entries})
+    if explicit:
+        source = "--disparity_normalise"
+    elif layout == "EBB" and modes == ["auto"]:
+        source = "the EBB layout's rule for meta.json's \"_disparity_absolute\": true"
+    else:
+        source = f"the {layout} layout's rule; --disparity_normalise changes it"
+    return f"{layout} layout: {' / '.join(f'{mode} ({NORMALISE_MODES[mode]})' for mode in modes)}, {source}"
 
 
 def _require(path: Path | None, what: str, root: Path) -> Path:
@@ -392,7 +442,7 @@ def _read_disparity_affine(path: Path, size, normalise: str) -> tuple[np.ndarray
 
 
 def _read_mask(path: Path, size) -> np.ndarray:
-    mask = read_image(path)[:1]
+    mask = read_image(path, exr_linear=False)[:1]  # coverage, not colour
     if mask.shape[1:] != size:
         warnings.warn(f"mask '{path}' resized (nearest) to the image size {size[1]}x{size[0]}.", InputWarning)
         mask = resize_map(mask, size, interpolation=cv2.INTER_NEAREST)
@@ -411,8 +461,8 @@ def _load_blb(entry: dict, gamma: float) -> dict:
         linear = read_exr_array(path)[:, :, :3]
         if linear.shape[2] == 1:
             linear = np.repeat(linear, 3, axis=2)
-        # BLB stores linear HDR; clip to the displayable range before encoding (no tone mapping).
-        return linear_to_srgb(np.clip(linear, 0, 1), gamma).transpose(2, 0, 1).astype(np.float32).copy()
+        # BLB stores linear HDR: clipped to the displayable range, then encoded (no tone mapping), as every EXR photo.
+        return encode_linear_exr(linear, gamma).transpose(2, 0, 1).astype(np.float32).copy()
 
     image = srgb(entry["image"])
     depth = read_exr_array(entry["disparity"])[:, :, 0].astype(np.float64)

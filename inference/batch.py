@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from data.disk import DiskFullError
 from data.inference_io import (
-    MANIFEST_NAME, InputItem, OutputFiles, StageTimer, choose_focus, demo_inputs, folder_inputs, input_roots,
-    item_contact_sheet, limit_size, output_name, pair_inputs, previous_outputs, sheet_name, unique_focus,
+    MANIFEST_NAME, InputItem, OutputFiles, StageTimer, choose_focus, demo_inputs, folder_inputs, input_notes,
+    input_roots, item_contact_sheet, limit_size, output_name, pair_inputs, previous_outputs, sheet_name, unique_focus,
 )
 from data.interrupt import Interrupted, protected
 from data.io import InputWarning, save_image, write_text_atomic
@@ -36,7 +36,23 @@ from .shard import Job, file_key, input_identity, recorded_outputs
 def select_inputs(args: argparse.Namespace) -> list:
     """The run's inputs (:class:`data.inference_io.PendingInput`, loaded lazily) from ``--demo``, ``--image`` /
     ``--disparity`` or ``--test_data_dir``. May redirect ``args.output_dir`` (the published ``--data_id``
-    meaning: a plain name that selects no input names the run)."""
+    meaning: a plain name that selects no input names the run). Sets ``args.disparity_rule``: the rules the
+    inputs' disparity is read with, one line each; they decide the renders' bytes, so they go to
+    ``run_config.json`` and a rerun with another rule is a change of settings."""
+    inputs = _find_inputs(args)
+    args.disparity_rule = input_notes(inputs)[0]
+    return inputs
+
+
+def print_input_notes(inputs) -> None:
+    """Print, once per run, how the inputs' disparity is read and what else reading them decides (an EXR taken
+    as linear light): one ``note:`` line each, however many inputs share it."""
+    rules, notes = input_notes(inputs)
+    for line in [f"disparity: {rule}" for rule in rules] + notes:
+        print(f"note: {line}")
+
+
+def _find_inputs(args: argparse.Namespace) -> list:
     if args.demo:
         return demo_inputs()
     if args.image is not None:
@@ -45,7 +61,7 @@ def select_inputs(args: argparse.Namespace) -> list:
     protocol = getattr(args, "protocol_resolved", None) or ("published" if args.protocol == "published" else "corrected")
     # Renders an earlier run wrote among the inputs are outputs, not inputs (run_config.json lists them).
     inputs = folder_inputs(args.test_data_dir, args.data_id, exclude=earlier_outputs(args.output_dir),
-                           protocol=protocol)
+                           protocol=protocol, disparity_normalise=args.disparity_normalise)
     if not inputs and args.data_id is not None and not glob.has_magic(args.data_id):
         # The published script's --data_id named the run (outputs in OUTPUT_DIR/DATA_ID); keep that meaning when
         # the plain name selects nothing, so the published README command runs unchanged.
@@ -53,7 +69,7 @@ def select_inputs(args: argparse.Namespace) -> list:
               f"rendering every input into {Path(args.output_dir) / args.data_id}")
         args.output_dir = str(Path(args.output_dir) / args.data_id)
         inputs = folder_inputs(args.test_data_dir, None, exclude=earlier_outputs(args.output_dir),
-                               protocol=protocol)
+                               protocol=protocol, disparity_normalise=args.disparity_normalise)
     return inputs
 
 

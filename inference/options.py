@@ -77,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--image", help="input photo (PNG/JPEG/TIFF/EXR; gray, RGB, RGBA; 8 or 16 bit)")
     src.add_argument("--disparity", help="disparity for --image: .npy, .npz, 8/16-bit PNG, EXR (1 = near)")
     src.add_argument("--depth", action="store_true", help="--disparity holds depth (larger = farther)")
-    src.add_argument("--disparity_normalise", choices=("auto", "always", "never"), default="auto",
-                     help="min-max normalise the map: auto = only if outside [0, 1] (default); always = relative maps")
+    src.add_argument("--disparity_normalise", choices=("auto", "always", "never"), default=None,
+                     help="min-max normalise the disparity: auto = keep a map in [0, 1], normalise one outside it "
+                          "(warned); always = every map (relative disparity); never = as stored. Unset, each input "
+                          "keeps its own rule: auto for --image; test sets as data/loaders.py says (EBB and folder: "
+                          "always; EBB with meta.json _disparity_absolute: auto). It applies to --image and to EBB "
+                          "and folder test sets; pngdepth and BLB (physical rules) and --protocol published (the "
+                          "released handling) refuse it. The rule used is printed and kept in run_config.json")
     src.add_argument("--mask", help="subject mask for --image (white = subject); focus defaults to its median")
     src.add_argument("--test_data_dir", help="test-set folder(s) (folder or glob; layouts EBB, folder, pngdepth, BLB "
                                              "as in data/loaders.py); subject masks there set the auto focus")
@@ -258,8 +263,10 @@ def compatibility_notes(args) -> None:
     for flag in unused:
         if getattr(args, flag) != getattr(defaults, flag):
             print(f"note: --{flag} is ignored by --renderer {args.renderer}")
-    if args.test_data_dir is not None and (args.depth or args.disparity_normalise != "auto"):
-        print("note: --depth / --disparity_normalise apply to --image/--disparity; test-set layouts define their own")
+    if args.test_data_dir is not None and args.depth:
+        print("note: --depth applies to --image/--disparity; test-set layouts define whether their maps are depth")
+    if args.demo and args.disparity_normalise is not None:
+        print("note: --disparity_normalise is ignored by --demo (its measured disparity is read as shipped)")
     if args.local_rank != -1:
         print("note: --local_rank is accepted for launcher compatibility; ranks are read from the launcher's "
               "environment (accelerate launch, torchrun)")

@@ -8,6 +8,7 @@ of the mean). Column names: ``<metric>``, ``<metric>_band``, ``<metric>_outside`
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import math
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.inference_io import output_name, safe_name
+from data.inference_io import format_value, output_name, parse_output_name, safe_name
 from data.io import (IMAGE_EXTENSIONS, contact_sheet, read_disparity, read_image, replaced_inputs, save_image,
                      write_text_atomic)
 from metrics.bands import BAND_THRESHOLD, BAND_WIDTH_PX, discontinuity_band
@@ -83,38 +84,83 @@ def _images_in(folder: Path) -> dict[str, Path]:
     }
 
 
-def find_pairs(pred_dir: Path, gt_dir: Path, disparity_dir: Path | None = None) -> tuple[list[Pair], list[str]]:
-    """Match predictions to ground truth by relative path without extension.
+def find_pairs(pred_dir: Path, gt_dir: Path, disparity_dir: Path | None = None, *,
+               pred_glob: str | None = None) -> tuple[list[Pair], list[str]]:
+    """Match predictions to ground truth by relative path without extension, or by ``inference_hf.py``'s naming.
 
-    Disparity for ``<name>`` is looked up in ``disparity_dir`` as ``<name>.npy``, ``<name>_pred.npy`` (the
-    EBB layout) or ``<name>.png``. Returns the pairs, one per ground truth (``pred`` None where the
-    prediction is missing: :func:`evaluate_pairs` reports it), and a list of problems (predictions without
-    ground truth, missing disparity), which the caller reports.
+    A ground truth ``<name>`` takes the prediction ``<name>.<ext>``; without one, the render that
+    ``inference_hf.py`` wrote for it, ``<name>_K<K>_f<focus>.png`` (:func:`data.inference_io.parse_output_name`;
+    ``<name>`` as the GT's, or cleaned by :func:`data.inference_io.safe_name`), when it is the only one. Several
+    renders of one ground truth (several K or focus values) are refused with a ``ValueError`` that lists them:
+    ``pred_glob`` (an ``fnmatch`` pattern on the prediction's path relative to ``pred_dir``, e.g.
+    ``"*_K20_f0.50.png"``) keeps one per ground truth. Disparity for ``<name>`` is looked up in ``disparity_dir``
+    as ``<name>.npy``, ``<name>_pred.npy`` (the EBB layout) or ``<name>.png``. Returns the pairs, one per
+    ground truth (``pred`` None where the prediction is missing: :func:`evaluate_pairs` reports it), and a list
+    of problems (predictions without ground truth, missing disparity), which the caller reports.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for flag, folder in (("--pred_dir", pred_dir), ("--gt_dir", gt_dir)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{flag} '{folder}' is not a folder")
     preds, gts = _images_in(pred_dir), _images_in(gt_dir)
-    problems = [f"no ground truth for prediction '{preds[n]}'" for n in preds if n not in gts]
+    if pred_glob is not None:
+        preds = {n: p for n, p in preds.items() if fnmatch.fnmatchcase(p.relative_to(pred_dir).as_posix(), pred_glob)}
+    matched = {name: preds[name] for name in gts if name in preds}
+    renders = _renders_by_ground_truth({n: p for n, p in preds.items() if n not in matched}, gts.keys() - matched.keys())
+    several = {name: found for name, found in renders.items() if len(found) > 1}
+    if several:
+        name, found = sorted(several.items())[0]
+        listed = ", ".join(sorted(p.relative_to(pred_dir).as_posix() for p in found))
+        example = sorted(found)[0].relative_to(pred_dir).as_posix()
+        parsed = parse_output_name(Path(example).stem)
+        pattern = f"*_K{format_value(parsed[1])}_f{parsed[2]:.2f}.png" if parsed else example
+        raise ValueError(
+            f"{len(several)} ground truth(s) in --gt_dir '{gt_dir}' have several renders in --pred_dir '{pred_dir}' "
+            f"(e.g. '{gts[name]}': {listed}); a ground truth is scored against one prediction. Pick one per "
+            f"ground truth with --pred_glob, e.g. --pred_glob '{pattern}'")
+    matched.update({name: found[0] for name, found in renders.items()})
+    used = set(matched.values())
+    problems = [f"no ground truth for prediction '{path}'" for path in preds.values() if path not in used]
     pairs = [Pair(name, None, gts[name], missing=f"no prediction for ground truth '{gts[name]}' in --pred_dir "
-                  f"'{pred_dir}' (looked for {name}.<{'|'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}>)")
-             for name in sorted(set(gts) - set(preds))]
-    for name in sorted(set(preds) & set(gts)):
+                  f"'{pred_dir}' (looked for {name}.<{'|'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}> and "
+                  f"{name}_K<K>_f<focus>.png)")
+             for name in sorted(set(gts) - set(matched))]
+    for name in sorted(matched):
         disparity = None
         if disparity_dir is not None:
             candidates = [Path(disparity_dir) / f"{name}{suffix}" for suffix in (".npy", "_pred.npy", ".png")]
             disparity = next((c for c in candidates if c.is_file()), None)
             if disparity is None:
                 problems.append(f"no disparity for '{name}' in '{disparity_dir}' (band metrics will be NaN)")
-        pairs.append(Pair(name, preds[name], gts[name], disparity))
+        pairs.append(Pair(name, matched[name], gts[name], disparity))
     pairs.sort(key=lambda pair: pair.name)
     if not any(pair.pred is not None for pair in pairs):
         raise ValueError(
-            f"no prediction in --pred_dir '{pred_dir}' matches a ground-truth image in --gt_dir '{gt_dir}' "
-            "(files are matched by relative path without extension)"
+            f"no prediction in --pred_dir '{pred_dir}'{f' matching --pred_glob {pred_glob!r}' if pred_glob else ''} "
+            f"matches a ground-truth image in --gt_dir '{gt_dir}' (files are matched by relative path without "
+            "extension, or as inference_hf.py names a render of the ground truth's <name>: <name>_K<K>_f<focus>.png)"
         )
     return pairs, problems
+
+
+def _renders_by_ground_truth(preds: dict[str, Path], gt_names) -> dict[str, list[Path]]:
+    """The predictions named as ``inference_hf.py`` names a render (``<name>_K<K>_f<focus>``, in the same
+    sub-folder) of each ground truth in ``gt_names``; ground truths without one are left out."""
+    by_key: dict[str, str] = {}
+    for gt in gt_names:
+        folder, _, stem = gt.rpartition("/")
+        for candidate in dict.fromkeys((stem, safe_name(stem))):  # inference_hf.py cleans names (safe_name)
+            by_key.setdefault(f"{folder}/{candidate}" if folder else candidate, gt)
+    found: dict[str, list[Path]] = {}
+    for name, path in preds.items():
+        folder, _, stem = name.rpartition("/")
+        parsed = parse_output_name(stem)
+        if parsed is None:
+            continue
+        gt = by_key.get(f"{folder}/{parsed[0]}" if folder else parsed[0])
+        if gt is not None:
+            found.setdefault(gt, []).append(path)
+    return found
 
 
 def dataset_records(root: Path) -> list[dict]:

@@ -199,13 +199,32 @@ def test_exr_image_and_depth_are_read(tmp_path):
     write_exr(tmp_path / "image.exr", {c: rgb[:, :, i] for i, c in enumerate("RGB")})
     image = read_image(tmp_path / "image.exr")
     assert image.shape == (3, 6, 9)
-    np.testing.assert_allclose(image, rgb.transpose(2, 0, 1), atol=1e-6)
+    # EXR colour is scene-linear: encoded to sRGB as x ** (1 / 2.2), as the BLB loader encodes it.
+    np.testing.assert_allclose(image, rgb.transpose(2, 0, 1) ** (1 / 2.2), atol=1e-6)
+    # Non-colour data (masks) is read as stored.
+    np.testing.assert_allclose(read_image(tmp_path / "image.exr", exr_linear=False), rgb.transpose(2, 0, 1), atol=1e-6)
 
     depth = np.linspace(1.0, 4.0, 54, dtype=np.float32).reshape(6, 9)
     write_exr(tmp_path / "depth.exr", {"Z": depth})
     with pytest.warns(InputWarning, match="normalised"):
         disparity = read_disparity(tmp_path / "depth.exr", is_depth=True)
     assert disparity[0, 0, 0] == pytest.approx(1.0) and disparity[0, -1, -1] == pytest.approx(0.0)  # near = 1
+
+
+def test_exr_photo_is_encoded_like_blb_and_its_highlights_are_clipped_with_a_warning(tmp_path):
+    from data.exr import write_exr
+    from data.io import encode_linear_exr
+
+    linear = np.random.default_rng(1).uniform(0, 1.5, size=(5, 7, 3)).astype(np.float32)  # HDR highlights
+    alpha = np.random.default_rng(2).uniform(0, 1, size=(5, 7)).astype(np.float32)
+    write_exr(tmp_path / "hdr.exr", {**{c: linear[:, :, i] for i, c in enumerate("RGB")}, "A": alpha})
+    with pytest.warns(InputWarning, match="outside"):
+        rgb, got_alpha = read_image(tmp_path / "hdr.exr", with_alpha=True)
+    expected = np.clip(linear, 0, 1) ** (1 / 2.2)
+    np.testing.assert_allclose(rgb, expected.transpose(2, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(rgb, encode_linear_exr(linear).transpose(2, 0, 1), atol=0)
+    np.testing.assert_allclose(got_alpha[0], alpha, atol=1e-6)  # coverage: never gamma-encoded
+    assert rgb.max() == 1.0
 
 
 # ---------------------------------------------------------------------------------------------- file modes

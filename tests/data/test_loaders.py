@@ -298,3 +298,64 @@ def test_ebb_reads_every_image_format_and_names_what_it_skips(tmp_path):
         test_set = load_test_set(tmp_path, "EBB", inputs_only=True)
     assert sorted(e["name"] for e in test_set.entries) == ["one", "three", "two"]
     assert test_set[1]["image"].shape == (3, 12, 12)
+
+
+# ------------------------------------------------------------------------------ disparity rule, EXR photos
+def _folder_set(root: Path, disparity: np.ndarray, *, scene: bool = False) -> None:
+    image = np.random.default_rng(5).random((3, *disparity.shape)).astype(np.float32)
+    if scene:
+        save_image(root / "s" / "image.png", image)
+        np.save(root / "s" / "depth.npy", disparity)
+    else:
+        save_image(root / "a.png", image)
+        np.save(root / "a.npy", disparity)
+
+
+@pytest.mark.parametrize("scene", [False, True], ids=["flat", "scene_folders"])
+def test_folder_layout_disparity_rule_is_stated_and_replaceable(tmp_path, scene):
+    """The folder layout min-max normalises by default and says so; ``disparity_normalise`` replaces the rule
+    (the old loader ignored any choice: a map already in [0, 1] was always rescaled)."""
+    stored = np.tile(np.linspace(0.2, 0.7, 20, dtype=np.float32), (12, 1))
+    _folder_set(tmp_path, stored, scene=scene)
+    default = load_test_set(tmp_path, "folder")
+    assert "folder layout: always" in default.disparity_rule and "--disparity_normalise changes it" in default.disparity_rule
+    assert float(default[0]["disparity"].min()) == 0.0 and float(default[0]["disparity"].max()) == pytest.approx(1.0)
+    for mode in ("auto", "never"):
+        kept = load_test_set(tmp_path, "folder", disparity_normalise=mode)
+        assert kept.disparity_rule.startswith(f"folder layout: {mode} (") and "--disparity_normalise" in kept.disparity_rule
+        np.testing.assert_allclose(kept[0]["disparity"][0].numpy(), stored, atol=1e-6)
+
+
+def test_ebb_metadata_follows_a_replaced_disparity_rule(tmp_path):
+    """EBB metadata K and focus refer to the stored map: whatever the rule, coc_px stays the stored one."""
+    shutil.copytree(EBB, tmp_path / "ebb")
+    for mode in (None, "never", "always"):
+        item = load_test_set(tmp_path / "ebb", disparity_normalise=mode)[0]
+        name = item["input_name"]
+        stored = np.load(tmp_path / "ebb" / "depth" / f"{name}_pred.npy")
+        record = json.loads((tmp_path / "ebb" / "meta.json").read_text())[name][0]
+        coc = item["K"] * (item["disparity"][0] - item["disp_focus"])
+        # The map is stored as float16: compare in float64, not in its own precision.
+        np.testing.assert_allclose(coc.numpy(), record["K"] * (stored.astype(np.float64) - record["disp_focus"]),
+                                   atol=1e-5)
+
+
+def test_physical_layouts_refuse_a_disparity_rule(tmp_path):
+    save_image(tmp_path / "original" / "p.png", np.zeros((3, 8, 8)))
+    save_image(tmp_path / "depth" / "p.png", np.zeros((8, 8)))
+    assert "pngdepth layout: 1 - the depth PNG" in load_test_set(tmp_path).disparity_rule
+    with pytest.raises(ValueError, match=r"--disparity_normalise auto: .*pngdepth.*cannot be changed"):
+        load_test_set(tmp_path, disparity_normalise="auto")
+    with pytest.raises(ValueError, match="disparity_normalise must be"):
+        load_test_set(tmp_path, disparity_normalise="sometimes")
+
+
+def test_folder_layout_reads_an_exr_photo_as_linear_light(tmp_path):
+    """``<name>.exr`` in a folder set is scene-linear: encoded like BLB's images, it matches its sRGB PNG."""
+    srgb = np.random.default_rng(6).random((3, 10, 14)).astype(np.float32)
+    save_image(tmp_path / "png" / "a.png", srgb, bits=16)
+    _write_exr(tmp_path / "exr" / "a.exr", srgb.transpose(1, 2, 0) ** 2.2)
+    for sub in ("png", "exr"):
+        np.save(tmp_path / sub / "a.npy", np.zeros((10, 14), np.float32))
+    from_png, from_exr = (load_test_set(tmp_path / sub, "folder")[0]["image"] for sub in ("png", "exr"))
+    np.testing.assert_allclose(from_exr.numpy(), from_png.numpy(), atol=1e-4)

@@ -257,3 +257,27 @@ def test_reports_never_replace_an_input(tmp_path, capsys):
                           "--learned", "--device", "cpu"]) == 2
     assert "worst_cases.png" in capsys.readouterr().err
     assert (pred_dir / "worst_cases.png").read_bytes() == before and not (pred_dir / "metrics.json").exists()
+
+
+def test_renders_named_by_inference_pair_with_their_ground_truth(tmp_path):
+    """``inference_hf.py`` writes ``<name>_K<K>_f<focus>.png``; a GT ``<name>.png`` takes its only render (a
+    cleaned name too), and several renders of one GT are refused with the choices and --pred_glob."""
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    for name, render in (("a", "a_K20_f0.50"), ("my scene", "my_scene_K7.5_f0.12"), ("sub/b", "sub/b_K20_f0.50-2")):
+        save_image(gt_dir / f"{name}.png", _image(1)[0])
+        save_image(pred_dir / f"{render}.png", _image(2)[0])
+    save_image(pred_dir / "contact_sheet.png", _image(3)[0])
+    pairs, problems = find_pairs(pred_dir, gt_dir)
+    assert {p.name: p.pred.relative_to(pred_dir).as_posix() for p in pairs} == {
+        "a": "a_K20_f0.50.png", "my scene": "my_scene_K7.5_f0.12.png", "sub/b": "sub/b_K20_f0.50-2.png"}
+    assert problems == [f"no ground truth for prediction '{pred_dir / 'contact_sheet.png'}'"]
+
+    save_image(pred_dir / "a_K40_f0.50.png", _image(4)[0])  # a second render of 'a'
+    with pytest.raises(ValueError, match=r"several renders.*a_K20_f0\.50\.png, a_K40_f0\.50\.png.*--pred_glob"):
+        find_pairs(pred_dir, gt_dir)
+    pairs, _ = find_pairs(pred_dir, gt_dir, pred_glob="*_K40_*")
+    assert [(p.name, p.pred.name if p.pred else None) for p in pairs] == [
+        ("a", "a_K40_f0.50.png"), ("my scene", None), ("sub/b", None)]
+    # A prediction named exactly like its GT is kept, as before, whatever renders lie beside it.
+    save_image(pred_dir / "a.png", _image(5)[0])
+    assert next(p for p in find_pairs(pred_dir, gt_dir)[0] if p.name == "a").pred.name == "a.png"
