@@ -86,6 +86,21 @@ def render_settings(config: dict) -> dict:
     return json.loads(json.dumps(settings, default=str))
 
 
+def upgrade_settings(previous: dict, settings: dict) -> dict:
+    """``previous`` (an earlier run's :func:`render_settings`) in today's terms, so that a run made before a
+    setting was recorded still resumes. Before ``disparity_rule`` was recorded, ``--disparity_normalise``
+    defaulted to ``"auto"``, which test sets ignored (each layout read its own rule, the rule that the default
+    ``None`` means now) and ``--image`` applied (what ``None`` means for it now)."""
+    if "disparity_rule" in previous or "disparity_normalise" not in previous:
+        return previous
+    upgraded = dict(previous)
+    if upgraded["disparity_normalise"] == "auto":
+        upgraded["disparity_normalise"] = None
+    if upgraded["disparity_normalise"] is None and settings.get("disparity_normalise") is None:
+        upgraded["disparity_rule"] = settings.get("disparity_rule")
+    return upgraded
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -183,6 +198,8 @@ class Job:
             previous = json.loads((self.folder / SETTINGS_NAME).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = render_settings(finished) if finished.get("output_records") else None
+        if previous is not None:
+            previous = upgrade_settings(previous, self.settings)
         if previous is not None and previous != self.settings and any(r.get("kind") == "output" for r in records):
             changed = sorted(key for key in set(previous) | set(self.settings)
                              if previous.get(key) != self.settings.get(key))

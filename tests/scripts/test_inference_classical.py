@@ -463,3 +463,30 @@ def test_published_pngdepth_renders_are_written_at_the_disparity_size(tmp_path):
     up = np.asarray(Image.fromarray(image).resize((1024, 512), Image.Resampling.LANCZOS), np.float32) / 255
     expected = published_resize_output(up.transpose(2, 0, 1), (24, 48))  # identity: up to 1024 x 512 and back
     assert np.abs(rendered - expected).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("source", ["folder", "image"])
+def test_a_run_recorded_before_the_disparity_rule_still_resumes(tmp_path, capsys, source):
+    """run_config.json written before ``disparity_rule`` was recorded (``disparity_normalise`` then defaulted to
+    "auto", which test sets ignored): the rerun with today's defaults resumes and renders nothing again, while a
+    real change of the rule is still refused."""
+    if source == "folder":
+        root = tmp_path / "ebb"
+        shutil.copytree(EBB, root)
+        run = lambda *extra: _run_folder(root, tmp_path / "out", "--renderer", "identity", *extra)  # noqa: E731
+    else:
+        image, disparity = _scene(tmp_path)
+        run = lambda *extra: _run(tmp_path, image, disparity, "--renderer", "identity", *extra)[0]  # noqa: E731
+    assert run() == 0
+    config_path = tmp_path / "out" / "run_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["disparity_normalise"] is None and config["disparity_rule"]
+    del config["disparity_rule"]
+    config["disparity_normalise"] = "auto"  # as the older version wrote it
+    config_path.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert run() == 0
+    printed = capsys.readouterr()
+    assert "other settings" not in printed.err and "resumed" in printed.out
+    assert run("--disparity_normalise", "never") == 2
+    assert "--disparity_normalise (was None, now 'never')" in capsys.readouterr().err
