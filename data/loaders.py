@@ -49,8 +49,10 @@ which rule the set's items are read with.
 
 Images may be EXR (scene-linear): they are encoded to sRGB by :func:`data.io.encode_linear_exr`, as BLB's.
 
-Sub-folders that lack a required file (``folder``: ``image.*`` or ``depth.npy``; ``BLB``: ``info.json``) and
-flat images without a disparity are skipped with an :class:`~data.io.InputWarning` naming them.
+Sub-folders that are not scenes (``folder``: no ``image.*``; ``BLB``: no ``info.json``) are skipped with an
+:class:`~data.io.InputWarning` naming them. An input image whose disparity is missing (EBB ``depth/<name>_pred.npy``,
+``folder`` ``<name>.npy`` or ``<scene>/depth.npy``) is listed, and loading it raises ``FileNotFoundError`` naming
+the expected file: a batch reports it as a failed input.
 
 Odd sizes: by default every map keeps the stored size (a disparity or mask of another size is resized to the
 image, with a warning). With ``multiple_of=m`` image, disparity, mask and GT alike are resized to the next
@@ -304,24 +306,23 @@ def _list_folder(root: Path) -> list[dict]:
     entries = []
     for scene in sorted(p for p in root.iterdir() if p.is_dir()):
         image = find_file(scene, "image")
-        missing = [what for what, absent in (("image.jpg|png", image is None),
-                                             ("depth.npy", not (scene / "depth.npy").is_file())) if absent]
-        if missing:
-            warnings.warn(f"folder '{scene}' has no {' and no '.join(missing)}; not a scene folder, skipped.",
-                          InputWarning)
+        if image is None:
+            warnings.warn(f"folder '{scene}' has no image.jpg|png; not a scene folder, skipped.", InputWarning)
             continue
         masks = sorted(p for p in scene.iterdir() if p.stem.startswith("mask") and p.suffix.lower() in _IMAGE_SUFFIXES)
+        # An image without its disparity is an input that fails when loaded (reported, exit 1), not a silent skip.
         entries.append({"name": scene.name, "input_name": scene.name, "image": image, "disparity": scene / "depth.npy",
-                        "mask": masks[0] if masks else None, "normalise": "always"})
+                        "mask": masks[0] if masks else None, "normalise": "always",
+                        "missing_input": _missing(scene / "depth.npy", f"disparity for scene '{scene.name}'", root)})
     images = [image for image in list_images(root) if not image.stem.endswith("_mask")]
     names = input_names(images)
     for image in images:
+        # Images without a <name>.npy are listed too, failing when loaded: a caller drops its own earlier outputs
+        # (data.inference_io.folder_inputs' exclude) before any is loaded, and every other one is a missing input.
         disparity = image.with_suffix(".npy")
-        if not disparity.is_file():
-            warnings.warn(f"'{image}' has no disparity '{disparity.name}' next to it; skipped.", InputWarning)
-            continue
         entries.append({"name": names[image], "input_name": names[image], "image": image, "disparity": disparity,
-                        "mask": find_file(root, f"{image.stem}_mask"), "normalise": "always"})
+                        "mask": find_file(root, f"{image.stem}_mask"), "normalise": "always",
+                        "missing_input": _missing(disparity, f"disparity for input '{image.name}'", root)})
     return entries
 
 

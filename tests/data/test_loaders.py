@@ -116,17 +116,28 @@ def test_ebb_metadata_k_and_focus_follow_the_disparity_normalisation(tmp_path, a
 
 
 def test_folders_without_required_files_are_skipped_with_a_warning(tmp_path):
+    """A sub-folder with no image is not a scene (skipped, with a warning); an image without its disparity is
+    an input that fails when loaded, naming the file expected (it used to be skipped with a warning, so a
+    batch missing inputs exited 0)."""
     rng = np.random.default_rng(5)
     save_image(tmp_path / "good" / "image.png", rng.random((3, 8, 8)))
     np.save(tmp_path / "good" / "depth.npy", rng.random((8, 8)))
     save_image(tmp_path / "nodepth" / "image.png", rng.random((3, 8, 8)))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a scene")
+    save_image(tmp_path / "flat.png", rng.random((3, 8, 8)))  # no flat.npy next to it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        items = list(load_test_set(tmp_path, layout="folder"))
-    assert [item["name"] for item in items] == ["good"]
+        test_set = load_test_set(tmp_path, layout="folder")
+    assert [e["name"] for e in test_set.entries] == ["good", "nodepth", "flat"]
     messages = [str(c.message) for c in caught if issubclass(c.category, InputWarning)]
-    assert any(str(tmp_path / "nodepth") in m and "depth.npy" in m and "skipped" in m for m in messages), messages
-    assert not any(str(tmp_path / "good") + "'" in m for m in messages)
+    assert any(str(tmp_path / "notes") in m and "skipped" in m for m in messages), messages
+    assert not any("nodepth" in m or "flat" in m for m in messages), messages
+    assert test_set[0]["name"] == "good"
+    for index, expected in ((1, tmp_path / "nodepth" / "depth.npy"), (2, tmp_path / "flat.npy")):
+        with pytest.raises(FileNotFoundError, match="disparity for") as error:
+            test_set[index]
+        assert str(expected) in str(error.value)
 
     blb = tmp_path / "blb"
     _write_exr(blb / "1" / "image.exr", rng.random((6, 6, 3)).astype(np.float32))

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import cv2
@@ -260,6 +261,29 @@ def test_folder_with_a_corrupt_input_reports_it_and_keeps_the_others(tmp_path, c
     assert "scene01" in err and "cannot decode" in err
     written = sorted(p.name.split("_")[0] for p in (tmp_path / "out").glob("*_K3_*.png"))
     assert written == ["scene00", "scene02"]
+
+
+def test_a_flat_folder_input_without_its_disparity_fails_and_its_own_renders_are_not_inputs(tmp_path, capsys):
+    """``folder`` layout, ``<name>.png`` + ``<name>.npy``: an image without its ``.npy`` is a failed input (named,
+    exit 1; it used to be a warning and exit 0, against the README). Rendering into that folder and again: the
+    run's own renders are outputs, not inputs missing a disparity (they used to draw one warning each)."""
+    root = tmp_path / "flat"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        save_image(root / f"{name}.png", rng.random((3, 24, 32)))
+        np.save(root / f"{name}.npy", rng.random((24, 32)).astype(np.float32))
+    save_image(root / "nodisp.png", rng.random((3, 24, 32)))
+    assert _run_folder(root, root) == 1
+    err = capsys.readouterr().err
+    assert "nodisp" in err and str(root / "nodisp.npy") in err
+    assert sorted(p.name.split("_K")[0] for p in root.glob("*_K3_*.png")) == ["a", "b"]
+    (root / "nodisp.png").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _run_folder(root, root) == 0
+    assert not [str(w.message) for w in caught if "disparity" in str(w.message)]
+    assert sorted(p.name.split("_K")[0] for p in root.glob("*_K3_*.png")) == ["a", "b"]
 
 
 def test_missing_test_data_dir_exits_2(tmp_path, capsys):
