@@ -21,7 +21,8 @@ from data.disk import DiskFullError
 from data.inference_io import MANIFEST_NAME, pair_inputs
 from data.interrupt import Interrupted, signals_raise
 from data.ranks import join_ranks, rank_device
-from inference.batch import output_files, print_input_notes, render_inputs, select_inputs, stopped, write_manifest
+from inference.batch import (make_output_dir, output_files, print_input_notes, render_inputs, select_inputs, stopped,
+                             write_manifest)
 from inference.options import HelpFormatter, build_parser, compatibility_notes, parse_args
 from inference.renderers import (
     CLASSICAL_GAMMA, DEFAULT_RENDERER, RENDERERS, ROW_PROGRESS_DELAY_S, RenderFn, build_bokehdiff, build_classical,
@@ -68,8 +69,7 @@ def _render(args, device, ranks, run: SimpleNamespace) -> int:
         inputs = select_inputs(args)  # may redirect --output_dir (published --data_id meaning)
         if ranks.is_main:
             print_input_notes(inputs)
-        output_dir = Path(args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir = make_output_dir(args.output_dir)
         files = output_files(args, inputs)
         config = {**vars(args), "device": str(device)}
         if files.claim(MANIFEST_NAME) != output_dir / MANIFEST_NAME:

@@ -79,6 +79,33 @@ def earlier_outputs(output_dir) -> list[Path]:
     return list(dict.fromkeys(previous_outputs(output_dir) + recorded_outputs(output_dir)))
 
 
+def make_output_dir(output_dir: str | Path) -> Path:
+    """Create ``--output_dir`` (and its parents) and check that this process can write into it, before anything
+    is loaded or written: one file is created and removed there.
+
+    Raises:
+        PermissionError (or OSError, e.g. a read-only file system): the folder cannot be created or written;
+            the message names ``--output_dir``, the folder, the reason and the fix.
+    """
+    import tempfile
+
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        if isinstance(error, (FileExistsError, NotADirectoryError)):  # a file in the way: mkdir's message says so
+            raise
+        reason = error.strerror or type(error).__name__
+        failed = Path(error.filename) if error.filename else folder
+        where = "" if folder in (failed, failed.parent) else f" ('{failed}')"  # a parent that could not be made
+        kind = PermissionError if isinstance(error, PermissionError) else OSError
+        raise kind(f"--output_dir '{folder}' cannot be written: {reason}{where}. Choose a folder you can write, or "
+                   f"change its permissions") from error
+    return folder
+
+
 def output_files(args: argparse.Namespace, inputs) -> OutputFiles:
     """Where this run's outputs go: never onto one of its input files (nor any other file of the input
     folders), never two outputs onto one path."""

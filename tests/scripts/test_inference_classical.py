@@ -286,6 +286,29 @@ def test_a_flat_folder_input_without_its_disparity_fails_and_its_own_renders_are
     assert sorted(p.name.split("_K")[0] for p in root.glob("*_K3_*.png")) == ["a", "b"]
 
 
+def test_an_output_dir_that_cannot_be_written_is_one_error_naming_the_flag(tmp_path, capsys, monkeypatch):
+    """A folder this process may not write (read-only, immutable, another user's): one ``error:`` line naming
+    --output_dir, the folder and the reason, exit 2, before any input is read. It used to be a traceback from the
+    first manifest write (exit 1). The folder's permissions are simulated: root (CI) may write anywhere."""
+    import errno
+    import tempfile
+
+    image, disparity = _scene(tmp_path)
+    out = tmp_path / "locked"
+    out.mkdir()
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / ".write-check-x"))
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    code = inference_hf.main(["--renderer", "classical", "--image", str(image), "--disparity", str(disparity),
+                              "--output_dir", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1
+    assert f"--output_dir '{out}' cannot be written: Permission denied. Choose a folder" in err
+    assert list(out.iterdir()) == []
+
+
 def test_missing_test_data_dir_exits_2(tmp_path, capsys):
     assert _run_folder(tmp_path / "absent", tmp_path / "out") == 2
     assert "absent" in capsys.readouterr().err
