@@ -214,8 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.tile_size % 32 or args.tile_size < 64:
         parser.error(f"--tile_size must be a multiple of 32 and >= 64 px, got {args.tile_size}")
-    if not 0 <= args.tile_overlap < args.tile_size or args.tile_overlap % 8:
-        parser.error(f"--tile_overlap must be a multiple of 8 in [0, --tile_size), got {args.tile_overlap}")
+    # Neighbouring tiles start at least one step of the UNet's coarsest grid apart (32 px for SDXL-shaped UNets:
+    # the VAE's 8 x the UNet's 4; models.tiling.tile_starts), so the overlap leaves at least 32 px of each tile.
+    if not 0 <= args.tile_overlap <= args.tile_size - 32 or args.tile_overlap % 8:
+        parser.error(f"--tile_overlap must be a multiple of 8 px in [0, --tile_size - 32] = [0, {args.tile_size - 32}] "
+                     f"(tiles advance by at least 32 px), got {args.tile_overlap} with --tile_size {args.tile_size}")
     if args.no_pisa and (args.pisa_hardness is not None or args.pisa_compat != "auto"
                          or args.pisa_segments is not None or args.pisa_supersamples is not None):
         parser.error("--no_pisa turns PISA off; drop --pisa_hardness / --pisa_compat / --pisa_segments / "

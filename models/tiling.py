@@ -283,6 +283,9 @@ class Tiler:
                     f"tile_size ({self.tile_size}) must be a multiple of {m} px and tile_overlap ({self.tile_overlap}) "
                     f"of {f} px."
                 )
+            if not 0 <= self.tile_overlap <= self.tile_size - m:  # tile_starts' rule, stated in image pixels
+                raise ValueError(f"tile_overlap must be in [0, tile_size - {m}] = [0, {self.tile_size - m}] px "
+                                 f"(tiles advance by at least {m} px), got {self.tile_overlap}.")
             tile, overlap = self.tile_size // f, self.tile_overlap // f
             align = m // f
             n = len(tile_starts(ph // f, tile, overlap, align)) * len(tile_starts(pw // f, tile, overlap, align))

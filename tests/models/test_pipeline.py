@@ -193,6 +193,19 @@ class _TileRecorder:
         return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
+def test_the_largest_tile_overlap_renders_and_one_step_more_is_refused_in_pixels():
+    """Tiles advance by at least one 32-px step of the UNet's grid: overlap 32 with 64-px tiles renders (three
+    column tiles over 128 px); 40 is refused in image pixels (it was a latent-unit message: 'tile=8 ... got 5')."""
+    image, disp = _inputs(h=64, w=128)
+    stack = build_tiny_sdxl(seed=0)
+    widest = BokehDiffPipeline.from_components(**stack, pisa=False, tile_size=64, tile_overlap=32)
+    assert widest(image, disp, K=10, disp_focus=0.5, mode="tiled").shape == (1, 3, 64, 128)
+    assert widest.last_plan.n_tiles == 3
+    too_wide = BokehDiffPipeline.from_components(**stack, pisa=False, tile_size=64, tile_overlap=40)
+    with pytest.raises(ValueError, match=r"tile_overlap must be in \[0, tile_size - 32\] = \[0, 32\] px .* got 40"):
+        too_wide(image, disp, K=10, disp_focus=0.5, mode="tiled")
+
+
 def test_each_tile_gets_its_disp_coc_crop_and_micro_conditioning():
     stack = build_tiny_sdxl(seed=0)
     recorder = _TileRecorder()

@@ -170,6 +170,8 @@ def test_gray_rgba_and_16bit_images_render(tmp_path, kind):
         (["--focus_disparity", "1.5"], "--focus_disparity"),
         (["--blades", "2"], "--blades"),
         (["--focus_xy", "3"], "--focus_xy"),
+        # Tiles must advance by >= 32 px: 40 with tile 64 passed parsing, then failed every input in latent units.
+        (["--tile_size", "64", "--tile_overlap", "40"], "--tile_overlap must be a multiple of 8 px in [0, --tile_size - 32] = [0, 32]"),
     ],
 )
 def test_invalid_arguments_exit_2_naming_the_flag(tmp_path, capsys, argv, flag):
