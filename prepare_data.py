@@ -27,7 +27,7 @@ from data.prepare import (
     nested_images, process_batch, resolve_layout, run_by_size, save_disparity,
 )
 from models.depth import DEFAULT_DEPTH_MODEL, DEPTH_ANYTHING_INPUT_SIZE, load_depth_estimator
-from models.hub import HubUnreachableError, WeightsUnavailableError, download_command
+from models.hub import HubUnreachableError, LocalPathMissingError, WeightsUnavailableError, download_command
 from models.segment import BIREFNET_RESOLUTION, BIREFNET_REVISION, DEFAULT_MASK_MODEL, load_birefnet, mask_model_revision
 
 # Names this script defined before the code moved to data/prepare.py: importable from here as before.
@@ -120,6 +120,8 @@ def _weights_error(error: WeightsUnavailableError, flag: str, repo: str, extra: 
     download command)."""
     if isinstance(error, HubUnreachableError):
         return UsageError(f"{str(error).rstrip('.')}: {flag} DIR{extra}.")
+    if isinstance(error, LocalPathMissingError):  # a mistyped folder: no download to suggest
+        return UsageError(f"{flag}: {error}{extra}.")
     return UsageError(f"{error}. Download it where the hub is reachable (`{download_command(repo)}`) and pass "
                       f"{flag} DIR{extra}.")
 

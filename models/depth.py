@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from data.io import clean_disparity
-from models.hub import WeightsUnavailableError, local_source
+from models.hub import LocalPathMissingError, WeightsUnavailableError, check_source, local_source
 
 __all__ = [
     "DEFAULT_DEPTH_MODEL",
@@ -152,8 +152,9 @@ def resolve_source(source: str, *, what: str) -> str:
     folder = Path(source).expanduser()
     if folder.is_dir():
         return str(folder)
-    if source.startswith((".", "/", "~")) or source.count("/") > 1 or folder.exists():
-        raise WeightsUnavailableError(f"{what} folder '{source}' does not exist (or is not a folder)")
+    check_source(source, what)
+    if folder.exists():
+        raise LocalPathMissingError(f"{what}: '{source}' is a file; pass the model's folder (config.json + weights)")
     return source
 
 

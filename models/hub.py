@@ -17,6 +17,8 @@ Public contract:
 - :func:`offline_error(source, what, hint)` -> the error to raise when such a cache-only load fails.
 - :func:`download_command(repo)` -> the command that fetches ``repo`` into a local folder (``hf download``,
   the CLI of the pinned ``huggingface_hub``; ``huggingface-cli`` is no longer installed).
+- :func:`check_source(source, what)` -> raises :class:`LocalPathMissingError` for a ``source`` that does not exist
+  and can only be a path (a mistyped folder is said to be one, not looked up on the hub).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from pathlib import Path
 __all__ = [
     "HUB_PROBE_TIMEOUT_S",
     "HubUnreachableError",
+    "LocalPathMissingError",
     "WeightsUnavailableError",
     "cache_only",
+    "check_source",
     "download_command",
     "hub_endpoint",
     "hub_unreachable_reason",
@@ -51,6 +55,27 @@ class WeightsUnavailableError(OSError):
 
 class HubUnreachableError(WeightsUnavailableError):
     """A hub id that is not in the local cache while the hub cannot be reached (see :func:`offline_error`)."""
+
+
+class LocalPathMissingError(WeightsUnavailableError):
+    """A weights source that can only be a local path (see :func:`check_source`) and does not exist."""
+
+
+def looks_like_path(source: str | os.PathLike) -> bool:
+    """Whether ``source`` cannot be a hub id (``name`` or ``owner/name``): absolute, ``./`` / ``../`` / ``~``
+    relative, a Windows path, or deeper than ``owner/name``."""
+    text = os.fspath(source)
+    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or bool(Path(text).drive)
+
+
+def check_source(source: str | os.PathLike, what: str) -> None:
+    """Raise :class:`LocalPathMissingError` when ``source`` does not exist and :func:`looks_like_path`: a
+    mistyped folder, which the hub would only answer with a misleading "not cached" / "hf download" message.
+
+    ``what`` names the weights (and ideally the flag), e.g. ``"base model (--pretrained_model_name_or_path)"``."""
+    if not Path(source).expanduser().exists() and looks_like_path(source):
+        raise LocalPathMissingError(f"{what}: '{source}' does not exist. It is a path, not a Hugging Face hub id "
+                                    f"(owner/name): check the path")
 
 
 def hub_endpoint() -> str:
@@ -120,7 +145,8 @@ def offline_error(source: str, what: str, hint: str = "", revision: str | None =
     )
 
 
-def local_source(source: str, what: str, *, revision: str | None = None, hint: str = "") -> str:
+def local_source(source: str, what: str, *, revision: str | None = None, hint: str = "",
+                 flag: str | None = None) -> str:
     """``source`` itself when it is an existing path or the hub is reachable; otherwise the folder of its cached
     snapshot (so the loader reads a local folder and never asks the hub), or :class:`HubUnreachableError` at
     once when it is not cached.
@@ -128,6 +154,7 @@ def local_source(source: str, what: str, *, revision: str | None = None, hint: s
     Loading a cached snapshot as a folder, rather than passing ``local_files_only=True``, also covers the
     optional files a loader probes for (transformers looks for ``adapter_config.json``), each of which would
     otherwise go through its own retry series."""
+    check_source(source, f"{what} ({flag})" if flag else what)  # ``flag``: the option that took ``source``
     if not cache_only(source):
         return str(source)
     from huggingface_hub import snapshot_download

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import WeightsUnavailableError, cache_only, download_command, local_source, offline_error
+from .hub import WeightsUnavailableError, cache_only, check_source, download_command, local_source, offline_error
 from .lora import LORA_WEIGHT_NAME, VAE_WEIGHT_NAMES
 from .sdxl import load_sdxl_components
 
@@ -69,6 +69,7 @@ def adapter_files(adapter: str | os.PathLike, variant: str | None, revision: str
     (``models.lora.VAE_WEIGHT_NAMES``)."""
     names = lambda n: ([f"{variant}/{n}"] if variant else []) + [n]  # noqa: E731
     vae_names = ([f"{variant}/{n}" for n in VAE_WEIGHT_NAMES] if variant else []) + list(VAE_WEIGHT_NAMES)
+    check_source(adapter, "adapter (--adapter)")
     if is_local(adapter):
         path = Path(adapter)
         if path.is_file():
@@ -96,6 +97,7 @@ def load_base(base: str | os.PathLike, revision: str | None, variant: str | None
         FileNotFoundError: a local path that is not a loadable diffusers SDXL folder.
         WeightsUnavailableError: a hub id neither cached nor loadable (offline, or a wrong id), with remedies.
     """
+    check_source(base, "base model (--pretrained_model_name_or_path)")
     local = is_local(base)
     if local and not (Path(base) / "unet").is_dir():
         raise FileNotFoundError(

@@ -140,7 +140,7 @@ def build_models(args, device: torch.device) -> tuple[nn.Module, list[str], list
 
     # Hub unreachable: the cached snapshot's folder, or HubUnreachableError at once (models/hub.py).
     base = local_source(args.pretrained_model_name_or_path, "SDXL base model", revision=args.revision,
-                        hint="--pretrained_model_name_or_path DIR")
+                        hint="--pretrained_model_name_or_path DIR", flag="--pretrained_model_name_or_path")
     try:  # the VAE is loaded without the UNet's --variant
         sdxl = load_sdxl_components(base, revision=args.revision, variant=args.variant)
     except OSError as error:  # offline hub, missing cache, incomplete local folder: one remedy

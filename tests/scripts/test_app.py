@@ -59,7 +59,7 @@ def test_unavailable_weights_exit_2_with_the_reason(tmp_path, capsys, monkeypatc
                      str(tmp_path / "out"), "--device", "cpu"])
     assert code == 2 and str(missing) in capsys.readouterr().err
     code = app.main(["--depth_model", str(missing), "--output_dir", str(tmp_path / "out")])
-    assert code == 2 and "depth model folder" in capsys.readouterr().err
+    assert code == 2 and f"depth model: '{missing}' does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("one_thread")
