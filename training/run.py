@@ -2,7 +2,8 @@
 
 Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept), or the
 ``--push_to_hub`` upload failed (the run is complete locally; the message gives the command to upload it); 2 for
-invalid options (also an uninstalled --report_to tracker, or --push_to_hub with the hub unreachable or no token), a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, an
+invalid options (also an uninstalled --report_to tracker, or --push_to_hub with the hub unreachable or no token), a missing or incomplete --resume_from_checkpoint folder or one trained with other settings (also
+optimiser / LR-schedule ones its restored state fixes: training.resume), an
 --output_dir holding an earlier run that this command would overwrite, a missing data folder or weights that
 are neither local, cached nor downloadable (one ``error:`` line), or a run stopped after too many non-finite
 steps. Rerunning with ``--resume_from_checkpoint latest`` continues exactly where the last checkpoint left off
@@ -31,6 +32,7 @@ from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, Step
                            describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
 from training.model_card import write_model_card
 from training.plots import write_training_curves
+from training.resume import check_resume_settings
 from training.publish import check_push_to_hub, push_run, upload_command
 from training.tracking import log_validation_grid, write_validation_grid
 
@@ -110,7 +112,9 @@ def train(args) -> int:
         return refuse(error, accelerator)
     try:  # before minutes of loading: a wrong or incomplete checkpoint folder fails fast
         resume = resolve_resume_path(args.resume_from_checkpoint, out)
-    except FileNotFoundError as error:
+        if resume is not None:  # settings the restored optimiser / schedule state would override
+            check_resume_settings(resume, vars(args))
+    except (FileNotFoundError, ValueError) as error:
         return refuse(error, accelerator)
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
     # The data first: a wrong --train_data_dir fails before minutes of model loading.

@@ -294,6 +294,25 @@ def test_a_refused_resume_keeps_the_runs_config_and_the_gamma_alias_resumes_as_i
     check_png(out / "training_curves.png")  # drawn at the end of the run, also of a resumed one
 
 
+def test_a_resume_with_another_learning_rate_is_refused_before_loading(stack, tmp_path, monkeypatch, capsys):
+    """Crashed in step 3 of a cosine run, resumed with another --learning_rate: the restored optimiser and schedule
+    state kept the old rate (logs and weights equal to the uninterrupted run) while train_config.yaml, the model
+    card and the checkpoints recorded the new one. Now refused (one `error:` line, exit 2) before any model is
+    loaded, and the run's train_config.yaml is left as it was."""
+    out = tmp_path / "run"
+    fast = ("--lr_scheduler", "cosine", "--max_train_steps", 4, "--validation_steps", 0, "--lambda_gan", 0)
+    crash_training_in_step(monkeypatch, train_argv(stack, out, *fast), 2)
+    config = (out / "train_config.yaml").read_text()
+    monkeypatch.setattr(training.run, "build_components", lambda *a: pytest.fail("models loaded before the check"))
+    code = train_lora_otf.main(train_argv(stack, out, *fast, "--resume_from_checkpoint", "latest",
+                                          "--learning_rate", 0.05))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "--learning_rate 0.001 in the checkpoint, 0.05 now" in err and "new --output_dir" in err
+    assert (out / "train_config.yaml").read_text() == config
+    assert [r["step"] for r in read_log(out)] == [1, 2] and [s for s, _ in list_checkpoints(out)] == [2]
+
+
 def test_a_plotting_failure_is_a_warning_not_a_failed_run(stack, tmp_path, monkeypatch, caplog):
     def broken(run_dir, out=None):
         raise RuntimeError("no fonts here")
