@@ -1,5 +1,5 @@
 """Checks of a ``--resume_from_checkpoint`` request made before anything is loaded: settings a resume cannot
-change.
+change, and checkpoints of a branch the resume would abandon (:func:`check_newer_checkpoints`).
 
 ``accelerator.load_state`` restores the optimisers and LR schedules of a checkpoint. What their state fixes:
 
@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from training.checkpoint import META_NAME
+from training.checkpoint import CHECKPOINT_PREFIX, META_NAME, list_checkpoints
 
-__all__ = ["SCHEDULE_INPUTS", "check_resume_settings", "fixed_by_restored_state"]
+__all__ = ["SCHEDULE_INPUTS", "check_newer_checkpoints", "check_resume_settings", "fixed_by_restored_state"]
 
 # What each diffusers schedule (training.loop.build_optimizers) is computed from besides the step.
 SCHEDULE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -78,3 +78,31 @@ def check_resume_settings(folder: str | os.PathLike, current: Mapping[str, Any])
         f"in train_config.yaml, the model card and the checkpoints but not used (or would splice two LR "
         f"schedules). Resume with the checkpoint's values ({same}), or start a new run in a new --output_dir.")
 
+
+def check_newer_checkpoints(folder: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Refuse to resume checkpoint ``folder`` (of step ``s``) while ``output_dir`` holds complete checkpoints of
+    later steps: they belong to the branch the resume abandons, and they would outlive it (the rolling limit
+    keeps the newest; a later ``--resume_from_checkpoint latest`` would jump back onto that branch, mixing its
+    logs, config and model card with this one's).
+
+    Raises:
+        ValueError: naming the newer checkpoints and the fixes.
+    """
+    folder = Path(folder)
+    progress = _read_meta(folder).get("progress") or {}
+    step = progress.get("step")
+    if step is None:  # older metadata: the folder's name carries the step
+        name = folder.name
+        step = int(name[len(CHECKPOINT_PREFIX):]) if name[len(CHECKPOINT_PREFIX):].isdigit() else None
+    if step is None:
+        return
+    newer = [path for s, path in list_checkpoints(output_dir) if s > step and path.resolve() != folder.resolve()]
+    if not newer:
+        return
+    names = ", ".join(path.name for path in newer)
+    raise ValueError(
+        f"--resume_from_checkpoint {folder}: --output_dir '{output_dir}' also holds newer checkpoints ({names}) "
+        f"of the run this resume from step {step} would abandon; they would outlive it and a later "
+        f"`--resume_from_checkpoint latest` would jump back onto them, mixing two runs' logs, config and model "
+        f"card. Move or delete {names} first, or copy '{folder}' into a new --output_dir and resume there "
+        f"(--resume_from_checkpoint <that copy>).")

@@ -32,7 +32,7 @@ from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, Step
                            describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
 from training.model_card import write_model_card
 from training.plots import write_training_curves
-from training.resume import check_resume_settings
+from training.resume import check_newer_checkpoints, check_resume_settings
 from training.publish import check_push_to_hub, push_run, upload_command
 from training.tracking import log_validation_grid, write_validation_grid
 
@@ -112,8 +112,9 @@ def train(args) -> int:
         return refuse(error, accelerator)
     try:  # before minutes of loading: a wrong or incomplete checkpoint folder fails fast
         resume = resolve_resume_path(args.resume_from_checkpoint, out)
-        if resume is not None:  # settings the restored optimiser / schedule state would override
+        if resume is not None:  # settings the restored optimiser / schedule state would override; a branch left
             check_resume_settings(resume, vars(args))
+            check_newer_checkpoints(resume, out)
     except (FileNotFoundError, ValueError) as error:
         return refuse(error, accelerator)
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps

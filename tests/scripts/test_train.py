@@ -313,6 +313,22 @@ def test_a_resume_with_another_learning_rate_is_refused_before_loading(stack, tm
     assert [r["step"] for r in read_log(out)] == [1, 2] and [s for s, _ in list_checkpoints(out)] == [2]
 
 
+def test_resuming_an_older_checkpoint_than_the_newest_is_refused(stack, tmp_path, monkeypatch, capsys):
+    """`--resume_from_checkpoint checkpoint-1` with checkpoint-2 there: the newer checkpoint of the abandoned
+    branch outlived the resumed run and a later `latest` went back to it. Refused (one `error:` line naming it,
+    exit 2) before any model is loaded; nothing is deleted or rewritten."""
+    out = tmp_path / "run"
+    fast = ("--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_steps", 0, "--lambda_gan", 0)
+    assert train_lora_otf.main(train_argv(stack, out, *fast)) == 0
+    config = (out / "train_config.yaml").read_text()
+    monkeypatch.setattr(training.run, "build_components", lambda *a: pytest.fail("models loaded before the check"))
+    code = train_lora_otf.main(train_argv(stack, out, *fast, "--resume_from_checkpoint", f"{CHECKPOINT_PREFIX}1"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "newer checkpoints (checkpoint-2)" in err and "new --output_dir" in err
+    assert (out / "train_config.yaml").read_text() == config and [s for s, _ in list_checkpoints(out)] == [1, 2]
+
+
 def test_a_plotting_failure_is_a_warning_not_a_failed_run(stack, tmp_path, monkeypatch, caplog):
     def broken(run_dir, out=None):
         raise RuntimeError("no fonts here")

@@ -124,3 +124,27 @@ def test_a_resume_may_change_what_neither_the_optimiser_state_nor_its_schedule_u
 def _made(folder):
     folder.mkdir()
     return folder
+
+
+def test_resuming_an_older_checkpoint_while_newer_ones_exist_is_refused(tmp_path):
+    """Resuming checkpoint-4 with checkpoint-6 and -8 of the abandoned branch still there left them in place: a
+    later `latest` jumped back onto that branch (mixed logs, config, model card). The newest, or a copy in a
+    folder without newer checkpoints, resumes."""
+    from training.checkpoint import COMPLETE_NAME
+    from training.resume import check_newer_checkpoints
+
+    run = _made(tmp_path / "run")
+    for step in (4, 6, 8):
+        (_checkpoint_of(run, step=step) / COMPLETE_NAME).write_text(f"{step}\n")
+    with pytest.raises(ValueError) as info:
+        check_newer_checkpoints(run / f"{CHECKPOINT_PREFIX}4", run)
+    message = str(info.value)
+    assert "checkpoint-6, checkpoint-8" in message and "step 4" in message and "\n" not in message
+    assert "Move or delete" in message and "new --output_dir" in message
+    check_newer_checkpoints(run / f"{CHECKPOINT_PREFIX}8", run)  # the newest
+    import shutil
+
+    fresh = _made(tmp_path / "fresh")
+    shutil.copytree(run / f"{CHECKPOINT_PREFIX}4", fresh / f"{CHECKPOINT_PREFIX}4")
+    check_newer_checkpoints(run / f"{CHECKPOINT_PREFIX}4", fresh)  # resumed into a new --output_dir
+    check_newer_checkpoints(fresh / f"{CHECKPOINT_PREFIX}4", fresh)
