@@ -42,6 +42,7 @@ __all__ = [
     "TRACKER_PACKAGES",
     "build_parser",
     "check_report_to",
+    "report_to_names",
     "dump_config",
     "load_yaml_config",
     "parse_args",
@@ -247,10 +248,24 @@ TRACKER_PACKAGES = {"wandb": (("wandb",), "pip install wandb"),
                     "dvclive": (("dvclive",), "pip install dvclive")}
 
 
+def report_to_names(report_to: str | None) -> list[str]:
+    """The trackers ``--report_to`` names (comma-separated), without ``none``; empty for none."""
+    return [n.strip() for n in (report_to or "").split(",") if n.strip() and n.strip() != "none"]
+
+
 def check_report_to(report_to: str | None) -> None:
-    """Refuse a ``--report_to`` tracker whose package is not installed (accelerate would only warn and train
-    untracked). Raises ``ValueError`` with the install command."""
-    for name in (n.strip() for n in (report_to or "").split(",")):
+    """Refuse a ``--report_to`` name accelerate does not know (it raised a bare ValueError after the output folder
+    was made) and a tracker whose package is not installed (accelerate would only warn and train untracked).
+    Raises ``ValueError`` with the supported names or the install command."""
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType]
+    for name in report_to_names(report_to):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean --report_to {close[0]}? " if close else ""
+            raise ValueError(f"--report_to {report_to}: '{name}' is not a tracker accelerate supports "
+                             f"({', '.join(known)}, or none); {hint}pass one of those (comma-separated for several)")
         if name in TRACKER_PACKAGES and all(importlib.util.find_spec(m) is None for m in TRACKER_PACKAGES[name][0]):
             raise ValueError(f"--report_to {report_to}: the '{name}' tracker is not installed, so the run would be "
                              f"untracked. Install it (`{TRACKER_PACKAGES[name][1]}`) or choose another tracker "
@@ -293,7 +308,11 @@ def load_yaml_config(path: str | os.PathLike, parser: argparse.ArgumentParser | 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file {str(path)!r}; presets live in configs/ (e.g. train_tiny.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())}); fix the file or pass another "
+                         f"--config") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value, found {type(data).__name__}")
     actions = _option_actions(parser)
@@ -424,6 +443,25 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.gan_generator_target <= 1:
         raise ValueError(f"--gan_generator_target is a BCE target in [0, 1], found {args.gan_generator_target}")
     check_report_to(args.report_to)
+    # The one-step model's timestep indexes the base model's noise schedule (SDXL: 1000 training timesteps).
+    if not 0 <= args.timestep <= 999:
+        raise ValueError(f"--timestep must be in [0, 999] (a timestep of SDXL's 1000-step noise schedule; the paper: "
+                         f"499), found {args.timestep}")
+    from losses.gan import CV_TYPES, GAN_LOSS_TYPES
+
+    if args.gan_loss_type and args.gan_loss_type not in GAN_LOSS_TYPES:
+        raise ValueError(f"--gan_loss_type must be one of {list(GAN_LOSS_TYPES)} (the paper: multilevel_sigmoid_s), "
+                         f"or empty / null to train without the GAN; found {args.gan_loss_type!r}")
+    if args.cv_type is not None and args.cv_type not in CV_TYPES:
+        raise ValueError(f"--cv_type must be one of {list(CV_TYPES)} (the paper: convnext), found {args.cv_type!r}")
+    for weights, switch, loss in (("lpips_vgg_weights", "lpips_pretrained", "lpips"),
+                                  ("gan_backbone_weights", "gan_pretrained", "gan_loss_type")):
+        if getattr(args, weights) and getattr(args, loss) and not getattr(args, switch):
+            raise ValueError(f"--{weights} {getattr(args, weights)} is given with --no-{switch}: pretrained weights "
+                             f"are only loaded with --{switch}; pass --{switch}, or drop --{weights}")
+    if args.validation_steps and args.validation_data_dir and not Path(args.validation_data_dir).is_dir():
+        raise ValueError(f"--validation_data_dir '{args.validation_data_dir}' is not a folder; pass a folder with fg/ "
+                         f"and bg/ like --train_data_dir, or null to validate on fresh scenes of --train_data_dir")
     if (args.hub_model_id or args.hub_token) and not args.push_to_hub:
         raise ValueError("--hub_model_id / --hub_token are given without --push_to_hub; add --push_to_hub to upload "
                          "the run at the end, or drop them")

@@ -26,8 +26,9 @@ from metrics.image import psnr_from_mse
 from training.checkpoint import (CheckpointHooks, CheckpointSaveError, TrainProgress, check_fresh_output_dir,
                                  check_rng_state, export_inference, remove_stale_temporaries, resolve_resume_path,
                                  rotate_checkpoints, save_checkpoint)
-from training.config import dump_config, parse_args
-from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
+from training.config import dump_config, parse_args, report_to_names
+from training.data import (build_train_dataset, build_validation_set, check_validation_data, make_train_iterator,
+                           move_batch)
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
                            describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
 from training.model_card import write_model_card
@@ -44,7 +45,7 @@ def setup_accelerator(args):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
-    report_to = None if args.report_to in (None, "", "none") else args.report_to
+    report_to = report_to_names(args.report_to) or None  # accelerate takes a list, not a comma-separated string
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=report_to, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
@@ -122,6 +123,7 @@ def train(args) -> int:
     try:
         dataset = build_train_dataset(args, rank=accelerator.process_index,
                                       total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
+        check_validation_data(args)
         c = build_components(args, accelerator)
     except (OSError, TrainingDataError) as error:  # missing/unusable data, weights not local/cached/reachable
         return refuse(error, accelerator)
@@ -147,7 +149,7 @@ def train(args) -> int:
                                   world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)
     validating = args.validation_steps > 0 and accelerator.is_main_process
     val_set = build_validation_set(args, args.train_batch_size) if validating else []
-    if args.report_to not in (None, "", "none"):
+    if report_to_names(args.report_to):
         accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool)) and k != "hub_token"})
     log_from = progress.step if resume is not None else -1  # a fresh run keeps no earlier run's records
@@ -255,7 +257,7 @@ def main(input_args=None) -> int:
     ``--dry_run``, else :func:`train`."""
     try:
         args = parse_args(input_args)
-    except ValueError as error:  # invalid or missing options: one argparse-style line, no traceback
+    except (ValueError, FileNotFoundError) as error:  # invalid or missing options or --config: one line, no traceback
         return refuse(error)
     if args.dry_run:
         shown = {**vars(args), "hub_token": "<hidden>" if args.hub_token else None}  # a secret: never printed

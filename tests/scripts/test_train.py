@@ -416,6 +416,58 @@ def test_unusable_training_data_is_one_error_before_anything_is_written(stack, t
         assert train_lora_otf.main(argv) == 0
 
 
+def _offline_torch_hub(monkeypatch, tmp_path):
+    """torchvision's downloads fail as on a machine without network (an empty torch hub cache)."""
+    import urllib.error
+
+    def refused(*args, **kwargs):
+        raise urllib.error.URLError("[Errno 111] Connection refused")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "urlopen", refused)
+
+
+def _garbage_vgg(monkeypatch, tmp_path):
+    (tmp_path / "vgg16.pth").write_bytes(b"this is not a checkpoint" * 40)
+
+
+@pytest.mark.parametrize("flags, setup, expected", [
+    (["--config", "configs/nope.yaml"], None, "--config: no such file 'configs/nope.yaml'"),
+    (["--report_to", "tensorbord"], None, "--report_to tensorbord: 'tensorbord' is not a tracker accelerate "
+                                          "supports .*did you mean --report_to tensorboard"),
+    (["--gan_loss_type", "foo"], None, "--gan_loss_type must be one of .*multilevel_sigmoid_s.*found 'foo'"),
+    (["--cv_type", "foo"], None, "--cv_type must be one of .*convnext.*found 'foo'"),
+    (["--timestep", 5000], None, r"--timestep must be in \[0, 999\].*found 5000"),
+    (["--validation_steps", 1, "--validation_data_dir", "{tmp}/nonexist"], None,
+     "--validation_data_dir '.*/nonexist' is not a folder"),
+    (["--validation_steps", 1, "--validation_data_dir", "{tmp}"], None,
+     "folder '.*/fg' not found; --validation_data_dir must contain fg/"),
+    (["--lpips", "--lpips_vgg_weights", "{tmp}/vgg16.pth"], None,
+     "--lpips_vgg_weights .*vgg16.pth is given with --no-lpips_pretrained"),
+    (["--lpips", "--lpips_pretrained", "--lpips_vgg_weights", "{tmp}/vgg16.pth"], _garbage_vgg,
+     "LPIPS: cannot read `lpips_vgg_weights` file '.*/vgg16.pth' \\(\\w+Error: .*download it again"),
+    (["--lpips", "--lpips_pretrained"], _offline_torch_hub,
+     "LPIPS: could not obtain the pretrained VGG-16 trunk .*Connection refused.*--lpips_vgg_weights"),
+], ids=["no_config", "report_to", "gan_loss_type", "cv_type", "timestep", "no_validation_dir",
+        "validation_dir_without_fg", "vgg_weights_unused", "garbage_vgg", "lpips_offline"])
+def test_a_bad_option_is_one_error_line_before_anything_is_written(stack, tmp_path, monkeypatch, capsys, flags,
+                                                                   setup, expected):
+    """Each used to end in a traceback with exit 1 (a FileNotFoundError, accelerate's or the losses' ValueError, a
+    pickle error or a RuntimeError after the model was loaded), some after train_config.yaml was written."""
+    if setup is not None:
+        setup(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    argv = train_argv(stack, out, "--max_train_steps", 1, "--validation_steps", 0,
+                      *[str(f).format(tmp=tmp_path) for f in flags])
+    monkeypatch.chdir(REPO)
+    assert train_lora_otf.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and re.search(expected, errors[0]), err
+    assert errors[0].startswith("train_lora_otf.py: error:") and "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_a_folder_holding_only_a_config_does_not_block_a_fresh_run(tmp_path):
     """A run that stopped before its first step wrote only train_config.yaml: the next run rewrites it."""
     (tmp_path / "train_config.yaml").write_text("earlier")
