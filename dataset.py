@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.size = min(DEFAULT_PREVIEW_SIZE, largest) if largest >= 8 else DEFAULT_PREVIEW_SIZE
         if args.n < 1 or args.size < 8:
             parser.error("--n must be >= 1 and --size >= 8 px")
+        if not args.gamma > 0:  # linear = srgb ** gamma, and the render divides by gamma to encode sRGB again
+            parser.error(f"--gamma must be > 0 (1 renders on sRGB values, {DEFAULT_GAMMA} is the default), "
+                         f"found {args.gamma}")
         if 8 <= largest < args.size:
             parser.error(f"--size {args.size}: every background in '{Path(args.data_root) / 'bg'}' is smaller than "
                          f"the crop (the largest allows {largest} px); pass --size {largest} or less, or add "
