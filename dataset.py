@@ -72,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def preview(args) -> None:
     from data.io import contact_sheet, save_image
 
-    dataset = OnTheFlyDataset(args.data_root, size=args.size, seed=args.seed, gamma=args.gamma, length=args.n)
+    dataset = OnTheFlyDataset(args.data_root, size=args.size, seed=args.seed, gamma=args.gamma, length=args.n,
+                              flag="--data_root")
     tiles, labels = [], []
     for index in range(args.n):
         start = time.perf_counter()
@@ -92,7 +93,10 @@ def preview(args) -> None:
 
 
 def inspect(args) -> None:
-    test_set = load_test_set(args.data_root, args.layout)
+    layout = args.layout
+    if layout == "auto":  # detected here so that the message names this tool's flag
+        layout = detect_layout(args.data_root, f"Pass --layout NAME (one of {', '.join(LAYOUTS)}) to choose explicitly.")
+    test_set = load_test_set(args.data_root, layout)
     print(f"{args.data_root}: layout {test_set.layout}, {len(test_set)} items")
     for item in test_set:
         info = {"name": item["name"], "size": item["image"].shape[1:], "mask": "mask" in item, "gt": "gt" in item}
