@@ -57,6 +57,17 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 _BOOL = argparse.BooleanOptionalAction
 
 
+def _optional(kind: type):
+    """An argparse type for a number option whose YAML default may be null: ``none`` / ``null`` on the command
+    line give None (argparse alone could not say null), anything else is parsed as ``kind``."""
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null") else kind(text)
+
+    parse.kind = kind  # for _check_value (YAML values are typed, not strings)
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" message
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every training option. Defaults are filled in from ``configs/train_default.yaml``."""
     p = argparse.ArgumentParser(
@@ -76,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--revision", type=str, help="hub revision of the base model")
     g.add_argument("--variant", type=str, help="weight variant of the base model files, e.g. fp16")
     g.add_argument("--rank", type=int, help="LoRA rank (alpha = rank unless --lora_alpha is set)")
-    g.add_argument("--lora_alpha", type=float, help="LoRA alpha; null means equal to --rank")
+    g.add_argument("--lora_alpha", type=_optional(float), help="LoRA alpha; null (none) means equal to --rank")
     g.add_argument("--opt_vae", type=int, nargs="?", const=1,
                    help="1: also train the VAE encoder's conv_in, mid_block and conv_out (at vae_lr_scale x LR); 0: not")
     g.add_argument("--timestep", type=int, help="the one-step model's fixed diffusion timestep")
@@ -93,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hardness added per optimisation step (the published code: +1 per PISA call, 2 calls/step)")
     g.add_argument("--pisa_hardness_max", type=float,
                    help="hardness cap while training (published: 1e6; inference uses 1e7: inference_hf.py --pisa_hardness)")
-    g.add_argument("--pisa_seed", type=int,
-                   help="occlusion-jitter seed of the PISA layers while training; null: a fresh seed per call from "
-                   "the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
+    g.add_argument("--pisa_seed", type=_optional(int),
+                   help="occlusion-jitter seed of the PISA layers while training; null (none): a fresh seed per call "
+                   "from the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
     g.add_argument("--pisa_dropout", type=float,
                    help="dropout on PISA's attention weights while training (published: 0.1; never at inference)")
     g.add_argument("--pisa_segments", type=int, help="PISA occlusion: segment samples per ray while training")
@@ -138,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--brightness_p", type=float, help="probability of the brightness augmentation")
     g.add_argument("--brightness_min", type=float, help="brightness factor U(min, max), on sRGB values")
     g.add_argument("--brightness_max", type=float, help="brightness factor U(min, max), on sRGB values")
-    g.add_argument("--brightness_cap", type=float, help="brightness factor capped at this value (null: no cap)")
+    g.add_argument("--brightness_cap", type=_optional(float),
+                   help="brightness factor capped at this value (null, or none on the command line: no cap)")
     g.add_argument("--brightness_clip", action=_BOOL,
                    help="allow factors above 1, clipping the images to [0, 1] (released)")
     g.add_argument("--aif_composite", type=str, choices=("linear", "srgb"),
@@ -209,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--output_dir", type=str, help="run folder: checkpoints, export, logs, resolved config")
     g.add_argument("--checkpointing_steps", type=int, help="save a resumable checkpoint every N steps")
-    g.add_argument("--checkpoints_total_limit", type=int, help="keep at most N checkpoints (null: all)")
+    g.add_argument("--checkpoints_total_limit", type=_optional(int),
+                   help="keep at most N checkpoints (null, or none on the command line: all)")
     g.add_argument("--resume_from_checkpoint", type=str,
                    help="'latest' (newest checkpoint in output_dir; starts fresh if none) or a checkpoint folder")
     g.add_argument("--allow_inexact_resume", action=_BOOL,
@@ -286,7 +299,7 @@ def _check_value(key: str, value: Any, action: argparse.Action, source: str) -> 
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, found {value!r}")
         return
-    kind = action.type
+    kind = getattr(action.type, "kind", action.type)  # _optional(int) checks as int
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{where} must be an integer, found {value!r} ({type(value).__name__})")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -398,7 +411,8 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.opt_vae not in (0, 1):
         raise ValueError(f"--opt_vae must be 0 or 1, found {args.opt_vae}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError(f"--checkpoints_total_limit must be >= 1 or null, found {args.checkpoints_total_limit}")
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, or none (null in YAML) to keep every checkpoint, "
+                         f"found {args.checkpoints_total_limit}")
     if args.validation_steps < 0 or args.lr_warmup_steps < 0 or args.gan_step < 0:
         raise ValueError("--validation_steps, --lr_warmup_steps and --gan_step must be >= 0")
     if args.learning_rate <= 0:
