@@ -209,3 +209,13 @@ def test_the_model_card_lists_a_switched_off_loss_as_off(tmp_path, switches, lis
     assert {k for k, v in recipe["losses"].items() if v == "off"} == off
     assert all(recipe["losses"][k] == config[k] for k in listed)
     assert ("gan_loss_type" in recipe) == ("lambda_gan" in listed)
+
+
+def test_the_readme_names_the_validation_grids_as_they_are_written(tmp_path):
+    """The README said `validation/step-<N>.png` while the files are `validation/step-000006.png`: its example
+    must be the name training.tracking writes for that step."""
+    from tests.training.helpers import REPO
+    from training.tracking import validation_grid_path
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"`{validation_grid_path(tmp_path, 6).relative_to(tmp_path).as_posix()}`" in readme
