@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.size = min(DEFAULT_PREVIEW_SIZE, largest) if largest >= 8 else DEFAULT_PREVIEW_SIZE
         if args.n < 1 or args.size < 8:
             parser.error("--n must be >= 1 and --size >= 8 px")
+        if not args.gamma > 0:  # linear = srgb ** gamma, and the render divides by gamma to encode sRGB again
+            parser.error(f"--gamma must be > 0 (1 renders on sRGB values, {DEFAULT_GAMMA} is the default), "
+                         f"found {args.gamma}")
         if 8 <= largest < args.size:
             parser.error(f"--size {args.size}: every background in '{Path(args.data_root) / 'bg'}' is smaller than "
                          f"the crop (the largest allows {largest} px); pass --size {largest} or less, or add "
@@ -69,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def preview(args) -> None:
     from data.io import contact_sheet, save_image
 
-    dataset = OnTheFlyDataset(args.data_root, size=args.size, seed=args.seed, gamma=args.gamma, length=args.n)
+    dataset = OnTheFlyDataset(args.data_root, size=args.size, seed=args.seed, gamma=args.gamma, length=args.n,
+                              flag="--data_root")
     tiles, labels = [], []
     for index in range(args.n):
         start = time.perf_counter()
@@ -89,7 +93,10 @@ def preview(args) -> None:
 
 
 def inspect(args) -> None:
-    test_set = load_test_set(args.data_root, args.layout)
+    layout = args.layout
+    if layout == "auto":  # detected here so that the message names this tool's flag
+        layout = detect_layout(args.data_root, f"Pass --layout NAME (one of {', '.join(LAYOUTS)}) to choose explicitly.")
+    test_set = load_test_set(args.data_root, layout)
     print(f"{args.data_root}: layout {test_set.layout}, {len(test_set)} items")
     for item in test_set:
         info = {"name": item["name"], "size": item["image"].shape[1:], "mask": "mask" in item, "gt": "gt" in item}

@@ -126,8 +126,9 @@ def find_file(folder: Path, stem: str, suffixes=_IMAGE_SUFFIXES) -> Path | None:
     return None
 
 
-def detect_layout(root: str | Path) -> str:
-    """Name the layout of ``root`` (one of :data:`LAYOUTS`) or raise an error describing all of them."""
+def detect_layout(root: str | Path, choose: str = "Pass layout=... to choose explicitly.") -> str:
+    """Name the layout of ``root`` (one of :data:`LAYOUTS`) or raise an error describing all of them; ``choose``
+    ends it, saying how the caller picks a layout (a command-line tool names its flag)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"test set folder '{root}' does not exist")
@@ -143,7 +144,7 @@ def detect_layout(root: str | Path) -> str:
     raise ValueError(
         f"cannot tell the layout of '{root}'. Expected one of: EBB (input/ + depth/<name>_pred.npy), "
         "pngdepth (original/ + depth/<name>.png), BLB (<scene>/image.exr + depth.exr + info.json), folder "
-        "(<name>.png + <name>.npy, or <scene>/image.png + depth.npy). Pass layout=... to choose explicitly."
+        "(<name>.png + <name>.npy, or <scene>/image.png + depth.npy). " + choose
     )
 
 

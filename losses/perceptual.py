@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from losses._checks import check_images
+from models.hub import WeightsUnavailableError
 
 # torchvision's ImageNet VGG-16 weights (the trunk LPIPS v0.1 was calibrated on).
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -65,13 +66,27 @@ def _load_vgg_state_dict(vgg_weights_path: str | os.PathLike | None) -> dict[str
                 f"torchvision's VGG-16 ImageNet state dict (vgg16-397923af.pth, from {VGG16_URL}), or the "
                 "`features.*` part of it."
             )
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - pickle, zip, truncation, foreign objects: one remedy
+            raise WeightsUnavailableError(
+                f"LPIPS: cannot read `lpips_vgg_weights` file {str(path)!r} ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:200]}). Expected torchvision's VGG-16 ImageNet state dict "
+                f"(vgg16-397923af.pth, from {VGG16_URL}); download it again and pass its path."
+            ) from error
+        if not isinstance(state, dict):
+            raise WeightsUnavailableError(
+                f"LPIPS: `lpips_vgg_weights` file {str(path)!r} holds a {type(state).__name__}, not a state dict; "
+                f"expected torchvision's VGG-16 ImageNet state dict (vgg16-397923af.pth, from {VGG16_URL})."
+            )
+        return state
     from torchvision.models import VGG16_Weights
 
     try:
         return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
     except Exception as error:  # network, proxy, or cache permission failures all need the same remedy
-        raise RuntimeError(
+        # The GAN backbone's offline error is a models.hub.WeightsUnavailableError too: exit status 2, one line.
+        raise WeightsUnavailableError(
             "LPIPS: could not obtain the pretrained VGG-16 trunk (torchvision VGG16_Weights.IMAGENET1K_V1) "
             f"from the torch hub cache ({torch.hub.get_dir()}) or {VGG16_URL} ({type(error).__name__}: "
             f"{error}). Download that file and pass its path with `--lpips_vgg_weights` "
@@ -103,7 +118,15 @@ class LPIPSLoss(nn.Module):
         trunk_state = _load_vgg_state_dict(vgg_weights_path) if pretrained_backbone else None
         self.net = _build_lpips_vgg()
         if trunk_state is not None:
-            self._load_trunk(trunk_state)
+            try:
+                self._load_trunk(trunk_state)
+            except (ValueError, RuntimeError) as error:  # missing keys, other shapes: the file is not VGG-16's
+                source = f"file {str(vgg_weights_path)!r}" if vgg_weights_path is not None else "download"
+                raise WeightsUnavailableError(
+                    f"LPIPS: the `lpips_vgg_weights` {source} does not fit the VGG-16 trunk "
+                    f"({' '.join(str(error).split())[:240]}). Pass torchvision's VGG-16 ImageNet state dict "
+                    f"(vgg16-397923af.pth, from {VGG16_URL})."
+                ) from error
         self.pretrained_backbone = pretrained_backbone
         self.net.requires_grad_(False)
         self.train(False)

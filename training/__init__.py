@@ -6,6 +6,8 @@ Modules (import them by path; this package re-exports nothing so importing one s
   keys fail), validation of flag combinations, the resolved config written to ``output_dir``.
 - :mod:`training.checkpoint`: accelerate ``save_state`` / ``load_state`` hooks, atomic checkpoint folders,
   rolling limit, ``latest`` discovery, the self-describing metadata JSON and the inference export.
+- :mod:`training.resume`: what a resume is refused for before anything loads (settings the restored optimiser
+  and LR-schedule state fix, newer checkpoints of the branch an older one's resume would abandon).
 - :mod:`training.data`: the resumable, rank-sharded sample stream and the fixed held-out validation set.
 - :mod:`training.loop`: ``build_models``, ``build_optimizers``, ``train_step``, the PISA hardness schedule,
   the non-finite-loss guard and ``validate``.

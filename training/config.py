@@ -42,6 +42,7 @@ __all__ = [
     "TRACKER_PACKAGES",
     "build_parser",
     "check_report_to",
+    "report_to_names",
     "dump_config",
     "load_yaml_config",
     "parse_args",
@@ -54,6 +55,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_defaul
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 _BOOL = argparse.BooleanOptionalAction
+
+
+def _optional(kind: type):
+    """An argparse type for a number option whose YAML default may be null: ``none`` / ``null`` on the command
+    line give None (argparse alone could not say null), anything else is parsed as ``kind``."""
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null") else kind(text)
+
+    parse.kind = kind  # for _check_value (YAML values are typed, not strings)
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" message
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--revision", type=str, help="hub revision of the base model")
     g.add_argument("--variant", type=str, help="weight variant of the base model files, e.g. fp16")
     g.add_argument("--rank", type=int, help="LoRA rank (alpha = rank unless --lora_alpha is set)")
-    g.add_argument("--lora_alpha", type=float, help="LoRA alpha; null means equal to --rank")
+    g.add_argument("--lora_alpha", type=_optional(float), help="LoRA alpha; null (none) means equal to --rank")
     g.add_argument("--opt_vae", type=int, nargs="?", const=1,
                    help="1: also train the VAE encoder's conv_in, mid_block and conv_out (at vae_lr_scale x LR); 0: not")
     g.add_argument("--timestep", type=int, help="the one-step model's fixed diffusion timestep")
@@ -92,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hardness added per optimisation step (the published code: +1 per PISA call, 2 calls/step)")
     g.add_argument("--pisa_hardness_max", type=float,
                    help="hardness cap while training (published: 1e6; inference uses 1e7: inference_hf.py --pisa_hardness)")
-    g.add_argument("--pisa_seed", type=int,
-                   help="occlusion-jitter seed of the PISA layers while training; null: a fresh seed per call from "
-                   "the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
+    g.add_argument("--pisa_seed", type=_optional(int),
+                   help="occlusion-jitter seed of the PISA layers while training; null (none): a fresh seed per call "
+                   "from the torch RNG (the published random jitter; resumes exactly, the RNG state is checkpointed)")
     g.add_argument("--pisa_dropout", type=float,
                    help="dropout on PISA's attention weights while training (published: 0.1; never at inference)")
     g.add_argument("--pisa_segments", type=int, help="PISA occlusion: segment samples per ray while training")
@@ -137,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--brightness_p", type=float, help="probability of the brightness augmentation")
     g.add_argument("--brightness_min", type=float, help="brightness factor U(min, max), on sRGB values")
     g.add_argument("--brightness_max", type=float, help="brightness factor U(min, max), on sRGB values")
-    g.add_argument("--brightness_cap", type=float, help="brightness factor capped at this value (null: no cap)")
+    g.add_argument("--brightness_cap", type=_optional(float),
+                   help="brightness factor capped at this value (null, or none on the command line: no cap)")
     g.add_argument("--brightness_clip", action=_BOOL,
                    help="allow factors above 1, clipping the images to [0, 1] (released)")
     g.add_argument("--aif_composite", type=str, choices=("linear", "srgb"),
@@ -208,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--output_dir", type=str, help="run folder: checkpoints, export, logs, resolved config")
     g.add_argument("--checkpointing_steps", type=int, help="save a resumable checkpoint every N steps")
-    g.add_argument("--checkpoints_total_limit", type=int, help="keep at most N checkpoints (null: all)")
+    g.add_argument("--checkpoints_total_limit", type=_optional(int),
+                   help="keep at most N checkpoints (null, or none on the command line: all)")
     g.add_argument("--resume_from_checkpoint", type=str,
                    help="'latest' (newest checkpoint in output_dir; starts fresh if none) or a checkpoint folder")
     g.add_argument("--allow_inexact_resume", action=_BOOL,
@@ -247,10 +261,24 @@ TRACKER_PACKAGES = {"wandb": (("wandb",), "pip install wandb"),
                     "dvclive": (("dvclive",), "pip install dvclive")}
 
 
+def report_to_names(report_to: str | None) -> list[str]:
+    """The trackers ``--report_to`` names (comma-separated), without ``none``; empty for none."""
+    return [n.strip() for n in (report_to or "").split(",") if n.strip() and n.strip() != "none"]
+
+
 def check_report_to(report_to: str | None) -> None:
-    """Refuse a ``--report_to`` tracker whose package is not installed (accelerate would only warn and train
-    untracked). Raises ``ValueError`` with the install command."""
-    for name in (n.strip() for n in (report_to or "").split(",")):
+    """Refuse a ``--report_to`` name accelerate does not know (it raised a bare ValueError after the output folder
+    was made) and a tracker whose package is not installed (accelerate would only warn and train untracked).
+    Raises ``ValueError`` with the supported names or the install command."""
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType]
+    for name in report_to_names(report_to):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean --report_to {close[0]}? " if close else ""
+            raise ValueError(f"--report_to {report_to}: '{name}' is not a tracker accelerate supports "
+                             f"({', '.join(known)}, or none); {hint}pass one of those (comma-separated for several)")
         if name in TRACKER_PACKAGES and all(importlib.util.find_spec(m) is None for m in TRACKER_PACKAGES[name][0]):
             raise ValueError(f"--report_to {report_to}: the '{name}' tracker is not installed, so the run would be "
                              f"untracked. Install it (`{TRACKER_PACKAGES[name][1]}`) or choose another tracker "
@@ -271,7 +299,7 @@ def _check_value(key: str, value: Any, action: argparse.Action, source: str) -> 
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, found {value!r}")
         return
-    kind = action.type
+    kind = getattr(action.type, "kind", action.type)  # _optional(int) checks as int
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{where} must be an integer, found {value!r} ({type(value).__name__})")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -293,7 +321,11 @@ def load_yaml_config(path: str | os.PathLike, parser: argparse.ArgumentParser | 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file {str(path)!r}; presets live in configs/ (e.g. train_tiny.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())}); fix the file or pass another "
+                         f"--config") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value, found {type(data).__name__}")
     actions = _option_actions(parser)
@@ -379,7 +411,8 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.opt_vae not in (0, 1):
         raise ValueError(f"--opt_vae must be 0 or 1, found {args.opt_vae}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError(f"--checkpoints_total_limit must be >= 1 or null, found {args.checkpoints_total_limit}")
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, or none (null in YAML) to keep every checkpoint, "
+                         f"found {args.checkpoints_total_limit}")
     if args.validation_steps < 0 or args.lr_warmup_steps < 0 or args.gan_step < 0:
         raise ValueError("--validation_steps, --lr_warmup_steps and --gan_step must be >= 0")
     if args.learning_rate <= 0:
@@ -424,6 +457,25 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.gan_generator_target <= 1:
         raise ValueError(f"--gan_generator_target is a BCE target in [0, 1], found {args.gan_generator_target}")
     check_report_to(args.report_to)
+    # The one-step model's timestep indexes the base model's noise schedule (SDXL: 1000 training timesteps).
+    if not 0 <= args.timestep <= 999:
+        raise ValueError(f"--timestep must be in [0, 999] (a timestep of SDXL's 1000-step noise schedule; the paper: "
+                         f"499), found {args.timestep}")
+    from losses.gan import CV_TYPES, GAN_LOSS_TYPES
+
+    if args.gan_loss_type and args.gan_loss_type not in GAN_LOSS_TYPES:
+        raise ValueError(f"--gan_loss_type must be one of {list(GAN_LOSS_TYPES)} (the paper: multilevel_sigmoid_s), "
+                         f"or empty / null to train without the GAN; found {args.gan_loss_type!r}")
+    if args.cv_type is not None and args.cv_type not in CV_TYPES:
+        raise ValueError(f"--cv_type must be one of {list(CV_TYPES)} (the paper: convnext), found {args.cv_type!r}")
+    for weights, switch, loss in (("lpips_vgg_weights", "lpips_pretrained", "lpips"),
+                                  ("gan_backbone_weights", "gan_pretrained", "gan_loss_type")):
+        if getattr(args, weights) and getattr(args, loss) and not getattr(args, switch):
+            raise ValueError(f"--{weights} {getattr(args, weights)} is given with --no-{switch}: pretrained weights "
+                             f"are only loaded with --{switch}; pass --{switch}, or drop --{weights}")
+    if args.validation_steps and args.validation_data_dir and not Path(args.validation_data_dir).is_dir():
+        raise ValueError(f"--validation_data_dir '{args.validation_data_dir}' is not a folder; pass a folder with fg/ "
+                         f"and bg/ like --train_data_dir, or null to validate on fresh scenes of --train_data_dir")
     if (args.hub_model_id or args.hub_token) and not args.push_to_hub:
         raise ValueError("--hub_model_id / --hub_token are given without --push_to_hub; add --push_to_hub to upload "
                          "the run at the end, or drop them")

@@ -28,7 +28,8 @@ from kernels.colour import DEFAULT_GAMMA
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SampleStream", "build_train_dataset", "dataset_options", "build_validation_set", "make_train_iterator", "move_batch"]
+__all__ = ["SampleStream", "build_train_dataset", "build_validation_set", "check_validation_data", "dataset_options",
+           "make_train_iterator", "move_batch"]
 
 
 class SampleStream(Sampler[int]):
@@ -128,6 +129,18 @@ def move_batch(batch: dict, device: torch.device, *, gamma: float = DEFAULT_GAMM
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def check_validation_data(args) -> None:
+    """Refuse an unusable ``--validation_data_dir`` (when validating) before the run loads models or writes
+    anything; every process checks alike. Raises ``FileNotFoundError`` / ``TrainingDataError`` naming the flag."""
+    from data.synthesis import OnTheFlyDataset
+
+    if not (args.validation_steps and args.validation_data_dir):
+        return
+    OnTheFlyDataset(args.validation_data_dir, args.resolution, seed=args.validation_seed, rank=0,
+                    length=args.num_validation_samples, flag="--validation_data_dir",
+                    **dataset_options(args)).check_usable()
+
+
 def build_validation_set(args, batch_size: int) -> list[dict]:
     """The fixed held-out set: ``num_validation_samples`` scenes, synthesised once with ``validation_seed``.
 
@@ -145,7 +158,9 @@ def build_validation_set(args, batch_size: int) -> list[dict]:
     # take minutes per image, and the held-out targets are a metric, not part of the recipe.
     options = dict(dataset_options(args), brightness_p=0.0, aperture_samples="auto")
     dataset = OnTheFlyDataset(root, args.resolution, seed=args.validation_seed, rank=0,
-                              length=args.num_validation_samples, flip_p=0.0, **options)
+                              length=args.num_validation_samples, flip_p=0.0,
+                              flag="--validation_data_dir" if args.validation_data_dir else "--train_data_dir",
+                              **options)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                         generator=torch.Generator().manual_seed(args.validation_seed))
     return list(loader)

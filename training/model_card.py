@@ -34,6 +34,15 @@ CARD_TAGS = ("bokehdiff", "lora", "sdxl", "stable-diffusion-xl", "diffusers", "i
 DEFAULT_LICENSE = "openrail++"  # the base SDXL's (CreativeML Open RAIL++-M)
 
 
+def _loss_weights(config: Mapping[str, Any]) -> dict:
+    """Each loss term's weight, or ``"off"`` for a term the run did not train with: ``edge`` / ``lpips`` false,
+    or the GAN without ``gan_loss_type`` or at ``lambda_gan`` 0 (the rule of training.loop.build_losses_from_args).
+    A config without the switch (older runs) lists the weight."""
+    switches = {"lambda_l2": True, "lambda_edge": config.get("edge", True), "lambda_lpips": config.get("lpips", True),
+                "lambda_gan": bool(config.get("gan_loss_type", True)) and (config.get("lambda_gan") or 0) > 0}
+    return {k: (config[k] if on else "off") for k, on in switches.items() if config.get(k) is not None}
+
+
 def _recipe(describe: Mapping[str, Any]) -> dict:
     """The training settings a reader needs, from ``bokehdiff_checkpoint.json`` (training.loop.describe_run)."""
     config = describe.get("config", {})
@@ -50,9 +59,9 @@ def _recipe(describe: Mapping[str, Any]) -> dict:
         "num_processes": describe.get("num_processes"),
         "learning_rate": config.get("learning_rate"), "lr_scheduler": config.get("lr_scheduler"),
         "mixed_precision": config.get("mixed_precision"), "seed": config.get("seed"),
-        "losses": {k: config.get(k) for k in ("lambda_l2", "lambda_edge", "lambda_lpips", "lambda_gan")
-                   if config.get(k) is not None},
-        "gan_loss_type": config.get("gan_loss_type"), "gan_step": config.get("gan_step"),
+        "losses": _loss_weights(config),
+        **({"gan_loss_type": config.get("gan_loss_type"), "gan_step": config.get("gan_step")}
+           if _loss_weights(config).get("lambda_gan") != "off" else {}),
         "code_version": describe.get("versions", {}).get("code"),
     }
     return {k: v for k, v in recipe.items() if v is not None}

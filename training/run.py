@@ -2,7 +2,8 @@
 
 Exit status: 0 done; 1 a checkpoint could not be saved (no space left; the previous one is kept), or the
 ``--push_to_hub`` upload failed (the run is complete locally; the message gives the command to upload it); 2 for
-invalid options (also an uninstalled --report_to tracker, or --push_to_hub with the hub unreachable or no token), a missing or incomplete --resume_from_checkpoint folder or one trained with other settings, an
+invalid options (also an uninstalled --report_to tracker, or --push_to_hub with the hub unreachable or no token), a missing or incomplete --resume_from_checkpoint folder or one trained with other settings (also
+optimiser / LR-schedule ones its restored state fixes: training.resume), an
 --output_dir holding an earlier run that this command would overwrite, a missing data folder or weights that
 are neither local, cached nor downloadable (one ``error:`` line), or a run stopped after too many non-finite
 steps. Rerunning with ``--resume_from_checkpoint latest`` continues exactly where the last checkpoint left off
@@ -25,12 +26,14 @@ from metrics.image import psnr_from_mse
 from training.checkpoint import (CheckpointHooks, CheckpointSaveError, TrainProgress, check_fresh_output_dir,
                                  check_rng_state, export_inference, remove_stale_temporaries, resolve_resume_path,
                                  rotate_checkpoints, save_checkpoint)
-from training.config import dump_config, parse_args
-from training.data import build_train_dataset, build_validation_set, make_train_iterator, move_batch
+from training.config import dump_config, parse_args, report_to_names
+from training.data import (build_train_dataset, build_validation_set, check_validation_data, make_train_iterator,
+                           move_batch)
 from training.loop import (NonFiniteGuard, NonFiniteLossError, StatusMeter, StepLog, build_components,
                            describe_run, peak_memory_mb, pisa_hardness, rank_checksums, train_step, validate)
 from training.model_card import write_model_card
 from training.plots import write_training_curves
+from training.resume import check_newer_checkpoints, check_resume_settings
 from training.publish import check_push_to_hub, push_run, upload_command
 from training.tracking import log_validation_grid, write_validation_grid
 
@@ -46,7 +49,7 @@ def setup_accelerator(args):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
-    report_to = None if args.report_to in (None, "", "none") else args.report_to
+    report_to = report_to_names(args.report_to) or None  # accelerate takes a list, not a comma-separated string
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
@@ -115,13 +118,17 @@ def train(args) -> int:
         return refuse(error, accelerator)
     try:  # before minutes of loading: a wrong or incomplete checkpoint folder fails fast
         resume = resolve_resume_path(args.resume_from_checkpoint, out)
-    except FileNotFoundError as error:
+        if resume is not None:  # settings the restored optimiser / schedule state would override; a branch left
+            check_resume_settings(resume, vars(args))
+            check_newer_checkpoints(resume, out)
+    except (FileNotFoundError, ValueError) as error:
         return refuse(error, accelerator)
     samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
     # The data first: a wrong --train_data_dir fails before minutes of model loading.
     try:
         dataset = build_train_dataset(args, rank=accelerator.process_index,
                                       total_samples=args.max_train_steps * samples_per_step * accelerator.num_processes)
+        check_validation_data(args)
         c = build_components(args, accelerator)
     except (OSError, TrainingDataError) as error:  # missing/unusable data, weights not local/cached/reachable
         return refuse(error, accelerator)
@@ -147,7 +154,7 @@ def train(args) -> int:
                                   world_size=accelerator.num_processes, start_samples=progress.samples_per_rank)
     validating = args.validation_steps > 0 and accelerator.is_main_process
     val_set = build_validation_set(args, args.train_batch_size) if validating else []
-    if args.report_to not in (None, "", "none"):
+    if report_to_names(args.report_to):
         accelerator.init_trackers("bokehdiff", config={k: v for k, v in vars(args).items()
                                                        if isinstance(v, (int, float, str, bool)) and k != "hub_token"})
     log_from = progress.step if resume is not None else -1  # a fresh run keeps no earlier run's records
@@ -255,7 +262,7 @@ def main(input_args=None) -> int:
     ``--dry_run``, else :func:`train`."""
     try:
         args = parse_args(input_args)
-    except ValueError as error:  # invalid or missing options: one argparse-style line, no traceback
+    except (ValueError, FileNotFoundError) as error:  # invalid or missing options or --config: one line, no traceback
         return refuse(error)
     if args.dry_run:
         shown = {**vars(args), "hub_token": "<hidden>" if args.hub_token else None}  # a secret: never printed

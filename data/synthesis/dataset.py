@@ -119,7 +119,7 @@ class OnTheFlyDataset(Dataset):
     message names the process (``main process`` or ``DataLoader worker <id>``). :attr:`skipped` counts this
     process's skips; :meth:`skip_report` sums the main process's and every DataLoader worker's (the counts
     live in shared memory, so the main process sees the workers' skips). If no usable pair exists, a
-    ``RuntimeError`` names the folder.
+    ``RuntimeError`` names the folder. ``flag`` is the option the messages name for ``data_root``.
     """
 
     def __init__(
@@ -146,13 +146,15 @@ class OnTheFlyDataset(Dataset):
         impl: str = "torch",
         synthesize_on_device: bool = False,
         max_attempts: int = 64,
+        flag: str = "--train_data_dir",
     ):
         self.data_root = Path(data_root)
+        self.flag = flag  # the option that named data_root, for the messages (dataset.py: --data_root)
         fg_dir, bg_dir = self.data_root / "fg", self.data_root / "bg"
         for folder in (fg_dir, bg_dir):
             if not folder.is_dir():
                 raise FileNotFoundError(
-                    f"OnTheFlyDataset: folder '{folder}' not found; --train_data_dir must contain fg/ (RGBA "
+                    f"OnTheFlyDataset: folder '{folder}' not found; {flag} must contain fg/ (RGBA "
                     "foreground cut-outs, PNG with alpha) and bg/ (background photos). Build a sample with "
                     "`python -m scripts.make_sample_data --out DIR` and pass DIR/otf."
                 )
@@ -278,7 +280,7 @@ class OnTheFlyDataset(Dataset):
             problems.append(f"no usable foreground in fg/ ({_describe(fg_reasons, self.size)}); foregrounds must be "
                             f"cut-outs saved as PNG with an alpha channel that has visible pixels")
         if problems:
-            raise TrainingDataError(f"--train_data_dir '{self.data_root}': " + "; ".join(problems) + ".")
+            raise TrainingDataError(f"{self.flag} '{self.data_root}': " + "; ".join(problems) + ".")
 
     def _usable_left(self) -> bool:
         fg_ok = any(str(p) not in self._bad for p in self.fg_paths)

@@ -170,3 +170,27 @@ def test_dataset_cli_reports_unusable_data_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dataset.py preview: error:" in err and "alpha" in err and "Traceback" not in err
     assert not (tmp_path / "prev" / "preview.png").exists()
+
+
+@pytest.mark.parametrize("gamma", ["0", "-1"])
+def test_dataset_preview_refuses_a_gamma_that_is_not_positive(gamma, tmp_path, capsys):
+    """`--gamma 0` crashed with ZeroDivisionError while rendering; now the parser refuses it (exit 2)."""
+    with pytest.raises(SystemExit) as info:
+        dataset.main(["preview", "--data_root", str(REPO / "test_data" / "otf"), "--out", str(tmp_path / "prev"),
+                      "--n", "1", "--size", "32", "--gamma", gamma])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "error: --gamma must be > 0" in err and f"found {float(gamma)}" in err
+    assert "Traceback" not in err and not (tmp_path / "prev").exists()
+
+
+def test_dataset_cli_errors_name_its_own_flags(tmp_path, capsys):
+    """`preview --data_root /nonexist` said `--train_data_dir must contain fg/` and `inspect` said `Pass
+    layout=...`: flags of other tools or of the Python API, not the ones given."""
+    assert dataset.main(["preview", "--data_root", str(tmp_path / "nonexist"), "--out", str(tmp_path / "prev"),
+                         "--n", "1", "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--data_root must contain fg/" in err and "--train_data_dir" not in err and err.count("error:") == 1
+    (tmp_path / "empty").mkdir()
+    assert dataset.main(["inspect", "--data_root", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "Pass --layout NAME (one of EBB" in err and "layout=" not in err and err.count("error:") == 1

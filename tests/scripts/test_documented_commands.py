@@ -31,7 +31,7 @@ RUN = [
     "python inference_hf.py --renderer classical --demo --output_dir outputs/demo",  # make demo: seconds
     "python dataset.py preview --data_root test_data/otf --out outputs/preview --n 6 --size 128",
     "python dataset.py inspect --data_root test_data/ebb",
-    "python -m scripts.make_sample_data --out prepared",
+    "python -m scripts.make_sample_data --out prepared --otf_size 512",
     "python inference_hf.py --renderer classical --image photo.jpg --disparity photo_disp.npy --focus_xy 320 240 "
     "--K 12 20 --output_dir outputs/one",
     # The tiny smoke run, in its README order (each command uses the previous one's outputs).
@@ -215,6 +215,28 @@ def test_offline_commands_run_as_written(workdir, monkeypatch, capsys):
     demo = sorted(p.name for p in (workdir / "outputs" / "demo").iterdir())
     assert demo == sorted([f"motorcycle_K{k}_f{f}.png" for k in (10, 20) for f in ("0.88", "0.56", "0.09")]
                           + ["contact_sheet.png", "run_config.json"])
+
+
+def test_the_documented_sample_data_fits_the_documented_training_commands(tmp_path):
+    """The README's training command trains 512-px crops on `prepared/otf`, which the documented
+    `make_sample_data --out prepared` wrote at its default 256 px: every background was smaller than the crop and
+    the run was refused. Each training command on `prepared/otf` must fit the data the docs make there."""
+    from data.synthesis import OnTheFlyDataset
+    from scripts import make_sample_data
+    from training.config import parse_args as train_args
+
+    commands = list(all_commands())
+    makers = [c for c in commands if c.startswith("python -m scripts.make_sample_data --out prepared")]
+    trainers = [c for c in commands if "train_lora_otf.py" in c and "--train_data_dir prepared/otf" in c
+                and "[" not in c]  # the usage line with an optional [--config] placeholder states no resolution
+    assert makers and trainers
+    for maker in makers:
+        argv = _split(maker)[1]
+        argv[argv.index("--out") + 1] = str(tmp_path / "prepared")
+        assert make_sample_data.main(argv + ["--n_scenes", "1"]) in (0, None), maker
+        for trainer in trainers:
+            resolution = train_args(_split(trainer)[1]).resolution
+            OnTheFlyDataset(tmp_path / "prepared" / "otf", resolution).check_usable()  # raises naming the sizes
 
 
 def test_hints_spell_scripts_as_modules_and_a_file_path_run_says_how():

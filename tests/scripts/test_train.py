@@ -294,6 +294,41 @@ def test_a_refused_resume_keeps_the_runs_config_and_the_gamma_alias_resumes_as_i
     check_png(out / "training_curves.png")  # drawn at the end of the run, also of a resumed one
 
 
+def test_a_resume_with_another_learning_rate_is_refused_before_loading(stack, tmp_path, monkeypatch, capsys):
+    """Crashed in step 3 of a cosine run, resumed with another --learning_rate: the restored optimiser and schedule
+    state kept the old rate (logs and weights equal to the uninterrupted run) while train_config.yaml, the model
+    card and the checkpoints recorded the new one. Now refused (one `error:` line, exit 2) before any model is
+    loaded, and the run's train_config.yaml is left as it was."""
+    out = tmp_path / "run"
+    fast = ("--lr_scheduler", "cosine", "--max_train_steps", 4, "--validation_steps", 0, "--lambda_gan", 0)
+    crash_training_in_step(monkeypatch, train_argv(stack, out, *fast), 2)
+    config = (out / "train_config.yaml").read_text()
+    monkeypatch.setattr(training.run, "build_components", lambda *a: pytest.fail("models loaded before the check"))
+    code = train_lora_otf.main(train_argv(stack, out, *fast, "--resume_from_checkpoint", "latest",
+                                          "--learning_rate", 0.05))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "--learning_rate 0.001 in the checkpoint, 0.05 now" in err and "new --output_dir" in err
+    assert (out / "train_config.yaml").read_text() == config
+    assert [r["step"] for r in read_log(out)] == [1, 2] and [s for s, _ in list_checkpoints(out)] == [2]
+
+
+def test_resuming_an_older_checkpoint_than_the_newest_is_refused(stack, tmp_path, monkeypatch, capsys):
+    """`--resume_from_checkpoint checkpoint-1` with checkpoint-2 there: the newer checkpoint of the abandoned
+    branch outlived the resumed run and a later `latest` went back to it. Refused (one `error:` line naming it,
+    exit 2) before any model is loaded; nothing is deleted or rewritten."""
+    out = tmp_path / "run"
+    fast = ("--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_steps", 0, "--lambda_gan", 0)
+    assert train_lora_otf.main(train_argv(stack, out, *fast)) == 0
+    config = (out / "train_config.yaml").read_text()
+    monkeypatch.setattr(training.run, "build_components", lambda *a: pytest.fail("models loaded before the check"))
+    code = train_lora_otf.main(train_argv(stack, out, *fast, "--resume_from_checkpoint", f"{CHECKPOINT_PREFIX}1"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "newer checkpoints (checkpoint-2)" in err and "new --output_dir" in err
+    assert (out / "train_config.yaml").read_text() == config and [s for s, _ in list_checkpoints(out)] == [1, 2]
+
+
 def test_a_plotting_failure_is_a_warning_not_a_failed_run(stack, tmp_path, monkeypatch, caplog):
     def broken(run_dir, out=None):
         raise RuntimeError("no fonts here")
@@ -400,6 +435,58 @@ def test_unusable_training_data_is_one_error_before_anything_is_written(stack, t
         shutil.rmtree(data)
         shutil.copytree(stack["data"], data)
         assert train_lora_otf.main(argv) == 0
+
+
+def _offline_torch_hub(monkeypatch, tmp_path):
+    """torchvision's downloads fail as on a machine without network (an empty torch hub cache)."""
+    import urllib.error
+
+    def refused(*args, **kwargs):
+        raise urllib.error.URLError("[Errno 111] Connection refused")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "urlopen", refused)
+
+
+def _garbage_vgg(monkeypatch, tmp_path):
+    (tmp_path / "vgg16.pth").write_bytes(b"this is not a checkpoint" * 40)
+
+
+@pytest.mark.parametrize("flags, setup, expected", [
+    (["--config", "configs/nope.yaml"], None, "--config: no such file 'configs/nope.yaml'"),
+    (["--report_to", "tensorbord"], None, "--report_to tensorbord: 'tensorbord' is not a tracker accelerate "
+                                          "supports .*did you mean --report_to tensorboard"),
+    (["--gan_loss_type", "foo"], None, "--gan_loss_type must be one of .*multilevel_sigmoid_s.*found 'foo'"),
+    (["--cv_type", "foo"], None, "--cv_type must be one of .*convnext.*found 'foo'"),
+    (["--timestep", 5000], None, r"--timestep must be in \[0, 999\].*found 5000"),
+    (["--validation_steps", 1, "--validation_data_dir", "{tmp}/nonexist"], None,
+     "--validation_data_dir '.*/nonexist' is not a folder"),
+    (["--validation_steps", 1, "--validation_data_dir", "{tmp}"], None,
+     "folder '.*/fg' not found; --validation_data_dir must contain fg/"),
+    (["--lpips", "--lpips_vgg_weights", "{tmp}/vgg16.pth"], None,
+     "--lpips_vgg_weights .*vgg16.pth is given with --no-lpips_pretrained"),
+    (["--lpips", "--lpips_pretrained", "--lpips_vgg_weights", "{tmp}/vgg16.pth"], _garbage_vgg,
+     "LPIPS: cannot read `lpips_vgg_weights` file '.*/vgg16.pth' \\(\\w+Error: .*download it again"),
+    (["--lpips", "--lpips_pretrained"], _offline_torch_hub,
+     "LPIPS: could not obtain the pretrained VGG-16 trunk .*Connection refused.*--lpips_vgg_weights"),
+], ids=["no_config", "report_to", "gan_loss_type", "cv_type", "timestep", "no_validation_dir",
+        "validation_dir_without_fg", "vgg_weights_unused", "garbage_vgg", "lpips_offline"])
+def test_a_bad_option_is_one_error_line_before_anything_is_written(stack, tmp_path, monkeypatch, capsys, flags,
+                                                                   setup, expected):
+    """Each used to end in a traceback with exit 1 (a FileNotFoundError, accelerate's or the losses' ValueError, a
+    pickle error or a RuntimeError after the model was loaded), some after train_config.yaml was written."""
+    if setup is not None:
+        setup(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    argv = train_argv(stack, out, "--max_train_steps", 1, "--validation_steps", 0,
+                      *[str(f).format(tmp=tmp_path) for f in flags])
+    monkeypatch.chdir(REPO)
+    assert train_lora_otf.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and re.search(expected, errors[0]), err
+    assert errors[0].startswith("train_lora_otf.py: error:") and "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_a_folder_holding_only_a_config_does_not_block_a_fresh_run(tmp_path):

@@ -43,6 +43,7 @@ def test_precedence_default_preset_cli(tmp_path):
     ("rank: eight\n", "key 'rank' must be an integer"),
     ("edge: 1\n", "key 'edge' must be true or false"),
     ("lr_scheduler: cosine_annealing\n", "must be one of"),
+    ("checkpoints_total_limit: many\n", "key 'checkpoints_total_limit' must be an integer"),  # none on the CLI only
 ])
 def test_bad_preset_keys_fail(tmp_path, content, message):
     preset = tmp_path / "bad.yaml"
@@ -104,3 +105,17 @@ def test_gamma_alias_and_specific_flags_combine_by_the_documented_rule(tmp_path)
     assert g("--config", str(old), "--synthesis_gamma", 2.2) == (1.0, 2.2, None)
     with pytest.raises(ValueError, match="--model_gamma must be > 0"):
         g("--model_gamma", 0)
+
+
+def test_null_defaults_can_be_given_on_the_command_line_as_none(tmp_path, capsys):
+    """`--checkpoints_total_limit` was documented "(null: all)" but an int flag could not take null; `none` (or
+    `null`) now gives None on the command line, like null in a preset (also --pisa_seed, --lora_alpha,
+    --brightness_cap). Other text is still an argparse error."""
+    given = ("--checkpoints_total_limit", "none", "--pisa_seed", "NULL", "--lora_alpha", "none",
+             "--brightness_cap", "null")
+    args = parse_args(train_argv(PATHS, tmp_path, *given))
+    assert (args.checkpoints_total_limit, args.pisa_seed, args.lora_alpha, args.brightness_cap) == (None,) * 4
+    assert parse_args(train_argv(PATHS, tmp_path, "--checkpoints_total_limit", "3")).checkpoints_total_limit == 3
+    with pytest.raises(SystemExit):
+        parse_args(train_argv(PATHS, tmp_path, "--checkpoints_total_limit", "all"))
+    assert "--checkpoints_total_limit: invalid int value: 'all'" in capsys.readouterr().err

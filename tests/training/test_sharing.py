@@ -187,3 +187,35 @@ def test_a_run_ends_with_a_shareable_folder(stack, tmp_path):
         pipe.load_lora_weights(str(out))
         for got in (peft_unet(**inputs).sample, pipe.unet(**inputs).sample):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("switches, listed, off", [
+    ({"lpips": False, "edge": True, "gan_loss_type": "multilevel_sigmoid_s", "lambda_gan": 0.1},
+     {"lambda_l2", "lambda_edge", "lambda_gan"}, {"lambda_lpips"}),
+    ({"lpips": True, "edge": False, "gan_loss_type": "multilevel_sigmoid_s", "lambda_gan": 0.0},
+     {"lambda_l2", "lambda_lpips"}, {"lambda_edge", "lambda_gan"}),
+    ({"lpips": True, "edge": True, "gan_loss_type": None, "lambda_gan": 0.1},
+     {"lambda_l2", "lambda_edge", "lambda_lpips"}, {"lambda_gan"}),
+])
+def test_the_model_card_lists_a_switched_off_loss_as_off(tmp_path, switches, listed, off):
+    """configs/train_tiny.yaml (`lpips: false`) gave a card listing lambda_lpips 0.1: the card ignored the `lpips`
+    and `edge` switches (and the GAN's: no gan_loss_type, or lambda_gan 0)."""
+    config = {**_DESCRIBE["config"], "lambda_edge": 0.05, "lambda_lpips": 0.2, **switches}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / META_NAME).write_text(json.dumps({**_DESCRIBE, "config": config, "progress": {"step": 6}}))
+    recipe = ModelCard.load(write_model_card(run)).data.to_dict()["bokehdiff_recipe"]
+    assert {k for k, v in recipe["losses"].items() if v != "off"} == listed
+    assert {k for k, v in recipe["losses"].items() if v == "off"} == off
+    assert all(recipe["losses"][k] == config[k] for k in listed)
+    assert ("gan_loss_type" in recipe) == ("lambda_gan" in listed)
+
+
+def test_the_readme_names_the_validation_grids_as_they_are_written(tmp_path):
+    """The README said `validation/step-<N>.png` while the files are `validation/step-000006.png`: its example
+    must be the name training.tracking writes for that step."""
+    from tests.training.helpers import REPO
+    from training.tracking import validation_grid_path
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"`{validation_grid_path(tmp_path, 6).relative_to(tmp_path).as_posix()}`" in readme
